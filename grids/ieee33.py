@@ -1,0 +1,63 @@
+"""The IEEE 33-bus feeder (Baran & Wu 1989) from ``pandapower.networks.case33bw``.
+
+Bus numbers at every dercosim interface are the papers' 1-based numbers
+(bus 1 is the substation, bus 18 the far end of the main branch). The
+conversion to pandapower's 0-based index happens here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+import pandapower as pp
+import pandapower.networks as pn
+
+N_BUS = 33
+SLACK_BUS = 1
+#: Base load of the case (Baran & Wu): 3.715 MW, 2.300 MVAr.
+BASE_P_KW_TOTAL = 3715.0
+BASE_Q_KVAR_TOTAL = 2300.0
+
+
+def bus_index(bus: int | npt.ArrayLike) -> int | np.ndarray:
+    """0-based pandapower index of 1-based bus number(s); raises on 0 or > 33."""
+    arr = np.asarray(bus)
+    if np.any(arr < 1) or np.any(arr > N_BUS):
+        raise ValueError(f"bus numbers are 1..{N_BUS} (1-based), got {bus!r}")
+    idx = arr.astype(int) - 1
+    return int(idx) if idx.ndim == 0 else idx
+
+
+def bus_numbers() -> np.ndarray:
+    """All 1-based bus numbers, in pandapower index order."""
+    return np.arange(1, N_BUS + 1)
+
+
+def make_net(line_max_i_ka: float | None = None) -> pp.pandapowerNet:
+    """case33bw with exactly one load per bus (load index == bus index).
+
+    The slack bus carries a zero load so that every bus has one place where
+    injections are written. ``line_max_i_ka`` sets the thermal rating of every
+    line (the case file has none; SPEC A); None keeps pandapower's placeholder.
+    """
+    net = pn.case33bw()
+    p_mw = np.zeros(N_BUS)
+    q_mvar = np.zeros(N_BUS)
+    p_mw[net.load.bus.values] = net.load.p_mw.values
+    q_mvar[net.load.bus.values] = net.load.q_mvar.values
+    net.load.drop(net.load.index, inplace=True)
+    for b in range(N_BUS):
+        pp.create_load(net, bus=b, p_mw=p_mw[b], q_mvar=q_mvar[b], index=b, name=f"bus_{b + 1}")
+    if line_max_i_ka is not None:
+        net.line["max_i_ka"] = float(line_max_i_ka)
+    return net
+
+
+def base_load_kw() -> tuple[np.ndarray, np.ndarray]:
+    """Base load of the case per bus (0-based index): (p_kw, q_kvar)."""
+    net = pn.case33bw()
+    p_kw = np.zeros(N_BUS)
+    q_kvar = np.zeros(N_BUS)
+    np.add.at(p_kw, net.load.bus.values, net.load.p_mw.values * 1000.0)
+    np.add.at(q_kvar, net.load.bus.values, net.load.q_mvar.values * 1000.0)
+    return p_kw, q_kvar

@@ -1,0 +1,112 @@
+"""Bundled weather (TMY3) at minute resolution, and the simulation clock's time index.
+
+Times are tz-aware, in the site's local standard time (no daylight saving),
+so that one simulated day is always 1,440 minutes.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Site:
+    """A location with bundled weather. ``tz`` is a fixed-offset zone (local standard time)."""
+
+    name: str
+    latitude: float
+    longitude: float
+    altitude_m: float
+    tz: str
+    weather_file: str
+
+
+SITES: dict[str, Site] = {
+    "greensboro_tmy3": Site(
+        name="greensboro_tmy3",
+        latitude=36.1,
+        longitude=-79.95,
+        altitude_m=273.0,
+        tz="Etc/GMT+5",  # UTC-5, the TMY3 file's local standard time
+        weather_file="weather_greensboro_tmy3.csv",
+    ),
+}
+
+
+def get_site(name: str) -> Site:
+    try:
+        return SITES[name]
+    except KeyError:
+        raise ValueError(f"unknown site {name!r}; bundled sites: {', '.join(SITES)}") from None
+
+
+def time_index(start: pd.Timestamp | str, n_steps: int, step_s: int, tz: str) -> pd.DatetimeIndex:
+    """Start of each simulation step, tz-aware. ``start`` naive = local standard time of ``tz``."""
+    ts = pd.Timestamp(start)
+    ts = ts.tz_localize(tz) if ts.tzinfo is None else ts.tz_convert(tz)
+    return pd.date_range(ts, periods=n_steps, freq=pd.Timedelta(seconds=step_s))
+
+
+def whole_days(times: pd.DatetimeIndex) -> pd.DatetimeIndex:
+    """Minute index covering the whole calendar days that ``times`` touches.
+
+    Profiles are generated on whole days and then cut, so a shorter run sees
+    exactly the first part of a longer run's numbers.
+    """
+    first = times[0].normalize()
+    last = times[-1].normalize() + pd.Timedelta(days=1)
+    return pd.date_range(first, last, freq="1min", inclusive="left")
+
+
+@functools.lru_cache(maxsize=4)
+def _tmy(site_name: str) -> pd.DataFrame:
+    site = get_site(site_name)
+    with resources.files("timeseries.data").joinpath(site.weather_file).open("r") as fh:
+        return pd.read_csv(fh)
+
+
+def _hourly_on_calendar(site: Site, times: pd.DatetimeIndex) -> pd.DataFrame:
+    """TMY hours laid on the real calendar around ``times`` (29 Feb reuses 28 Feb)."""
+    tmy = _tmy(site.name).set_index(["month", "day", "hour"])
+    start = times[0].floor("D") - pd.Timedelta(days=1)
+    end = times[-1].ceil("D") + pd.Timedelta(days=1)
+    hours = pd.date_range(start, end, freq="1h", inclusive="left")
+    day = np.where((hours.month == 2) & (hours.day == 29), 28, hours.day)
+    key = pd.MultiIndex.from_arrays([hours.month, day, hours.hour])
+    out = tmy.reindex(key)
+    out.index = hours
+    return out
+
+
+def _interp(times: pd.DatetimeIndex, at: pd.DatetimeIndex, values: np.ndarray) -> np.ndarray:
+    return np.interp(times.asi8.astype(float), at.asi8.astype(float), values)
+
+
+def weather_at(site: Site, times: pd.DatetimeIndex) -> pd.DataFrame:
+    """Weather at ``times``: hourly TMY values interpolated linearly.
+
+    Irradiance columns are hourly means, placed at mid-interval; temperature
+    and wind are TMY3 readings at the end of the hour. Columns: ``ghi_w_m2``,
+    ``dni_w_m2``, ``dhi_w_m2``, ``temp_air_c``, ``wind_speed_m_s``.
+    """
+    hourly = _hourly_on_calendar(site, times)
+    mid = hourly.index + pd.Timedelta(minutes=30)
+    end = hourly.index + pd.Timedelta(hours=1)
+    out = {c: _interp(times, mid, hourly[c].to_numpy(float)) for c in ("ghi_w_m2", "dni_w_m2", "dhi_w_m2")}
+    out.update({c: _interp(times, end, hourly[c].to_numpy(float)) for c in ("temp_air_c", "wind_speed_m_s")})
+    return pd.DataFrame(out, index=times)
+
+
+def hourly_ghi(site: Site, times: pd.DatetimeIndex) -> pd.Series:
+    """The TMY's hourly-mean GHI (W/m²) indexed by interval start, around ``times``."""
+    return _hourly_on_calendar(site, times)["ghi_w_m2"].astype(float)
+
+
+def outdoor_temperature_c(site: Site, times: pd.DatetimeIndex) -> np.ndarray:
+    """Outdoor air temperature at ``times``, °C."""
+    return weather_at(site, times)["temp_air_c"].to_numpy()
