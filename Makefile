@@ -1,0 +1,29 @@
+# Two commands do all the set-up on a fresh machine:
+#   make run    creates .venv, installs dercosim, runs the default scenario
+#   make test   creates .venv, installs dercosim with test extras, runs the tests
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+SCENARIO ?= scenarios/ieee33_households.toml
+
+.PHONY: run test bench install clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: $(VENV)/.installed
+	$(BIN)/dercosim run $(SCENARIO)
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/powerflow.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache *.egg-info

@@ -1,0 +1,118 @@
+"""``dercosim`` command line: run, show and list scenarios.
+
+    dercosim run SCENARIO [--until 6h] [--out runs/] [--quiet]
+    dercosim show SCENARIO
+    dercosim list
+
+SCENARIO is a path to a TOML file or the name of a bundled scenario.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tomllib
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+
+from scenarios.config import ScenarioError, Scenario, load_scenario, parse_duration_s, scenario_to_toml
+
+
+def bundled_scenarios() -> dict[str, Path]:
+    """Bundled scenario files by stem."""
+    folder = resources.files("scenarios")
+    return {Path(str(f)).stem: Path(str(f)) for f in folder.iterdir() if str(f).endswith(".toml")}
+
+
+def resolve_path(arg: str) -> Path:
+    path = Path(arg)
+    if path.exists() or path.suffix == ".toml":
+        return path
+    bundled = bundled_scenarios()
+    if arg in bundled:
+        return bundled[arg]
+    raise ScenarioError(f"{arg}: no such file, and no bundled scenario of that name "
+                        f"(bundled: {', '.join(sorted(bundled))})")
+
+
+def _load(arg: str) -> tuple[Path, Scenario]:
+    path = resolve_path(arg)
+    return path, load_scenario(path)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from scenarios.world import run_scenario, with_duration
+
+    path, scenario = _load(args.scenario)
+    if args.until is not None:
+        try:
+            until_s = parse_duration_s(args.until)
+        except ValueError as exc:
+            raise ScenarioError(f"--until: {exc}") from None
+        if until_s % scenario.clock.step_s:
+            raise ScenarioError(f"--until: {until_s} s is not a whole number of {scenario.clock.step_s}-s steps")
+        scenario = with_duration(scenario, until_s)
+    out_dir = Path(args.out) / f"{scenario.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    say(f"dercosim: {path} -> {out_dir}")
+    result = run_scenario(scenario, out_dir, progress=not args.quiet, log=say)
+    s = result.summary
+    v = s["voltage"]
+    print(f"{s['steps']} steps in {s['wall_time_s']:.1f} s ({s['ms_per_step']:.2f} ms/step); "
+          f"power flow failures: {s['powerflow']['failures']}")
+    print(f"voltage {v['min_pu']:.4f} pu (bus {v['min_bus']}) .. {v['max_pu']:.4f} pu (bus {v['max_bus']}); "
+          f"{v['minutes_outside_limits']:.0f} min outside {v['limits_pu']}")
+    print(f"line losses {s['energy_kwh']['line_losses']:.1f} kWh; results in {result.out_dir}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    path, scenario = _load(args.scenario)
+    print(f"# resolved scenario from {path}")
+    print(scenario_to_toml(scenario), end="")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    for name, path in sorted(bundled_scenarios().items()):
+        try:
+            with path.open("rb") as fh:
+                description = tomllib.load(fh).get("description", "")
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            description = f"(unreadable: {exc})"
+        print(f"{name:32s} {description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dercosim", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a scenario and write runs/<name>-<timestamp>/")
+    run.add_argument("scenario", help="scenario TOML file or bundled scenario name")
+    run.add_argument("--until", help="run length from the start, e.g. 6h, 90min, 3600 (replaces clock.duration)")
+    run.add_argument("--out", default="runs", help="parent folder of the run folder (default: runs)")
+    run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.set_defaults(func=cmd_run)
+    show = sub.add_parser("show", help="print the resolved scenario (all defaults filled in)")
+    show.add_argument("scenario")
+    show.set_defaults(func=cmd_show)
+    lst = sub.add_parser("list", help="list the bundled scenarios")
+    lst.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ScenarioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

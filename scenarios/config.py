@@ -1,0 +1,250 @@
+"""Scenario schema (pydantic) and loading with clear errors.
+
+A scenario is a TOML file. :func:`load_scenario` returns a validated
+:class:`Scenario` or raises :class:`ScenarioError` whose message names the
+file, the key path (e.g. ``households.groups[0].buses[2]``) and what was
+expected. Bus numbers are the papers' 1-based numbers.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+import types
+import typing
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
+                      model_validator)
+
+from grids.ieee33 import N_BUS
+from timeseries.weather import SITES
+
+
+class ScenarioError(Exception):
+    """A scenario file cannot be used; the message says where and why."""
+
+
+_UNITS_S = {"s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600, "hour": 3600, "d": 86400, "day": 86400}
+
+
+def parse_duration_s(value: Any) -> int:
+    """Seconds from an int (seconds) or a string like ``"90s"``, ``"30min"``, ``"6h"``, ``"1d"``."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 3600, '90min', '6h' or '1d'")
+    if isinstance(value, int):
+        seconds = value
+    elif isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", value.lower())
+        if not m or (m.group(2) or "s") not in _UNITS_S:
+            raise ValueError(f"expected a duration such as 3600, '90min', '6h' or '1d', got {value!r}")
+        seconds_f = float(m.group(1)) * _UNITS_S[m.group(2) or "s"]
+        if seconds_f != int(seconds_f):
+            raise ValueError(f"duration {value!r} is not a whole number of seconds")
+        seconds = int(seconds_f)
+    else:
+        raise ValueError(f"expected a duration such as 3600, '90min', '6h' or '1d', got {value!r}")
+    if seconds <= 0:
+        raise ValueError(f"expected a positive duration, got {value!r}")
+    return seconds
+
+
+def _check_bus(bus: int) -> int:
+    if not 1 <= bus <= N_BUS:
+        raise ValueError(f"expected a bus of the IEEE 33-bus feeder, 1..{N_BUS} (1-based numbering)")
+    return bus
+
+
+def _all_buses(value: Any) -> Any:
+    return list(range(2, N_BUS + 1)) if value == "all" else value
+
+
+def _pair(value: Any) -> Any:
+    """A scalar means a fixed value: (x, x)."""
+    return (value, value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+def _ordered(pair: tuple[float, float]) -> tuple[float, float]:
+    if pair[0] > pair[1]:
+        raise ValueError(f"expected [low, high] with low <= high, got {list(pair)}")
+    return pair
+
+
+Duration = Annotated[int, BeforeValidator(parse_duration_s)]
+BusNumber = Annotated[int, AfterValidator(_check_bus)]
+NonNeg = Annotated[float, Field(ge=0)]
+Range = Annotated[tuple[NonNeg, NonNeg], BeforeValidator(_pair), AfterValidator(_ordered)]
+Tilt = Annotated[float, Field(ge=0, le=90)]
+Azimuth = Annotated[float, Field(ge=0, le=360)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class Clock(_Model):
+    """When the run starts (local standard time of the site), how long it lasts, and the step."""
+
+    start: datetime = datetime(2016, 6, 21)
+    duration: Duration = 86400  #: seconds, or "6h", "1d", ...
+    step_s: Literal[60] = 60  #: profiles are 1-minute; the grid solves every step
+
+    @model_validator(mode="after")
+    def _whole_steps(self) -> Clock:
+        if self.duration % self.step_s:
+            raise ValueError(f"duration ({self.duration} s) must be a whole number of steps of {self.step_s} s")
+        return self
+
+
+class SiteConfig(_Model):
+    weather: Literal[tuple(SITES)] = "greensboro_tmy3"  # type: ignore[valid-type]
+
+
+class BaseLoad(_Model):
+    """The case's own load at every bus: ``scale`` × case load × ``shape`` (daily, max 1)."""
+
+    scale: NonNeg = 1.0
+    shape: Literal["bdew_h25", "flat"] = "bdew_h25"
+
+
+class GridConfig(_Model):
+    feeder: Literal["ieee33"] = "ieee33"
+    engine: Literal["fast", "pandapower"] = "fast"
+    v_min_pu: Annotated[float, Field(gt=0)] = 0.90
+    v_max_pu: Annotated[float, Field(gt=0)] = 1.10
+    line_max_i_ka: Annotated[float, Field(gt=0)] | None = None  #: thermal rating of every line, kA
+    base_load: BaseLoad = BaseLoad()
+
+    @model_validator(mode="after")
+    def _limits(self) -> GridConfig:
+        if self.v_min_pu >= self.v_max_pu:
+            raise ValueError(f"v_min_pu ({self.v_min_pu}) must be below v_max_pu ({self.v_max_pu})")
+        return self
+
+
+class HouseholdGroup(_Model):
+    """``per_bus`` households at each of ``buses``; parameters drawn uniformly from [low, high]."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")] = "hh"
+    buses: Annotated[list[BusNumber], BeforeValidator(_all_buses), Field(min_length=1)]
+    per_bus: Annotated[int, Field(ge=1)] = 1
+    annual_kwh: Range = (2500.0, 5000.0)
+    power_factor: Annotated[float, Field(gt=0, le=1)] = 0.95
+    pv_share: Annotated[float, Field(ge=0, le=1)] = 0.5  #: fraction of the group with PV
+    pv_kwp: Range = (3.0, 6.0)
+    pv_tilt_deg: Annotated[tuple[Tilt, Tilt], BeforeValidator(_pair), AfterValidator(_ordered)] = (15.0, 35.0)
+    pv_azimuth_deg: Annotated[tuple[Azimuth, Azimuth], BeforeValidator(_pair),
+                              AfterValidator(_ordered)] = (135.0, 225.0)
+
+
+class Households(_Model):
+    groups: list[HouseholdGroup] = []
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Households:
+        names = [g.name for g in self.groups]
+        if len(names) != len(set(names)):
+            raise ValueError(f"group names must be unique, got {names}")
+        return self
+
+
+class RecorderConfig(_Model):
+    flush_every_s: Annotated[int, Field(ge=60)] = 3600  #: write a row group at least this often (simulated s)
+
+
+class Scenario(_Model):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    description: str = ""
+    seed: Annotated[int, Field(ge=0)] = 0
+    clock: Clock = Clock()
+    site: SiteConfig = SiteConfig()
+    grid: GridConfig = GridConfig()
+    households: Households = Households()
+    recorder: RecorderConfig = RecorderConfig()
+
+    @property
+    def n_steps(self) -> int:
+        return self.clock.duration // self.clock.step_s
+
+
+# ---------------------------------------------------------------- errors
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation (through Annotated, list, Optional), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin is None and not isinstance(annotation, types.UnionType):
+        return None
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] | None = Scenario
+    for part in loc[:-1]:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(part)
+        model = _model_in(field.annotation) if field else None
+    return list(model.model_fields) if model else []
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = tuple(err["loc"])
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(loc)
+        return f"unknown key; expected one of: {', '.join(allowed)}"
+    if err["type"] == "missing":
+        return "required key is missing"
+    msg = err["msg"].removeprefix("Value error, ")
+    if "got " not in msg and err["type"] not in ("model_type", "dict_type", "model_attributes_type"):
+        msg += f" (got {err['input']!r})"
+    return msg
+
+
+def format_validation_error(path: str | Path, exc: ValidationError) -> str:
+    lines = [f"{path}: invalid scenario"]
+    for err in exc.errors():
+        lines.append(f"  {_key_path(tuple(err['loc']))}: {_describe(err)}")
+    return "\n".join(lines)
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and validate a scenario TOML file; :class:`ScenarioError` on any problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read scenario file ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise ScenarioError(f"{path}: not a UTF-8 text file") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as exc:
+        raise ScenarioError(format_validation_error(path, exc)) from None
+
+
+def scenario_to_toml(scenario: Scenario) -> str:
+    """The resolved scenario (every default filled in) as TOML."""
+    import tomli_w
+
+    data = scenario.model_dump(mode="python", exclude_none=True)
+    return tomli_w.dumps(data)

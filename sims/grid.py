@@ -1,0 +1,101 @@
+"""mosaik simulator of the feeder: base load + connected injections per bus, AC power flow every step.
+
+One ``Feeder`` entity with one ``Bus`` child per bus (eid ``bus_<n>``, 1-based).
+Connect anything with ``p_kw``/``q_kvar`` (load convention) to a bus; these
+are inputs only, summed per bus. Outputs per bus: ``vm_pu``, ``va_degree``, ``p_net_kw``,
+``q_net_kvar`` (base + connected). Feeder-wide: ``losses_kw``, ``p_head_kw``,
+``q_head_kvar``, ``converged``, ``vm_min_pu``, ``vm_max_pu``,
+``line_loading_max_pct`` (NaN without a line rating), ``base_p_kw``.
+A diverged power flow gives ``converged=False`` and NaN voltages.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mosaik_api_v3
+import numpy as np
+
+from grids import ieee33
+from grids.powerflow import PowerFlowResult, make_engine
+
+FEEDER_ATTRS = ["losses_kw", "p_head_kw", "q_head_kvar", "converged", "vm_min_pu", "vm_max_pu",
+                "line_loading_max_pct", "base_p_kw"]
+BUS_ATTRS = ["p_kw", "q_kvar", "vm_pu", "va_degree", "p_net_kw", "q_net_kvar"]
+
+META = {
+    "api_version": "3.0",
+    "type": "time-based",
+    "models": {
+        "Feeder": {"public": True, "params": ["feeder", "engine", "base_shape", "line_max_i_ka"],
+                   "attrs": FEEDER_ATTRS},
+        "Bus": {"public": False, "params": [], "attrs": BUS_ATTRS},
+    },
+}
+
+
+class GridSim(mosaik_api_v3.Simulator):
+    def __init__(self) -> None:
+        super().__init__(META)
+        self.step_s = 60
+        self.engine = None
+        self.result: PowerFlowResult | None = None
+        self.p_net_kw = np.zeros(0)
+        self.q_net_kvar = np.zeros(0)
+
+    def init(self, sid: str, time_resolution: float = 1.0, step_s: int = 60) -> dict:
+        if time_resolution != 1.0:
+            raise ValueError("dercosim runs on a 1-second mosaik clock (time_resolution=1.0)")
+        self.step_s = int(step_s)
+        return self.meta
+
+    def create(self, num: int, model: str, feeder: str = "ieee33", engine: str = "fast",
+               base_shape: list[float] | None = None, line_max_i_ka: float | None = None) -> list[dict]:
+        if model != "Feeder" or num != 1 or self.engine is not None:
+            raise ValueError("GridSim holds exactly one Feeder; create it once with num=1")
+        if feeder != "ieee33":
+            raise ValueError(f"unknown feeder {feeder!r}")
+        net = ieee33.make_net(line_max_i_ka)
+        self.engine = make_engine(engine, net)  # type: ignore[arg-type]
+        self.has_rating = line_max_i_ka is not None
+        self.base_p_kw, self.base_q_kvar = ieee33.base_load_kw()
+        self.base_shape = np.asarray(base_shape if base_shape is not None else [1.0], float)
+        self.constant_shape = base_shape is None
+        children = [{"eid": f"bus_{b}", "type": "Bus", "rel": []} for b in ieee33.bus_numbers()]
+        return [{"eid": "feeder", "type": "Feeder", "rel": [], "children": children}]
+
+    def step(self, time: int, inputs: dict[str, dict[str, dict[str, Any]]], max_advance: int) -> int:
+        k = 0 if self.constant_shape else time // self.step_s
+        if k >= len(self.base_shape):
+            raise ValueError(f"no base-load shape for t = {time} s (shape has {len(self.base_shape)} steps)")
+        p = self.base_p_kw * self.base_shape[k]
+        q = self.base_q_kvar * self.base_shape[k]
+        for eid, attrs in inputs.items():
+            i = ieee33.bus_index(int(eid.removeprefix("bus_")))
+            p[i] += sum(attrs.get("p_kw", {}).values())
+            q[i] += sum(attrs.get("q_kvar", {}).values())
+        self.p_net_kw, self.q_net_kvar = p, q
+        self.base_now_kw = float(self.base_p_kw.sum() * self.base_shape[k])
+        self.result = self.engine.solve(p, q)
+        return time + self.step_s
+
+    def get_data(self, outputs: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
+        r = self.result
+        data: dict[str, dict[str, Any]] = {}
+        for eid, attrs in outputs.items():
+            if eid == "feeder":
+                values = {
+                    "losses_kw": r.losses_kw, "p_head_kw": r.p_head_kw, "q_head_kvar": r.q_head_kvar,
+                    "converged": bool(r.converged),
+                    "vm_min_pu": float(np.min(r.vm_pu)) if r.converged else float("nan"),
+                    "vm_max_pu": float(np.max(r.vm_pu)) if r.converged else float("nan"),
+                    "line_loading_max_pct": float(np.max(r.line_loading_pct)) if self.has_rating and r.converged
+                    else float("nan"),
+                    "base_p_kw": self.base_now_kw,
+                }
+            else:
+                i = ieee33.bus_index(int(eid.removeprefix("bus_")))
+                values = {"vm_pu": float(r.vm_pu[i]), "va_degree": float(r.va_degree[i]),
+                          "p_net_kw": float(self.p_net_kw[i]), "q_net_kvar": float(self.q_net_kvar[i])}
+            data[eid] = {a: values[a] for a in attrs}
+        return data
