@@ -1,0 +1,140 @@
+"""End to end: a scenario runs in mosaik, writes parquet/summary/plots that agree, reproducibly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from grids.ieee33 import BASE_P_KW_TOTAL, base_load_kw
+from scenarios import cli
+from scenarios.config import Scenario, load_scenario
+from scenarios.world import run_scenario, with_duration
+from sims.recorder import RecorderSim
+
+HOURS = 3
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory, default_scenario_path) -> Path:
+    out = tmp_path_factory.mktemp("runs")
+    assert cli.main(["run", str(default_scenario_path), "--until", f"{HOURS}h", "--out", str(out), "--quiet"]) == 0
+    (run_dir,) = out.iterdir()
+    return run_dir
+
+
+def small_scenario(**grid) -> Scenario:
+    return Scenario.model_validate({
+        "name": "small", "seed": 7, "clock": {"start": "2016-06-21T10:00:00", "duration": "1h"},
+        "grid": grid,
+        "households": {"groups": [{"buses": [6, 18, 33], "per_bus": 2, "pv_share": 0.5}]},
+    })
+
+
+def test_run_folder_has_everything(default_run: Path, default_scenario_path):
+    assert default_run.name.startswith("ieee33_households-")
+    for name in ("scenario.toml", "households.csv", "timeseries.parquet", "summary.json",
+                 "voltage_envelope.png", "feeder_head_power.png", "voltage_profile_worst.png"):
+        assert (default_run / name).stat().st_size > 0, name
+    assert not (default_run / "timeseries.parquet.parts").exists()
+    # the resolved scenario loads back, with the run length actually used
+    resolved = load_scenario(default_run / "scenario.toml")
+    original = load_scenario(default_scenario_path)
+    assert resolved.clock.duration == HOURS * 3600
+    assert resolved.model_dump(exclude={"clock"}) == original.model_dump(exclude={"clock"})
+
+
+def test_parquet_columns_and_one_row_per_minute_per_entity(default_run: Path):
+    df = pd.read_parquet(default_run / "timeseries.parquet")
+    households = pd.read_csv(default_run / "households.csv")
+    expected = {"time_s", "time", "entity", "kind", "bus", "vm_pu", "va_degree", "p_net_kw", "losses_kw",
+                "p_head_kw", "converged", "load_kw", "pv_kw", "net_kw", "q_kvar"}
+    assert expected <= set(df.columns)
+    n_min = HOURS * 60
+    assert sorted(df.time_s.unique()) == list(range(0, n_min * 60, 60))
+    counts = df.groupby("entity").size()
+    assert len(counts) == 1 + 33 + len(households)
+    assert (counts == n_min).all()
+    assert set(df[df.kind == "household"].entity) == set(households.name)
+    assert df[df.kind == "bus"].bus.min() == 1 and df[df.kind == "bus"].bus.max() == 33
+    # streamed: at least one row group per simulated hour
+    assert pq.ParquetFile(default_run / "timeseries.parquet").metadata.num_row_groups >= HOURS
+    assert str(df.time.iloc[0]) == "2016-06-21 00:00:00-05:00"
+
+
+def test_summary_agrees_with_parquet(default_run: Path):
+    s = json.loads((default_run / "summary.json").read_text())
+    df = pd.read_parquet(default_run / "timeseries.parquet")
+    bus = df[df.kind == "bus"]
+    feeder = df[df.kind == "feeder"]
+    hh = df[df.kind == "household"]
+    assert s["steps"] == HOURS * 60
+    assert s["powerflow"]["solves"] == HOURS * 60 and s["powerflow"]["failures"] == 0
+    assert s["voltage"]["min_pu"] == pytest.approx(bus.vm_pu.min(), abs=1e-12)
+    assert s["voltage"]["min_bus"] == int(bus.loc[bus.vm_pu.idxmin(), "bus"])
+    assert s["voltage"]["max_pu"] == pytest.approx(bus.vm_pu.max(), abs=1e-12)
+    assert s["voltage"]["per_bus"]["18"]["min_pu"] == pytest.approx(bus[bus.bus == 18].vm_pu.min())
+    assert s["energy_kwh"]["line_losses"] == pytest.approx(feeder.losses_kw.sum() / 60)
+    assert s["households"]["load_kwh"] == pytest.approx(hh.load_kw.sum() / 60)
+    # physics: the head supplies base load + household net + losses
+    head = feeder.p_head_kw.to_numpy()
+    supplied = feeder.base_p_kw.to_numpy() + hh.groupby("time_s").net_kw.sum().to_numpy() + feeder.losses_kw.to_numpy()
+    np.testing.assert_allclose(head, supplied, rtol=1e-6)
+    # the households' net power arrives at their buses
+    t0 = bus[bus.time_s == 0].set_index("bus")
+    hh0 = hh[hh.time_s == 0].groupby("bus").net_kw.sum()
+    base_factor = feeder.base_p_kw.iloc[0] / BASE_P_KW_TOTAL
+    for b, net in hh0.items():
+        expected = base_load_kw()[0][int(b) - 1] * base_factor + net
+        assert t0.loc[b, "p_net_kw"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_same_seed_same_numbers_and_shorter_run_is_a_prefix(tmp_path: Path):
+    a = run_scenario(small_scenario(), tmp_path / "a", progress=False)
+    b = run_scenario(small_scenario(), tmp_path / "b", progress=False)
+    df_a, df_b = pd.read_parquet(a.parquet), pd.read_parquet(b.parquet)
+    pd.testing.assert_frame_equal(df_a, df_b)
+    short = run_scenario(with_duration(small_scenario(), 1800), tmp_path / "c", progress=False)
+    df_c = pd.read_parquet(short.parquet)
+    pd.testing.assert_frame_equal(df_c, df_a[df_a.time_s < 1800].reset_index(drop=True))
+    other = small_scenario().model_copy(update={"seed": 8})
+    df_d = pd.read_parquet(run_scenario(other, tmp_path / "d", progress=False).parquet)
+    assert not np.allclose(df_d.load_kw.dropna(), df_a.load_kw.dropna())
+
+
+def test_diverged_power_flow_in_a_run_is_counted_and_the_run_continues(tmp_path: Path):
+    # 5 x base load collapses the feeder at the evening peak but not at night
+    scenario = Scenario.model_validate({
+        "name": "collapse", "clock": {"start": "2016-06-21T00:00:00", "duration": "1d"},
+        "grid": {"base_load": {"scale": 5.0}},
+    })
+    result = run_scenario(scenario, tmp_path / "collapse", progress=False)
+    feeder = pd.read_parquet(result.parquet).query("kind == 'feeder'").set_index("time_s")
+    failed = ~feeder.converged.astype(bool)
+    assert 0 < failed.sum() < len(feeder)
+    assert result.summary["powerflow"]["failures"] == int(failed.sum())
+    assert feeder.loc[failed, "vm_min_pu"].isna().all() and feeder.loc[failed, "losses_kw"].isna().all()
+    # after the last failure, the feeder converges again (it does not carry the failed state)
+    last_failure = feeder.index[failed.to_numpy()].max()
+    assert feeder.loc[feeder.index > last_failure, "converged"].astype(bool).all()
+    assert (feeder.index > last_failure).sum() > 0
+
+
+def test_recorder_kill_loses_at_most_the_last_flush(tmp_path: Path):
+    sim = RecorderSim()
+    sim.init("Recorder-0", step_s=60)
+    path = tmp_path / "ts.parquet"
+    entities = {"G.feeder": {"entity": "feeder", "kind": "feeder", "bus": None}}
+    sim.create(1, "Recorder", path=str(path), entities=entities, columns={"losses_kw": "float64"},
+               start="2016-06-21T00:00:00", tz="Etc/GMT+5", flush_every_s=3600)
+    for k in range(150):  # 2.5 simulated hours, then the process "dies" (no finalize)
+        sim.step(60 * k, {"recorder": {"losses_kw": {"G.feeder": float(k)}}}, 10**9)
+    survived = pd.read_parquet(tmp_path / "ts.parquet.parts")
+    assert len(survived) == 120  # two hourly flushes made it to disk
+    assert survived.losses_kw.tolist() == [float(k) for k in range(120)]
+    sim.finalize()
+    assert len(pd.read_parquet(path)) == 150
