@@ -16,6 +16,7 @@ from datetime import datetime
 from importlib import resources
 from pathlib import Path
 
+from controllers.registry import ControllerError
 from scenarios.config import ScenarioError, Scenario, load_scenario, parse_duration_s, scenario_to_toml
 
 
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ScenarioError as exc:
+    except (ScenarioError, ControllerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

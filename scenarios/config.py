@@ -12,12 +12,12 @@ import re
 import tomllib
 import types
 import typing
-from datetime import datetime
+from datetime import datetime, time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
-                      model_validator)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr,
+                      ValidationError, model_validator)
 
 from grids.ieee33 import N_BUS
 from timeseries.weather import SITES
@@ -76,6 +76,11 @@ Duration = Annotated[int, BeforeValidator(parse_duration_s)]
 BusNumber = Annotated[int, AfterValidator(_check_bus)]
 NonNeg = Annotated[float, Field(ge=0)]
 Range = Annotated[tuple[NonNeg, NonNeg], BeforeValidator(_pair), AfterValidator(_ordered)]
+Positive = Annotated[float, Field(gt=0)]
+PositiveRange = Annotated[tuple[Positive, Positive], BeforeValidator(_pair), AfterValidator(_ordered)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+FractionRange = Annotated[tuple[Fraction, Fraction], BeforeValidator(_pair), AfterValidator(_ordered)]
+Efficiency = Annotated[float, Field(gt=0, le=1)]
 Tilt = Annotated[float, Field(ge=0, le=90)]
 Azimuth = Annotated[float, Field(ge=0, le=360)]
 
@@ -137,6 +142,14 @@ class HouseholdGroup(_Model):
     pv_tilt_deg: Annotated[tuple[Tilt, Tilt], BeforeValidator(_pair), AfterValidator(_ordered)] = (15.0, 35.0)
     pv_azimuth_deg: Annotated[tuple[Azimuth, Azimuth], BeforeValidator(_pair),
                               AfterValidator(_ordered)] = (135.0, 225.0)
+    hvac_share: Fraction = 0.0  #: fraction of the group with HVAC (seed 000 eq. 5 thermal model)
+    hvac_mode: Literal["cooling", "heating"] = "cooling"
+    hvac_p_max_kw: PositiveRange = (2.0, 3.5)  #: electric power when on, kW
+    hvac_cop: PositiveRange = (2.5, 3.5)  #: thermal kW per electric kW
+    hvac_c_kwh_per_c: PositiveRange = (3.0, 6.0)  #: thermal capacitance, kWh/°C
+    hvac_r_c_per_kw: PositiveRange = (2.0, 4.0)  #: thermal resistance, °C/kW
+    t_set_c: float = 24.0  #: thermostat setpoint, °C
+    comfort_band_c: Positive = 2.0  #: thermostat / comfort band width around t_set_c, °C
 
 
 class Households(_Model):
@@ -148,6 +161,71 @@ class Households(_Model):
         if len(names) != len(set(names)):
             raise ValueError(f"group names must be unique, got {names}")
         return self
+
+
+class BatteryGroup(_Model):
+    """Batteries on households (``at = "households"``) or directly on buses (``at = "buses"``)."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")] = "bat"
+    at: Literal["households", "buses"] = "households"
+    households: Literal["with_pv", "all"] = "with_pv"  #: which households of ``household_group`` get one
+    household_group: str | None = None  #: restrict to one household group (None = every group)
+    buses: list[BusNumber] = []  #: for at = "buses": one battery per listed bus
+    capacity_kwh: Positive = 10.3
+    p_charge_max_kw: Positive = 5.3
+    p_discharge_max_kw: Positive = 5.3
+    eta_charge: Efficiency = 0.9
+    eta_discharge: Efficiency = 0.9
+    soc_min_frac: Fraction = 0.0
+    soc_max_frac: Fraction = 1.0
+    self_discharge_per_h: Annotated[float, Field(ge=0, lt=1)] = 0.0  #: fraction of stored energy lost per hour
+    soc_init_frac: FractionRange = (0.51, 0.51)  #: fixed, or [low, high] drawn per battery
+    default_mode: Literal["idle", "follow_residual"] = "idle"  #: what the PMS does without a controller
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BatteryGroup:
+        if self.soc_min_frac >= self.soc_max_frac:
+            raise ValueError(f"soc_min_frac ({self.soc_min_frac}) must be below soc_max_frac ({self.soc_max_frac})")
+        if self.at == "buses" and not self.buses:
+            raise ValueError("at = 'buses' needs a non-empty 'buses' list")
+        return self
+
+
+class Batteries(_Model):
+    pms_cycle_s: Annotated[float, Field(ge=0.1, le=60)] = 1.0  #: PMS cycle inside each 60-s step, s
+    subminute_sigma_kw: Annotated[float, Field(ge=0)] = 0.0  #: sub-minute residual fluctuation (0 = off), kW
+    subminute_tau_s: Positive = 10.0  #: its correlation time, s
+    groups: list[BatteryGroup] = []
+
+    @model_validator(mode="after")
+    def _cycle_divides_step(self) -> Batteries:
+        n = 60.0 / self.pms_cycle_s
+        if abs(n - round(n)) > 1e-9:
+            raise ValueError(f"pms_cycle_s ({self.pms_cycle_s}) must divide the 60-s step (e.g. 0.1, 0.5, 1, 2, 5)")
+        return self
+
+
+class HemsConfig(_Model):
+    """The household energy-management controller, one instance per household it applies to."""
+
+    controller: str | None = None  #: registered name, "module:Class" or "file.py:Class" (relative to this file)
+    params: dict[str, Any] = {}  #: passed to the controller's constructor
+    applies_to: Literal["with_battery", "with_hvac", "all"] = "with_battery"
+
+
+class TouPeriodConfig(_Model):
+    start: time
+    end: time
+    import_per_kwh: NonNeg
+
+
+class TariffConfig(_Model):
+    """Retail tariff for household bills. Defaults: the bundled flat GB 2016 tariff."""
+
+    currency: str = "GBP"
+    import_per_kwh: NonNeg = 0.15
+    export_per_kwh: NonNeg = 0.05
+    tou: list[TouPeriodConfig] = []
 
 
 class RecorderConfig(_Model):
@@ -162,11 +240,32 @@ class Scenario(_Model):
     site: SiteConfig = SiteConfig()
     grid: GridConfig = GridConfig()
     households: Households = Households()
+    batteries: Batteries = Batteries()
+    hems: HemsConfig = HemsConfig()
+    tariff: TariffConfig = TariffConfig()
     recorder: RecorderConfig = RecorderConfig()
+    _source_dir: Path | None = PrivateAttr(default=None)
 
     @property
     def n_steps(self) -> int:
         return self.clock.duration // self.clock.step_s
+
+    @property
+    def source_dir(self) -> Path:
+        """Folder of the scenario file (for controllers given as "file.py:Class"); cwd if none."""
+        return self._source_dir or Path.cwd()
+
+    @model_validator(mode="after")
+    def _references(self) -> Scenario:
+        groups = {g.name for g in self.households.groups}
+        for i, b in enumerate(self.batteries.groups):
+            if b.at == "households" and b.household_group is not None and b.household_group not in groups:
+                raise ValueError(f"batteries.groups[{i}].household_group: no household group "
+                                 f"{b.household_group!r} (groups: {', '.join(sorted(groups)) or 'none'})")
+        names = [b.name for b in self.batteries.groups]
+        if len(names) != len(set(names)):
+            raise ValueError(f"batteries.groups: names must be unique, got {names}")
+        return self
 
 
 # ---------------------------------------------------------------- errors
@@ -200,7 +299,7 @@ def _key_path(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
+    return out or "(scenario)"
 
 
 def _describe(err: dict[str, Any]) -> str:
@@ -211,7 +310,7 @@ def _describe(err: dict[str, Any]) -> str:
     if err["type"] == "missing":
         return "required key is missing"
     msg = err["msg"].removeprefix("Value error, ")
-    if "got " not in msg and err["type"] not in ("model_type", "dict_type", "model_attributes_type"):
+    if "got " not in msg and not isinstance(err["input"], (dict, list)):
         msg += f" (got {err['input']!r})"
     return msg
 
@@ -219,7 +318,9 @@ def _describe(err: dict[str, Any]) -> str:
 def format_validation_error(path: str | Path, exc: ValidationError) -> str:
     lines = [f"{path}: invalid scenario"]
     for err in exc.errors():
-        lines.append(f"  {_key_path(tuple(err['loc']))}: {_describe(err)}")
+        loc = tuple(err["loc"])
+        # errors across sections carry their key path at the start of the message
+        lines.append(f"  {_key_path(loc)}: {_describe(err)}" if loc else f"  {_describe(err)}")
     return "\n".join(lines)
 
 
@@ -237,9 +338,11 @@ def load_scenario(path: str | Path) -> Scenario:
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
     try:
-        return Scenario.model_validate(data)
+        scenario = Scenario.model_validate(data)
     except ValidationError as exc:
         raise ScenarioError(format_validation_error(path, exc)) from None
+    scenario._source_dir = path.resolve().parent
+    return scenario
 
 
 def scenario_to_toml(scenario: Scenario) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from scenarios.config import Scenario
+from scenarios.config import Scenario, ScenarioError
 from timeseries import loads, pv, weather
 from timeseries.rng import rng_for
 
@@ -62,3 +62,61 @@ def base_load_shape(scenario: Scenario, times: pd.DatetimeIndex) -> np.ndarray:
     shape = scenario.grid.base_load
     daily = np.ones(len(times)) if shape.shape == "flat" else loads.daily_shape(times)
     return shape.scale * daily
+
+
+def draw_hvac(scenario: Scenario, table: pd.DataFrame) -> dict[str, np.ndarray]:
+    """HVAC parameters per household of ``table`` (``p_max_kw`` = 0: no HVAC), drawn from the seed."""
+    rng = rng_for(scenario.seed, "hvac")
+    n = len(table)
+    out = {k: np.zeros(n) for k in ("p_max_kw", "c_kwh_per_c", "r_c_per_kw", "mu", "t_set_c", "band_c")}
+    for group in scenario.households.groups:
+        rows = np.flatnonzero(table["group"].to_numpy() == group.name)
+        m = len(rows)
+        has = np.zeros(m, bool)
+        has[rng.permutation(m)[: int(round(group.hvac_share * m))]] = True
+        sign = 1.0 if group.hvac_mode == "cooling" else -1.0
+        out["p_max_kw"][rows] = np.where(has, rng.uniform(*group.hvac_p_max_kw, size=m), 0.0)
+        out["mu"][rows] = sign * rng.uniform(*group.hvac_cop, size=m)
+        out["c_kwh_per_c"][rows] = rng.uniform(*group.hvac_c_kwh_per_c, size=m)
+        out["r_c_per_kw"][rows] = rng.uniform(*group.hvac_r_c_per_kw, size=m)
+        out["t_set_c"][rows] = group.t_set_c
+        out["band_c"][rows] = group.comfort_band_c
+    out["t_init_c"] = out["t_set_c"].copy()
+    return out
+
+
+BATTERY_COLUMNS = ["name", "group", "household", "bus", "capacity_kwh", "p_charge_max_kw", "p_discharge_max_kw",
+                   "eta_charge", "eta_discharge", "soc_min_frac", "soc_max_frac", "self_discharge_per_h",
+                   "soc_init_kwh", "default_follow"]
+
+
+def draw_batteries(scenario: Scenario, households: pd.DataFrame) -> pd.DataFrame:
+    """One row per battery; ``household`` is empty for batteries on a bus. Initial SoC drawn from the seed."""
+    rng = rng_for(scenario.seed, "batteries")
+    rows = []
+    for group in scenario.batteries.groups:
+        if group.at == "households":
+            hh = households
+            if group.household_group is not None:
+                hh = hh[hh["group"] == group.household_group]
+            if group.households == "with_pv":
+                hh = hh[hh["pv_kwp"] > 0]
+            owners, buses = hh["name"].tolist(), hh["bus"].astype(int).tolist()
+            names = [f"{group.name}_{h}" for h in owners]
+        else:
+            owners, buses = [""] * len(group.buses), list(group.buses)
+            names = [f"{group.name}_bus{b}" for b in buses]
+        soc0 = rng.uniform(*group.soc_init_frac, size=len(names)) * group.capacity_kwh
+        for name, owner, bus, s0 in zip(names, owners, buses, soc0):
+            rows.append({"name": name, "group": group.name, "household": owner, "bus": bus,
+                         "capacity_kwh": group.capacity_kwh, "p_charge_max_kw": group.p_charge_max_kw,
+                         "p_discharge_max_kw": group.p_discharge_max_kw, "eta_charge": group.eta_charge,
+                         "eta_discharge": group.eta_discharge, "soc_min_frac": group.soc_min_frac,
+                         "soc_max_frac": group.soc_max_frac, "self_discharge_per_h": group.self_discharge_per_h,
+                         "soc_init_kwh": float(s0), "default_follow": group.default_mode == "follow_residual"})
+    table = pd.DataFrame(rows, columns=BATTERY_COLUMNS)
+    dup = table["household"][table["household"] != ""].duplicated()
+    if dup.any():
+        twice = sorted(table["household"][dup.index[dup]])
+        raise ScenarioError(f"batteries.groups: households with more than one battery: {twice}")
+    return table

@@ -24,8 +24,8 @@ def _at(times: pd.Series, time_s: int) -> str:
     return str(times.loc[time_s])
 
 
-def summarize(parquet: str | Path, scenario: Scenario, households: pd.DataFrame, wall_time_s: float,
-              run_wall_s: float) -> dict[str, Any]:
+def summarize(parquet: str | Path, scenario: Scenario, households: pd.DataFrame, batteries: pd.DataFrame,
+              wall_time_s: float, run_wall_s: float) -> dict[str, Any]:
     df = pd.read_parquet(parquet)
     step_h = scenario.clock.step_s / 3600.0
     feeder = df[df.kind == "feeder"].set_index("time_s").sort_index()
@@ -81,10 +81,14 @@ def summarize(parquet: str | Path, scenario: Scenario, households: pd.DataFrame,
             "pv_kwp_total": float(households["pv_kwp"].sum()) if len(households) else 0.0,
             "load_kwh": float(hh["load_kw"].sum() * step_h),
             "pv_kwh": float(hh["pv_kw"].sum() * step_h),
-            "import_kwh": float(hh["net_kw"].clip(lower=0).sum() * step_h),
-            "export_kwh": float((-hh["net_kw"]).clip(lower=0).sum() * step_h),
         },
     }
+    summary["households"].update(_household_economics(df, scenario, households, batteries, stamps))
+    if len(batteries):
+        summary["batteries"] = _battery_figures(df, scenario, batteries)
+    if scenario.hems.controller is not None:
+        summary["hems"] = {"controller": scenario.hems.controller, "params": scenario.hems.params,
+                           "applies_to": scenario.hems.applies_to}
     if scenario.grid.line_max_i_ka is not None:
         summary["lines"] = {"rating_ka": scenario.grid.line_max_i_ka,
                             "max_loading_pct": float(feeder["line_loading_max_pct"].max())}
@@ -153,3 +157,91 @@ def _save(fig: Any, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def meter_kw(df: pd.DataFrame, batteries: pd.DataFrame) -> pd.DataFrame:
+    """Net power at each household's meter (rows ``time_s``, columns household), after its battery if any."""
+    hh = df[df.kind == "household"].pivot(index="time_s", columns="entity", values="net_kw")
+    if len(batteries):
+        bat = df[df.kind == "battery"].pivot(index="time_s", columns="entity", values="meter_kw")
+        for _, row in batteries[batteries["household"] != ""].iterrows():
+            hh[row["household"]] = bat[row["name"]]
+    return hh
+
+
+def _household_economics(df: pd.DataFrame, scenario: Scenario, households: pd.DataFrame, batteries: pd.DataFrame,
+                         stamps: pd.Series) -> dict[str, Any]:
+    """Self-consumption, self-sufficiency and bills per household and for the fleet."""
+    from timeseries.tariffs import Tariff, TouPeriod
+
+    if not len(households):
+        return {}
+    step_h = scenario.clock.step_s / 3600.0
+    hh = df[df.kind == "household"]
+    meter = meter_kw(df, batteries)
+    names = list(households["name"])
+    meter = meter[names]
+    load = hh.pivot(index="time_s", columns="entity", values="load_kw")[names]
+    hvac = hh.pivot(index="time_s", columns="entity", values="hvac_kw")[names].fillna(0.0)
+    pv = hh.pivot(index="time_s", columns="entity", values="pv_kw")[names]
+    demand_kwh = (load + hvac).sum() * step_h
+    pv_kwh = pv.sum() * step_h
+    import_kwh = meter.clip(lower=0).sum() * step_h
+    export_kwh = (-meter).clip(lower=0).sum() * step_h
+    t = scenario.tariff
+    tariff = Tariff(t.currency, t.import_per_kwh, t.export_per_kwh,
+                    tuple(TouPeriod(p.start, p.end, p.import_per_kwh) for p in t.tou))
+    times = pd.DatetimeIndex(stamps.loc[meter.index])
+    bills = pd.Series(tariff.bill(times, meter.to_numpy(), step_h), index=names)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        self_consumption = (pv_kwh - export_kwh).clip(lower=0) / pv_kwh
+        self_sufficiency = (demand_kwh - import_kwh) / demand_kwh
+    per = {n: {"bus": int(b), "demand_kwh": float(demand_kwh[n]), "pv_kwh": float(pv_kwh[n]),
+               "import_kwh": float(import_kwh[n]), "export_kwh": float(export_kwh[n]),
+               "self_consumption": None if pv_kwh[n] <= 0 else float(self_consumption[n]),
+               "self_sufficiency": float(self_sufficiency[n]), "bill": float(bills[n])}
+           for n, b in zip(names, households["bus"])}
+    fleet_pv = float(pv_kwh.sum())
+    return {
+        "hvac_kwh": float(hvac.sum().sum() * step_h),
+        "meter_import_kwh": float(import_kwh.sum()),
+        "meter_export_kwh": float(export_kwh.sum()),
+        "self_consumption": float(max(fleet_pv - export_kwh.sum(), 0.0) / fleet_pv) if fleet_pv > 0 else None,
+        "self_sufficiency": float((demand_kwh.sum() - import_kwh.sum()) / demand_kwh.sum()),
+        "bill_total": float(bills.sum()),
+        "currency": t.currency,
+        "definitions": "self_consumption = (PV - export)/PV; self_sufficiency = (demand - import)/demand, "
+                       "demand = load + HVAC; import/export at the meter after the battery",
+        "per_household": per,
+    }
+
+
+def _battery_figures(df: pd.DataFrame, scenario: Scenario, batteries: pd.DataFrame) -> dict[str, Any]:
+    bat = df[df.kind == "battery"]
+    sums = bat.groupby("entity")[["e_charge_kwh", "e_discharge_kwh", "e_self_discharge_kwh", "e_clipped_kwh"]].sum()
+    last_soc = bat.sort_values("time_s").groupby("entity")["soc_kwh"].last()
+    table = batteries.set_index("name")
+    sums = sums.loc[table.index]
+    closure = (last_soc.loc[table.index] - table["soc_init_kwh"]) - (
+        table["eta_charge"] * sums["e_charge_kwh"] - sums["e_discharge_kwh"] / table["eta_discharge"]
+        - sums["e_self_discharge_kwh"])
+    cycles = sums["e_discharge_kwh"] / table["capacity_kwh"]
+    return {
+        "count": int(len(table)),
+        "pms_cycle_s": scenario.batteries.pms_cycle_s,
+        "subminute_sigma_kw": scenario.batteries.subminute_sigma_kw,
+        "charged_kwh": float(sums["e_charge_kwh"].sum()),
+        "discharged_kwh": float(sums["e_discharge_kwh"].sum()),
+        "self_discharge_kwh": float(sums["e_self_discharge_kwh"].sum()),
+        "clipped_kwh": float(sums["e_clipped_kwh"].sum()),
+        "throughput_kwh": float(sums["e_charge_kwh"].sum() + sums["e_discharge_kwh"].sum()),
+        "equivalent_full_cycles_mean": float(cycles.mean()),
+        "energy_balance_max_error_kwh": float(closure.abs().max()),
+        "per_battery": {n: {"household": table.loc[n, "household"] or None, "bus": int(table.loc[n, "bus"]),
+                            "soc_start_kwh": float(table.loc[n, "soc_init_kwh"]),
+                            "soc_end_kwh": float(last_soc[n]),
+                            "charged_kwh": float(sums.loc[n, "e_charge_kwh"]),
+                            "discharged_kwh": float(sums.loc[n, "e_discharge_kwh"]),
+                            "clipped_kwh": float(sums.loc[n, "e_clipped_kwh"]),
+                            "equivalent_full_cycles": float(cycles[n])} for n in table.index},
+    }

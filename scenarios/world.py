@@ -1,33 +1,56 @@
 """Build the mosaik world from a validated scenario and run it.
 
-``run_scenario`` draws the households, generates their profiles, starts one
-simulator per kind (grid, households, recorder), connects them, runs, and
-writes the run folder: ``scenario.toml`` (resolved), ``households.csv``,
+``run_scenario`` draws the households (and their HVAC and batteries),
+generates their profiles, starts one simulator per kind (grid, households,
+batteries, controllers, recorder), connects them, runs, and writes the run
+folder: ``scenario.toml`` (resolved), ``households.csv``, ``batteries.csv``,
 ``timeseries.parquet``, ``summary.json`` and the plots.
+
+One simulated minute (same-time connections unless marked shifted)::
+
+    households --net_kw--> batteries --meter_kw--> grid bus      (households without battery: net_kw --> bus)
+    households --q_kvar--> grid bus
+    households --load_kw, pv_kw, ...--> controllers --p_set_kw, follow_residual--> batteries
+    batteries  --soc, p (shifted)--> controllers;  grid bus --vm_pu (shifted)--> controllers
+    controllers --hvac_set_kw (shifted)--> households
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import mosaik
+import numpy as np
 
+from controllers.pms import BatteryParams
 from scenarios import fleet, report
-from scenarios.config import Scenario, scenario_to_toml
+from scenarios.config import Scenario, ScenarioError, scenario_to_toml
+from sims.battery import OUTPUTS as BATTERY_OUTPUTS
 from sims.grid import FEEDER_ATTRS
 from timeseries import weather
 
 SIM_CONFIG = {
     "Grid": {"python": "sims.grid:GridSim"},
     "Households": {"python": "sims.household:HouseholdSim"},
+    "Batteries": {"python": "sims.battery:BatterySim"},
+    "Controllers": {"python": "sims.controller:ControllerSim"},
     "Recorder": {"python": "sims.recorder:RecorderSim"},
 }
 BUS_RECORDED = ["vm_pu", "va_degree", "p_net_kw", "q_net_kvar"]
-HOUSEHOLD_RECORDED = ["load_kw", "pv_kw", "net_kw", "q_kvar"]
+HOUSEHOLD_RECORDED = ["load_kw", "pv_kw", "hvac_kw", "net_kw", "q_kvar", "t_indoor_c", "t_outdoor_c"]
+BATTERY_RECORDED = ["p_kw", "soc_kwh", "soc_frac", "e_charge_kwh", "e_discharge_kwh", "e_self_discharge_kwh",
+                    "e_clipped_kwh", "meter_kw", "follow_residual"]
+#: observations a household itself provides (same time) and those of its battery (time-shifted)
+HOUSEHOLD_OBS = ["load_kw", "pv_kw", "net_kw", "t_outdoor_c"]
+HVAC_OBS = ["hvac_kw", "t_indoor_c"]
+BATTERY_OBS = {"soc_kwh": "soc_kwh", "soc_frac": "soc_frac", "p_kw": "battery_p_kw", "capacity_kwh": "capacity_kwh",
+               "p_charge_max_kw": "p_charge_max_kw", "p_discharge_max_kw": "p_discharge_max_kw",
+               "soc_min_frac": "soc_min_frac", "soc_max_frac": "soc_max_frac"}
 
 
 @dataclass
@@ -40,7 +63,9 @@ class RunResult:
 def with_duration(scenario: Scenario, duration_s: int) -> Scenario:
     """The scenario with its run length replaced (``--until``)."""
     clock = scenario.clock.model_copy(update={"duration": duration_s})
-    return Scenario.model_validate({**scenario.model_dump(), "clock": clock.model_dump()})
+    new = Scenario.model_validate({**scenario.model_dump(), "clock": clock.model_dump()})
+    new._source_dir = scenario._source_dir
+    return new
 
 
 def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
@@ -48,20 +73,53 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
     """Run ``scenario`` and write its results to ``out_dir`` (created)."""
     wall_start = time.perf_counter()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     step_s = scenario.clock.step_s
     n_steps = scenario.n_steps
     site = weather.get_site(scenario.site.weather)
     times = weather.time_index(scenario.clock.start, n_steps, step_s, site.tz)
 
     table = fleet.draw_households(scenario)
-    log(f"{len(table)} households ({int((table.pv_kwp > 0).sum())} with PV); generating profiles")
+    hvac = fleet.draw_hvac(scenario, table)
+    batteries = fleet.draw_batteries(scenario, table)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log(f"{len(table)} households ({int((table.pv_kwp > 0).sum())} with PV, {int((hvac['p_max_kw'] > 0).sum())} "
+        f"with HVAC), {len(batteries)} batteries; generating profiles")
     load_kw, pv_kw = fleet.household_profiles(scenario, table, times)
     base_shape = fleet.base_load_shape(scenario, times)
     (out_dir / "scenario.toml").write_text(scenario_to_toml(scenario), encoding="utf-8")
-    table.to_csv(out_dir / "households.csv", index=False)
+    table.assign(hvac_p_max_kw=hvac["p_max_kw"]).to_csv(out_dir / "households.csv", index=False)
+    batteries.to_csv(out_dir / "batteries.csv", index=False)
 
     world = mosaik.World(SIM_CONFIG, time_resolution=1.0, skip_greetings=True, configure_logging=False)
+    try:
+        parquet = _build(world, scenario, times, table, hvac, batteries, load_kw, pv_kw, base_shape, out_dir)
+        log(f"running {n_steps} steps of {step_s} s from {times[0]:%Y-%m-%d %H:%M} ({site.tz})")
+        run_start = time.perf_counter()
+        world.run(until=n_steps * step_s, print_progress=progress)
+        run_wall_s = time.perf_counter() - run_start
+    except BaseException:
+        _shutdown_quietly(world)  # lets the recorder join what it has
+        raise
+
+    summary = report.summarize(parquet, scenario, table, batteries, wall_time_s=time.perf_counter() - wall_start,
+                               run_wall_s=run_wall_s)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    report.plot_all(parquet, scenario, out_dir)
+    return RunResult(out_dir=out_dir, parquet=parquet, summary=summary)
+
+
+def _shutdown_quietly(world: mosaik.World) -> None:
+    try:
+        world.shutdown()
+    except Exception:  # noqa: BLE001 - the original error matters more
+        pass
+
+
+def _build(world: mosaik.World, scenario: Scenario, times: Any, table: Any, hvac: dict[str, np.ndarray],
+           batteries: Any, load_kw: np.ndarray, pv_kw: np.ndarray, base_shape: np.ndarray, out_dir: Path) -> Path:
+    step_s = scenario.clock.step_s
+    site = weather.get_site(scenario.site.weather)
+
     grid_sim = world.start("Grid", step_s=step_s)
     feeder = grid_sim.Feeder(feeder=scenario.grid.feeder, engine=scenario.grid.engine,
                              base_shape=base_shape.tolist(), line_max_i_ka=scenario.grid.line_max_i_ka)
@@ -69,18 +127,49 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
     entities: dict[str, dict[str, Any]] = {feeder.full_id: {"entity": "feeder", "kind": "feeder", "bus": None}}
     entities.update({b.full_id: {"entity": b.eid, "kind": "bus", "bus": n} for n, b in buses.items()})
 
-    households = []
+    households: dict[str, Any] = {}
     if len(table):
         hh_sim = world.start("Households", step_s=step_s, names=table["name"].tolist(),
                              bus=table["bus"].tolist(), load_kw=load_kw, pv_kw=pv_kw,
-                             power_factor=table["power_factor"].tolist())
-        households = hh_sim.Household.create(len(table))
-        for hh, bus in zip(households, table["bus"]):
-            world.connect(hh, buses[int(bus)], ("net_kw", "p_kw"), "q_kvar")
-            entities[hh.full_id] = {"entity": hh.eid, "kind": "household", "bus": int(bus)}
+                             power_factor=table["power_factor"].tolist(),
+                             t_outdoor_c=weather.outdoor_temperature_c(site, times),
+                             hvac={k: v.tolist() for k, v in hvac.items()})
+        households = {e.eid: e for e in hh_sim.Household.create(len(table))}
+    has_hvac = dict(zip(table["name"], hvac["p_max_kw"] > 0))
+    hh_bus = dict(zip(table["name"], table["bus"].astype(int)))
+
+    battery_of: dict[str, Any] = {}  # household name -> battery entity
+    battery_entities = []
+    if len(batteries):
+        params = {f: batteries[f].astype(float).tolist() for f in BatteryParams.__dataclass_fields__}
+        sigma = np.where(batteries["household"] != "", scenario.batteries.subminute_sigma_kw, 0.0)
+        bat_sim = world.start("Batteries", step_s=step_s, pms_cycle_s=scenario.batteries.pms_cycle_s,
+                              names=batteries["name"].tolist(), params=params,
+                              soc_init_kwh=batteries["soc_init_kwh"].tolist(),
+                              default_follow=batteries["default_follow"].tolist(),
+                              subminute_sigma_kw=sigma.tolist(), subminute_tau_s=scenario.batteries.subminute_tau_s,
+                              seed=scenario.seed)
+        battery_entities = bat_sim.Battery.create(len(batteries))
+        for ent, (_, row) in zip(battery_entities, batteries.iterrows()):
+            world.connect(ent, buses[int(row["bus"])], ("meter_kw", "p_kw"))
+            entities[ent.full_id] = {"entity": ent.eid, "kind": "battery", "bus": int(row["bus"])}
+            if row["household"]:
+                battery_of[row["household"]] = ent
+                world.connect(households[row["household"]], ent, ("net_kw", "residual_kw"))
+
+    for name, hh in households.items():
+        bus = buses[hh_bus[name]]
+        if name in battery_of:
+            world.connect(hh, bus, "q_kvar")
+        else:
+            world.connect(hh, bus, ("net_kw", "p_kw"), "q_kvar")
+        entities[hh.full_id] = {"entity": name, "kind": "household", "bus": hh_bus[name]}
+
+    if scenario.hems.controller is not None:
+        _connect_controllers(world, scenario, table, households, has_hvac, battery_of, batteries, buses, hh_bus)
 
     columns = {a: ("bool" if a == "converged" else "float64") for a in FEEDER_ATTRS + BUS_RECORDED}
-    columns.update({a: "float64" for a in HOUSEHOLD_RECORDED})
+    columns.update({a: "float64" for a in HOUSEHOLD_RECORDED + BATTERY_RECORDED})
     parquet = out_dir / "timeseries.parquet"
     rec_sim = world.start("Recorder", step_s=step_s)
     recorder = rec_sim.Recorder(path=str(parquet), entities=entities, columns=columns,
@@ -89,16 +178,60 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
     world.connect(feeder, recorder, *FEEDER_ATTRS)
     for bus in buses.values():
         world.connect(bus, recorder, *BUS_RECORDED)
-    for hh in households:
+    for hh in households.values():
         world.connect(hh, recorder, *HOUSEHOLD_RECORDED)
+    for ent in battery_entities:
+        world.connect(ent, recorder, *BATTERY_RECORDED)
+    return parquet
 
-    log(f"running {n_steps} steps of {step_s} s from {times[0]:%Y-%m-%d %H:%M} ({site.tz})")
-    run_start = time.perf_counter()
-    world.run(until=n_steps * step_s, print_progress=progress)
-    run_wall_s = time.perf_counter() - run_start
 
-    summary = report.summarize(parquet, scenario, table, wall_time_s=time.perf_counter() - wall_start,
-                               run_wall_s=run_wall_s)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    report.plot_all(parquet, scenario, out_dir)
-    return RunResult(out_dir=out_dir, parquet=parquet, summary=summary)
+def _connect_controllers(world: mosaik.World, scenario: Scenario, table: Any, households: dict[str, Any],
+                         has_hvac: dict[str, bool], battery_of: dict[str, Any], batteries: Any,
+                         buses: dict[int, Any], hh_bus: dict[str, int]) -> None:
+    hems = scenario.hems
+    names = [n for n in table["name"]
+             if hems.applies_to == "all"
+             or (hems.applies_to == "with_battery" and n in battery_of)
+             or (hems.applies_to == "with_hvac" and has_hvac[n])]
+    if not names:
+        raise ScenarioError(f"hems.applies_to = {hems.applies_to!r}: no household qualifies, "
+                            f"so controller {hems.controller!r} would control nothing")
+    available, writable = [], []
+    for n in names:
+        avail = list(HOUSEHOLD_OBS) + ["vm_pu"]
+        write = []
+        if has_hvac[n]:
+            avail += HVAC_OBS
+            write.append("hvac_set_kw")
+        if n in battery_of:
+            avail += list(BATTERY_OBS.values())
+            write += ["p_set_kw", "follow_residual"]
+        available.append(avail)
+        writable.append(write)
+    ctrl_sim = world.start("Controllers")
+    ctrls = ctrl_sim.Controller.create(len(names), spec=hems.controller, params=dict(hems.params), labels=names,
+                                       available=available, writable=writable, base_dir=str(scenario.source_dir))
+    soc0 = dict(zip(batteries["household"], batteries["soc_init_kwh"]))
+    statics = {n: row for n, row in zip(batteries["household"], batteries.to_dict("records"))}
+    for name, ctrl in zip(names, ctrls):
+        wants = set(ctrl.extra_info["inputs"])
+        gives = set(ctrl.extra_info["outputs"])
+        hh = households[name]
+        same_time = [a for a in HOUSEHOLD_OBS + HVAC_OBS if a in wants]
+        if same_time:
+            world.connect(hh, ctrl, *same_time)
+        if "vm_pu" in wants:
+            world.connect(buses[hh_bus[name]], ctrl, "vm_pu", time_shifted=True, initial_data={"vm_pu": 1.0})
+        if name in battery_of:
+            pairs = [(src, dst) for src, dst in BATTERY_OBS.items() if dst in wants]
+            if pairs:
+                row = statics[name]
+                initial = {"soc_kwh": soc0[name], "soc_frac": soc0[name] / row["capacity_kwh"], "p_kw": 0.0,
+                           **{k: row[k] for k in BATTERY_OBS if k in row}}
+                world.connect(battery_of[name], ctrl, *pairs, time_shifted=True,
+                              initial_data={src: float(initial[src]) for src, _ in pairs})
+            to_battery = [a for a in ("p_set_kw", "follow_residual") if a in gives]
+            if to_battery:
+                world.connect(ctrl, battery_of[name], *to_battery)
+        if "hvac_set_kw" in gives:
+            world.connect(ctrl, hh, "hvac_set_kw", time_shifted=True, initial_data={"hvac_set_kw": math.nan})

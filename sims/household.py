@@ -1,8 +1,12 @@
-"""mosaik simulator of households: N households as entities, minute profiles inside.
+"""mosaik simulator of households: N households as entities, minute profiles and HVAC inside.
 
-Outputs per household (load convention): ``load_kw``, ``pv_kw``, ``net_kw`` =
-load − PV (positive = drawn from the grid), ``q_kvar`` (load at its power
-factor, PV at unity), and ``bus`` (1-based).
+Outputs per household (load convention): ``load_kw`` (demand without HVAC),
+``pv_kw``, ``hvac_kw``, ``net_kw`` = load + HVAC − PV (positive = drawn
+from the grid, before any battery), ``q_kvar`` (load and HVAC at the
+household's power factor, PV at unity), ``t_indoor_c``, ``t_outdoor_c`` and
+``bus`` (1-based). HVAC follows the thermal model of seed 000 eq. (5)
+(``controllers.thermal``); a thermostat runs it unless the input
+``hvac_set_kw`` (from a controller, time-shifted) gives a finite power.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ from typing import Any
 import mosaik_api_v3
 import numpy as np
 
-ATTRS = ["load_kw", "pv_kw", "net_kw", "q_kvar", "bus"]
+from controllers.thermal import indoor_temperature_next, thermostat
+
+ATTRS = ["load_kw", "pv_kw", "hvac_kw", "net_kw", "q_kvar", "t_indoor_c", "t_outdoor_c", "bus", "hvac_set_kw"]
 META = {
     "api_version": "3.0",
     "type": "time-based",
@@ -26,16 +32,36 @@ class HouseholdSim(mosaik_api_v3.Simulator):
         self.n_created = 0
 
     def init(self, sid: str, time_resolution: float = 1.0, step_s: int = 60, names: list[str] = (),
-             bus: list[int] = (), load_kw: Any = None, pv_kw: Any = None,
-             power_factor: list[float] = ()) -> dict:
-        """``load_kw``, ``pv_kw``: (n_steps, n) arrays, one row per step from t = 0."""
+             bus: list[int] = (), load_kw: Any = None, pv_kw: Any = None, power_factor: list[float] = (),
+             t_outdoor_c: Any = None, hvac: dict[str, list[float]] | None = None) -> dict:
+        """``load_kw``, ``pv_kw``: (n_steps, n), one row per step from t = 0; ``t_outdoor_c``: (n_steps,).
+
+        ``hvac``: per-household lists ``p_max_kw`` (0 = no HVAC), ``c_kwh_per_c``,
+        ``r_c_per_kw``, ``mu`` (+COP cooling, −COP heating), ``t_set_c``,
+        ``band_c``, ``t_init_c``.
+        """
         self.step_s = int(step_s)
         self.names = list(names)
+        n = len(self.names)
         self.index = {name: j for j, name in enumerate(self.names)}
         self.bus = np.asarray(bus, int)
-        self.load_kw = np.asarray(load_kw, float).reshape(-1, len(self.names))
-        self.pv_kw = np.asarray(pv_kw, float).reshape(-1, len(self.names))
+        self.load_kw = np.asarray(load_kw, float).reshape(-1, n)
+        self.pv_kw = np.asarray(pv_kw, float).reshape(-1, n)
         self.tan_phi = np.tan(np.arccos(np.asarray(power_factor, float)))
+        n_steps = len(self.load_kw)
+        self.t_out = np.full(n_steps, 20.0) if t_outdoor_c is None else np.asarray(t_outdoor_c, float)
+        hvac = hvac or {}
+        self.hvac_p_max = np.asarray(hvac.get("p_max_kw", np.zeros(n)), float)
+        self.has_hvac = self.hvac_p_max > 0
+        one = np.ones(n)
+        self.hvac_c = np.asarray(hvac.get("c_kwh_per_c", one), float)
+        self.hvac_r = np.asarray(hvac.get("r_c_per_kw", one), float)
+        self.hvac_mu = np.asarray(hvac.get("mu", one), float)
+        self.t_set = np.asarray(hvac.get("t_set_c", one * 22.0), float)
+        self.band = np.asarray(hvac.get("band_c", one * 2.0), float)
+        self.t_in = np.asarray(hvac.get("t_init_c", self.t_set), float).copy()
+        self.hvac_on = np.zeros(n, bool)
+        self.hvac_kw = np.zeros(n)
         self.k = 0
         return self.meta
 
@@ -51,15 +77,33 @@ class HouseholdSim(mosaik_api_v3.Simulator):
         self.k = time // self.step_s
         if self.k >= len(self.load_kw):
             raise ValueError(f"household profiles end at step {len(self.load_kw)}, asked for step {self.k}")
+        if np.any(self.has_hvac):
+            self.hvac_on = thermostat(self.t_in, self.hvac_on, self.hvac_mu, self.t_set, self.band)
+            power = np.where(self.hvac_on, self.hvac_p_max, 0.0)
+            for eid, attrs in inputs.items():
+                values = attrs.get("hvac_set_kw", {})
+                if values:
+                    setpoint = float(sum(values.values()))
+                    j = self.index[eid]
+                    if np.isfinite(setpoint):
+                        power[j] = min(max(setpoint, 0.0), self.hvac_p_max[j])
+            self.hvac_kw = np.where(self.has_hvac, power, 0.0)
+            t_next = indoor_temperature_next(self.t_in, self.t_out[self.k], self.hvac_kw, self.hvac_mu,
+                                             self.hvac_c, self.hvac_r, self.step_s / 3600.0)
+            self.t_in = np.where(self.has_hvac, t_next, self.t_in)
         return time + self.step_s
 
     def get_data(self, outputs: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
         load = self.load_kw[self.k]
         pv = self.pv_kw[self.k]
+        t_out = float(self.t_out[self.k])
         data = {}
         for eid, attrs in outputs.items():
             j = self.index[eid]
-            values = {"load_kw": float(load[j]), "pv_kw": float(pv[j]), "net_kw": float(load[j] - pv[j]),
-                      "q_kvar": float(load[j] * self.tan_phi[j]), "bus": int(self.bus[j])}
+            hvac = float(self.hvac_kw[j])
+            values = {"load_kw": float(load[j]), "pv_kw": float(pv[j]), "hvac_kw": hvac,
+                      "net_kw": float(load[j] + hvac - pv[j]), "q_kvar": float((load[j] + hvac) * self.tan_phi[j]),
+                      "t_indoor_c": float(self.t_in[j]) if self.has_hvac[j] else float("nan"),
+                      "t_outdoor_c": t_out, "bus": int(self.bus[j])}
             data[eid] = {a: values[a] for a in attrs}
         return data

@@ -1,0 +1,80 @@
+"""The controller plug-in protocol (DESIGN.md) and the names a controller may read and write.
+
+A controller is a plain class::
+
+    class MyController:
+        period_s = 60                         # step() is called every period_s seconds
+        inputs = ("load_kw", "pv_kw", "soc_frac")
+        outputs = ("p_set_kw",)
+        def __init__(self, **params): ...     # the scenario's [hems.params] table
+        def step(self, t, obs): return {"p_set_kw": ...}
+
+``sims/controller.py`` hosts one instance per household (or battery) and
+calls ``step(t, obs)`` every ``period_s`` seconds with ``t`` in seconds since
+the start and ``obs`` a mapping of the requested inputs. Feedback from the
+battery and the grid (``soc_*``, ``vm_pu``, ``battery_p_kw``) is the value of
+the previous step (time-shifted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol, runtime_checkable
+
+#: Observations a controller can ask for, and what they are.
+OBSERVATIONS: dict[str, str] = {
+    "load_kw": "household demand without HVAC this minute, kW",
+    "pv_kw": "household PV output this minute, kW",
+    "hvac_kw": "HVAC electric power this minute, kW",
+    "net_kw": "household net demand before the battery (load + HVAC − PV), kW",
+    "t_indoor_c": "indoor temperature, °C",
+    "t_outdoor_c": "outdoor temperature, °C",
+    "soc_kwh": "battery stored energy at the end of the previous step, kWh",
+    "soc_frac": "battery state of charge at the end of the previous step, 0..1",
+    "battery_p_kw": "battery mean power in the previous step, kW (+ = charging)",
+    "capacity_kwh": "battery capacity, kWh",
+    "p_charge_max_kw": "battery charge power limit, kW",
+    "p_discharge_max_kw": "battery discharge power limit, kW",
+    "soc_min_frac": "battery lower SoC bound, 0..1",
+    "soc_max_frac": "battery upper SoC bound, 0..1",
+    "vm_pu": "voltage magnitude at the household's bus in the previous step, pu",
+}
+
+#: Setpoints a controller can write.
+SETPOINTS: dict[str, str] = {
+    "p_set_kw": "battery power setpoint, kW (+ = charging); held by the PMS unless following the residual",
+    "follow_residual": "1 = the PMS follows the actual residual demand every cycle, 0 = hold p_set_kw",
+    "hvac_set_kw": "HVAC electric power, kW (overrides the thermostat; clipped to [0, hvac_p_max_kw])",
+}
+
+
+@runtime_checkable
+class Controller(Protocol):
+    period_s: int
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+    def step(self, t: int, obs: Mapping[str, float]) -> Mapping[str, float]: ...
+
+
+class BaseController:
+    """Optional base class: keeps the constructor parameters and checks the protocol attributes."""
+
+    period_s: int = 60
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+
+    def __init__(self, **params: object) -> None:
+        unknown = set(params) - set(self.parameters())
+        if unknown:
+            raise TypeError(f"unknown parameter(s) {sorted(unknown)}; expected {sorted(self.parameters())}")
+        for name, default in self.parameters().items():
+            setattr(self, name, params.get(name, default))
+
+    @classmethod
+    def parameters(cls) -> dict[str, object]:
+        """Parameter names and defaults accepted by the constructor (override)."""
+        return {}
+
+    def step(self, t: int, obs: Mapping[str, float]) -> Mapping[str, float]:  # pragma: no cover
+        raise NotImplementedError

@@ -1,0 +1,106 @@
+"""mosaik simulator of a battery fleet (household and community batteries) with its PMS loop.
+
+One entity per battery. Inputs: ``residual_kw`` (the household's net demand
+before the battery, summed if several; none for a battery on a bus),
+``p_set_kw`` and ``follow_residual`` from a controller (absent or NaN: the
+battery's default mode). Inside each step the PMS of ``controllers.pms`` runs
+``step_s / pms_cycle_s`` cycles on the residual plus an optional seeded
+sub-minute fluctuation. Outputs: ``p_kw`` (mean, + = charging), ``soc_kwh``,
+``soc_frac``, per-step energies ``e_charge_kwh``, ``e_discharge_kwh``,
+``e_self_discharge_kwh``, ``e_clipped_kwh``, ``meter_kw`` (net power at the
+connection point after the battery; this is what goes to the grid),
+``follow_residual`` (the mode used), and the static limits.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mosaik_api_v3
+import numpy as np
+
+from controllers.pms import BatteryFleet, BatteryParams
+from timeseries.rng import rng_for
+from timeseries.subminute import SubminuteFluctuation
+
+STATIC = ["capacity_kwh", "p_charge_max_kw", "p_discharge_max_kw", "soc_min_frac", "soc_max_frac"]
+OUTPUTS = ["p_kw", "soc_kwh", "soc_frac", "e_charge_kwh", "e_discharge_kwh", "e_self_discharge_kwh",
+           "e_clipped_kwh", "meter_kw", "follow_residual"] + STATIC
+META = {
+    "api_version": "3.0",
+    "type": "time-based",
+    "models": {"Battery": {"public": True, "params": [],
+                           "attrs": ["residual_kw", "p_set_kw"] + OUTPUTS}},
+}
+
+
+class BatterySim(mosaik_api_v3.Simulator):
+    def __init__(self) -> None:
+        super().__init__(META)
+        self.n_created = 0
+
+    def init(self, sid: str, time_resolution: float = 1.0, step_s: int = 60, pms_cycle_s: float = 1.0,
+             names: list[str] = (), params: dict[str, list[float]] | None = None,
+             soc_init_kwh: list[float] = (), default_follow: list[bool] = (),
+             subminute_sigma_kw: list[float] = (), subminute_tau_s: float = 10.0, seed: int = 0) -> dict:
+        self.step_s = int(step_s)
+        self.names = list(names)
+        n = len(self.names)
+        self.index = {name: j for j, name in enumerate(self.names)}
+        self.params = BatteryParams(**{k: np.asarray(v, float) for k, v in (params or {}).items()})
+        self.fleet = BatteryFleet(self.params, np.asarray(soc_init_kwh, float), cycle_s=pms_cycle_s, step_s=step_s)
+        self.default_follow = np.asarray(default_follow, bool)
+        rng = rng_for(seed, "battery_subminute")
+        self.fluctuation = SubminuteFluctuation(n, self.fleet.n_cycles, pms_cycle_s, np.asarray(subminute_sigma_kw),
+                                                subminute_tau_s, rng)
+        self.last = None
+        self.follow_used = self.default_follow.copy()
+        return self.meta
+
+    def create(self, num: int, model: str) -> list[dict]:
+        if self.n_created + num > len(self.names):
+            raise ValueError(f"only {len(self.names)} batteries were given, asked for {self.n_created + num}")
+        new = self.names[self.n_created:self.n_created + num]
+        self.n_created += num
+        return [{"eid": name, "type": model} for name in new]
+
+    def step(self, time: int, inputs: dict, max_advance: int) -> int:
+        n = len(self.names)
+        residual = np.zeros(n)
+        follow = self.default_follow.copy()
+        p_set = np.zeros(n)
+        for eid, attrs in inputs.items():
+            j = self.index[eid]
+            if attrs.get("residual_kw"):
+                residual[j] = sum(attrs["residual_kw"].values())
+            f = sum(attrs.get("follow_residual", {}).values()) if attrs.get("follow_residual") else np.nan
+            p = sum(attrs.get("p_set_kw", {}).values()) if attrs.get("p_set_kw") else np.nan
+            if np.isfinite(f):
+                follow[j] = f >= 0.5
+            if np.isfinite(p):
+                p_set[j] = p
+        noisy = residual[None, :] + self.fluctuation.next_step()
+        self.last = self.fleet.step(noisy, follow, p_set)
+        self.follow_used = follow
+        return time + self.step_s
+
+    def get_data(self, outputs: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
+        r, p = self.last, self.params
+        data = {}
+        for eid, attrs in outputs.items():
+            j = self.index[eid]
+            values = {
+                "p_kw": r.p_kw[j] if r else 0.0,
+                "soc_kwh": self.fleet.soc_kwh[j], "soc_frac": self.fleet.soc_frac[j],
+                "e_charge_kwh": r.e_charge_kwh[j] if r else 0.0,
+                "e_discharge_kwh": r.e_discharge_kwh[j] if r else 0.0,
+                "e_self_discharge_kwh": r.e_self_discharge_kwh[j] if r else 0.0,
+                "e_clipped_kwh": r.e_clipped_kwh[j] if r else 0.0,
+                "meter_kw": r.meter_kw[j] if r else 0.0,
+                "follow_residual": float(self.follow_used[j]),
+                "capacity_kwh": p.capacity_kwh[j], "p_charge_max_kw": p.p_charge_max_kw[j],
+                "p_discharge_max_kw": p.p_discharge_max_kw[j], "soc_min_frac": p.soc_min_frac[j],
+                "soc_max_frac": p.soc_max_frac[j],
+            }
+            data[eid] = {a: float(values[a]) for a in attrs}
+        return data
