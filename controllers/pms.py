@@ -6,7 +6,9 @@ demand of its connection point (``p = −residual``: charge surplus, cover
 deficit) or holds its setpoint, always within its power and SoC limits.
 Power is positive when charging; stored energy changes by ``η_c·p·dt`` when
 charging and ``p·dt/η_d`` when discharging; self-discharge removes
-``r·soc·dt`` (``r`` per hour) at the start of each cycle.
+``r·soc·dt`` (``r`` per hour) at the start of each cycle. The SoC bounds limit
+what the PMS charges and discharges; self-discharge is physics and may take the
+SoC a little below ``soc_min``.
 
 Two ways to run a step give the same numbers (to rounding):
 
