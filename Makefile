@@ -24,6 +24,7 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/powerflow.py
+	$(BIN)/python benchmarks/pms.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache *.egg-info

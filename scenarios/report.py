@@ -147,6 +147,24 @@ def plot_all(parquet: str | Path, scenario: Scenario, out_dir: str | Path) -> li
     ax.set_title(f"{scenario.name}: voltage profile at the worst minute, {feeder['time'].loc[worst]:%Y-%m-%d %H:%M}")
     ax.set_xticks(list(vm.columns)[::2])
     paths.append(_save(fig, out_dir / "voltage_profile_worst.png"))
+
+    bat = df[df.kind == "battery"]
+    if len(bat):
+        soc = bat.pivot(index="time_s", columns="entity", values="soc_frac")
+        power = bat.pivot(index="time_s", columns="entity", values="p_kw")
+        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
+        ax1.fill_between(t, soc.min(axis=1), soc.max(axis=1), alpha=0.25, label="range over batteries")
+        ax1.plot(t, soc.mean(axis=1), label="mean")
+        ax1.set_ylabel("state of charge (0..1)")
+        ax1.set_ylim(-0.02, 1.02)
+        ax1.legend(loc="best", fontsize=8)
+        ax1.set_title(f"{scenario.name}: {soc.shape[1]} batteries, PMS cycle {scenario.batteries.pms_cycle_s} s")
+        ax2.plot(t, power.sum(axis=1), label="fleet battery power (+ = charging)")
+        ax2.axhline(0, color="k", lw=0.5)
+        ax2.set_ylabel("kW")
+        ax2.legend(loc="best", fontsize=8)
+        fig.autofmt_xdate()
+        paths.append(_save(fig, out_dir / "batteries.png"))
     return paths
 
 
