@@ -103,4 +103,7 @@ def make_controller(cls: type, spec: str, params: dict[str, Any], label: str,
                               f"(this household takes: {', '.join(sorted(writable)) or 'nothing'})")
     if not ctrl.outputs:
         raise ControllerError(f"{where}: declares no outputs")
+    clash = [d for d in getattr(ctrl, "diagnostics", ()) if d in OBSERVATIONS or d in SETPOINTS]
+    if clash:
+        raise ControllerError(f"{where}: diagnostics {clash} reuse observation/setpoint names")
     return ctrl

@@ -88,7 +88,7 @@ def summarize(parquet: str | Path, scenario: Scenario, households: pd.DataFrame,
         summary["batteries"] = _battery_figures(df, scenario, batteries)
     if scenario.hems.controller is not None:
         summary["hems"] = {"controller": scenario.hems.controller, "params": scenario.hems.params,
-                           "applies_to": scenario.hems.applies_to}
+                           "applies_to": scenario.hems.applies_to, **_controller_figures(df)}
     if scenario.grid.line_max_i_ka is not None:
         summary["lines"] = {"rating_ka": scenario.grid.line_max_i_ka,
                             "max_loading_pct": float(feeder["line_loading_max_pct"].max())}
@@ -190,7 +190,7 @@ def meter_kw(df: pd.DataFrame, batteries: pd.DataFrame) -> pd.DataFrame:
 def _household_economics(df: pd.DataFrame, scenario: Scenario, households: pd.DataFrame, batteries: pd.DataFrame,
                          stamps: pd.Series) -> dict[str, Any]:
     """Self-consumption, self-sufficiency and bills per household and for the fleet."""
-    from timeseries.tariffs import Tariff, TouPeriod
+    from timeseries.tariffs import tariff_of
 
     if not len(households):
         return {}
@@ -206,9 +206,7 @@ def _household_economics(df: pd.DataFrame, scenario: Scenario, households: pd.Da
     pv_kwh = pv.sum() * step_h
     import_kwh = meter.clip(lower=0).sum() * step_h
     export_kwh = (-meter).clip(lower=0).sum() * step_h
-    t = scenario.tariff
-    tariff = Tariff(t.currency, t.import_per_kwh, t.export_per_kwh,
-                    tuple(TouPeriod(p.start, p.end, p.import_per_kwh) for p in t.tou))
+    tariff = tariff_of(scenario)
     times = pd.DatetimeIndex(stamps.loc[meter.index])
     bills = pd.Series(tariff.bill(times, meter.to_numpy(), step_h), index=names)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -227,7 +225,7 @@ def _household_economics(df: pd.DataFrame, scenario: Scenario, households: pd.Da
         "self_consumption": float(max(fleet_pv - export_kwh.sum(), 0.0) / fleet_pv) if fleet_pv > 0 else None,
         "self_sufficiency": float((demand_kwh.sum() - import_kwh.sum()) / demand_kwh.sum()),
         "bill_total": float(bills.sum()),
-        "currency": t.currency,
+        "currency": tariff.currency,
         "definitions": "self_consumption = (PV - export)/PV; self_sufficiency = (demand - import)/demand, "
                        "demand = load + HVAC; import/export at the meter after the battery",
         "per_household": per,
@@ -263,3 +261,27 @@ def _battery_figures(df: pd.DataFrame, scenario: Scenario, batteries: pd.DataFra
                             "clipped_kwh": float(sums.loc[n, "e_clipped_kwh"]),
                             "equivalent_full_cycles": float(cycles[n])} for n in table.index},
     }
+
+
+def _controller_figures(df: pd.DataFrame) -> dict[str, Any]:
+    """Solves, solve times and fallbacks per household, from the controllers' recorded diagnostics."""
+    ctrl = df[df.kind == "controller"]
+    if not len(ctrl) or "solve_ms" not in ctrl.columns or ctrl["solve_ms"].isna().all():
+        return {}
+    per = {}
+    for entity, rows in ctrl.groupby("entity"):
+        solved = rows["solve_ms"].dropna()
+        per[entity.removeprefix("ctrl_")] = {
+            "solves": int(len(solved)),
+            "solve_ms_mean": float(solved.mean()) if len(solved) else None,
+            "solve_ms_max": float(solved.max()) if len(solved) else None,
+            "fallbacks": int(rows["fallback"].fillna(0).sum()) if "fallback" in rows else 0,
+            "retried": int(rows["retried"].fillna(0).sum()) if "retried" in rows else 0,
+        }
+    all_ms = ctrl["solve_ms"].dropna()
+    return {"solves": int(len(all_ms)), "solve_ms_mean": float(all_ms.mean()), "solve_ms_max": float(all_ms.max()),
+            "fallbacks": int(sum(v["fallbacks"] for v in per.values())),
+            "retried": int(sum(v["retried"] for v in per.values())),
+            "note": "fallback = the solver failed and the rule-based action was used for that step; "
+                    "retried = OSQP failed and qpOASES answered",
+            "per_household": per}

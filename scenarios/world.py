@@ -28,11 +28,13 @@ import mosaik
 import numpy as np
 
 from controllers.pms import BatteryParams
+from controllers.registry import load_controller_class
 from scenarios import fleet, report
 from scenarios.config import Scenario, ScenarioError, scenario_to_toml
 from sims.battery import OUTPUTS as BATTERY_OUTPUTS
 from sims.grid import FEEDER_ATTRS
 from timeseries import weather
+from timeseries.tariffs import tariff_of
 
 SIM_CONFIG = {
     "Grid": {"python": "sims.grid:GridSim"},
@@ -165,11 +167,21 @@ def _build(world: mosaik.World, scenario: Scenario, times: Any, table: Any, hvac
             world.connect(hh, bus, ("net_kw", "p_kw"), "q_kvar")
         entities[hh.full_id] = {"entity": name, "kind": "household", "bus": hh_bus[name]}
 
+    ctrls, diagnostics = [], []
     if scenario.hems.controller is not None:
-        _connect_controllers(world, scenario, table, households, has_hvac, battery_of, batteries, buses, hh_bus)
+        tariff = tariff_of(scenario)
+        shared = {"names": list(table["name"]), "start": times[0].isoformat(),
+                  "start_s_of_day": int((times[0] - times[0].normalize()).total_seconds()),
+                  "load_kw": load_kw, "pv_kw": pv_kw, "import_price": tariff.import_price(times),
+                  "export_price": tariff.export_price(times)}
+        ctrls, diagnostics = _connect_controllers(world, scenario, table, households, has_hvac, battery_of,
+                                                  batteries, buses, hh_bus, shared)
+        for ctrl in ctrls:
+            entities[ctrl.full_id] = {"entity": ctrl.eid, "kind": "controller",
+                                      "bus": hh_bus[ctrl.eid.removeprefix("ctrl_")]}
 
     columns = {a: ("bool" if a == "converged" else "float64") for a in FEEDER_ATTRS + BUS_RECORDED}
-    columns.update({a: "float64" for a in HOUSEHOLD_RECORDED + BATTERY_RECORDED})
+    columns.update({a: "float64" for a in HOUSEHOLD_RECORDED + BATTERY_RECORDED + diagnostics})
     parquet = out_dir / "timeseries.parquet"
     rec_sim = world.start("Recorder", step_s=step_s)
     recorder = rec_sim.Recorder(path=str(parquet), entities=entities, columns=columns,
@@ -182,12 +194,16 @@ def _build(world: mosaik.World, scenario: Scenario, times: Any, table: Any, hvac
         world.connect(hh, recorder, *HOUSEHOLD_RECORDED)
     for ent in battery_entities:
         world.connect(ent, recorder, *BATTERY_RECORDED)
+    for ctrl in ctrls:
+        if ctrl.extra_info["diagnostics"]:
+            world.connect(ctrl, recorder, *ctrl.extra_info["diagnostics"])
     return parquet
 
 
 def _connect_controllers(world: mosaik.World, scenario: Scenario, table: Any, households: dict[str, Any],
                          has_hvac: dict[str, bool], battery_of: dict[str, Any], batteries: Any,
-                         buses: dict[int, Any], hh_bus: dict[str, int]) -> None:
+                         buses: dict[int, Any], hh_bus: dict[str, int],
+                         context: dict[str, Any]) -> tuple[list[Any], list[str]]:
     hems = scenario.hems
     names = [n for n in table["name"]
              if hems.applies_to == "all"
@@ -208,9 +224,13 @@ def _connect_controllers(world: mosaik.World, scenario: Scenario, table: Any, ho
             write += ["p_set_kw", "follow_residual"]
         available.append(avail)
         writable.append(write)
-    ctrl_sim = world.start("Controllers")
+    cls = load_controller_class(hems.controller, scenario.source_dir)
+    diagnostics = [str(d) for d in getattr(cls, "diagnostics", ())]
+    ctrl_sim = world.start("Controllers", step_s=scenario.clock.step_s, diagnostics=diagnostics)
+    contexts = [_context(scenario, context, n, hh_bus[n], batteries) for n in names]
     ctrls = ctrl_sim.Controller.create(len(names), spec=hems.controller, params=dict(hems.params), labels=names,
-                                       available=available, writable=writable, base_dir=str(scenario.source_dir))
+                                       available=available, writable=writable, base_dir=str(scenario.source_dir),
+                                       contexts=contexts)
     soc0 = dict(zip(batteries["household"], batteries["soc_init_kwh"]))
     statics = {n: row for n, row in zip(batteries["household"], batteries.to_dict("records"))}
     for name, ctrl in zip(names, ctrls):
@@ -235,3 +255,19 @@ def _connect_controllers(world: mosaik.World, scenario: Scenario, table: Any, ho
                 world.connect(ctrl, battery_of[name], *to_battery)
         if "hvac_set_kw" in gives:
             world.connect(ctrl, hh, "hvac_set_kw", time_shifted=True, initial_data={"hvac_set_kw": math.nan})
+    return ctrls, diagnostics
+
+
+def _context(scenario: Scenario, shared: dict[str, Any], household: str, bus: int, batteries: Any) -> dict[str, Any]:
+    """What a controller's optional ``bind(context)`` receives for one household."""
+    j = shared["names"].index(household)
+    rows = batteries[batteries["household"] == household]
+    battery = None
+    if len(rows):
+        row = rows.iloc[0]
+        battery = {k: float(row[k]) for k in ("capacity_kwh", "p_charge_max_kw", "p_discharge_max_kw", "eta_charge",
+                                              "eta_discharge", "soc_min_frac", "soc_max_frac")}
+    return {"household": household, "bus": int(bus), "seed": scenario.seed, "step_s": scenario.clock.step_s,
+            "start": shared["start"], "start_s_of_day": shared["start_s_of_day"],
+            "load_kw": shared["load_kw"][:, j], "pv_kw": shared["pv_kw"][:, j],
+            "import_price": shared["import_price"], "export_price": shared["export_price"], "battery": battery}

@@ -49,3 +49,10 @@ class Tariff:
         imp = np.clip(meter, 0, None) * step_h
         exp = np.clip(-meter, 0, None) * step_h
         return self.import_price(times) @ imp - self.export_price(times) @ exp
+
+
+def tariff_of(scenario: object) -> Tariff:
+    """The :class:`Tariff` of a scenario's ``[tariff]`` table."""
+    t = scenario.tariff  # type: ignore[attr-defined]
+    return Tariff(t.currency, t.import_per_kwh, t.export_per_kwh,
+                  tuple(TouPeriod(p.start, p.end, p.import_per_kwh) for p in t.tou))

@@ -1,0 +1,486 @@
+"""Household energy-management MPC (SPEC D), built once in casadi and re-solved with new parameters.
+
+Every call optimises the battery over the rest of the current market interval
+(at most ``horizon_max`` steps of ``dt_h``) and returns a plan whose first
+step goes to the battery. Variables per step k: charge ``pc``, discharge
+``pd``, export ``pe`` (kW, ≥ 0), stored energy ``soc`` (kWh) at the end of
+the step, the export-cap violation ``ve``; the SoC shortfall ``sh``; and
+``ab`` = |RE − planned net export|. Import is not a variable but the
+expression ``pi = residual + pc − pd + pe`` (the meter balance), kept ≥ 0.
+
+Objective (ε = sign(RE)), all energies over ``dt``::
+
+    Σ c_imp·pi + (1 − ε)·c_exp_pen·pe                 import cost, export penalty
+  + S·(1 − ε²)·w_soc·sh / capacity                     SoC shortfall below the target
+  + |ε|·w_re·ab / (max energy per step)                 missing the export commitment RE
+  − v_soc·soc_end                                       value of energy left in the battery
+  + c_both·Σ (pc + pd) + c_cap·Σ ve                     never both ways at once; the export cap is soft
+  [+ reg·Σ (pc² + pd²)]                                 qp only: makes the optimum unique
+
+Constraints: ``0 ≤ pi ≤ import cap``; SoC dynamics with η_c, 1/η_d; SoC and
+power bounds; ``pe − ve ≤ export cap``; ``sh ≥ target − soc_end``;
+``ab ≥ ±(RE − Σ (pe − pi)·dt)``.
+
+Formulations: ``"qp"`` (default; OSQP, warm-started) and ``"milp"``
+(binaries for charge/discharge and import/export exclusivity; HiGHS). Both
+are casadi ``qpsol`` problems with fixed structure: built once per battery,
+then each call only passes numbers. OSQP (ADMM) converges slowly on the
+nearly-linear problems a commitment or SoC target creates and sometimes stops
+at its iteration limit (about 10 % of cold-started random cases); the qp
+formulation then retries once with qpOASES (active set, slower, robust), built
+on first need. ``Plan.retried`` tells; a plan that still fails is left to the
+caller's fallback. :func:`solve_with_opti` builds the same
+problem with ``casadi.Opti`` on every call — the slow path, kept for the
+benchmark and as an independent check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import casadi as ca
+import numpy as np
+
+INF = np.inf  # casadi bounds: "no bound" (a large finite number ruins OSQP's scaling)
+#: tight, because the optimum is flat in time (equal prices): the first setpoint is only pinned to
+#: about eps / (reg·dt); at 1e-8 two codings of the problem agree to ~1e-3 kW (benchmarks/mpc.py)
+BIG_M_KW = 1e3  #: milp: bound on import/export used for their exclusivity binaries
+OSQP_OPTIONS = {"verbose": False, "eps_abs": 1e-8, "eps_rel": 1e-8, "polish": True, "max_iter": 20000}
+
+
+@dataclass(frozen=True)
+class BatteryModel:
+    capacity_kwh: float
+    p_charge_max_kw: float
+    p_discharge_max_kw: float
+    eta_charge: float
+    eta_discharge: float
+    soc_min_frac: float = 0.0
+    soc_max_frac: float = 1.0
+
+
+@dataclass(frozen=True)
+class Weights:
+    export_penalty_per_kwh: float = 0.01  #: c_exp_pen, scaled by (1 − ε)
+    w_soc: float = 10.0  #: SPEC's unit weight would make a kWh of shortfall cheaper than importing it
+    w_re: float = 1.0
+    both_ways_per_kwh: float = 1e-3  #: c_both
+    cap_violation_per_kwh: float = 10.0  #: c_cap
+    regularisation: float = 1e-3  #: reg (qp only), per kW² h; ~3 % of the energy price at full power
+
+
+@dataclass
+class MPCInputs:
+    """One MPC call. ``residual_kw[0]`` is the current minute (measured), the rest forecast."""
+
+    soc_kwh: float
+    residual_kw: np.ndarray
+    import_price: np.ndarray
+    re_kwh: float = 0.0  #: remaining export commitment over the interval (+ export, − import)
+    s_mode: float = 0.0  #: S: 1 = steer SoC to the target, 0 = the battery follows residual demand
+    soc_target_frac: float = 0.0
+    export_cap_kw: float = math.inf
+    import_cap_kw: float = math.inf
+    soc_value_per_kwh: float = 0.0
+
+
+@dataclass
+class Plan:
+    success: bool
+    status: str
+    solve_s: float
+    p_battery_kw: np.ndarray = field(default_factory=lambda: np.zeros(0))  #: + = charging
+    p_import_kw: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    p_export_kw: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    soc_kwh: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    cost: float = math.nan  #: objective without the qp regularisation
+    follow_residual: bool = False  #: the first step merely follows the forecast residual
+    retried: bool = False  #: the primary solver failed and the second one answered
+
+    @property
+    def setpoint_kw(self) -> float:
+        return float(self.p_battery_kw[0]) if len(self.p_battery_kw) else 0.0
+
+    @property
+    def net_export_kwh(self) -> float:
+        """Planned export − import over the horizon, kWh (needs ``dt_h`` = 1 min; see MPCProblem)."""
+        return float(np.sum(self.p_export_kw - self.p_import_kw)) / 60.0
+
+
+class _Layout:
+    """Index ranges of the decision vector."""
+
+    def __init__(self, h: int, milp: bool) -> None:
+        names = ["pc", "pd", "pe", "soc", "ve"] + (["xb", "yb"] if milp else [])
+        self.slices: dict[str, slice] = {}
+        pos = 0
+        for name in names:
+            self.slices[name] = slice(pos, pos + h)
+            pos += h
+        self.sh, self.ab = pos, pos + 1
+        self.n = pos + 2
+
+
+class MPCProblem:
+    """The household MPC for one battery, built once; :meth:`solve` re-solves with new numbers."""
+
+    def __init__(self, battery: BatteryModel, horizon_max: int = 30, dt_h: float = 1 / 60,
+                 formulation: str = "qp", weights: Weights = Weights(), solver: str | None = None) -> None:
+        if formulation not in ("qp", "milp"):
+            raise ValueError(f"formulation must be 'qp' or 'milp', got {formulation!r}")
+        self.battery, self.h, self.dt_h = battery, int(horizon_max), float(dt_h)
+        self.formulation, self.weights = formulation, weights
+        self.solver_name = solver or ("osqp" if formulation == "qp" else "highs")
+        self.layout = _Layout(self.h, formulation == "milp")
+        x = ca.SX.sym("x", self.layout.n)
+        p = ca.SX.sym("p", 2 * self.h + 4)  # residual (h), c_imp (h), k_exp, k_sh, k_ab, v_soc
+        f, g = _formulation(x, p, self.layout, battery, self.h, self.dt_h, weights, formulation)
+        self._problem = {"x": x, "p": p, "f": f, "g": g}
+        self._solver = self._build(self.solver_name)
+        self._second: Any = None  # qpOASES, built on first need (qp only)
+        self._cost = ca.Function("cost", [x, p], [f - _regularisation(x, self.layout, self.dt_h, weights, formulation)])
+        self._warm: dict[str, Any] | None = None
+
+    def _build(self, name: str) -> Any:
+        opts: dict[str, Any] = {"error_on_fail": False, "print_time": False}
+        if name == "osqp":
+            opts["osqp"] = OSQP_OPTIONS
+            opts["warm_start_primal"] = True
+            opts["warm_start_dual"] = True
+        elif name == "highs":
+            opts["highs"] = {"output_flag": False}
+        elif name == "qpoases":
+            opts["printLevel"] = "none"
+        if self.formulation == "milp":
+            discrete = [False] * self.layout.n
+            for part in ("xb", "yb"):
+                for i in range(*self.layout.slices[part].indices(self.layout.n)):
+                    discrete[i] = True
+            opts["discrete"] = discrete
+        with _quiet_stdout():  # qpOASES prints a licence banner when made
+            return ca.qpsol(f"household_mpc_{name}", name, self._problem, opts)
+
+    def arguments(self, inp: MPCInputs) -> dict[str, np.ndarray]:
+        """Numeric parameters and bounds for one call (shared with :func:`solve_with_opti`)."""
+        return _arguments(inp, self.battery, self.layout, self.h, self.dt_h, self.weights, self.formulation)
+
+    def solve(self, inp: MPCInputs) -> Plan:
+        args = self.arguments(inp)
+        call = {k: args[k] for k in ("p", "lbx", "ubx", "lbg", "ubg")}
+        t0 = time.perf_counter()
+        warm = self._warm if self.formulation == "qp" and self.solver_name == "osqp" else None
+        ok, status, sol = _call(self._solver, {**call, **(warm or {})}, args)
+        retried = False
+        if not ok and self.formulation == "qp" and self.solver_name == "osqp":
+            if self._second is None:
+                self._second = self._build("qpoases")
+            retried = True
+            with _quiet_stdout():  # its licence banner comes with the first solve
+                ok, status2, sol = _call(self._second, call, args)
+            status = f"osqp: {status}; qpoases: {status2}"
+        solve_s = time.perf_counter() - t0
+        if not ok:
+            self._warm = None
+            return Plan(False, status, solve_s, retried=retried)
+        if self.formulation == "qp":
+            self._warm = {"x0": sol["x"], "lam_x0": sol["lam_x"], "lam_g0": sol["lam_g"]}
+        plan = self._plan(np.asarray(sol["x"]).ravel(), args, inp, status, solve_s)
+        plan.retried = retried
+        return plan
+
+    def _plan(self, xv: np.ndarray, args: dict[str, np.ndarray], inp: MPCInputs, status: str,
+              solve_s: float) -> Plan:
+        sl = self.layout.slices
+        ha = len(inp.residual_kw)
+        pc, pd, pe = xv[sl["pc"]][:ha], xv[sl["pd"]][:ha], xv[sl["pe"]][:ha]
+        p_bat = pc - pd
+        pi = np.clip(np.asarray(inp.residual_kw, float) + p_bat + pe, 0.0, None)
+        b = self.battery
+        tol = 1e-3
+        follows = (abs(p_bat[0] + inp.residual_kw[0]) < tol and pd[0] < b.p_discharge_max_kw - tol
+                   and pc[0] < b.p_charge_max_kw - tol)
+        return Plan(True, status, solve_s, p_bat, pi, pe, xv[sl["soc"]][:ha],
+                    float(self._cost(xv, args["p"])), bool(follows))
+
+
+def _regularisation(x: Any, layout: _Layout, dt_h: float, w: Weights, formulation: str) -> Any:
+    if formulation != "qp":
+        return 0
+    sl = layout.slices
+    return w.regularisation * dt_h * (ca.sumsqr(x[sl["pc"]]) + ca.sumsqr(x[sl["pd"]]))
+
+
+def _formulation(x: Any, p: Any, layout: _Layout, b: BatteryModel, h: int, dt_h: float, w: Weights,
+                 formulation: str) -> tuple[Any, Any]:
+    """Objective and constraint expressions (casadi SX or MX) of the MPC; see the module doc."""
+    sl = layout.slices
+    pc, pd, pe, soc, ve = (x[sl[n]] for n in ("pc", "pd", "pe", "soc", "ve"))
+    sh, ab = x[layout.sh], x[layout.ab]
+    residual, c_imp = p[:h], p[h:2 * h]
+    k_exp, k_sh, k_ab, v_soc = p[2 * h], p[2 * h + 1], p[2 * h + 2], p[2 * h + 3]
+    pi = residual + pc - pd + pe  # import, from the meter balance
+    f = (dt_h * (ca.dot(c_imp, pi) + k_exp * ca.sum1(pe) + w.both_ways_per_kwh * ca.sum1(pc + pd)
+                 + w.cap_violation_per_kwh * ca.sum1(ve))
+         + k_sh * sh + k_ab * ab - v_soc * soc[h - 1]
+         + _regularisation(x, layout, dt_h, w, formulation))
+    soc_prev = ca.vertcat(0, soc[:h - 1])  # soc before step k; step 0 adds soc0 through the bounds
+    net_export = dt_h * ca.sum1(pe - pi)
+    g = [pi,
+         soc - soc_prev - dt_h * (b.eta_charge * pc - pd / b.eta_discharge),
+         sh + soc[h - 1],
+         ab + net_export,
+         ab - net_export,
+         pe - ve]
+    if formulation == "milp":
+        xb, yb = x[sl["xb"]], x[sl["yb"]]
+        g += [pc - b.p_charge_max_kw * xb, pd + b.p_discharge_max_kw * xb, pi - BIG_M_KW * yb, pe + BIG_M_KW * yb]
+    return f, ca.vertcat(*g)
+
+
+def _arguments(inp: MPCInputs, b: BatteryModel, layout: _Layout, h: int, dt_h: float, w: Weights,
+               formulation: str) -> dict[str, np.ndarray]:
+    ha = len(inp.residual_kw)
+    if not 1 <= ha <= h:
+        raise ValueError(f"residual_kw must have 1..{h} steps, got {ha}")
+    residual = np.zeros(h)
+    residual[:ha] = inp.residual_kw
+    c_imp = np.zeros(h)
+    c_imp[:ha] = np.asarray(inp.import_price, float)[:ha]
+    eps = float(np.sign(inp.re_kwh))
+    e_step = max(b.p_charge_max_kw, b.p_discharge_max_kw) * dt_h
+    p = np.concatenate([residual, c_imp, [(1 - eps) * w.export_penalty_per_kwh,
+                                inp.s_mode * (1 - eps * eps) * w.w_soc / b.capacity_kwh,
+                                abs(eps) * w.w_re / e_step, inp.soc_value_per_kwh]])
+    soc_lo, soc_hi = b.soc_min_frac * b.capacity_kwh, b.soc_max_frac * b.capacity_kwh
+    soc0 = float(inp.soc_kwh)
+    sl = layout.slices
+    lbx, ubx = np.zeros(layout.n), np.full(layout.n, INF)
+    active = np.arange(h) < ha
+    ubx[sl["pc"]] = np.where(active, b.p_charge_max_kw, 0.0)
+    ubx[sl["pd"]] = np.where(active, b.p_discharge_max_kw, 0.0)
+    for name in ("pe", "ve"):
+        ubx[sl[name]] = np.where(active, INF, 0.0)
+    # a SoC already outside its bounds (self-discharge) may stay where it is
+    lbx[sl["soc"]] = min(soc_lo, soc0)
+    ubx[sl["soc"]] = max(soc_hi, soc0)
+    if formulation == "milp":
+        ubx[sl["xb"]] = 1.0
+        ubx[sl["yb"]] = 1.0
+    export_cap = min(inp.export_cap_kw, INF)
+    import_cap = min(inp.import_cap_kw, INF)
+    lbg = np.concatenate([np.zeros(h), [soc0], np.zeros(h - 1), [inp.soc_target_frac * b.capacity_kwh],
+                          [inp.re_kwh, -inp.re_kwh], np.full(h, -INF)])
+    ubg = np.concatenate([np.where(active, import_cap, 0.0), [soc0], np.zeros(h - 1), [INF], [INF, INF],
+                          np.full(h, export_cap)])
+    if formulation == "milp":
+        lbg = np.concatenate([lbg, np.full(4 * h, -INF)])
+        ubg = np.concatenate([ubg, np.zeros(h), np.full(h, b.p_discharge_max_kw), np.zeros(h),
+                              np.full(h, BIG_M_KW)])
+    return {"p": p, "lbx": lbx, "ubx": ubx, "lbg": lbg, "ubg": ubg}
+
+
+def _call(solver: Any, call: dict[str, Any], args: dict[str, np.ndarray]) -> tuple[bool, str, Any]:
+    """Run a casadi qpsol; success only if the solver says so and the answer respects the bounds."""
+    try:
+        sol = solver(**call)
+    except RuntimeError as exc:  # malformed input or a solver crash
+        return False, f"error: {exc}", None
+    stats = solver.stats()
+    status = str(stats.get("return_status", ""))
+    if not stats.get("success", False):
+        return False, status, sol
+    xv = np.asarray(sol["x"]).ravel()
+    g = np.asarray(sol["g"]).ravel()
+    tol = 1e-4
+    inside = (np.all(xv >= args["lbx"] - tol) and np.all(xv <= args["ubx"] + tol)
+              and np.all(g >= args["lbg"] - tol) and np.all(g <= args["ubg"] + tol))
+    return (True, status, sol) if inside else (False, f"{status} (bounds violated)", sol)
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Any:
+    """Silence C-level stdout (file descriptor 1) for the duration."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # no real stdout (e.g. captured): nothing to silence
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(fd)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), fd)
+        try:
+            yield
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+
+
+def solve_with_opti(problem: MPCProblem, inp: MPCInputs) -> Plan:
+    """The same QP written the way one usually writes an MPC in ``casadi.Opti``: step by step, rebuilt every call.
+
+    The naive path of ``benchmarks/mpc.py`` and an independent coding of the
+    formulation (qp only): its plans must match :meth:`MPCProblem.solve`.
+    """
+    if problem.formulation != "qp":
+        raise ValueError("solve_with_opti codes the qp formulation only")
+    t0 = time.perf_counter()
+    b, w, dt = problem.battery, problem.weights, problem.dt_h
+    ha = len(inp.residual_kw)
+    eps = float(np.sign(inp.re_kwh))
+    e_step = max(b.p_charge_max_kw, b.p_discharge_max_kw) * dt
+    soc0 = float(inp.soc_kwh)
+    soc_lo = min(b.soc_min_frac * b.capacity_kwh, soc0)
+    soc_hi = max(b.soc_max_frac * b.capacity_kwh, soc0)
+    opti = ca.Opti("conic")
+    pc, pd, pe = opti.variable(ha), opti.variable(ha), opti.variable(ha)
+    soc, ve = opti.variable(ha), opti.variable(ha)
+    sh, ab = opti.variable(), opti.variable()
+    cost = 0
+    net_export = 0
+    for k in range(ha):
+        pi_k = float(inp.residual_kw[k]) + pc[k] - pd[k] + pe[k]
+        prev = soc0 if k == 0 else soc[k - 1]
+        opti.subject_to(soc[k] == prev + dt * (b.eta_charge * pc[k] - pd[k] / b.eta_discharge))
+        opti.subject_to(opti.bounded(soc_lo, soc[k], soc_hi))
+        opti.subject_to(opti.bounded(0, pc[k], b.p_charge_max_kw))
+        opti.subject_to(opti.bounded(0, pd[k], b.p_discharge_max_kw))
+        opti.subject_to(pe[k] >= 0)
+        opti.subject_to(ve[k] >= 0)
+        opti.subject_to(pi_k >= 0)
+        if math.isfinite(inp.import_cap_kw):
+            opti.subject_to(pi_k <= inp.import_cap_kw)
+        if math.isfinite(inp.export_cap_kw):
+            opti.subject_to(pe[k] - ve[k] <= inp.export_cap_kw)
+        cost += dt * (float(inp.import_price[k]) * pi_k + (1 - eps) * w.export_penalty_per_kwh * pe[k]
+                      + w.both_ways_per_kwh * (pc[k] + pd[k]) + w.cap_violation_per_kwh * ve[k])
+        cost += w.regularisation * dt * (pc[k] ** 2 + pd[k] ** 2)
+        net_export += dt * (pe[k] - pi_k)
+    opti.subject_to(sh >= 0)
+    opti.subject_to(sh >= inp.soc_target_frac * b.capacity_kwh - soc[ha - 1])
+    opti.subject_to(ab >= inp.re_kwh - net_export)
+    opti.subject_to(ab >= net_export - inp.re_kwh)
+    cost += inp.s_mode * (1 - eps * eps) * w.w_soc / b.capacity_kwh * sh + abs(eps) * w.w_re / e_step * ab
+    cost -= inp.soc_value_per_kwh * soc[ha - 1]
+    opti.minimize(cost)
+    opti.solver("osqp", {"error_on_fail": False, "print_time": False, "osqp": OSQP_OPTIONS})
+    try:
+        sol = opti.solve_limited()
+    except RuntimeError as exc:  # Opti raises when the solver gives up
+        return Plan(False, f"error: {str(exc).splitlines()[-1]}", time.perf_counter() - t0)
+    solve_s = time.perf_counter() - t0
+    stats = sol.stats()
+    if not stats.get("success", False):
+        return Plan(False, str(stats.get("return_status", "")), solve_s)
+    p_bat = np.atleast_1d(sol.value(pc) - sol.value(pd))
+    p_exp = np.atleast_1d(sol.value(pe))
+    p_imp = np.clip(np.asarray(inp.residual_kw, float) + p_bat + p_exp, 0.0, None)
+    tol = 1e-3
+    follows = bool(abs(p_bat[0] + inp.residual_kw[0]) < tol and -p_bat[0] < b.p_discharge_max_kw - tol
+                   and p_bat[0] < b.p_charge_max_kw - tol)
+    reg = w.regularisation * dt * float(np.sum(np.atleast_1d(sol.value(pc)) ** 2 + np.atleast_1d(sol.value(pd)) ** 2))
+    return Plan(True, str(stats.get("return_status", "")), solve_s, p_bat, p_imp, p_exp,
+                np.atleast_1d(sol.value(soc)), float(sol.value(cost)) - reg, follows)
+
+
+class HouseholdMPC:
+    """The SPEC D household MPC as a controller plug-in (``controllers.mpc:HouseholdMPC``, registered as "mpc").
+
+    Every ``period_s`` it plans the battery over the rest of the current market
+    interval in 1-minute steps and sends the first step: "follow the residual"
+    when the plan merely follows the forecast residual, else the planned power.
+    The residual forecast comes from ``forecaster`` on the household's own
+    minute history (``observe`` is called every minute); "perfect" and "noisy"
+    are oracles fed with the household's true profile. The export cap drops to
+    0 while the bus voltage of the previous step is above ``v_export_limit_pu``.
+    RE, S and the SoC target are ``re_kwh``, ``s_mode``, ``soc_target_frac``
+    (no commitment by default) until the market and contract provide them.
+    If the solvers fail the step falls back to following the residual (the
+    rule-based action) and ``fallback`` = 1 is reported.
+    """
+
+    inputs = ("net_kw", "soc_kwh", "vm_pu")
+    outputs = ("p_set_kw", "follow_residual")
+    diagnostics = ("solve_ms", "fallback", "retried")
+
+    def __init__(self, period_s: int = 120, formulation: str = "qp", forecaster: str = "linear_regression",
+                 forecast_window: int = 30, forecast_accuracy: float = 0.25, forecast_grid_min: int = 120,
+                 market_interval_s: int = 1800, v_export_limit_pu: float = 1.10, export_cap_kw: float = math.inf,
+                 import_cap_kw: float = math.inf, soc_value: float | str = "auto", soc_value_factor: float = 0.95,
+                 export_penalty_per_kwh: float = 0.01, w_soc: float = 10.0, w_re: float = 1.0,
+                 re_kwh: float = 0.0, s_mode: float = 0.0, soc_target_frac: float = 0.0) -> None:
+        self.period_s = int(period_s)
+        self.formulation = formulation
+        self.forecaster_kind = forecaster
+        self.forecast_window, self.forecast_accuracy = int(forecast_window), float(forecast_accuracy)
+        self.forecast_grid_min = int(forecast_grid_min)
+        self.market_interval_s = int(market_interval_s)
+        if self.market_interval_s % 60 or self.market_interval_s <= 0:
+            raise ValueError("market_interval_s must be a positive multiple of 60")
+        self.v_export_limit_pu = float(v_export_limit_pu)
+        self.export_cap_kw, self.import_cap_kw = float(export_cap_kw), float(import_cap_kw)
+        if soc_value != "auto" and not isinstance(soc_value, (int, float)):
+            raise ValueError(f"soc_value must be 'auto' or a number, got {soc_value!r}")
+        self.soc_value, self.soc_value_factor = soc_value, float(soc_value_factor)
+        self.weights = Weights(export_penalty_per_kwh=export_penalty_per_kwh, w_soc=w_soc, w_re=w_re)
+        self.re_kwh, self.s_mode, self.soc_target_frac = float(re_kwh), float(s_mode), float(soc_target_frac)
+        self.history: list[float] = []
+        self.problem: MPCProblem | None = None
+
+    def bind(self, context: dict[str, Any]) -> None:
+        """Called once with the household's context (battery, prices, true profile, clock, seed)."""
+        from timeseries.forecast import make_forecaster
+        from timeseries.rng import rng_for
+
+        bat = context["battery"]
+        if bat is None:
+            raise ValueError("the MPC needs a battery on its household")
+        self.battery = BatteryModel(**{k: float(bat[k]) for k in BatteryModel.__dataclass_fields__})
+        self.problem = MPCProblem(self.battery, horizon_max=self.market_interval_s // 60,
+                                  formulation=self.formulation, weights=self.weights)
+        self.import_price = np.asarray(context["import_price"], float)
+        self.start_s_of_day = int(context["start_s_of_day"])
+        truth = np.asarray(context["load_kw"], float) - np.asarray(context["pv_kw"], float)
+        self.forecaster = make_forecaster(self.forecaster_kind, truth=truth, window=self.forecast_window,
+                                          accuracy=self.forecast_accuracy, grid_min=self.forecast_grid_min,
+                                          rng=rng_for(int(context["seed"]), f"forecast:{context['household']}"))
+
+    def observe(self, t: int, obs: dict[str, float]) -> None:
+        self.history.append(float(obs["net_kw"]))
+
+    def steps_left(self, t: int) -> int:
+        """Minutes from t to the end of its market interval (intervals aligned to the wall clock)."""
+        into = (self.start_s_of_day + t) % self.market_interval_s
+        return (self.market_interval_s - into) // 60
+
+    def step(self, t: int, obs: dict[str, float]) -> dict[str, float]:
+        if self.problem is None:
+            raise RuntimeError("HouseholdMPC.bind() was not called")
+        k = t // 60
+        h = self.steps_left(t)
+        residual = np.concatenate([[obs["net_kw"]],
+                                   self.forecaster.forecast(k, np.asarray(self.history), h - 1)])
+        prices = self.import_price[k:k + h]
+        prices = np.concatenate([prices, np.full(h - len(prices), self.import_price[-1])])
+        if self.soc_value == "auto":
+            ahead = self.import_price[k:k + 1440]
+            soc_value = self.soc_value_factor * self.battery.eta_discharge * float(np.max(ahead))
+        else:
+            soc_value = float(self.soc_value)
+        export_cap = 0.0 if obs.get("vm_pu", 1.0) > self.v_export_limit_pu else self.export_cap_kw
+        plan = self.problem.solve(MPCInputs(
+            soc_kwh=float(obs["soc_kwh"]), residual_kw=residual, import_price=prices, re_kwh=self.re_kwh,
+            s_mode=self.s_mode, soc_target_frac=self.soc_target_frac, export_cap_kw=export_cap,
+            import_cap_kw=self.import_cap_kw, soc_value_per_kwh=soc_value))
+        self.last_plan = plan
+        diag = {"solve_ms": plan.solve_s * 1000.0, "retried": float(plan.retried)}
+        if not plan.success:  # the rule-based action
+            return {"p_set_kw": -float(obs["net_kw"]), "follow_residual": 1.0, "fallback": 1.0, **diag}
+        return {"p_set_kw": plan.setpoint_kw, "follow_residual": float(plan.follow_residual), "fallback": 0.0,
+                **diag}

@@ -1,0 +1,104 @@
+"""Forecasters of a minute series (e.g. a household's residual demand, kW).
+
+Every forecaster answers ``forecast(k, history, horizon)``: at step ``k`` (the
+current minute, whose value is measured and is ``history[-1]``), predict the
+next ``horizon`` values (steps k+1 .. k+horizon).
+
+- History-based, they get nothing but ``history`` (values up to and including
+  step k), so they cannot see the future:
+
+  * :class:`Persistence` — the last value, held;
+  * :class:`LinearRegression` — a least-squares line through the last
+    ``window`` values, extrapolated (the paper's choice up to an hour ahead),
+    clipped to ``[lower, upper]``.
+
+- Oracles, given the true series when they are made (for studies that want to
+  isolate forecast error):
+
+  * :class:`Perfect` — the truth;
+  * :class:`Noisy` — the truth times ``1 + e(t)``, with ``e`` drawn from the
+    seed at points every ``grid_min`` minutes (relative standard deviation
+    ``accuracy``, e.g. 0.25) and interpolated linearly between them. It is
+    the truth plus seeded error, so it is an oracle by construction.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+
+class Forecaster(Protocol):
+    def forecast(self, k: int, history: np.ndarray, horizon: int) -> np.ndarray: ...
+
+
+class Persistence:
+    def forecast(self, k: int, history: np.ndarray, horizon: int) -> np.ndarray:
+        last = float(history[-1]) if len(history) else 0.0
+        return np.full(horizon, last)
+
+
+class LinearRegression:
+    """Least-squares line through the last ``window`` values, extrapolated ``horizon`` steps."""
+
+    def __init__(self, window: int = 30, lower: float = -np.inf, upper: float = np.inf) -> None:
+        if window < 2:
+            raise ValueError("window must be at least 2")
+        self.window, self.lower, self.upper = int(window), lower, upper
+
+    def forecast(self, k: int, history: np.ndarray, horizon: int) -> np.ndarray:
+        y = np.asarray(history[-self.window:], float)
+        if len(y) < 2:
+            return np.full(horizon, float(y[-1]) if len(y) else 0.0)
+        x = np.arange(len(y), dtype=float)
+        slope, intercept = np.polyfit(x, y, 1)
+        ahead = np.arange(len(y), len(y) + horizon, dtype=float)
+        return np.clip(intercept + slope * ahead, self.lower, self.upper)
+
+
+class Perfect:
+    """The truth (an oracle)."""
+
+    def __init__(self, truth: np.ndarray) -> None:
+        self.truth = np.asarray(truth, float)
+
+    def forecast(self, k: int, history: np.ndarray, horizon: int) -> np.ndarray:
+        return _ahead(self.truth, k, horizon)
+
+
+class Noisy:
+    """The truth times (1 + e), e ~ N(0, accuracy) at every ``grid_min`` minutes, interpolated (an oracle)."""
+
+    def __init__(self, truth: np.ndarray, accuracy: float, grid_min: int, rng: np.random.Generator) -> None:
+        truth = np.asarray(truth, float)
+        n_points = len(truth) // grid_min + 2
+        points = rng.normal(0.0, accuracy, n_points)
+        error = np.interp(np.arange(len(truth)), np.arange(n_points) * grid_min, points)
+        self.series = truth * (1.0 + error)
+
+    def forecast(self, k: int, history: np.ndarray, horizon: int) -> np.ndarray:
+        return _ahead(self.series, k, horizon)
+
+
+def _ahead(series: np.ndarray, k: int, horizon: int) -> np.ndarray:
+    """series[k+1 : k+1+horizon], the last value held past the end of the series."""
+    out = series[k + 1:k + 1 + horizon]
+    fill = out[-1] if len(out) else series[-1]
+    return np.concatenate([out, np.full(horizon - len(out), fill)])
+
+
+def make_forecaster(kind: str, truth: np.ndarray | None = None, rng: np.random.Generator | None = None,
+                    window: int = 30, accuracy: float = 0.25, grid_min: int = 120) -> Forecaster:
+    """Forecaster by name: "perfect", "persistence", "linear_regression" or "noisy"."""
+    if kind == "persistence":
+        return Persistence()
+    if kind == "linear_regression":
+        return LinearRegression(window)
+    if kind in ("perfect", "noisy"):
+        if truth is None:
+            raise ValueError(f"the {kind!r} forecaster needs the true series")
+        if kind == "perfect":
+            return Perfect(truth)
+        return Noisy(truth, accuracy, grid_min, rng if rng is not None else np.random.default_rng(0))
+    raise ValueError(f"unknown forecaster {kind!r}; expected perfect, persistence, linear_regression or noisy")
