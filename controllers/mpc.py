@@ -13,7 +13,8 @@ Objective (ε = sign(RE)), all energies over ``dt``::
     Σ c_imp·pi + (1 − ε)·c_exp_pen·pe                 import cost, export penalty
   + S·(1 − ε²)·w_soc·sh / capacity                     SoC shortfall below the target
   + |ε|·w_re·ab / (max energy per step)                 missing the export commitment RE
-  − v_soc·soc_end                                       value of energy left in the battery
+  − v1·e1 − v2·e2,  e1 + e2 ≤ soc_end                   value of energy left in the battery, in two
+                                                        capped tiers (the rest is worth nothing)
   + c_both·Σ (pc + pd) + c_cap·Σ ve                     never both ways at once; the export cap is soft
   [+ reg·Σ (pc² + pd²)]                                 qp only: makes the optimum unique
 
@@ -71,7 +72,7 @@ class Weights:
     w_soc: float = 10.0  #: SPEC's unit weight would make a kWh of shortfall cheaper than importing it
     w_re: float = 1.0
     both_ways_per_kwh: float = 1e-3  #: c_both
-    cap_violation_per_kwh: float = 10.0  #: c_cap
+    cap_violation_per_kwh: float = 1000.0  #: c_cap; must outweigh every other term (a kWh of missed RE costs w_re/E_step ≈ 11)
     regularisation: float = 1e-3  #: reg (qp only), per kW² h; ~3 % of the energy price at full power
 
 
@@ -87,7 +88,10 @@ class MPCInputs:
     soc_target_frac: float = 0.0
     export_cap_kw: float = math.inf
     import_cap_kw: float = math.inf
-    soc_value_per_kwh: float = 0.0
+    soc_value_per_kwh: float = 0.0  #: v1: value of stored energy left at the end, currency/kWh stored
+    soc_value_cap_kwh: float = math.inf  #: how much of it is worth v1 (kWh stored)
+    soc_value2_per_kwh: float = 0.0  #: v2 (≤ v1): value of the next tier
+    soc_value2_cap_kwh: float = 0.0  #: its size (kWh stored); energy beyond both tiers is worth nothing
 
 
 @dataclass
@@ -123,8 +127,8 @@ class _Layout:
         for name in names:
             self.slices[name] = slice(pos, pos + h)
             pos += h
-        self.sh, self.ab = pos, pos + 1
-        self.n = pos + 2
+        self.sh, self.ab, self.e1, self.e2 = pos, pos + 1, pos + 2, pos + 3
+        self.n = pos + 4
 
 
 class MPCProblem:
@@ -139,7 +143,7 @@ class MPCProblem:
         self.solver_name = solver or ("osqp" if formulation == "qp" else "highs")
         self.layout = _Layout(self.h, formulation == "milp")
         x = ca.SX.sym("x", self.layout.n)
-        p = ca.SX.sym("p", 2 * self.h + 4)  # residual (h), c_imp (h), k_exp, k_sh, k_ab, v_soc
+        p = ca.SX.sym("p", 2 * self.h + 5)  # residual (h), c_imp (h), k_exp, k_sh, k_ab, v1, v2
         f, g = _formulation(x, p, self.layout, battery, self.h, self.dt_h, weights, formulation)
         self._problem = {"x": x, "p": p, "f": f, "g": g}
         self._solver = self._build(self.solver_name)
@@ -157,6 +161,7 @@ class MPCProblem:
             opts["highs"] = {"output_flag": False}
         elif name == "qpoases":
             opts["printLevel"] = "none"
+            opts["enableRegularisation"] = True  # the Hessian is only semi-definite (LP directions)
         if self.formulation == "milp":
             discrete = [False] * self.layout.n
             for part in ("xb", "yb"):
@@ -221,13 +226,13 @@ def _formulation(x: Any, p: Any, layout: _Layout, b: BatteryModel, h: int, dt_h:
     """Objective and constraint expressions (casadi SX or MX) of the MPC; see the module doc."""
     sl = layout.slices
     pc, pd, pe, soc, ve = (x[sl[n]] for n in ("pc", "pd", "pe", "soc", "ve"))
-    sh, ab = x[layout.sh], x[layout.ab]
+    sh, ab, e1, e2 = x[layout.sh], x[layout.ab], x[layout.e1], x[layout.e2]
     residual, c_imp = p[:h], p[h:2 * h]
-    k_exp, k_sh, k_ab, v_soc = p[2 * h], p[2 * h + 1], p[2 * h + 2], p[2 * h + 3]
+    k_exp, k_sh, k_ab, v1, v2 = (p[2 * h + i] for i in range(5))
     pi = residual + pc - pd + pe  # import, from the meter balance
     f = (dt_h * (ca.dot(c_imp, pi) + k_exp * ca.sum1(pe) + w.both_ways_per_kwh * ca.sum1(pc + pd)
                  + w.cap_violation_per_kwh * ca.sum1(ve))
-         + k_sh * sh + k_ab * ab - v_soc * soc[h - 1]
+         + k_sh * sh + k_ab * ab - v1 * e1 - v2 * e2
          + _regularisation(x, layout, dt_h, w, formulation))
     soc_prev = ca.vertcat(0, soc[:h - 1])  # soc before step k; step 0 adds soc0 through the bounds
     net_export = dt_h * ca.sum1(pe - pi)
@@ -236,7 +241,8 @@ def _formulation(x: Any, p: Any, layout: _Layout, b: BatteryModel, h: int, dt_h:
          sh + soc[h - 1],
          ab + net_export,
          ab - net_export,
-         pe - ve]
+         pe - ve,
+         soc[h - 1] - e1 - e2]
     if formulation == "milp":
         xb, yb = x[sl["xb"]], x[sl["yb"]]
         g += [pc - b.p_charge_max_kw * xb, pd + b.p_discharge_max_kw * xb, pi - BIG_M_KW * yb, pe + BIG_M_KW * yb]
@@ -256,7 +262,8 @@ def _arguments(inp: MPCInputs, b: BatteryModel, layout: _Layout, h: int, dt_h: f
     e_step = max(b.p_charge_max_kw, b.p_discharge_max_kw) * dt_h
     p = np.concatenate([residual, c_imp, [(1 - eps) * w.export_penalty_per_kwh,
                                 inp.s_mode * (1 - eps * eps) * w.w_soc / b.capacity_kwh,
-                                abs(eps) * w.w_re / e_step, inp.soc_value_per_kwh]])
+                                abs(eps) * w.w_re / e_step, inp.soc_value_per_kwh,
+                                min(inp.soc_value2_per_kwh, inp.soc_value_per_kwh)]])
     soc_lo, soc_hi = b.soc_min_frac * b.capacity_kwh, b.soc_max_frac * b.capacity_kwh
     soc0 = float(inp.soc_kwh)
     sl = layout.slices
@@ -269,15 +276,17 @@ def _arguments(inp: MPCInputs, b: BatteryModel, layout: _Layout, h: int, dt_h: f
     # a SoC already outside its bounds (self-discharge) may stay where it is
     lbx[sl["soc"]] = min(soc_lo, soc0)
     ubx[sl["soc"]] = max(soc_hi, soc0)
+    ubx[layout.e1] = inp.soc_value_cap_kwh
+    ubx[layout.e2] = inp.soc_value2_cap_kwh
     if formulation == "milp":
         ubx[sl["xb"]] = 1.0
         ubx[sl["yb"]] = 1.0
     export_cap = min(inp.export_cap_kw, INF)
     import_cap = min(inp.import_cap_kw, INF)
     lbg = np.concatenate([np.zeros(h), [soc0], np.zeros(h - 1), [inp.soc_target_frac * b.capacity_kwh],
-                          [inp.re_kwh, -inp.re_kwh], np.full(h, -INF)])
+                          [inp.re_kwh, -inp.re_kwh], np.full(h, -INF), [0.0]])
     ubg = np.concatenate([np.where(active, import_cap, 0.0), [soc0], np.zeros(h - 1), [INF], [INF, INF],
-                          np.full(h, export_cap)])
+                          np.full(h, export_cap), [INF]])
     if formulation == "milp":
         lbg = np.concatenate([lbg, np.full(4 * h, -INF)])
         ubg = np.concatenate([ubg, np.zeros(h), np.full(h, b.p_discharge_max_kw), np.zeros(h),
@@ -293,7 +302,8 @@ def _call(solver: Any, call: dict[str, Any], args: dict[str, np.ndarray]) -> tup
         return False, f"error: {exc}", None
     stats = solver.stats()
     status = str(stats.get("return_status", ""))
-    if not stats.get("success", False):
+    # OSQP's "solved inaccurate" is kept if the answer passes the bound check below
+    if not stats.get("success", False) and status != "solved inaccurate":
         return False, status, sol
     xv = np.asarray(sol["x"]).ravel()
     g = np.asarray(sol["g"]).ravel()
@@ -341,7 +351,7 @@ def solve_with_opti(problem: MPCProblem, inp: MPCInputs) -> Plan:
     opti = ca.Opti("conic")
     pc, pd, pe = opti.variable(ha), opti.variable(ha), opti.variable(ha)
     soc, ve = opti.variable(ha), opti.variable(ha)
-    sh, ab = opti.variable(), opti.variable()
+    sh, ab, e1, e2 = opti.variable(), opti.variable(), opti.variable(), opti.variable()
     cost = 0
     net_export = 0
     for k in range(ha):
@@ -367,7 +377,10 @@ def solve_with_opti(problem: MPCProblem, inp: MPCInputs) -> Plan:
     opti.subject_to(ab >= inp.re_kwh - net_export)
     opti.subject_to(ab >= net_export - inp.re_kwh)
     cost += inp.s_mode * (1 - eps * eps) * w.w_soc / b.capacity_kwh * sh + abs(eps) * w.w_re / e_step * ab
-    cost -= inp.soc_value_per_kwh * soc[ha - 1]
+    opti.subject_to(opti.bounded(0, e1, inp.soc_value_cap_kwh))
+    opti.subject_to(opti.bounded(0, e2, inp.soc_value2_cap_kwh))
+    opti.subject_to(e1 + e2 <= soc[ha - 1])
+    cost -= inp.soc_value_per_kwh * e1 + min(inp.soc_value2_per_kwh, inp.soc_value_per_kwh) * e2
     opti.minimize(cost)
     opti.solver("osqp", {"error_on_fail": False, "print_time": False, "osqp": OSQP_OPTIONS})
     try:
@@ -399,6 +412,12 @@ class HouseholdMPC:
     minute history (``observe`` is called every minute); "perfect" and "noisy"
     are oracles fed with the household's true profile. The export cap drops to
     0 while the bus voltage of the previous step is above ``v_export_limit_pu``.
+    The value of energy left in the battery at the end of the horizon
+    (``soc_value = "auto"``) is ``soc_value_factor · η_d`` times the highest
+    import price it could displace before surplus PV is expected to refill the
+    battery anyway (residual below −``surplus_kw``), looking up to 24 h ahead
+    in an outlook: the oracle's series for "perfect"/"noisy", else the same
+    minutes of the previous day; with no outlook, the next 24 h.
     RE, S and the SoC target are ``re_kwh``, ``s_mode``, ``soc_target_frac``
     (no commitment by default) until the market and contract provide them.
     If the solvers fail the step falls back to following the residual (the
@@ -414,6 +433,7 @@ class HouseholdMPC:
                  market_interval_s: int = 1800, v_export_limit_pu: float = 1.10, export_cap_kw: float = math.inf,
                  import_cap_kw: float = math.inf, soc_value: float | str = "auto", soc_value_factor: float = 0.95,
                  export_penalty_per_kwh: float = 0.01, w_soc: float = 10.0, w_re: float = 1.0,
+                 surplus_kw: float = 0.5,
                  re_kwh: float = 0.0, s_mode: float = 0.0, soc_target_frac: float = 0.0) -> None:
         self.period_s = int(period_s)
         self.formulation = formulation
@@ -428,6 +448,7 @@ class HouseholdMPC:
         if soc_value != "auto" and not isinstance(soc_value, (int, float)):
             raise ValueError(f"soc_value must be 'auto' or a number, got {soc_value!r}")
         self.soc_value, self.soc_value_factor = soc_value, float(soc_value_factor)
+        self.surplus_kw = float(surplus_kw)
         self.weights = Weights(export_penalty_per_kwh=export_penalty_per_kwh, w_soc=w_soc, w_re=w_re)
         self.re_kwh, self.s_mode, self.soc_target_frac = float(re_kwh), float(s_mode), float(soc_target_frac)
         self.history: list[float] = []
@@ -454,6 +475,39 @@ class HouseholdMPC:
     def observe(self, t: int, obs: dict[str, float]) -> None:
         self.history.append(float(obs["net_kw"]))
 
+    def outlook(self, k: int, n: int) -> np.ndarray | None:
+        """Expected residual for steps k .. k+n−1, or None when there is nothing to go on."""
+        series = getattr(self.forecaster, "truth", getattr(self.forecaster, "series", None))
+        if series is not None:  # an oracle
+            return np.asarray(series[k:k + n], float)
+        if k >= 1440 and len(self.history) > k - 1440:  # the same minutes yesterday
+            return np.asarray(self.history[k - 1440:k - 1440 + n], float)
+        return None
+
+    def auto_soc_value(self, k_end: int) -> tuple[tuple[float, float], tuple[float, float]]:
+        """Two tiers (value per kWh stored, kWh stored) for energy left in the battery at step ``k_end``.
+
+        Tier 1: the expected deficit in the highest-price minutes before surplus
+        PV refills the battery, valued at that price; tier 2: the deficit at the
+        next price level. Without an outlook: the highest price of the next
+        24 h, for any amount.
+        """
+        scale = self.soc_value_factor * self.battery.eta_discharge
+        ahead = self.outlook(k_end, 1440)
+        prices = self.import_price[k_end:k_end + 1440]
+        if ahead is None:
+            return (scale * float(np.max(prices)) if len(prices) else 0.0, math.inf), (0.0, 0.0)
+        surplus = np.flatnonzero(ahead < -self.surplus_kw)
+        stop = min(int(surplus[0]) if len(surplus) else len(ahead), len(prices))
+        deficit = np.clip(ahead[:stop], 0, None) / 60.0 / self.battery.eta_discharge  # kWh stored per minute
+        prices = prices[:stop]
+        tiers = []
+        for level in np.unique(prices)[::-1][:2]:
+            tiers.append((scale * float(level), float(deficit[prices == level].sum())))
+        while len(tiers) < 2:
+            tiers.append((0.0, 0.0))
+        return tiers[0], tiers[1]
+
     def steps_left(self, t: int) -> int:
         """Minutes from t to the end of its market interval (intervals aligned to the wall clock)."""
         into = (self.start_s_of_day + t) % self.market_interval_s
@@ -469,15 +523,15 @@ class HouseholdMPC:
         prices = self.import_price[k:k + h]
         prices = np.concatenate([prices, np.full(h - len(prices), self.import_price[-1])])
         if self.soc_value == "auto":
-            ahead = self.import_price[k:k + 1440]
-            soc_value = self.soc_value_factor * self.battery.eta_discharge * float(np.max(ahead))
+            tiers = self.auto_soc_value(k + h)
         else:
-            soc_value = float(self.soc_value)
+            tiers = ((float(self.soc_value), math.inf), (0.0, 0.0))
         export_cap = 0.0 if obs.get("vm_pu", 1.0) > self.v_export_limit_pu else self.export_cap_kw
         plan = self.problem.solve(MPCInputs(
             soc_kwh=float(obs["soc_kwh"]), residual_kw=residual, import_price=prices, re_kwh=self.re_kwh,
             s_mode=self.s_mode, soc_target_frac=self.soc_target_frac, export_cap_kw=export_cap,
-            import_cap_kw=self.import_cap_kw, soc_value_per_kwh=soc_value))
+            import_cap_kw=self.import_cap_kw, soc_value_per_kwh=tiers[0][0], soc_value_cap_kwh=tiers[0][1],
+            soc_value2_per_kwh=tiers[1][0], soc_value2_cap_kwh=tiers[1][1]))
         self.last_plan = plan
         diag = {"solve_ms": plan.solve_s * 1000.0, "retried": float(plan.retried)}
         if not plan.success:  # the rule-based action

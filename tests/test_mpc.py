@@ -1,0 +1,209 @@
+"""Household MPC (SPEC D): objective terms, caps, formulations, fallback; and the forecasters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from controllers.mpc import BatteryModel, HouseholdMPC, MPCInputs, MPCProblem, solve_with_opti
+from scenarios.config import Scenario
+from scenarios.world import run_scenario
+from timeseries import loads, pv, weather
+from timeseries.forecast import LinearRegression, Noisy, Perfect, Persistence
+from timeseries.rng import rng_for
+
+BATTERY = BatteryModel(10.3, 5.3, 5.3, 0.9, 0.9, 0.0, 1.0)
+FLAT = 0.15
+
+
+def inputs(residual, soc=5.0, **kw) -> MPCInputs:
+    residual = np.asarray(residual, float)
+    return MPCInputs(soc_kwh=soc, residual_kw=residual, import_price=np.full(len(residual), FLAT), **kw)
+
+
+# ---------------------------------------------------------------- the optimisation problem
+
+
+def test_commitment_to_export_is_met_when_soc_allows():
+    mpc = MPCProblem(BATTERY)
+    plan = mpc.solve(inputs(np.full(30, 0.5), soc=8.0, re_kwh=1.2))
+    assert plan.success
+    assert plan.net_export_kwh == pytest.approx(1.2, abs=1e-3)
+    # without the commitment the same household would not export at all
+    assert mpc.solve(inputs(np.full(30, 0.5), soc=8.0)).net_export_kwh <= 1e-3
+
+
+def test_soc_target_is_reached_with_s_equal_one():
+    mpc = MPCProblem(BATTERY)
+    target = 0.5  # 5.15 kWh: reachable in 30 min from 3 kWh (5.3 kW for 0.5 h at 90 % adds 2.385 kWh)
+    plan = mpc.solve(inputs(np.full(30, -1.0), soc=3.0, s_mode=1.0, soc_target_frac=target))
+    assert plan.success
+    assert plan.soc_kwh[-1] >= target * BATTERY.capacity_kwh - 1e-3  # it imports to get there
+    free = mpc.solve(inputs(np.full(30, -1.0), soc=3.0))  # S = 0: only the PV surplus goes in
+    assert free.soc_kwh[-1] < target * BATTERY.capacity_kwh - 1.0
+
+
+def test_export_cap_binds():
+    mpc = MPCProblem(BATTERY)
+    # a commitment to export 1 kWh, plenty of PV: with the cap at 0 the surplus goes into the battery instead
+    free = mpc.solve(inputs(np.full(30, -3.0), soc=2.0, re_kwh=1.0))
+    capped = mpc.solve(inputs(np.full(30, -3.0), soc=2.0, re_kwh=1.0, export_cap_kw=0.0))
+    assert free.p_export_kw.sum() / 60 == pytest.approx(1.0, abs=1e-3)
+    assert capped.p_export_kw.max() <= 1e-3
+    assert capped.soc_kwh[-1] > free.soc_kwh[-1] + 0.5
+
+
+def test_controller_applies_the_export_cap_from_the_measured_voltage():
+    def controller():
+        c = HouseholdMPC(period_s=60, forecaster="persistence", re_kwh=1.0)
+        c.bind({"battery": BATTERY.__dict__, "import_price": np.full(1440, FLAT), "start_s_of_day": 0,
+                "load_kw": np.zeros(1440), "pv_kw": np.zeros(1440), "seed": 0, "household": "h"})
+        c.observe(600, {"net_kw": -3.0})
+        return c
+    normal, high = controller(), controller()
+    normal.step(600, {"net_kw": -3.0, "soc_kwh": 2.0, "vm_pu": 1.02})
+    high.step(600, {"net_kw": -3.0, "soc_kwh": 2.0, "vm_pu": 1.11})
+    assert normal.last_plan.p_export_kw.sum() > 0.5
+    assert high.last_plan.p_export_kw.max() <= 1e-3
+
+
+def test_qp_and_milp_cost_the_same_on_a_day_without_reasons_for_both_ways():
+    site = weather.get_site("greensboro_tmy3")
+    times = weather.time_index("2016-06-21", 1440, 60, site.tz)
+    residual = (loads.household_load_kw(times, np.array([4000.0]), rng_for(2, "load"))[:, 0]
+                - pv.pv_ac_kw(site, times, np.array([6.0]), np.array([25.0]), np.array([180.0]), None)[:, 0])
+    qp, milp = MPCProblem(BATTERY), MPCProblem(BATTERY, formulation="milp")
+    soc, cost_qp, cost_milp = 5.0, 0.0, 0.0
+    for k in range(0, 1440, 2):
+        h = 30 - k % 30
+        inp = inputs(residual[k:k + h], soc=soc, soc_value_per_kwh=0.95 * 0.9 * FLAT)
+        a, b = qp.solve(inp), milp.solve(inp)
+        assert a.success and b.success
+        cost_qp += a.cost
+        cost_milp += b.cost
+        p = a.setpoint_kw
+        soc = float(np.clip(soc + (0.9 * p if p > 0 else p / 0.9) / 30, 0, 10.3))
+    assert abs(cost_qp - cost_milp) <= 0.005 * abs(cost_milp)
+
+
+def test_opti_coding_agrees_with_the_built_once_problem():
+    mpc = MPCProblem(BATTERY)
+    rng = np.random.default_rng(4)
+    for h in (30, 17, 1):
+        inp = inputs(rng.normal(0.3, 1.5, h), soc=float(rng.uniform(1, 9)), soc_value_per_kwh=0.12)
+        a, b = mpc.solve(inp), solve_with_opti(mpc, inp)
+        assert a.success and b.success
+        assert a.cost == pytest.approx(b.cost, abs=1e-5)
+        assert a.setpoint_kw == pytest.approx(b.setpoint_kw, abs=5e-3)
+
+
+def test_follow_residual_when_the_plan_just_follows_it():
+    plan = MPCProblem(BATTERY).solve(inputs(np.full(10, -2.0), soc=5.0, soc_value_per_kwh=0.12))
+    assert plan.follow_residual and plan.setpoint_kw == pytest.approx(2.0, abs=1e-3)
+    full = MPCProblem(BATTERY).solve(inputs(np.full(10, -8.0), soc=2.0, soc_value_per_kwh=0.12))
+    assert not full.follow_residual and full.setpoint_kw == pytest.approx(5.3, abs=1e-3)  # at the power limit
+
+
+def test_infeasible_problem_fails_cleanly():
+    # demand with an empty battery and no import allowed: nothing can serve it
+    plan = MPCProblem(BATTERY).solve(inputs(np.full(10, 2.0), soc=0.0, import_cap_kw=0.0))
+    assert not plan.success
+
+
+# ---------------------------------------------------------------- in a run
+
+
+def scenario(controller: str, tariff: dict | None = None, pv_kwp: tuple[float, float] = (4, 7),
+             **params) -> Scenario:
+    return Scenario.model_validate({
+        "name": f"mpc-{controller}", "seed": 5, "clock": {"start": "2016-06-21T00:00:00", "duration": "1d"},
+        "households": {"groups": [{"buses": [6, 18, 25, 33], "per_bus": 2, "pv_share": 1.0, "pv_kwp": pv_kwp}]},
+        "batteries": {"groups": [{"capacity_kwh": 10.3, "p_charge_max_kw": 5.3, "p_discharge_max_kw": 5.3}]},
+        "hems": {"controller": controller, "params": params},
+        "tariff": tariff or {},
+    })
+
+
+TOU = {"import_per_kwh": 0.12, "export_per_kwh": 0.05,
+       "tou": [{"start": "00:00:00", "end": "07:00:00", "import_per_kwh": 0.06},
+               {"start": "16:00:00", "end": "20:00:00", "import_per_kwh": 0.35}]}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mpc")
+    return {
+        "rb_flat": run_scenario(scenario("rule_based"), out / "a", progress=False).summary,
+        "mpc_flat": run_scenario(scenario("mpc", period_s=60, forecaster="perfect"), out / "b",
+                                 progress=False).summary,
+        # little PV: the sun does not fill the batteries, so what the controller does with the tariff matters
+        "rb_tou": run_scenario(scenario("rule_based", TOU, pv_kwp=(0.2, 0.5)), out / "c", progress=False).summary,
+        "mpc_tou": run_scenario(scenario("mpc", TOU, pv_kwp=(0.2, 0.5), period_s=60, forecaster="perfect"),
+                                out / "d", progress=False).summary,
+    }
+
+
+def test_mpc_matches_rule_based_self_consumption_with_a_flat_tariff(runs):
+    a, b = runs["rb_flat"]["households"], runs["mpc_flat"]["households"]
+    assert b["self_consumption"] == pytest.approx(a["self_consumption"], abs=0.02)
+    assert runs["mpc_flat"]["hems"]["solves"] == 8 * 1440
+    assert runs["mpc_flat"]["hems"]["fallbacks"] <= 0.001 * 8 * 1440  # rare, counted, handled
+
+
+def test_mpc_bill_not_above_rule_based_with_time_of_use(runs):
+    a, b = runs["rb_tou"]["households"], runs["mpc_tou"]["households"]
+    assert b["bill_total"] <= a["bill_total"]
+    # and it is a real difference: the MPC stores cheap night energy for the 0.35 evening peak,
+    # which the rule-based HEMS (never imports to charge) cannot do
+    assert b["bill_total"] < 0.9 * a["bill_total"]
+
+
+def test_solver_failure_falls_back_counts_and_the_run_continues(tmp_path):
+    # no import allowed: whenever the battery cannot cover demand the problem is infeasible
+    s = scenario("mpc", period_s=120, import_cap_kw=0.0)
+    result = run_scenario(s, tmp_path / "fail", progress=False)
+    hems = result.summary["hems"]
+    assert hems["fallbacks"] > 0
+    assert hems["solves"] == 8 * 720  # every planned solve happened; the run went on
+    df = pd.read_parquet(result.parquet)
+    ctrl = df[(df.kind == "controller") & (df.fallback == 1)]
+    assert len(ctrl) == hems["fallbacks"]
+    per = hems["per_household"]
+    assert sum(v["fallbacks"] for v in per.values()) == hems["fallbacks"]
+    # on a fallback step the battery did the rule-based thing: follow the residual
+    bat = df[df.kind == "battery"].set_index(["time_s", "bus"])
+    first = ctrl.iloc[0]
+    assert bat.loc[(first.time_s, first.bus), "follow_residual"].max() == 1.0
+
+
+# ---------------------------------------------------------------- forecasters
+
+
+def test_no_forecaster_sees_the_future_except_the_oracles():
+    rng = np.random.default_rng(0)
+    past = rng.normal(1.0, 0.3, 120)
+    future_a, future_b = rng.normal(1.0, 0.3, 60), rng.normal(5.0, 0.3, 60)
+    a, b = np.concatenate([past, future_a]), np.concatenate([past, future_b])
+    k = 119
+    for history_based in (Persistence(), LinearRegression(30)):
+        np.testing.assert_array_equal(history_based.forecast(k, a[:k + 1], 30),
+                                      history_based.forecast(k, b[:k + 1], 30))
+    assert not np.allclose(Perfect(a).forecast(k, a[:k + 1], 30), Perfect(b).forecast(k, b[:k + 1], 30))
+    np.testing.assert_array_equal(Perfect(a).forecast(k, a[:k + 1], 30), future_a[:30])
+
+
+def test_linear_regression_extrapolates_a_trend_and_persistence_holds():
+    ramp = 0.1 * np.arange(60)
+    np.testing.assert_allclose(LinearRegression(30).forecast(59, ramp, 5), 0.1 * np.arange(60, 65), atol=1e-9)
+    np.testing.assert_array_equal(Persistence().forecast(59, ramp, 3), [5.9, 5.9, 5.9])
+
+
+def test_noisy_forecast_has_the_set_accuracy_and_is_seeded():
+    truth = np.full(100_000, 2.0)
+    noisy = Noisy(truth, accuracy=0.25, grid_min=120, rng=np.random.default_rng(1))
+    rel = noisy.forecast(0, truth[:1], 99_000) / 2.0 - 1.0
+    grid_points = rel[119::120]
+    assert np.std(grid_points) == pytest.approx(0.25, rel=0.1)
+    again = Noisy(truth, 0.25, 120, np.random.default_rng(1)).forecast(0, truth[:1], 100)
+    np.testing.assert_array_equal(noisy.forecast(0, truth[:1], 100), again)
