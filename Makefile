@@ -25,6 +25,7 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/powerflow.py
 	$(BIN)/python benchmarks/pms.py
+	$(BIN)/python benchmarks/mpc.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache *.egg-info

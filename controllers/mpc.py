@@ -22,6 +22,12 @@ Constraints: ``0 ≤ pi ≤ import cap``; SoC dynamics with η_c, 1/η_d; SoC an
 power bounds; ``pe − ve ≤ export cap``; ``sh ≥ target − soc_end``;
 ``ab ≥ ±(RE − Σ (pe − pi)·dt)``.
 
+The stored-energy value is dercosim's addition to SPEC D: the horizon ends
+with the market interval (≤ 30 min), and without a value on what is left in
+the battery the plan would never store anything beyond it. The controller
+sets the tiers from the price ahead and the expected deficit
+(:meth:`HouseholdMPC.auto_soc_value`); a fixed value can be given instead.
+
 Formulations: ``"qp"`` (default; OSQP, warm-started) and ``"milp"``
 (binaries for charge/discharge and import/export exclusivity; HiGHS). Both
 are casadi ``qpsol`` problems with fixed structure: built once per battery,
@@ -49,9 +55,9 @@ import casadi as ca
 import numpy as np
 
 INF = np.inf  # casadi bounds: "no bound" (a large finite number ruins OSQP's scaling)
+BIG_M_KW = 1e3  #: milp: bound on import/export used for their exclusivity binaries
 #: tight, because the optimum is flat in time (equal prices): the first setpoint is only pinned to
 #: about eps / (reg·dt); at 1e-8 two codings of the problem agree to ~1e-3 kW (benchmarks/mpc.py)
-BIG_M_KW = 1e3  #: milp: bound on import/export used for their exclusivity binaries
 OSQP_OPTIONS = {"verbose": False, "eps_abs": 1e-8, "eps_rel": 1e-8, "polish": True, "max_iter": 20000}
 
 
