@@ -62,8 +62,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     v = s["voltage"]
     print(f"{s['steps']} steps in {s['wall_time_s']:.1f} s ({s['ms_per_step']:.2f} ms/step); "
           f"power flow failures: {s['powerflow']['failures']}")
-    print(f"voltage {v['min_pu']:.4f} pu (bus {v['min_bus']}) .. {v['max_pu']:.4f} pu (bus {v['max_bus']}); "
-          f"{v['minutes_outside_limits']:.0f} min outside {v['limits_pu']}")
+    if v["min_pu"] is None:
+        print("voltage: no power flow converged")
+    else:
+        print(f"voltage {v['min_pu']:.4f} pu (bus {v['min_bus']}) .. {v['max_pu']:.4f} pu (bus {v['max_bus']}); "
+              f"{v['minutes_outside_limits']:.0f} min outside {v['limits_pu']}")
     print(f"line losses {s['energy_kwh']['line_losses']:.1f} kWh; results in {result.out_dir}")
     return 0
 

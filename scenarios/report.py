@@ -20,6 +20,11 @@ def _voltages(df: pd.DataFrame) -> pd.DataFrame:
     return df[df.kind == "bus"].pivot(index="time_s", columns="bus", values="vm_pu").sort_index(axis=1)
 
 
+def _num(x: float) -> float | None:
+    """JSON-safe number: NaN becomes null."""
+    return None if pd.isna(x) else float(x)
+
+
 def _at(times: pd.Series, time_s: int) -> str:
     return str(times.loc[time_s])
 
@@ -37,8 +42,13 @@ def summarize(parquet: str | Path, scenario: Scenario, households: pd.DataFrame,
     below = (vm < lo).any(axis=1)
     above = (vm > hi).any(axis=1)
     step_min = scenario.clock.step_s / 60.0
-    t_min, b_min = vm.stack().idxmin()
-    t_max, b_max = vm.stack().idxmax()
+    stacked = vm.stack()  # NaN (failed) steps drop out
+    if len(stacked):
+        (t_min, b_min), (t_max, b_max) = stacked.idxmin(), stacked.idxmax()
+        extremes = {"min_pu": float(stacked.min()), "min_bus": int(b_min), "min_at": _at(stamps, t_min),
+                    "max_pu": float(stacked.max()), "max_bus": int(b_max), "max_at": _at(stamps, t_max)}
+    else:  # no power flow converged
+        extremes = {k: None for k in ("min_pu", "min_bus", "min_at", "max_pu", "max_bus", "max_at")}
 
     hh = df[df.kind == "household"]
     p_head = feeder["p_head_kw"]
@@ -60,12 +70,11 @@ def summarize(parquet: str | Path, scenario: Scenario, households: pd.DataFrame,
         },
         "voltage": {
             "limits_pu": [lo, hi],
-            "min_pu": float(vm.min().min()), "min_bus": int(b_min), "min_at": _at(stamps, t_min),
-            "max_pu": float(vm.max().max()), "max_bus": int(b_max), "max_at": _at(stamps, t_max),
+            **extremes,
             "minutes_outside_limits": float(((below | above) & converged).sum() * step_min),
             "minutes_below_min": float((below & converged).sum() * step_min),
             "minutes_above_max": float((above & converged).sum() * step_min),
-            "per_bus": {int(b): {"min_pu": float(vm[b].min()), "max_pu": float(vm[b].max())} for b in vm.columns},
+            "per_bus": {int(b): {"min_pu": _num(vm[b].min()), "max_pu": _num(vm[b].max())} for b in vm.columns},
         },
         "energy_kwh": {
             "line_losses": float(feeder["losses_kw"].sum() * step_h),

@@ -138,3 +138,14 @@ def test_recorder_kill_loses_at_most_the_last_flush(tmp_path: Path):
     assert survived.losses_kw.tolist() == [float(k) for k in range(120)]
     sim.finalize()
     assert len(pd.read_parquet(path)) == 150
+
+
+def test_a_run_where_nothing_converges_still_reports(tmp_path: Path):
+    scenario = Scenario.model_validate({"name": "allfail", "clock": {"duration": "10min"},
+                                        "grid": {"base_load": {"scale": 6.0, "shape": "flat"}}})
+    result = run_scenario(scenario, tmp_path / "allfail", progress=False)
+    s = result.summary
+    assert s["powerflow"]["failures"] == s["steps"] == 10
+    assert s["voltage"]["min_pu"] is None and s["voltage"]["per_bus"]["18"]["min_pu"] is None
+    assert (tmp_path / "allfail" / "voltage_envelope.png").exists()
+    json.loads((tmp_path / "allfail" / "summary.json").read_text())  # valid JSON, no NaN
