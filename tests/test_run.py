@@ -66,8 +66,14 @@ def test_parquet_columns_and_one_row_per_minute_per_entity(default_run: Path):
     assert str(df.time.iloc[0]) == "2016-06-21 00:00:00-05:00"
 
 
+def strict_json(path: Path) -> dict:
+    def no_nan(token: str) -> None:
+        raise ValueError(f"{path} holds {token}")
+    return json.loads(path.read_text(), parse_constant=no_nan)
+
+
 def test_summary_agrees_with_parquet(default_run: Path):
-    s = json.loads((default_run / "summary.json").read_text())
+    s = strict_json(default_run / "summary.json")
     df = pd.read_parquet(default_run / "timeseries.parquet")
     bus = df[df.kind == "bus"]
     feeder = df[df.kind == "feeder"]
@@ -144,8 +150,7 @@ def test_a_run_where_nothing_converges_still_reports(tmp_path: Path):
     scenario = Scenario.model_validate({"name": "allfail", "clock": {"duration": "10min"},
                                         "grid": {"base_load": {"scale": 6.0, "shape": "flat"}}})
     result = run_scenario(scenario, tmp_path / "allfail", progress=False)
-    s = result.summary
+    s = strict_json(tmp_path / "allfail" / "summary.json")
     assert s["powerflow"]["failures"] == s["steps"] == 10
     assert s["voltage"]["min_pu"] is None and s["voltage"]["per_bus"]["18"]["min_pu"] is None
     assert (tmp_path / "allfail" / "voltage_envelope.png").exists()
-    json.loads((tmp_path / "allfail" / "summary.json").read_text())  # valid JSON, no NaN
