@@ -66,7 +66,7 @@ def whole_days(times: pd.DatetimeIndex) -> pd.DatetimeIndex:
 @functools.lru_cache(maxsize=4)
 def _tmy(site_name: str) -> pd.DataFrame:
     site = get_site(site_name)
-    with resources.files("timeseries.data").joinpath(site.weather_file).open("r") as fh:
+    with resources.files("timeseries").joinpath("data", site.weather_file).open("r") as fh:
         return pd.read_csv(fh)
 
 
