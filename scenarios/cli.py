@@ -57,7 +57,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out) / f"{scenario.name}-{datetime.now():%Y%m%d-%H%M%S}"
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     say(f"dercosim: {path} -> {out_dir}")
-    result = run_scenario(scenario, out_dir, progress=not args.quiet, log=say)
+    try:
+        result = run_scenario(scenario, out_dir, progress=not args.quiet, log=say)
+    except ControllerError:
+        if (out_dir / "timeseries.parquet").exists() or (out_dir / "timeseries.parquet.parts").exists():
+            print(f"what ran before the error is kept in {out_dir}", file=sys.stderr)
+        raise
     s = result.summary
     v = s["voltage"]
     print(f"{s['steps']} steps in {s['wall_time_s']:.1f} s ({s['ms_per_step']:.2f} ms/step); "

@@ -17,6 +17,7 @@ One simulated minute (same-time connections unless marked shifted)::
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
@@ -111,7 +112,13 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
 
 
 def _shutdown_quietly(world: mosaik.World) -> None:
+    """After an error: stop mosaik's simulator tasks, then shut down (the recorder joins what it has)."""
     try:
+        pending = [t for t in asyncio.all_tasks(world.loop) if not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            world.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         world.shutdown()
     except Exception:  # noqa: BLE001 - the original error matters more
         pass

@@ -12,6 +12,7 @@ naming the controller, the household and the time.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -31,7 +32,7 @@ META = {
 
 class ControllerSim(mosaik_api_v3.Simulator):
     def __init__(self) -> None:
-        super().__init__(META)
+        super().__init__(copy.deepcopy(META))  # init() adds this run's diagnostics to the attributes
         self.entities: dict[str, dict[str, Any]] = {}
 
     def init(self, sid: str, time_resolution: float = 1.0, step_s: int = 60, diagnostics: list[str] = ()) -> dict:
