@@ -1,0 +1,211 @@
+"""A generic ADMM engine whose iterations advance in simulated time over a :class:`Network`.
+
+Problem: minimise Σ_i f_i(x_i) + g(z) subject to x_i = z_i, where agent i
+owns f_i (its local subproblem) and the coordinator owns g (the coupling
+problem). With the augmented Lagrangian
+L = Σ f_i(x_i) + g(z) + Σ λ_iᵀ(x_i − z_i) + ρ/2 ‖x_i − z_i‖²:
+
+- agent i:      x_i ← argmin f_i(x) + λ_iᵀ(x − z_i) + ρ/2 ‖x − z_i‖²   (``Agent.solve(z_i, λ_i, ρ)``)
+- coordinator:  z ← argmin g(z) + Σ λ_iᵀ(x_i − z_i) + ρ/2 ‖x_i − z_i‖²   (``Coupling.solve(x, λ, ρ)``)
+- duals:        λ_i ← λ_i + ρ (x_i − z_i)
+
+The coordinator holds z and λ, sends ``(k, z_i, λ_i, ρ)`` to each agent over
+the network and collects replies. Modes (SPEC C):
+
+- ``sync``: waits for every agent each iteration (lost messages are re-sent
+  after ``resend_s``);
+- ``sync_naive``: waits ``deadline_s``; a reply that has not arrived counts as
+  x_i = 0 and every dual is updated (the paper's failing baseline);
+- ``async``: proceeds once ``partial_barrier`` (S) agents have answered and no
+  agent's latest x is more than ``max_delay`` (τ) iterations old; a stale
+  agent's last x is reused and its dual is updated only when its fresh
+  update arrives. S = N, τ = 1 is the synchronous case.
+
+``adaptive`` adds residual balancing: ρ is multiplied (divided) by
+``factor`` when the primal (dual) residual exceeds ``ratio`` times the other
+for ``hysteresis`` iterations in a row, and frozen after ``freeze_after``
+iterations. Stopping follows Boyd et al. §3.3.1: ‖r‖ ≤ ε_pri and ‖s‖ ≤ ε_dual
+with absolute and relative parts, or ``max_iter``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, Sequence
+
+import numpy as np
+import pandas as pd
+import simpy
+
+from controllers.admm.network import Latency, Network
+
+COORDINATOR = "coordinator"
+_STOP = "stop"
+
+
+class Agent(Protocol):
+    size: int
+
+    def solve(self, z: np.ndarray, lam: np.ndarray, rho: float) -> np.ndarray: ...
+
+
+class Coupling(Protocol):
+    def solve(self, x: Sequence[np.ndarray], lam: Sequence[np.ndarray], rho: float) -> list[np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class ADMMSettings:
+    mode: Literal["sync", "sync_naive", "async"] = "sync"
+    rho: float = 1.0
+    eps_abs: float = 1e-3
+    eps_rel: float = 1e-3
+    max_iter: int = 500
+    partial_barrier: int | None = None  #: S, agents needed to proceed (async); None = all
+    max_delay: int = 1  #: τ, iterations an agent's x may be old (async)
+    deadline_s: float = 1.0  #: how long sync_naive waits per iteration, s
+    resend_s: float = 5.0  #: re-send a request not answered after this long, s
+    compute_s: float = 0.0  #: simulated time an agent needs per subproblem, s
+    latency: Latency = Latency()
+    loss_prob: float = 0.0
+    seed: int = 0
+    adaptive: bool = False
+    factor: float = 2.0
+    ratio: float = 10.0
+    hysteresis: int = 1
+    freeze_after: int = 100
+
+
+@dataclass
+class ADMMResult:
+    x: list[np.ndarray]
+    z: list[np.ndarray]
+    lam: list[np.ndarray]
+    iterations: int
+    converged: bool
+    time_to_decision_s: float  #: simulated
+    wall_s: float
+    messages_sent: int
+    messages_lost: int
+    history: pd.DataFrame = field(repr=False)  #: per iteration: t_s, r_primal, r_dual, eps_pri, eps_dual, rho, fresh
+
+
+def run_admm(agents: Sequence[Agent], coupling: Coupling, settings: ADMMSettings = ADMMSettings()) -> ADMMResult:
+    """Run ADMM until the residuals meet the tolerances or ``max_iter``; see the module doc."""
+    s = settings
+    if s.mode not in ("sync", "sync_naive", "async"):
+        raise ValueError(f"mode must be 'sync', 'sync_naive' or 'async', got {s.mode!r}")
+    n = len(agents)
+    barrier = n if s.mode != "async" or s.partial_barrier is None else int(s.partial_barrier)
+    if not 1 <= barrier <= n or s.max_delay < 1:
+        raise ValueError(f"need 1 <= partial_barrier <= {n} and max_delay >= 1")
+    wall0 = time.perf_counter()
+    env = simpy.Environment()
+    net = Network(env, np.random.default_rng(s.seed), s.latency, s.loss_prob)
+    names = [f"agent_{i}" for i in range(n)]
+    z = [np.zeros(a.size) for a in agents]
+    lam = [np.zeros(a.size) for a in agents]
+    x = [np.zeros(a.size) for a in agents]
+    out: dict[str, object] = {}
+
+    def agent_process(i: int):  # noqa: ANN202 - simpy generator
+        inbox = net.inbox(names[i])
+        while True:
+            msg = yield inbox.get()
+            if msg == _STOP:
+                return
+            k, z_i, lam_i, rho = msg
+            x_i = np.asarray(agents[i].solve(z_i, lam_i, rho), float)
+            if s.compute_s:
+                yield env.timeout(s.compute_s)
+            net.send(names[i], COORDINATOR, (i, k, x_i))
+
+    def coordinator():  # noqa: ANN202 - simpy generator
+        inbox = net.inbox(COORDINATOR)
+        rho = float(s.rho)
+        asked = [-1] * n  # the iteration of each agent's outstanding request (-1: none)
+        asked_at = [0.0] * n
+        age = [0] * n  # iterations since agent i's x was fresh
+        up = down = 0
+        rows = []
+        converged = False
+
+        def ask(i: int, k: int) -> None:
+            asked[i], asked_at[i] = k, env.now
+            net.send(COORDINATOR, names[i], (k, z[i].copy(), lam[i].copy(), rho))
+
+        for i in range(n):
+            ask(i, 0)
+        k = 0
+        while k < s.max_iter:
+            deadline_at = env.now + s.deadline_s
+            fresh: dict[int, np.ndarray] = {}
+
+            def ready() -> bool:
+                if s.mode == "sync":
+                    return len(fresh) == n
+                if s.mode == "sync_naive":
+                    return len(fresh) == n or env.now >= deadline_at - 1e-9
+                return len(fresh) >= barrier and all(i in fresh or age[i] + 1 < s.max_delay for i in range(n))
+
+            while not ready():
+                wait = s.resend_s if s.mode != "sync_naive" else max(deadline_at - env.now, 1e-9)
+                get = inbox.get()
+                result = yield get | env.timeout(min(wait, s.resend_s))
+                if get in result:
+                    i, kk, x_i = result[get]
+                    if kk == asked[i] and asked[i] >= 0:  # the answer to its outstanding request
+                        fresh[i] = x_i
+                        asked[i] = -1
+                else:
+                    get.cancel()
+                for i in range(n):  # re-send what seems lost
+                    if asked[i] >= 0 and i not in fresh and env.now - asked_at[i] >= s.resend_s \
+                            and s.mode != "sync_naive":
+                        ask(i, k)
+            for i in range(n):
+                if i in fresh:
+                    x[i] = fresh[i]
+                    age[i] = 0
+                elif s.mode == "sync_naive":
+                    x[i] = np.zeros_like(x[i])  # a late update counts as zero
+                else:
+                    age[i] += 1
+            z_old = [v.copy() for v in z]
+            z[:] = [np.asarray(v, float) for v in coupling.solve(x, lam, rho)]
+            for i in range(n):
+                if s.mode == "sync_naive" or i in fresh:
+                    lam[i] = lam[i] + rho * (x[i] - z[i])
+            xs, zs, ls = np.concatenate(x), np.concatenate(z), np.concatenate(lam)
+            r_primal = float(np.linalg.norm(xs - zs))
+            r_dual = float(rho * np.linalg.norm(zs - np.concatenate(z_old)))
+            eps_pri = np.sqrt(len(xs)) * s.eps_abs + s.eps_rel * max(np.linalg.norm(xs), np.linalg.norm(zs))
+            eps_dual = np.sqrt(len(xs)) * s.eps_abs + s.eps_rel * np.linalg.norm(ls)
+            rows.append({"iteration": k + 1, "t_s": env.now, "r_primal": r_primal, "r_dual": r_dual,
+                         "eps_pri": eps_pri, "eps_dual": eps_dual, "rho": rho, "fresh": len(fresh)})
+            k += 1
+            if r_primal <= eps_pri and r_dual <= eps_dual and (s.mode != "sync_naive" or len(fresh) == n):
+                converged = True
+                break
+            if s.adaptive and k < s.freeze_after:
+                up = up + 1 if r_primal > s.ratio * r_dual else 0
+                down = down + 1 if r_dual > s.ratio * r_primal else 0
+                if up >= s.hysteresis:
+                    rho, up = rho * s.factor, 0
+                elif down >= s.hysteresis:
+                    rho, down = rho / s.factor, 0
+            for i in range(n):
+                if s.mode != "async" or asked[i] < 0:  # async: agents still working keep their request
+                    ask(i, k)
+        for i in range(n):
+            net.inbox(names[i]).put(_STOP)
+        out.update(iterations=k, converged=converged, t=env.now, history=pd.DataFrame(rows))
+
+    for i in range(n):
+        env.process(agent_process(i))
+    done = env.process(coordinator())
+    env.run(until=done)
+    return ADMMResult(x=[v.copy() for v in x], z=[v.copy() for v in z], lam=[v.copy() for v in lam],
+                      iterations=int(out["iterations"]), converged=bool(out["converged"]),
+                      time_to_decision_s=float(out["t"]), wall_s=time.perf_counter() - wall0,
+                      messages_sent=net.sent, messages_lost=net.lost, history=out["history"])

@@ -1,0 +1,62 @@
+"""A simulated message network on simpy: per-message latency drawn from a distribution, loss, seeded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import simpy
+
+
+@dataclass(frozen=True)
+class Latency:
+    """One-way message latency in seconds.
+
+    ``constant``: ``a``; ``uniform``: between ``a`` and ``b``; ``lognormal``:
+    median ``a``, log-standard deviation ``b``.
+    """
+
+    kind: Literal["constant", "uniform", "lognormal"] = "constant"
+    a: float = 0.0
+    b: float = 0.0
+
+    def draw(self, rng: np.random.Generator) -> float:
+        if self.kind == "constant":
+            return self.a
+        if self.kind == "uniform":
+            return float(rng.uniform(self.a, self.b))
+        if self.kind == "lognormal":
+            return float(self.a * np.exp(rng.normal(0.0, self.b)))
+        raise ValueError(f"unknown latency kind {self.kind!r}")
+
+
+class Network:
+    """Delivers messages between named nodes after a random latency; drops a share ``loss_prob`` of them."""
+
+    def __init__(self, env: simpy.Environment, rng: np.random.Generator, latency: Latency = Latency(),
+                 loss_prob: float = 0.0, links: dict[tuple[str, str], Latency] | None = None) -> None:
+        if not 0.0 <= loss_prob < 1.0:
+            raise ValueError(f"loss_prob must be in [0, 1), got {loss_prob}")
+        self.env, self.rng = env, rng
+        self.latency, self.loss_prob, self.links = latency, loss_prob, dict(links or {})
+        self.inboxes: dict[str, simpy.Store] = {}
+        self.sent = 0
+        self.lost = 0
+
+    def inbox(self, node: str) -> simpy.Store:
+        if node not in self.inboxes:
+            self.inboxes[node] = simpy.Store(self.env)
+        return self.inboxes[node]
+
+    def send(self, src: str, dst: str, payload: Any) -> None:
+        self.sent += 1
+        delay = self.links.get((src, dst), self.latency).draw(self.rng)  # drawn for every message: same stream
+        if self.rng.random() < self.loss_prob:
+            self.lost += 1
+            return
+        self.env.process(self._deliver(dst, payload, max(delay, 0.0)))
+
+    def _deliver(self, dst: str, payload: Any, delay: float) -> Any:
+        yield self.env.timeout(delay)
+        yield self.inbox(dst).put(payload)
