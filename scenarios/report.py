@@ -29,9 +29,9 @@ def _at(times: pd.Series, time_s: int) -> str:
     return str(times.loc[time_s])
 
 
-def summarize(parquet: str | Path, scenario: Scenario, households: pd.DataFrame, batteries: pd.DataFrame,
+def summarize(df: pd.DataFrame, scenario: Scenario, households: pd.DataFrame, batteries: pd.DataFrame,
               wall_time_s: float, run_wall_s: float) -> dict[str, Any]:
-    df = pd.read_parquet(parquet)
+    """The figures of ``summary.json`` from a run's recorded rows (``pd.read_parquet(timeseries.parquet)``)."""
     step_h = scenario.clock.step_s / 3600.0
     feeder = df[df.kind == "feeder"].set_index("time_s").sort_index()
     stamps = feeder["time"]
@@ -104,15 +104,14 @@ def summarize(parquet: str | Path, scenario: Scenario, households: pd.DataFrame,
     return summary
 
 
-def plot_all(parquet: str | Path, scenario: Scenario, out_dir: str | Path) -> list[Path]:
-    """Write the run's PNG plots to ``out_dir``; returns their paths."""
+def plot_all(df: pd.DataFrame, scenario: Scenario, out_dir: str | Path) -> list[Path]:
+    """Write the run's PNG plots (from its recorded rows) to ``out_dir``; returns their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out_dir = Path(out_dir)
-    df = pd.read_parquet(parquet)
     feeder = df[df.kind == "feeder"].set_index("time_s").sort_index()
     t = feeder["time"].dt.tz_localize(None)
     vm = _voltages(df)

@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import mosaik
 import numpy as np
+import pandas as pd
 
 from controllers.pms import BatteryParams
 from controllers.registry import load_controller_class
@@ -104,10 +105,11 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
         _shutdown_quietly(world)  # lets the recorder join what it has
         raise
 
-    summary = report.summarize(parquet, scenario, table, batteries, wall_time_s=time.perf_counter() - wall_start,
+    recorded = pd.read_parquet(parquet)
+    summary = report.summarize(recorded, scenario, table, batteries, wall_time_s=time.perf_counter() - wall_start,
                                run_wall_s=run_wall_s)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    report.plot_all(parquet, scenario, out_dir)
+    report.plot_all(recorded, scenario, out_dir)
     return RunResult(out_dir=out_dir, parquet=parquet, summary=summary)
 
 
