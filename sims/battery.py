@@ -20,6 +20,7 @@ import mosaik_api_v3
 import numpy as np
 
 from controllers.pms import BatteryFleet, BatteryParams
+from sims.entities import hand_out
 from timeseries.rng import rng_for
 from timeseries.subminute import SubminuteFluctuation
 
@@ -58,11 +59,9 @@ class BatterySim(mosaik_api_v3.Simulator):
         return self.meta
 
     def create(self, num: int, model: str) -> list[dict]:
-        if self.n_created + num > len(self.names):
-            raise ValueError(f"only {len(self.names)} batteries were given, asked for {self.n_created + num}")
-        new = self.names[self.n_created:self.n_created + num]
-        self.n_created += num
-        return [{"eid": name, "type": model} for name in new]
+        """Hands out the next ``num`` batteries of the table given to ``init``."""
+        entities, self.n_created = hand_out(self.names, self.n_created, num, model, "batteries")
+        return entities
 
     def step(self, time: int, inputs: dict, max_advance: int) -> int:
         n = len(self.names)

@@ -61,7 +61,8 @@ class GridSim(mosaik_api_v3.Simulator):
         self.base_p_kw, self.base_q_kvar = ieee33.base_load_kw()
         self.base_shape = np.asarray(base_shape if base_shape is not None else [1.0], float)
         self.constant_shape = base_shape is None
-        children = [{"eid": f"bus_{b}", "type": "Bus", "rel": []} for b in ieee33.bus_numbers()]
+        self.bus_of = {f"bus_{b}": ieee33.bus_index(int(b)) for b in ieee33.bus_numbers()}  # eid -> 0-based
+        children = [{"eid": eid, "type": "Bus", "rel": []} for eid in self.bus_of]
         return [{"eid": "feeder", "type": "Feeder", "rel": [], "children": children}]
 
     def step(self, time: int, inputs: dict[str, dict[str, dict[str, Any]]], max_advance: int) -> int:
@@ -71,7 +72,7 @@ class GridSim(mosaik_api_v3.Simulator):
         p = self.base_p_kw * self.base_shape[k]
         q = self.base_q_kvar * self.base_shape[k]
         for eid, attrs in inputs.items():
-            i = ieee33.bus_index(int(eid.removeprefix("bus_")))
+            i = self.bus_of[eid]
             p[i] += sum(attrs.get("p_kw", {}).values())
             q[i] += sum(attrs.get("q_kvar", {}).values())
         self.p_net_kw, self.q_net_kvar = p, q
@@ -94,7 +95,7 @@ class GridSim(mosaik_api_v3.Simulator):
                     "base_p_kw": self.base_now_kw,
                 }
             else:
-                i = ieee33.bus_index(int(eid.removeprefix("bus_")))
+                i = self.bus_of[eid]
                 values = {"vm_pu": float(r.vm_pu[i]), "va_degree": float(r.va_degree[i]),
                           "p_net_kw": float(self.p_net_kw[i]), "q_net_kvar": float(self.q_net_kvar[i])}
             data[eid] = {a: values[a] for a in attrs}

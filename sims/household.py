@@ -17,6 +17,7 @@ import mosaik_api_v3
 import numpy as np
 
 from controllers.thermal import indoor_temperature_next, thermostat
+from sims.entities import hand_out
 
 ATTRS = ["load_kw", "pv_kw", "hvac_kw", "net_kw", "q_kvar", "t_indoor_c", "t_outdoor_c", "bus", "hvac_set_kw"]
 META = {
@@ -67,11 +68,8 @@ class HouseholdSim(mosaik_api_v3.Simulator):
 
     def create(self, num: int, model: str) -> list[dict]:
         """Hands out the next ``num`` households of the table given to ``init``."""
-        if self.n_created + num > len(self.names):
-            raise ValueError(f"only {len(self.names)} households were given, asked for {self.n_created + num}")
-        new = self.names[self.n_created:self.n_created + num]
-        self.n_created += num
-        return [{"eid": name, "type": model} for name in new]
+        entities, self.n_created = hand_out(self.names, self.n_created, num, model, "households")
+        return entities
 
     def step(self, time: int, inputs: dict, max_advance: int) -> int:
         self.k = time // self.step_s
