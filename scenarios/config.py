@@ -20,6 +20,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
                       ValidationError, model_validator)
 
 from grids.ieee33 import N_BUS
+from timeseries.prices import MARKETS
 from timeseries.weather import SITES
 
 
@@ -142,6 +143,7 @@ class HouseholdGroup(_Model):
     pv_tilt_deg: Annotated[tuple[Tilt, Tilt], BeforeValidator(_pair), AfterValidator(_ordered)] = (15.0, 35.0)
     pv_azimuth_deg: Annotated[tuple[Azimuth, Azimuth], BeforeValidator(_pair),
                               AfterValidator(_ordered)] = (135.0, 225.0)
+    aggregate: Annotated[int, Field(ge=1)] = 1  #: homes behind each household entity (a community: their summed load)
     hvac_share: Fraction = 0.0  #: fraction of the group with HVAC (seed 000 eq. 5 thermal model)
     hvac_mode: Literal["cooling", "heating"] = "cooling"
     hvac_p_max_kw: PositiveRange = (2.0, 3.5)  #: electric power when on, kW
@@ -180,6 +182,7 @@ class BatteryGroup(_Model):
     soc_max_frac: Fraction = 1.0
     self_discharge_per_h: Annotated[float, Field(ge=0, lt=1)] = 0.0  #: fraction of stored energy lost per hour
     soc_init_frac: FractionRange = (0.51, 0.51)  #: fixed, or [low, high] drawn per battery
+    soc_init_dist: Literal["uniform", "truncnorm"] = "uniform"  #: truncnorm: mean mid-range, sd range/4, cut to it
     default_mode: Literal["idle", "follow_residual"] = "idle"  #: what the PMS does without a controller
 
     @model_validator(mode="after")
@@ -226,6 +229,62 @@ class TariffConfig(_Model):
     import_per_kwh: NonNeg = 0.15
     export_per_kwh: NonNeg = 0.05
     tou: list[TouPeriodConfig] = []
+    peak_demand_per_kw: NonNeg = 0.0  #: two-part tariff: price per kW of each day's peak import (0 = none)
+
+
+class LatencyConfig(_Model):
+    """One-way message latency, s: constant ``a``; uniform ``a``..``b``; lognormal median ``a``, log-sd ``b``."""
+
+    kind: Literal["constant", "uniform", "lognormal"] = "constant"
+    a: NonNeg = 0.0
+    b: NonNeg = 0.0
+
+
+class AdmmConfig(_Model):
+    """ADMM between the communities and the grid operator (SPEC C); see ``controllers/admm/engine.py``."""
+
+    mode: Literal["sync", "sync_naive", "async"] = "sync"
+    rho: Positive = 0.01  #: penalty, currency per kW² (per hour of the exchanged vector)
+    eps_abs: Positive = 0.01  #: ε of both residuals, absolute per element (kW); the paper's ε1 = ε2
+    eps_rel: NonNeg = 0.0  #: relative part (Boyd et al.), 0 = absolute only
+    max_iter: Annotated[int, Field(ge=1)] = 500
+    partial_barrier: Annotated[int, Field(ge=1)] | None = None  #: S of N (async); None = all
+    max_delay: Annotated[int, Field(ge=1)] = 1  #: τ, iterations (async)
+    deadline_s: Positive = 1.0  #: sync_naive: how long the operator waits per iteration, s
+    resend_s: Positive = 5.0
+    compute_s: NonNeg = 0.0  #: simulated time a community needs per subproblem, s
+    latency: LatencyConfig = LatencyConfig()
+    loss_prob: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    adaptive: bool = False
+    factor: Annotated[float, Field(gt=1)] = 2.0
+    ratio: Annotated[float, Field(gt=1)] = 10.0
+    hysteresis: Annotated[int, Field(ge=1)] = 1
+    freeze_after: Annotated[int, Field(ge=1)] = 100
+
+
+class StreamsConfig(_Model):
+    b2b: bool = True  #: battery to building
+    b2g: bool = True  #: battery to grid (spot price)
+    trading: bool = True  #: local market between communities
+
+
+class PlannerConfig(_Model):
+    """Community-battery value stacking (SPEC C): an ADMM plan each day handed to batteries and HVAC."""
+
+    kind: Literal["value_stacking"] = "value_stacking"
+    communities: str  #: household group whose entities are the communities (use ``aggregate``)
+    batteries: str  #: battery group (at = "buses") with one battery on each community's bus
+    b2g_market: Literal[tuple(MARKETS)] = "nem_qld"  # type: ignore[valid-type]
+    replan: Literal["daily", "hourly"] = "daily"  #: hourly: re-plan every hour to the end of the day
+    binaries: Literal["relaxed", "mixed_integer"] = "relaxed"
+    central: bool = True  #: also solve the centralised problem and report the ADMM's cost gap
+    degradation_per_kw2h: NonNeg = 1e-4  #: α_b, currency per kW² per hour
+    trade_penalty_per_kwh: NonNeg = 1e-3  #: the relaxation's small penalty on local buy and sell
+    discomfort_per_c2: NonNeg = 0.0  #: β (off by default, SPEC C item 4)
+    p_et_max_kw: NonNeg = 100.0  #: local-market buy/sell limit per community
+    p_grid_max_kw: Positive = 1000.0
+    streams: StreamsConfig = StreamsConfig()
+    admm: AdmmConfig = AdmmConfig()
 
 
 class RecorderConfig(_Model):
@@ -243,6 +302,7 @@ class Scenario(_Model):
     batteries: Batteries = Batteries()
     hems: HemsConfig = HemsConfig()
     tariff: TariffConfig = TariffConfig()
+    planner: PlannerConfig | None = None
     recorder: RecorderConfig = RecorderConfig()
     _source_dir: Path | None = PrivateAttr(default=None)
 
@@ -265,6 +325,22 @@ class Scenario(_Model):
         names = [b.name for b in self.batteries.groups]
         if len(names) != len(set(names)):
             raise ValueError(f"batteries.groups: names must be unique, got {names}")
+        if self.planner is not None:
+            p = self.planner
+            if p.communities not in groups:
+                raise ValueError(f"planner.communities: no household group {p.communities!r} "
+                                 f"(groups: {', '.join(sorted(groups)) or 'none'})")
+            bat = {b.name: b for b in self.batteries.groups}.get(p.batteries)
+            if bat is None or bat.at != "buses":
+                raise ValueError(f"planner.batteries: need a battery group with at = 'buses' named {p.batteries!r} "
+                                 f"(groups: {', '.join(sorted(names)) or 'none'})")
+            group = next(g for g in self.households.groups if g.name == p.communities)
+            if group.per_bus != 1 or sorted(group.buses) != sorted(bat.buses) or len(set(bat.buses)) != len(bat.buses):
+                raise ValueError(f"planner: household group {p.communities!r} needs per_bus = 1 and the same buses "
+                                 f"as battery group {p.batteries!r} (got {sorted(group.buses)} and {sorted(bat.buses)})")
+            if p.admm.partial_barrier is not None and p.admm.partial_barrier > len(group.buses):
+                raise ValueError(f"planner.admm.partial_barrier: {p.admm.partial_barrier} is more than the "
+                                 f"{len(group.buses)} communities")
         return self
 
 

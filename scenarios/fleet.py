@@ -11,7 +11,9 @@ from timeseries.rng import rng_for
 
 
 def draw_households(scenario: Scenario) -> pd.DataFrame:
-    """One row per household: ``name, group, bus, annual_kwh, power_factor, pv_kwp, pv_tilt_deg, pv_azimuth_deg``.
+    """One row per household: ``name, group, bus, annual_kwh, homes, power_factor, pv_kwp, pv_tilt_deg, pv_azimuth_deg``.
+
+    A household entity may stand for ``homes`` homes (a community); ``annual_kwh`` is then their total.
 
     ``pv_kwp`` is 0 for households without PV. Within a group, exactly
     ``round(pv_share * n)`` households get PV, chosen by the seed.
@@ -27,7 +29,8 @@ def draw_households(scenario: Scenario) -> pd.DataFrame:
             "name": [f"{group.name}_{i + 1:03d}" for i in range(n)],
             "group": group.name,
             "bus": buses,
-            "annual_kwh": rng.uniform(*group.annual_kwh, size=n),
+            "annual_kwh": rng.uniform(*group.annual_kwh, size=n) * group.aggregate,
+            "homes": group.aggregate,
             "power_factor": group.power_factor,
             "pv_kwp": np.where(has_pv, rng.uniform(*group.pv_kwp, size=n), 0.0),
             "pv_tilt_deg": np.where(has_pv, rng.uniform(*group.pv_tilt_deg, size=n), 0.0),
@@ -35,7 +38,7 @@ def draw_households(scenario: Scenario) -> pd.DataFrame:
         })
         rows.append(table)
     if not rows:
-        return pd.DataFrame(columns=["name", "group", "bus", "annual_kwh", "power_factor", "pv_kwp",
+        return pd.DataFrame(columns=["name", "group", "bus", "annual_kwh", "homes", "power_factor", "pv_kwp",
                                      "pv_tilt_deg", "pv_azimuth_deg"])
     return pd.concat(rows, ignore_index=True)
 
@@ -49,8 +52,11 @@ def household_profiles(scenario: Scenario, table: pd.DataFrame,
     """
     site = weather.get_site(scenario.site.weather)
     days = weather.whole_days(times)
-    load = loads.household_load_kw(days, table["annual_kwh"].to_numpy(float),
-                                   rng_for(scenario.seed, "household_load"))
+    homes = table["homes"].to_numpy(int) if "homes" in table else np.ones(len(table), int)
+    per_home = np.repeat(table["annual_kwh"].to_numpy(float) / homes, homes)
+    load = loads.household_load_kw(days, per_home, rng_for(scenario.seed, "household_load"))
+    if np.any(homes > 1):  # a community's load is the sum of its homes' own profiles
+        load = np.add.reduceat(load, np.concatenate([[0], np.cumsum(homes)[:-1]]), axis=1)
     pv_kw = pv.pv_ac_kw(site, days, table["pv_kwp"].to_numpy(float), table["pv_tilt_deg"].to_numpy(float),
                         table["pv_azimuth_deg"].to_numpy(float), rng_for(scenario.seed, "pv_clouds"))
     pos = days.get_indexer(times)
@@ -106,7 +112,15 @@ def draw_batteries(scenario: Scenario, households: pd.DataFrame) -> pd.DataFrame
         else:
             owners, buses = [""] * len(group.buses), list(group.buses)
             names = [f"{group.name}_bus{b}" for b in buses]
-        soc0 = rng.uniform(*group.soc_init_frac, size=len(names)) * group.capacity_kwh
+        low, high = group.soc_init_frac
+        if group.soc_init_dist == "truncnorm" and high > low:
+            from scipy.stats import truncnorm
+
+            sd = (high - low) / 4.0
+            frac = truncnorm.rvs(-2.0, 2.0, loc=(low + high) / 2, scale=sd, size=len(names), random_state=rng)
+        else:
+            frac = rng.uniform(low, high, size=len(names))
+        soc0 = np.atleast_1d(frac) * group.capacity_kwh
         for name, owner, bus, s0 in zip(names, owners, buses, soc0):
             rows.append({"name": name, "group": group.name, "household": owner, "bus": bus,
                          "capacity_kwh": group.capacity_kwh, "p_charge_max_kw": group.p_charge_max_kw,

@@ -24,6 +24,7 @@ class Site:
     altitude_m: float
     tz: str
     weather_file: str
+    month_shift: int = 0  #: read the file this many months later (a seasonal proxy for the other hemisphere)
 
 
 SITES: dict[str, Site] = {
@@ -34,6 +35,18 @@ SITES: dict[str, Site] = {
         altitude_m=273.0,
         tz="Etc/GMT+5",  # UTC-5, the TMY3 file's local standard time
         weather_file="weather_greensboro_tmy3.csv",
+    ),
+    # No Australian weather is bundled (no network at run time): Brisbane's sun position with the
+    # Greensboro TMY3 six months on (its July for Brisbane's January) as a seasonal proxy for clouds and
+    # temperature. Documented in PROVENANCE.md; use it for the NEM (seed 000) scenarios only.
+    "brisbane_proxy": Site(
+        name="brisbane_proxy",
+        latitude=-27.47,
+        longitude=153.03,
+        altitude_m=30.0,
+        tz="Etc/GMT-10",  # AEST, UTC+10, no daylight saving in Queensland
+        weather_file="weather_greensboro_tmy3.csv",
+        month_shift=6,
     ),
 }
 
@@ -64,20 +77,21 @@ def whole_days(times: pd.DatetimeIndex) -> pd.DatetimeIndex:
 
 
 @functools.lru_cache(maxsize=4)
-def _tmy(site_name: str) -> pd.DataFrame:
-    site = get_site(site_name)
-    with resources.files("timeseries").joinpath("data", site.weather_file).open("r") as fh:
+def _tmy(weather_file: str) -> pd.DataFrame:
+    with resources.files("timeseries").joinpath("data", weather_file).open("r") as fh:
         return pd.read_csv(fh)
 
 
 def _hourly_on_calendar(site: Site, times: pd.DatetimeIndex) -> pd.DataFrame:
     """TMY hours laid on the real calendar around ``times`` (29 Feb reuses 28 Feb)."""
-    tmy = _tmy(site.name).set_index(["month", "day", "hour"])
+    tmy = _tmy(site.weather_file).set_index(["month", "day", "hour"])
     start = times[0].floor("D") - pd.Timedelta(days=1)
     end = times[-1].ceil("D") + pd.Timedelta(days=1)
     hours = pd.date_range(start, end, freq="1h", inclusive="left")
-    day = np.where((hours.month == 2) & (hours.day == 29), 28, hours.day)
-    key = pd.MultiIndex.from_arrays([hours.month, day, hours.hour])
+    month = (hours.month.to_numpy() - 1 + site.month_shift) % 12 + 1
+    days_in = np.array([31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])[month - 1]
+    day = np.minimum(hours.day.to_numpy(), days_in)  # 29 Feb reuses 28 Feb; with a shift, 31st → 30th
+    key = pd.MultiIndex.from_arrays([month, day, hours.hour])
     out = tmy.reindex(key)
     out.index = hours
     return out

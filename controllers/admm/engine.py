@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, Sequence
+from typing import Callable, Literal, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
@@ -87,11 +87,19 @@ class ADMMResult:
     wall_s: float
     messages_sent: int
     messages_lost: int
-    history: pd.DataFrame = field(repr=False)  #: per iteration: t_s, r_primal, r_dual, eps_pri, eps_dual, rho, fresh
+    history: pd.DataFrame = field(repr=False)  #: per iteration: t_s, r_primal, r_dual, eps_pri, eps_dual, rho, fresh[, cost]
 
 
-def run_admm(agents: Sequence[Agent], coupling: Coupling, settings: ADMMSettings = ADMMSettings()) -> ADMMResult:
-    """Run ADMM until the residuals meet the tolerances or ``max_iter``; see the module doc."""
+def run_admm(agents: Sequence[Agent], coupling: Coupling, settings: ADMMSettings = ADMMSettings(),
+             z0: Sequence[np.ndarray] | None = None, lam0: Sequence[np.ndarray] | None = None,
+             objective: Callable[[], float] | None = None) -> ADMMResult:
+    """Run ADMM until the residuals meet the tolerances or ``max_iter``; see the module doc.
+
+    ``z0``/``lam0`` warm-start the copies and duals (e.g. a re-run after fixing
+    binaries). ``objective()``, if given, is called after every iteration and
+    recorded as the ``cost`` column of the history (e.g. the agents' own costs
+    at their latest solutions).
+    """
     s = settings
     if s.mode not in ("sync", "sync_naive", "async"):
         raise ValueError(f"mode must be 'sync', 'sync_naive' or 'async', got {s.mode!r}")
@@ -103,8 +111,8 @@ def run_admm(agents: Sequence[Agent], coupling: Coupling, settings: ADMMSettings
     env = simpy.Environment()
     net = Network(env, np.random.default_rng(s.seed), s.latency, s.loss_prob)
     names = [f"agent_{i}" for i in range(n)]
-    z = [np.zeros(a.size) for a in agents]
-    lam = [np.zeros(a.size) for a in agents]
+    z = [np.zeros(a.size) if z0 is None else np.asarray(z0[i], float).copy() for i, a in enumerate(agents)]
+    lam = [np.zeros(a.size) if lam0 is None else np.asarray(lam0[i], float).copy() for i, a in enumerate(agents)]
     x = [np.zeros(a.size) for a in agents]
     out: dict[str, object] = {}
 
@@ -182,7 +190,8 @@ def run_admm(agents: Sequence[Agent], coupling: Coupling, settings: ADMMSettings
             eps_pri = np.sqrt(len(xs)) * s.eps_abs + s.eps_rel * max(np.linalg.norm(xs), np.linalg.norm(zs))
             eps_dual = np.sqrt(len(xs)) * s.eps_abs + s.eps_rel * np.linalg.norm(ls)
             rows.append({"iteration": k + 1, "t_s": env.now, "r_primal": r_primal, "r_dual": r_dual,
-                         "eps_pri": eps_pri, "eps_dual": eps_dual, "rho": rho, "fresh": len(fresh)})
+                         "eps_pri": eps_pri, "eps_dual": eps_dual, "rho": rho, "fresh": len(fresh),
+                         **({"cost": float(objective())} if objective is not None else {})})
             k += 1
             if r_primal <= eps_pri and r_dual <= eps_dual and (s.mode != "sync_naive" or len(fresh) == n):
                 converged = True

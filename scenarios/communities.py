@@ -1,0 +1,169 @@
+"""The value-stacking case of a scenario's ``[planner]``: hourly community data, prices and the feeder.
+
+Forecasts are perfect hourly means of the minute profiles the households
+simulator plays (the plan meets the minute-level reality, not other data).
+The local-market price is the mid-rate between the retail import price and
+the spot (B2G) price; the PV feed-in price is the tariff's export price.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from controllers.valuestack import Community, Feeder, Market
+from grids import ieee33
+from grids.lindistflow import LinDistFlow
+from scenarios.config import Scenario
+from timeseries import weather
+from timeseries.prices import price_per_kwh
+from timeseries.tariffs import tariff_of
+
+
+def hourly_mean(values: np.ndarray, step_s: int) -> np.ndarray:
+    """Means over whole hours of a per-step array (first axis); a trailing partial hour is averaged too."""
+    per = 3600 // step_s
+    n = int(np.ceil(len(values) / per))
+    out = np.empty((n,) + values.shape[1:])
+    for k in range(n):
+        out[k] = values[k * per:(k + 1) * per].mean(axis=0)
+    return out
+
+
+@dataclass(frozen=True)
+class ValueStackingCase:
+    """Everything the planner needs for the whole run, hourly (first axis = hour of the run)."""
+
+    names: list[str]  #: community (household entity) names
+    batteries: list[str]  #: their battery names, same order
+    buses: list[int]  #: 1-based
+    load_kw: np.ndarray  #: (hours, n)
+    pv_kw: np.ndarray
+    t_out_c: np.ndarray  #: (hours,)
+    q_kvar: np.ndarray  #: (hours, n)
+    battery: pd.DataFrame  #: per community: e_max_kwh, e_min_kwh, e0_kwh, p_c_max_kw, p_d_max_kw, eta_c, eta_d
+    hvac: pd.DataFrame  #: per community: p_max_kw, mu, c_kwh_per_c, r_c_per_kw, t_min_c, t_max_c, t0_c, t_pref_c
+    import_per_kwh: np.ndarray  #: (hours,)
+    b2g_per_kwh: np.ndarray
+    feed_per_kwh: np.ndarray
+    peak_per_kw: float
+    base_p_kw: np.ndarray  #: (hours, n_bus) base loads incl. nothing of the communities
+    base_q_kvar: np.ndarray  #: (hours, n_bus) incl. the communities' reactive load
+    ldf: LinDistFlow
+    v_min_pu: float
+    v_max_pu: float
+    p_line_max_kw: np.ndarray | None
+    degradation_per_kw2h: float
+    trade_penalty_per_kwh: float
+    discomfort_per_c2: float
+    p_et_max_kw: float
+    p_grid_max_kw: float
+    currency: str
+
+    @property
+    def n_hours(self) -> int:
+        return len(self.t_out_c)
+
+    def problem(self, hour0: int, hours: int, e0_kwh: np.ndarray | None = None,
+                t0_c: np.ndarray | None = None) -> tuple[list[Community], Market, Feeder]:
+        """The planning problem for ``hours`` hours from run hour ``hour0`` (initial states optional)."""
+        sl = slice(hour0, hour0 + hours)
+        comms = []
+        for j, name in enumerate(self.names):
+            b, hv = self.battery.iloc[j], self.hvac.iloc[j]
+            e0 = float(b.e0_kwh if e0_kwh is None else np.clip(e0_kwh[j], b.e_min_kwh, b.e_max_kwh))
+            t0 = float(hv.t0_c if t0_c is None else t0_c[j])
+            has_hvac = hv.p_max_kw > 0
+            comms.append(Community(
+                name=name, bus=self.buses[j], load_kw=self.load_kw[sl, j], pv_kw=self.pv_kw[sl, j],
+                t_out_c=self.t_out_c[sl], q_kvar=self.q_kvar[sl, j], e_max_kwh=float(b.e_max_kwh),
+                e_min_kwh=float(b.e_min_kwh), e0_kwh=e0, p_c_max_kw=float(b.p_c_max_kw), p_d_max_kw=float(b.p_d_max_kw),
+                eta_c=float(b.eta_c), eta_d=float(b.eta_d), hvac_p_max_kw=float(hv.p_max_kw),
+                hvac_mu=float(hv.mu) if has_hvac else 1.0, hvac_c_kwh_per_c=float(hv.c_kwh_per_c) if has_hvac else 1e6,
+                hvac_r_c_per_kw=float(hv.r_c_per_kw) if has_hvac else 1.0,
+                # a cooling-only HVAC cannot hold the lower comfort bound (nor heating the upper): only the
+                # bound the HVAC can act on is enforced; a start outside the band widens it to the start
+                t_min_c=min(float(hv.t_min_c), t0) if has_hvac and hv.mu < 0 else -1e3,
+                t_max_c=max(float(hv.t_max_c), t0) if has_hvac and hv.mu > 0 else 1e3, t0_c=t0,
+                t_pref_c=float(hv.t_pref_c),
+                p_grid_max_kw=self.p_grid_max_kw, p_et_max_kw=self.p_et_max_kw,
+                p_b2b_max_kw=float(b.p_d_max_kw), p_b2g_max_kw=float(b.p_d_max_kw)))
+        imp = self.import_per_kwh[sl]
+        b2g = self.b2g_per_kwh[sl]
+        market = Market(import_per_kwh=imp, b2g_per_kwh=b2g, et_per_kwh=(imp + b2g) / 2.0,
+                        feed_per_kwh=self.feed_per_kwh[sl], peak_per_kw=self.peak_per_kw * hours / 24.0,
+                        degradation_per_kw2h=self.degradation_per_kw2h,
+                        trade_penalty_per_kwh=self.trade_penalty_per_kwh, discomfort_per_c2=self.discomfort_per_c2)
+        feeder = Feeder(self.ldf, self.base_p_kw[sl], self.base_q_kvar[sl], self.v_min_pu, self.v_max_pu,
+                        self.p_line_max_kw)
+        return comms, market, feeder
+
+
+def build_case(scenario: Scenario, times: pd.DatetimeIndex, table: pd.DataFrame, hvac: dict[str, np.ndarray],
+               batteries: pd.DataFrame, load_kw: np.ndarray, pv_kw: np.ndarray,
+               base_shape: np.ndarray) -> ValueStackingCase:
+    """Collect the planner's hourly data from the drawn fleet and its minute profiles."""
+    p = scenario.planner
+    assert p is not None
+    step_s = scenario.clock.step_s
+    rows = np.flatnonzero(table["group"].to_numpy() == p.communities)
+    names = table["name"].to_numpy()[rows].tolist()
+    buses = table["bus"].to_numpy(int)[rows].tolist()
+    bats = batteries[batteries["group"] == p.batteries].set_index("bus").loc[buses]
+    site = weather.get_site(scenario.site.weather)
+    tariff = tariff_of(scenario)
+    pf = table["power_factor"].to_numpy(float)[rows]
+    load_h = hourly_mean(load_kw[:, rows], step_s)
+    q_h = load_h * np.tan(np.arccos(pf))[None, :]
+    hvac_rows = {k: np.asarray(v)[rows] for k, v in hvac.items()}
+    battery = pd.DataFrame({
+        "e_max_kwh": bats["capacity_kwh"] * bats["soc_max_frac"], "e_min_kwh": bats["capacity_kwh"] * bats["soc_min_frac"],
+        "e0_kwh": bats["soc_init_kwh"], "p_c_max_kw": bats["p_charge_max_kw"], "p_d_max_kw": bats["p_discharge_max_kw"],
+        "eta_c": bats["eta_charge"], "eta_d": bats["eta_discharge"]}).reset_index(drop=True)
+    hv = pd.DataFrame({
+        "p_max_kw": hvac_rows["p_max_kw"], "mu": hvac_rows["mu"], "c_kwh_per_c": hvac_rows["c_kwh_per_c"],
+        "r_c_per_kw": hvac_rows["r_c_per_kw"], "t_min_c": hvac_rows["t_set_c"] - hvac_rows["band_c"] / 2,
+        "t_max_c": hvac_rows["t_set_c"] + hvac_rows["band_c"] / 2, "t0_c": hvac_rows["t_init_c"],
+        "t_pref_c": hvac_rows["t_set_c"]})
+    net = ieee33.make_net()
+    base_p = np.zeros(ieee33.N_BUS)
+    base_q = np.zeros(ieee33.N_BUS)
+    np.add.at(base_p, net.load.bus.to_numpy(int), net.load.p_mw.to_numpy() * 1000.0)
+    np.add.at(base_q, net.load.bus.to_numpy(int), net.load.q_mvar.to_numpy() * 1000.0)
+    shape_h = hourly_mean(np.asarray(base_shape, float), step_s)
+    base_q_h = np.outer(shape_h, base_q)
+    for j, b in enumerate(buses):
+        base_q_h[:, b - 1] += q_h[:, j]
+    line_max = None
+    if scenario.grid.line_max_i_ka is not None:
+        v_kv = float(net.bus.vn_kv.iloc[0])
+        line_max = np.full(ieee33.N_BUS, np.sqrt(3) * v_kv * scenario.grid.line_max_i_ka * 1000.0)
+    imp = tariff.import_price(times)
+    b2g = price_per_kwh(p.b2g_market, times)
+    return ValueStackingCase(
+        names=names, batteries=bats["name"].tolist(), buses=buses, load_kw=load_h,
+        pv_kw=hourly_mean(pv_kw[:, rows], step_s),
+        t_out_c=hourly_mean(weather.outdoor_temperature_c(site, times), step_s), q_kvar=q_h, battery=battery, hvac=hv,
+        import_per_kwh=hourly_mean(imp, step_s), b2g_per_kwh=hourly_mean(b2g, step_s),
+        feed_per_kwh=hourly_mean(tariff.export_price(times), step_s), peak_per_kw=scenario.tariff.peak_demand_per_kw,
+        base_p_kw=np.outer(shape_h, base_p), base_q_kvar=base_q_h, ldf=LinDistFlow.from_pandapower(net),
+        v_min_pu=scenario.grid.v_min_pu, v_max_pu=scenario.grid.v_max_pu, p_line_max_kw=line_max,
+        degradation_per_kw2h=p.degradation_per_kw2h, trade_penalty_per_kwh=p.trade_penalty_per_kwh,
+        discomfort_per_c2=p.discomfort_per_c2, p_et_max_kw=p.p_et_max_kw, p_grid_max_kw=p.p_grid_max_kw,
+        currency=scenario.tariff.currency)
+
+
+def admm_settings(scenario: Scenario, **overrides: object):  # noqa: ANN201 - ADMMSettings
+    """The engine settings of ``planner.admm`` (seeded from the scenario), with ``overrides``."""
+    from controllers.admm import ADMMSettings, Latency
+
+    a = scenario.planner.admm
+    kw = dict(mode=a.mode, rho=a.rho, eps_abs=a.eps_abs, eps_rel=a.eps_rel, max_iter=a.max_iter,
+              partial_barrier=a.partial_barrier, max_delay=a.max_delay, deadline_s=a.deadline_s,
+              resend_s=a.resend_s, compute_s=a.compute_s, latency=Latency(a.latency.kind, a.latency.a, a.latency.b),
+              loss_prob=a.loss_prob, seed=scenario.seed, adaptive=a.adaptive, factor=a.factor, ratio=a.ratio,
+              hysteresis=a.hysteresis, freeze_after=a.freeze_after)
+    kw.update(overrides)
+    return ADMMSettings(**kw)
