@@ -76,6 +76,7 @@ class Community:
     p_et_max_kw: float = 100.0  #: local-market buy and sell limit
     p_b2b_max_kw: float = 100.0
     p_b2g_max_kw: float = 100.0
+    e_end_min_kwh: float | None = None  #: terminal energy lower bound; None = e0 (SPEC C item 4)
 
     @property
     def horizon(self) -> int:
@@ -223,7 +224,8 @@ def _community_matrices(c: Community, m: Market, streams: Streams) -> dict:
     bound("p_b2g_kw", 0.0, c.p_b2g_max_kw if streams.b2g else 0.0)
     bound("p_ac_kw", c.hvac_p_min_kw, c.hvac_p_max_kw)
     e_low = np.full(h, c.e_min_kwh)
-    e_low[-1] = max(c.e_min_kwh, c.e0_kwh)  # terminal energy ≥ initial (SPEC C item 4)
+    e_end = c.e0_kwh if c.e_end_min_kwh is None else c.e_end_min_kwh
+    e_low[-1] = min(max(c.e_min_kwh, e_end), c.e_max_kwh)  # terminal energy ≥ initial (SPEC C item 4)
     bound("e_kwh", e_low, c.e_max_kwh)
     bound("t_in_c", c.t_min_c, c.t_max_c)
     lbx[lay.peak], ubx[lay.peak] = 0.0, np.inf
@@ -638,7 +640,7 @@ def solve_value_stacking(communities: list[Community], market: Market, feeder: F
     relaxed_objective = float(sum(a.objective() for a in agents))
     fixings = [complementarity_fixings(c, a.u, base=a.fixings) for c, a in zip(communities, agents)]
     violations = sum(complementarity_violations(c, a.u) for c, a in zip(communities, agents))
-    for _ in range(fix_rounds):
+    for _ in range(fix_rounds if runs[0].converged else 0):  # fixing an unconverged point fixes noise
         if all(f.count == a.fixings.count for f, a in zip(fixings, agents)):
             break
         for a, f in zip(agents, fixings):

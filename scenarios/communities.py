@@ -66,9 +66,14 @@ class ValueStackingCase:
     def n_hours(self) -> int:
         return len(self.t_out_c)
 
-    def problem(self, hour0: int, hours: int, e0_kwh: np.ndarray | None = None,
-                t0_c: np.ndarray | None = None) -> tuple[list[Community], Market, Feeder]:
-        """The planning problem for ``hours`` hours from run hour ``hour0`` (initial states optional)."""
+    def problem(self, hour0: int, hours: int, e0_kwh: np.ndarray | None = None, t0_c: np.ndarray | None = None,
+                e_end_kwh: np.ndarray | None = None) -> tuple[list[Community], Market, Feeder]:
+        """The planning problem for ``hours`` hours from run hour ``hour0``.
+
+        Initial battery energy and indoor temperature default to the drawn
+        ones; ``e_end_kwh`` (default: the initial energy) bounds the energy at
+        the end of the horizon from below.
+        """
         sl = slice(hour0, hour0 + hours)
         comms = []
         for j, name in enumerate(self.names):
@@ -89,7 +94,8 @@ class ValueStackingCase:
                 t_max_c=max(float(hv.t_max_c), t0) if has_hvac and hv.mu > 0 else 1e3, t0_c=t0,
                 t_pref_c=float(hv.t_pref_c),
                 p_grid_max_kw=self.p_grid_max_kw, p_et_max_kw=self.p_et_max_kw,
-                p_b2b_max_kw=float(b.p_d_max_kw), p_b2g_max_kw=float(b.p_d_max_kw)))
+                p_b2b_max_kw=float(b.p_d_max_kw), p_b2g_max_kw=float(b.p_d_max_kw),
+                e_end_min_kwh=None if e_end_kwh is None else float(e_end_kwh[j])))
         imp = self.import_per_kwh[sl]
         b2g = self.b2g_per_kwh[sl]
         market = Market(import_per_kwh=imp, b2g_per_kwh=b2g, et_per_kwh=(imp + b2g) / 2.0,

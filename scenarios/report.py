@@ -98,6 +98,8 @@ def summarize(df: pd.DataFrame, scenario: Scenario, households: pd.DataFrame, ba
     if scenario.hems.controller is not None:
         summary["hems"] = {"controller": scenario.hems.controller, "params": scenario.hems.params,
                            "applies_to": scenario.hems.applies_to, **_controller_figures(df)}
+    if scenario.planner is not None:
+        summary["planner"] = _planner_figures(df, scenario)
     if scenario.grid.line_max_i_ka is not None:
         summary["lines"] = {"rating_ka": scenario.grid.line_max_i_ka,
                             "max_loading_pct": float(feeder["line_loading_max_pct"].max())}
@@ -173,7 +175,38 @@ def plot_all(df: pd.DataFrame, scenario: Scenario, out_dir: str | Path) -> list[
         ax2.legend(loc="best", fontsize=8)
         fig.autofmt_xdate()
         paths.append(_save(fig, out_dir / "batteries.png"))
+    if scenario.planner is not None and (df.kind == "plan").any():
+        paths.append(_plot_plan(df, scenario, out_dir, t))
     return paths
+
+
+def _plot_plan(df: pd.DataFrame, scenario: Scenario, out_dir: Path, t: pd.Series) -> Path:
+    """Planned (LinDistFlow) vs AC voltage at the community buses, and planned vs executed battery power."""
+    import matplotlib.pyplot as plt
+
+    planned, ac, _ = _plan_vs_ac(df)
+    plan = df[df.kind == "plan"]
+    bat = df[df.kind == "battery"].pivot(index="time_s", columns="bus", values="p_kw")
+    set_kw = plan.pivot(index="time_s", columns="bus", values="p_set_kw")
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, b in enumerate(planned.columns):
+        c = colors[k % len(colors)]
+        ax1.plot(t.values, ac[b].values, color=c, lw=0.8, alpha=0.8, label=f"bus {int(b)} AC")
+        ax1.step(t.values, planned[b].values, where="post", color=c, lw=1.6, ls="--", label=f"bus {int(b)} plan")
+        ax2.plot(t.values, bat[b].values, color=c, lw=0.8, alpha=0.8)
+        ax2.step(t.values, set_kw[b].values, where="post", color=c, lw=1.6, ls="--", label=f"bus {int(b)}")
+    for limit in (scenario.grid.v_min_pu, scenario.grid.v_max_pu):
+        ax1.axhline(limit, color="tab:red", ls=":", lw=1)
+    ax1.set_ylabel("voltage (pu)")
+    ax1.set_title(f"{scenario.name}: community buses — plan (LinDistFlow, dashed) vs AC power flow (solid)")
+    ax1.legend(ncol=4, fontsize=7, loc="best")
+    ax2.axhline(0, color="k", lw=0.5)
+    ax2.set_ylabel("battery kW (+ = charging)")
+    ax2.set_title("community batteries: hourly schedule (dashed) vs executed by the PMS (solid)")
+    ax2.legend(ncol=6, fontsize=7, loc="best")
+    fig.autofmt_xdate()
+    return _save(fig, out_dir / "plan_vs_ac.png")
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -268,6 +301,58 @@ def _battery_figures(df: pd.DataFrame, scenario: Scenario, batteries: pd.DataFra
                             "discharged_kwh": float(sums.loc[n, "e_discharge_kwh"]),
                             "clipped_kwh": float(sums.loc[n, "e_clipped_kwh"]),
                             "equivalent_full_cycles": float(cycles[n])} for n in table.index},
+    }
+
+
+def _plan_vs_ac(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Per community bus: planned voltage (hourly, LinDistFlow) and AC voltage (minute), on the minute index."""
+    plan = df[df.kind == "plan"]
+    planned = plan.pivot(index="time_s", columns="bus", values="plan_vm_pu")
+    ac = _voltages(df)[planned.columns]
+    ac_hourly = ac.groupby(ac.index // 3600).transform("mean")
+    return planned, ac, ac_hourly
+
+
+def _planner_figures(df: pd.DataFrame, scenario: Scenario) -> dict[str, Any]:
+    """The value-stacking plans (SPEC C) and how their LinDistFlow voltages compare with AC."""
+    op = df[df.kind == "planner"].sort_values("time_s")
+    plan = df[df.kind == "plan"]
+    planned, ac, ac_hourly = _plan_vs_ac(df)
+    diff = (ac_hourly - planned).where(planned.notna())
+    step_h = scenario.clock.step_s / 3600.0
+    bat = df[df.kind == "battery"].pivot(index="time_s", columns="bus", values="p_kw")
+    set_kw = plan.pivot(index="time_s", columns="bus", values="p_set_kw")
+    tracked = (bat[set_kw.columns] - set_kw).abs()
+    last = op.iloc[-1] if len(op) else None
+    per_plan = op.drop_duplicates("plans") if len(op) else op
+    return {
+        "kind": scenario.planner.kind,
+        "mode": scenario.planner.admm.mode,
+        "replan": scenario.planner.replan,
+        "plans": int(last["plans"]) if last is not None else 0,
+        "fallbacks": int(last["plan_fallback"]) if last is not None else 0,
+        "not_converged": int((per_plan["admm_converged"] == 0).sum()),
+        "admm_iterations": [int(v) for v in per_plan["admm_iterations"].fillna(0)],
+        "admm_time_to_decision_s": [_num(v) for v in per_plan["admm_time_to_decision_s"]],
+        "admm_wall_s": [_num(v) for v in per_plan["admm_wall_s"]],
+        "gap_to_centralised_pct": [_num(v) for v in per_plan["admm_gap_pct"]],
+        "plan_cost": [_num(v) for v in per_plan["plan_cost"]],
+        "centralised_cost": [_num(v) for v in per_plan["central_cost"]],
+        "currency": scenario.tariff.currency,
+        "binaries_fixed": [int(v) for v in per_plan["plan_fixed"].fillna(0)],
+        "complementarity_violations_left": [int(v) for v in per_plan["plan_violations_left"].fillna(0)],
+        "planned_energy_kwh": {
+            name: float(plan[f"plan_{name}_kw"].sum() * step_h) for name in ("p_grid", "p_b2b", "p_b2g", "p_ets",
+                                                                               "p_etb", "p_feed")},
+        "battery_setpoint_tracking_max_kw": _num(tracked.max().max()),
+        "voltage_plan_vs_ac": {
+            "form": "LinDistFlow squared-voltage form (SPEC B) vs AC power flow, hourly means",
+            "max_abs_diff_pu": _num(diff.abs().max().max()),
+            "mean_diff_pu": _num(diff.stack().mean()),
+            "note": "diff = AC − plan; negative: the plan overestimated the voltage",
+            "per_bus": {int(b): {"max_abs_diff_pu": _num(diff[b].abs().max()), "ac_min_pu": _num(ac[b].min()),
+                                 "plan_min_pu": _num(planned[b].min())} for b in planned.columns},
+        },
     }
 
 

@@ -33,6 +33,7 @@ from controllers.pms import BatteryParams
 from controllers.registry import load_controller_class
 from scenarios import fleet, report
 from scenarios.config import Scenario, ScenarioError, scenario_to_toml
+from sims.admm import COMMUNITY_OUT, OPERATOR_OUT
 from sims.battery import OUTPUTS as BATTERY_OUTPUTS
 from sims.grid import FEEDER_ATTRS
 from timeseries import weather
@@ -44,6 +45,7 @@ SIM_CONFIG = {
     "Batteries": {"python": "sims.battery:BatterySim"},
     "Controllers": {"python": "sims.controller:ControllerSim"},
     "Recorder": {"python": "sims.recorder:RecorderSim"},
+    "Planner": {"python": "sims.admm:PlannerSim"},
 }
 BUS_RECORDED = ["vm_pu", "va_degree", "p_net_kw", "q_net_kvar"]
 HOUSEHOLD_RECORDED = ["load_kw", "pv_kw", "hvac_kw", "net_kw", "q_kvar", "t_indoor_c", "t_outdoor_c"]
@@ -96,7 +98,7 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
 
     world = mosaik.World(SIM_CONFIG, time_resolution=1.0, skip_greetings=True, configure_logging=False)
     try:
-        parquet = _build(world, scenario, times, table, hvac, batteries, load_kw, pv_kw, base_shape, out_dir)
+        parquet = _build(world, scenario, times, table, hvac, batteries, load_kw, pv_kw, base_shape, out_dir, log)
         log(f"running {n_steps} steps of {step_s} s from {times[0]:%Y-%m-%d %H:%M} ({site.tz})")
         run_start = time.perf_counter()
         world.run(until=n_steps * step_s, print_progress=progress)
@@ -127,7 +129,8 @@ def _shutdown_quietly(world: mosaik.World) -> None:
 
 
 def _build(world: mosaik.World, scenario: Scenario, times: Any, table: Any, hvac: dict[str, np.ndarray],
-           batteries: Any, load_kw: np.ndarray, pv_kw: np.ndarray, base_shape: np.ndarray, out_dir: Path) -> Path:
+           batteries: Any, load_kw: np.ndarray, pv_kw: np.ndarray, base_shape: np.ndarray, out_dir: Path,
+           log: Callable[[str], None] = lambda msg: None) -> Path:
     step_s = scenario.clock.step_s
     site = weather.get_site(scenario.site.weather)
 
@@ -189,7 +192,16 @@ def _build(world: mosaik.World, scenario: Scenario, times: Any, table: Any, hvac
             entities[ctrl.full_id] = {"entity": ctrl.eid, "kind": "controller",
                                       "bus": hh_bus[ctrl.eid.removeprefix("ctrl_")]}
 
+    plan_entities: list[Any] = []
+    if scenario.planner is not None:
+        plan_entities = _connect_planner(world, scenario, times, table, hvac, batteries, load_kw, pv_kw, base_shape,
+                                         households, battery_entities, ctrls, log)
+        for ent in plan_entities:
+            entities[ent.full_id] = {"entity": ent.eid, "kind": "planner" if ent.eid == "operator" else "plan",
+                                     "bus": None if ent.eid == "operator" else hh_bus[ent.eid]}
+
     columns = {a: ("bool" if a == "converged" else "float64") for a in FEEDER_ATTRS + BUS_RECORDED}
+    columns.update({a: "float64" for a in COMMUNITY_OUT + OPERATOR_OUT})
     columns.update({a: "float64" for a in HOUSEHOLD_RECORDED + BATTERY_RECORDED + diagnostics})
     parquet = out_dir / "timeseries.parquet"
     rec_sim = world.start("Recorder", step_s=step_s)
@@ -206,7 +218,40 @@ def _build(world: mosaik.World, scenario: Scenario, times: Any, table: Any, hvac
     for ctrl in ctrls:
         if ctrl.extra_info["diagnostics"]:
             world.connect(ctrl, recorder, *ctrl.extra_info["diagnostics"])
+    for ent in plan_entities:
+        world.connect(ent, recorder, *(OPERATOR_OUT if ent.eid == "operator" else COMMUNITY_OUT))
     return parquet
+
+
+def _connect_planner(world: mosaik.World, scenario: Scenario, times: Any, table: Any, hvac: dict[str, np.ndarray],
+                     batteries: Any, load_kw: np.ndarray, pv_kw: np.ndarray, base_shape: np.ndarray,
+                     households: dict[str, Any], battery_entities: list[Any], ctrls: list[Any],
+                     log: Callable[[str], None]) -> list[Any]:
+    """Start the value-stacking planner: it sets the community batteries and HVAC (SPEC C)."""
+    from controllers.valuestack import Streams
+    from scenarios.communities import admm_settings, build_case
+
+    p = scenario.planner
+    case = build_case(scenario, times, table, hvac, batteries, load_kw, pv_kw, base_shape)
+    controlled = {c.eid.removeprefix("ctrl_") for c in ctrls}
+    clash = sorted(controlled & set(case.names))
+    if clash:
+        raise ScenarioError(f"planner: households {clash} are communities of the planner and also have a HEMS "
+                            f"controller; restrict hems.applies_to or use another household group")
+    sim = world.start("Planner", step_s=scenario.clock.step_s, case=case, settings=admm_settings(scenario),
+                      replan=p.replan, binaries=p.binaries, central=p.central,
+                      streams=Streams(p.streams.b2b, p.streams.b2g, p.streams.trading), log=log)
+    plans = sim.Community.create(len(case.names))
+    operator = sim.Operator()
+    bat_by_name = {e.eid: e for e in battery_entities}
+    soc0 = dict(zip(batteries["name"], batteries["soc_init_kwh"]))
+    for ent, name, bat_name, t0 in zip(plans, case.names, case.batteries, case.hvac["t0_c"]):
+        battery = bat_by_name[bat_name]
+        world.connect(ent, battery, "p_set_kw")
+        world.connect(battery, ent, "soc_kwh", time_shifted=True, initial_data={"soc_kwh": float(soc0[bat_name])})
+        world.connect(ent, households[name], "hvac_set_kw")
+        world.connect(households[name], ent, "t_indoor_c", time_shifted=True, initial_data={"t_indoor_c": float(t0)})
+    return [*plans, operator]
 
 
 def _connect_controllers(world: mosaik.World, scenario: Scenario, table: Any, households: dict[str, Any],
