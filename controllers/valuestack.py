@@ -35,6 +35,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import scipy.sparse as sp
+import scipy.sparse.linalg  # noqa: F401 - sp.linalg.norm
 
 from controllers.admm.qp import SparseQP
 from grids.lindistflow import LinDistFlow
@@ -270,8 +271,8 @@ class CommunityQP:
     in ``failures`` (never silently: the engine's residuals show it too).
     """
 
-    def __init__(self, community: Community, market: Market, streams: Streams = Streams(), solver: str = "highs",
-                 mixed_integer: bool = False) -> None:
+    def __init__(self, community: Community, market: Market, streams: Streams = Streams(), solver: str = "osqp",
+                 mixed_integer: bool = False, fallback: str | None = "highs") -> None:
         self.community, self.market, self.streams = community, market, streams
         mats = _community_matrices(community, market, streams)
         self.layout: _Layout = mats["layout"]
@@ -284,10 +285,12 @@ class CommunityQP:
         self._mask = np.zeros(self.layout.n)
         self._mask[self.layout.exchanged] = 1.0
         self.qp = SparseQP(self._p, self._a, solver)
+        self.fallback_qp = SparseQP(self._p, self._a, fallback) if fallback and fallback != solver else None
         self._rho = None
-        self._h = None
+        self._h = self._h_fb = None
         self.u = np.zeros(self.layout.n)
         self.solves = 0
+        self.retries = 0
         self.failures = 0
 
     def fix(self, fixings: Fixings) -> None:
@@ -307,12 +310,17 @@ class CommunityQP:
     def _solve_u(self, g: np.ndarray, ubx: np.ndarray) -> np.ndarray | None:
         self.solves += 1
         sol = self.qp.solve(self._h, g, self._lba, self._uba, self._lbx0, ubx)
+        if not sol.success and self.fallback_qp is not None:
+            self.retries += 1
+            sol = self.fallback_qp.solve(self._h_fb, g, self._lba, self._uba, self._lbx0, ubx)
         return sol.u if sol.success else None
 
     def solve(self, z: np.ndarray, lam: np.ndarray, rho: float) -> np.ndarray:
         if rho != self._rho:
             self._rho = rho
             self._h = self.qp.hessian(self._p + rho * sp.diags(self._mask))
+            if self.fallback_qp is not None:
+                self._h_fb = self.fallback_qp.hessian(self._p + rho * sp.diags(self._mask))
         g = self._q.copy()
         g[self.layout.exchanged] += lam - rho * z
         u = self._solve_u(g, self._ubx)
@@ -433,40 +441,65 @@ def network_rows(feeder: Feeder, buses0: list[int], h: int) -> tuple[sp.csr_matr
 class GridOperatorQP:
     """The coupling problem: z ← argmin Σ_i −λ_iᵀ z_i + ρ/2 ‖x_i − z_i‖² s.t. LinDistFlow limits and (23).
 
-    z ≥ 0 (every exchanged quantity is non-negative). Built once for the
-    communities' buses; ``solve`` only passes new numbers. An infeasible
-    problem raises :class:`InfeasibleGrid` naming the binding hour and bus.
+    z ≥ 0 (every exchanged quantity is non-negative). The z-update is the
+    projection of v = x + λ/ρ onto the feasible set, and the network rows of
+    hour t touch only hour t's exchanges: the problem splits into H small QPs
+    (5N variables, one row per limited bus and the balance) with one and the
+    same matrix, built once; ``solve`` passes new numbers. Each hour is solved
+    with ``solver``, retried with ``fallback`` if that fails; an hour both fail
+    keeps its previous z and is counted in ``failures`` (the engine's residuals
+    show it). If the very first solve fails, :class:`InfeasibleGrid` is raised
+    with where the base loads alone break the limits.
     """
 
-    def __init__(self, feeder: Feeder, buses: list[int], h: int, solver: str = "osqp") -> None:
+    def __init__(self, feeder: Feeder, buses: list[int], h: int, solver: str = "daqp",
+                 fallback: str | None = "highs") -> None:
         self.feeder, self.h = feeder, h
         self.buses0 = [int(b) - 1 for b in buses]
         self.size = 5 * h
-        self.a, self.lo, self.hi, self.kinds = network_rows(feeder, self.buses0, h)
-        n = self.size * len(buses)
-        self.n = n
-        self.qp = SparseQP(sp.identity(n, format="csc"), self.a, solver)
-        self._rho = None
-        self._h = None
+        self.n = self.size * len(buses)
+        a, lo, hi, kinds = network_rows(feeder, self.buses0, h)
+        a = a.tocsr()
+        row_hour = np.concatenate([np.tile(np.arange(h), kinds.count(k) // h) for k in ("voltage", "flow")]
+                                  + [np.arange(h)])
+        col_hour = np.arange(self.n) % h
+        self.cols = [np.flatnonzero(col_hour == t) for t in range(h)]  # community-major, then the 5 quantities
+        self.rows = [np.flatnonzero(row_hour == t) for t in range(h)]
+        a0 = a[self.rows[0]][:, self.cols[0]]
+        # rows scaled to unit norm: voltage rows have coefficients ~1e-5 per kW, the balance row 1
+        self._scale = 1.0 / np.maximum(sp.linalg.norm(a0, axis=1), 1e-12)
+        self.a_hour = sp.diags(self._scale) @ a0
+        self.lo, self.hi = lo, hi
+        m = len(self.cols[0])
+        self.qp = SparseQP(sp.identity(m, format="csc"), self.a_hour, solver)
+        self.fallback_qp = SparseQP(sp.identity(m, format="csc"), self.a_hour, fallback) if fallback else None
+        self._h = self.qp.hessian(sp.identity(m, format="csc"))
+        self._h_fb = self.fallback_qp.hessian(sp.identity(m, format="csc")) if self.fallback_qp else None
+        self._lbx, self._ubx = np.zeros(m), np.full(m, np.inf)
         self.solves = 0
+        self.retries = 0
         self.failures = 0
-        self.z: list[np.ndarray] | None = None
+        self.z: np.ndarray | None = None
 
     def solve(self, x: list[np.ndarray], lam: list[np.ndarray], rho: float) -> list[np.ndarray]:
-        if rho != self._rho:
-            self._rho = rho
-            self._h = self.qp.hessian(rho * sp.identity(self.n, format="csc"))
-        xs, ls = np.concatenate(x), np.concatenate(lam)
-        self.solves += 1
-        sol = self.qp.solve(self._h, -ls - rho * xs, self.lo, self.hi, np.zeros(self.n), np.full(self.n, np.inf))
-        if not sol.success:
-            self.failures += 1
-            if self.z is None:
-                raise InfeasibleGrid(f"the grid operator's problem failed ({sol.status}); "
+        v = np.concatenate(x) + np.concatenate(lam) / rho
+        z = np.empty(self.n) if self.z is None else self.z.copy()
+        for t, (cols, rows) in enumerate(zip(self.cols, self.rows)):
+            lo, hi = self.lo[rows] * self._scale, self.hi[rows] * self._scale
+            self.solves += 1
+            sol = self.qp.solve(self._h, -v[cols], lo, hi, self._lbx, self._ubx)
+            if not sol.success and self.fallback_qp is not None:
+                self.retries += 1
+                sol = self.fallback_qp.solve(self._h_fb, -v[cols], lo, hi, self._lbx, self._ubx)
+            if sol.success:
+                z[cols] = sol.u
+            elif self.z is None:
+                raise InfeasibleGrid(f"the grid operator's problem failed in hour {t} ({sol.status}); "
                                      + describe_base_violations(self.feeder))
-            return [v.copy() for v in self.z]
-        self.z = list(sol.u.reshape(len(x), self.size))
-        return [v.copy() for v in self.z]
+            else:
+                self.failures += 1
+        self.z = z
+        return list(z.reshape(len(x), self.size).copy())
 
 
 class InfeasibleGrid(RuntimeError):
@@ -570,7 +603,8 @@ class PlanResult:
     violations: int  #: complementarity violations after the first run
     violations_left: int  #: after the fix rounds
     fixed: int  #: directions forbidden by the fix rounds
-    solver_failures: int
+    solver_failures: int  #: subproblem solves that failed even on the fallback solver (previous answer kept)
+    solver_retries: int  #: subproblem solves the fallback solver answered
     v_plan_pu: np.ndarray  #: (H, n_bus) LinDistFlow voltages (squared form) with the final plan
 
     @property
@@ -616,7 +650,7 @@ def plan_voltages_pu(feeder: Feeder, communities: list[Community], x: list[np.nd
 
 def solve_value_stacking(communities: list[Community], market: Market, feeder: Feeder, settings,
                          streams: Streams = Streams(), binaries: str = "relaxed", central: bool = True,
-                         fix_rounds: int = 3, agent_solver: str = "highs", operator_solver: str = "osqp") -> PlanResult:
+                         fix_rounds: int = 3, agent_solver: str = "osqp", operator_solver: str = "daqp") -> PlanResult:
     """ADMM between the communities and the grid operator, then complementarity fix-and-resolve (SPEC C item 5).
 
     ``settings`` is an :class:`controllers.admm.engine.ADMMSettings`. With
@@ -666,4 +700,5 @@ def solve_value_stacking(communities: list[Community], market: Market, feeder: F
                       central_fixed_cost=central_fixed, violations=violations, violations_left=left,
                       fixed=int(sum(a.fixings.count for a in agents)),
                       solver_failures=int(sum(a.failures for a in agents) + operator.failures),
+                      solver_retries=int(sum(a.retries for a in agents) + operator.retries),
                       v_plan_pu=plan_voltages_pu(feeder, communities, xs))

@@ -170,6 +170,23 @@ def admm_settings(scenario: Scenario, **overrides: object):  # noqa: ANN201 - AD
               partial_barrier=a.partial_barrier, max_delay=a.max_delay, deadline_s=a.deadline_s,
               resend_s=a.resend_s, compute_s=a.compute_s, latency=Latency(a.latency.kind, a.latency.a, a.latency.b),
               loss_prob=a.loss_prob, seed=scenario.seed, adaptive=a.adaptive, factor=a.factor, ratio=a.ratio,
-              hysteresis=a.hysteresis, freeze_after=a.freeze_after)
+              hysteresis=a.hysteresis, freeze_after=a.freeze_after, balance=a.balance)
     kw.update(overrides)
     return ADMMSettings(**kw)
+
+
+def case_from_scenario(scenario: Scenario) -> ValueStackingCase:
+    """Draw the scenario's fleet and profiles (as a run would, same seed) and build its planner case; no mosaik."""
+    from scenarios import fleet
+
+    if scenario.planner is None:
+        raise ValueError(f"scenario {scenario.name!r} has no [planner] table")
+    step_s = scenario.clock.step_s
+    site = weather.get_site(scenario.site.weather)
+    times = weather.time_index(scenario.clock.start, scenario.n_steps, step_s, site.tz)
+    table = fleet.draw_households(scenario)
+    hvac = fleet.draw_hvac(scenario, table)
+    batteries = fleet.draw_batteries(scenario, table)
+    load_kw, pv_kw = fleet.household_profiles(scenario, table, times)
+    base_shape = fleet.base_load_shape(scenario, times)
+    return build_case(scenario, times, table, hvac, batteries, load_kw, pv_kw, base_shape)

@@ -260,6 +260,7 @@ class AdmmConfig(_Model):
     ratio: Annotated[float, Field(gt=1)] = 10.0
     hysteresis: Annotated[int, Field(ge=1)] = 1
     freeze_after: Annotated[int, Field(ge=1)] = 100
+    balance: Literal["relative", "absolute"] = "relative"  #: residual balancing on scaled (default) or raw residuals
 
 
 class StreamsConfig(_Model):
