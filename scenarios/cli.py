@@ -1,8 +1,10 @@
-"""``dercosim`` command line: run, show and list scenarios.
+"""``dercosim`` command line: run, show and list scenarios; studies of value-stacking scenarios.
 
     dercosim run SCENARIO [--until 6h] [--out runs/] [--quiet]
     dercosim show SCENARIO
     dercosim list
+    dercosim study modes SCENARIO [--max-iter N] [--out runs/]
+    dercosim study streams SCENARIO [SCENARIO ...] [--central-only] [--out runs/]
 
 SCENARIO is a path to a TOML file or the name of a bundled scenario.
 """
@@ -94,6 +96,58 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    import json
+
+    from scenarios import studies
+
+    say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    loaded = [_load(arg) for arg in args.scenario]
+    for path, scenario in loaded:
+        if scenario.planner is None:
+            raise ScenarioError(f"{path}: no [planner] table; the studies need a value-stacking scenario "
+                                f"(e.g. value_stacking_tou)")
+    stem = "-".join(s.name for _, s in loaded)
+    out_dir = Path(args.out) / f"{stem}-{args.what}-{datetime.now():%Y%m%d-%H%M%S}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if args.what == "modes":
+        if len(loaded) != 1:
+            raise ScenarioError("study modes: give one scenario")
+        path, scenario = loaded[0]
+        say(f"dercosim: ADMM modes on the first day of {path} -> {out_dir}")
+        study = studies.compare_modes(scenario, max_iter=args.max_iter, log=say)
+        study.table.to_csv(out_dir / "admm_modes.csv", index=False)
+        study.history.to_csv(out_dir / "admm_history.csv", index=False)
+        studies.plot_convergence(study, f"{scenario.name}: ADMM residuals per iteration (first day)",
+                                 out_dir / "admm_convergence.png")
+        (out_dir / "admm_modes.json").write_text(json.dumps({
+            "scenario": scenario.name, "currency": study.currency, "central_cost": study.central_cost,
+            "central_objective": study.central_objective,
+            "modes": json.loads(study.table.to_json(orient="records"))}, indent=2), encoding="utf-8")
+        cols = ["mode", "iterations", "converged", "time_to_decision_s", "wall_s", "cost", "gap_pct", "rho_final"]
+        print(f"centralised optimum: {study.central_cost:.2f} {study.currency}")
+        print(studies.format_table(study.table[cols]))
+    else:
+        tables = {}
+        for path, scenario in loaded:
+            say(f"dercosim: value streams on the first day of {path}")
+            tables[scenario.name] = studies.value_streams(scenario, admm=not args.central_only, log=say)
+        frame = pd_concat({name: st.table for name, st in tables.items()})
+        frame.to_csv(out_dir / "value_streams.csv", index=False)
+        studies.plot_streams(tables, out_dir / "value_streams.png")
+        print(studies.format_table(frame))
+    print(f"results in {out_dir}")
+    return 0
+
+
+def pd_concat(tables: dict) -> "object":
+    """Stack per-scenario tables with a leading ``scenario`` column."""
+    import pandas as pd
+
+    return pd.concat([t.assign(scenario=name)[["scenario", *t.columns]] for name, t in tables.items()],
+                     ignore_index=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dercosim", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +162,18 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=cmd_show)
     lst = sub.add_parser("list", help="list the bundled scenarios")
     lst.set_defaults(func=cmd_list)
+    study = sub.add_parser("study", help="studies of a value-stacking scenario's first day (no co-simulation)",
+                           description="modes: ADMM in each mode (sync, sync with latency, sync_naive, async, "
+                                       "async + adaptive rho) against the centralised optimum; convergence figure "
+                                       "and table. streams: cost without B2B, B2G, local trading, and without "
+                                       "the battery; marginal contribution of each stream.")
+    study.add_argument("what", choices=["modes", "streams"])
+    study.add_argument("scenario", nargs="+", help="value-stacking scenario(s): file or bundled name")
+    study.add_argument("--max-iter", type=int, default=None, help="modes: iteration cap (default: the scenario's)")
+    study.add_argument("--central-only", action="store_true", help="streams: centralised costs only (no ADMM)")
+    study.add_argument("--out", default="runs", help="parent folder of the study folder (default: runs)")
+    study.add_argument("--quiet", action="store_true", help="no progress output")
+    study.set_defaults(func=cmd_study)
     return parser
 
 

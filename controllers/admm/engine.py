@@ -80,6 +80,7 @@ class ADMMSettings:
     hysteresis: int = 1
     freeze_after: int = 100
     balance: Literal["relative", "absolute"] = "relative"  #: residual balancing on scaled or raw residuals
+    dual_residual: Literal["boyd", "change"] = "boyd"  #: s = ρ‖z − z_prev‖, or ‖z − z_prev‖ (units of x)
 
 
 @dataclass
@@ -194,7 +195,7 @@ def run_admm(agents: Sequence[Agent], coupling: Coupling, settings: ADMMSettings
                     lam[i] = lam[i] + rho * (x[i] - z[i])
             xs, zs, ls = np.concatenate(x), np.concatenate(z), np.concatenate(lam)
             r_primal = float(np.linalg.norm(xs - zs))
-            r_dual = float(rho * np.linalg.norm(zs - np.concatenate(z_old)))
+            r_dual = float(np.linalg.norm(zs - np.concatenate(z_old)) * (rho if s.dual_residual == "boyd" else 1.0))
             eps_pri = np.sqrt(len(xs)) * s.eps_abs + s.eps_rel * max(np.linalg.norm(xs), np.linalg.norm(zs))
             eps_dual = np.sqrt(len(xs)) * s.eps_abs + s.eps_rel * np.linalg.norm(ls)
             rows.append({"iteration": k + 1, "t_s": env.now, "r_primal": r_primal, "r_dual": r_dual,

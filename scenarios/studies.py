@@ -1,0 +1,236 @@
+"""Studies on a value-stacking scenario's first planning day, without mosaik (SPEC C, seed 000).
+
+``compare_modes``: the same problem solved by ADMM in each mode — synchronous
+without latency, synchronous with the scenario's latency, the naive
+synchronous baseline (a late reply counts as zero), asynchronous (partial
+barrier S, bounded delay τ) and asynchronous with adaptive ρ — against the
+centralised optimum of the same relaxed problem. Table: iterations,
+convergence, simulated time-to-decision, wall time, cost (24) and gap;
+figure: primal and dual residual per iteration.
+
+``value_streams``: full value stacking against the same problem without
+battery-to-building (B2B), without battery-to-grid (B2G), without local
+trading, and without any of them (the battery cannot discharge anywhere: the
+no-battery baseline). The marginal contribution of a stream is the share of
+the battery's whole cost reduction that is lost without it,
+(C_without − C_full) / (C_none − C_full).
+
+Both studies use the scenario's first day (its first 24 hours), the seeded
+fleet of a run, and the scenario's ADMM settings.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from controllers.admm import ADMMSettings, Latency
+from controllers.valuestack import CentralQP, Streams, solve_value_stacking
+from scenarios.communities import ValueStackingCase, admm_settings, case_from_scenario
+from scenarios.config import Scenario, ScenarioError
+
+#: the modes compared, in the order of the table and the figure
+MODES = ("sync", "sync_latency", "sync_naive", "async", "async_adaptive")
+MODE_LABELS = {
+    "sync": "synchronous, no latency",
+    "sync_latency": "synchronous, waits for all (latency)",
+    "sync_naive": "synchronous, late = zero (latency)",
+    "async": "asynchronous S of N, τ (latency)",
+    "async_adaptive": "asynchronous + adaptive ρ (latency)",
+}
+#: value-stream variants: name -> streams switched off
+VARIANTS = {"full": {}, "no_b2b": {"b2b": False}, "no_b2g": {"b2g": False}, "no_trading": {"trading": False},
+            "no_battery": {"b2b": False, "b2g": False, "trading": False}}
+
+
+def _planner_scenario(scenario: Scenario) -> None:
+    if scenario.planner is None:
+        raise ScenarioError(f"{scenario.name}: the studies need a [planner] table (a value-stacking scenario)")
+
+
+def _first_day(case: ValueStackingCase):  # noqa: ANN202 - (communities, market, feeder)
+    return case.problem(0, min(24, case.n_hours))
+
+
+def mode_settings(scenario: Scenario, max_iter: int | None = None) -> dict[str, ADMMSettings]:
+    """The settings of each mode, from the scenario's ``planner.admm`` (its latency, S, τ, ρ, ε, seed).
+
+    If the scenario leaves S unset or at N, S = N − 2 (at least 1) is used for
+    the asynchronous modes, and τ = 5 if the scenario's τ is 1.
+    """
+    _planner_scenario(scenario)
+    a = scenario.planner.admm
+    n = len(next(g for g in scenario.households.groups if g.name == scenario.planner.communities).buses)
+    base = admm_settings(scenario, **({} if max_iter is None else {"max_iter": int(max_iter)}))
+    s_of_n = a.partial_barrier if a.partial_barrier is not None and a.partial_barrier < n else max(1, n - 2)
+    tau = a.max_delay if a.max_delay > 1 else 5
+    return {
+        "sync": replace(base, mode="sync", latency=Latency(), loss_prob=0.0, adaptive=False),
+        "sync_latency": replace(base, mode="sync", adaptive=False),
+        "sync_naive": replace(base, mode="sync_naive", adaptive=False),
+        "async": replace(base, mode="async", partial_barrier=s_of_n, max_delay=tau, adaptive=False),
+        "async_adaptive": replace(base, mode="async", partial_barrier=s_of_n, max_delay=tau, adaptive=True),
+    }
+
+
+@dataclass
+class ModesStudy:
+    table: pd.DataFrame  #: one row per mode
+    history: pd.DataFrame  #: per mode and iteration: residuals, ε, ρ, simulated time, cost
+    central_cost: float
+    central_objective: float
+    currency: str
+
+
+def compare_modes(scenario: Scenario, max_iter: int | None = None, case: ValueStackingCase | None = None,
+                  log: Callable[[str], None] = lambda msg: None) -> ModesStudy:
+    """Solve the first day's relaxed problem in every mode of :data:`MODES` and centrally."""
+    settings = mode_settings(scenario, max_iter)
+    case = case or case_from_scenario(scenario)
+    comms, market, feeder = _first_day(case)
+    central = CentralQP(comms, market, feeder).solve()
+    log(f"centralised optimum: cost {central.total_cost:.2f} {case.currency}")
+    rows, hist = [], []
+    for mode in MODES:
+        st = settings[mode]
+        res = solve_value_stacking(comms, market, feeder, st, binaries="relaxed", central=False, fix_rounds=0)
+        run = res.runs[0]
+        gap = 100.0 * (res.relaxed_objective - central.objective) / abs(central.objective)
+        rows.append({"mode": mode, "description": MODE_LABELS[mode], "iterations": run.iterations,
+                     "converged": run.converged, "time_to_decision_s": run.time_to_decision_s, "wall_s": run.wall_s,
+                     "wall_ms_per_iteration": 1000.0 * run.wall_s / max(run.iterations, 1),
+                     "cost": res.relaxed_cost, "gap_pct": gap, "rho_final": float(run.history.rho.iloc[-1]),
+                     "messages_sent": run.messages_sent, "messages_lost": run.messages_lost,
+                     "solver_retries": res.solver_retries, "solver_failures": res.solver_failures})
+        hist.append(run.history.assign(mode=mode))
+        log(f"{mode:15s} {run.iterations:4d} iterations ({'converged' if run.converged else 'NOT converged'}), "
+            f"{run.time_to_decision_s:7.1f} s simulated, {run.wall_s:5.1f} s wall, "
+            f"cost {res.relaxed_cost:.2f}, gap {gap:+.3f} %")
+    return ModesStudy(table=pd.DataFrame(rows), history=pd.concat(hist, ignore_index=True),
+                      central_cost=central.total_cost, central_objective=central.objective, currency=case.currency)
+
+
+@dataclass
+class StreamsStudy:
+    table: pd.DataFrame  #: one row per variant: ADMM and centralised cost, contributions
+    currency: str
+
+
+def value_streams(scenario: Scenario, admm: bool = True, case: ValueStackingCase | None = None,
+                  log: Callable[[str], None] = lambda msg: None) -> StreamsStudy:
+    """Cost of the first day with each value stream switched off (:data:`VARIANTS`), centrally and by ADMM.
+
+    The ADMM runs use the scenario's settings and binaries handling with
+    fix-and-resolve; the centralised costs are of the relaxed problem.
+    """
+    _planner_scenario(scenario)
+    case = case or case_from_scenario(scenario)
+    comms, market, feeder = _first_day(case)
+    settings = admm_settings(scenario)
+    rows = []
+    for name, off in VARIANTS.items():
+        streams = replace(Streams(), **off)
+        central = CentralQP(comms, market, feeder, streams).solve()
+        row: dict[str, Any] = {"variant": name, "central_cost": central.total_cost}
+        if admm:
+            res = solve_value_stacking(comms, market, feeder, settings, streams=streams,
+                                       binaries=scenario.planner.binaries, central=False)
+            row.update(admm_cost=res.solution.total_cost, admm_iterations=res.iterations,
+                       admm_converged=res.converged, complementarity_violations_left=res.violations_left)
+        rows.append(row)
+        log(f"{name:11s} centralised {central.total_cost:9.2f} {case.currency}"
+            + (f", ADMM {row['admm_cost']:9.2f} ({row['admm_iterations']} iterations)" if admm else ""))
+    table = pd.DataFrame(rows)
+    for col in ("central", "admm") if admm else ("central",):
+        cost = table.set_index("variant")[f"{col}_cost"]
+        value = cost["no_battery"] - cost["full"]  # the battery's whole cost reduction
+        table[f"{col}_contribution_pct"] = [
+            (100.0 * (cost[v] - cost["full"]) / value if v not in ("full", "no_battery") and value > 0 else math.nan)
+            for v in table["variant"]]
+    return StreamsStudy(table=table, currency=case.currency)
+
+
+# ---------------------------------------------------------------- output
+
+
+def plot_convergence(study: ModesStudy, title: str, path: Path) -> Path:
+    """Primal and dual residual per iteration for every mode, with each mode's stopping thresholds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharex=True)
+    colors = dict(zip(MODES, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for mode, h in study.history.groupby("mode", sort=False):
+        row = study.table.set_index("mode").loc[mode]
+        label = (f"{MODE_LABELS[mode]}: {int(row.iterations)} it, {row.time_to_decision_s:.0f} s"
+                 + ("" if row.converged else " (no convergence)"))
+        for ax, col in zip(axes, ("r_primal", "r_dual")):
+            ax.semilogy(h["iteration"], h[col], color=colors[mode], lw=2.2 if mode == "sync" else 1.2,
+                        ls=":" if mode == "sync" else "-", label=label)  # sync and sync_latency share iterates
+    eps = study.history.groupby("mode", sort=False)[["eps_pri", "eps_dual"]].min().min()
+    for ax, col, name in zip(axes, ("eps_pri", "eps_dual"), ("primal residual ‖x − z‖ (kW)",
+                                                             "dual residual ρ‖z − z_prev‖")):
+        ax.axhline(eps[col], color="k", ls=":", lw=1, label="ε (stopping threshold)")
+        ax.set_xlabel("iteration")
+        ax.set_title(name)
+        ax.grid(True, which="major", alpha=0.3)
+    axes[0].legend(fontsize=7, loc="upper right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_streams(studies: dict[str, StreamsStudy], path: Path) -> Path:
+    """Cost per variant (bars per scenario, like seed 000's Fig. 3) and marginal contributions (Fig. 4)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    names = list(studies)
+    tables = {n: st.table.set_index("variant") for n, st in studies.items()}
+    which = "admm" if all("admm_cost" in t for t in tables.values()) else "central"
+    variants = list(VARIANTS)
+    width = 0.8 / len(variants)
+    for k, v in enumerate(variants):
+        costs = [tables[n].loc[v, f"{which}_cost"] for n in names]
+        ax1.bar(np.arange(len(names)) + (k - (len(variants) - 1) / 2) * width, costs, width, label=v)
+    costs = np.concatenate([t[f"{which}_cost"].to_numpy(float) for t in tables.values()])
+    span = max(costs.max() - costs.min(), 1e-9)
+    ax1.set_ylim(costs.min() - 0.15 * span, costs.max() + 0.1 * span)
+    ax1.set_xticks(range(len(names)), names)
+    ax1.set_ylabel(f"cost of the day ({next(iter(studies.values())).currency})")
+    ax1.set_title(f"cost with each value stream switched off ({'ADMM' if which == 'admm' else 'centralised'})")
+    ax1.legend(fontsize=8)
+    streams = ["no_b2b", "no_b2g", "no_trading"]
+    width = 0.8 / len(streams)
+    for k, v in enumerate(streams):
+        vals = [tables[n].loc[v, f"{which}_contribution_pct"] for n in names]
+        ax2.bar(np.arange(len(names)) + (k - 1) * width, vals, width, label=v.replace("no_", ""))
+    ax2.set_xticks(range(len(names)), names)
+    ax2.set_ylabel("share of the battery's cost reduction lost (%)")
+    ax2.set_title("marginal contribution of each value stream")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def format_table(df: pd.DataFrame, floats: str = "{:.6g}") -> str:
+    """A plain-text table (what the CLI prints)."""
+    shown = df.copy()
+    for col in shown.columns:
+        if shown[col].dtype.kind == "f":
+            shown[col] = shown[col].map(lambda v: "—" if not np.isfinite(v) else floats.format(v))
+    return shown.to_string(index=False)
