@@ -532,10 +532,14 @@ class Solution:
 
 
 class CentralQP:
-    """The same model as one QP (all communities, the network rows on their exchanged vectors)."""
+    """The same model as one QP (all communities, the network rows on their exchanged vectors).
+
+    Solved with ``solver`` (interior point: accurate on this strictly convex
+    QP) and, if that reports a failure, again with ``fallback``.
+    """
 
     def __init__(self, communities: list[Community], market: Market, feeder: Feeder, streams: Streams = Streams(),
-                 solver: str = "ipopt") -> None:
+                 solver: str = "ipopt", fallback: str | None = "highs") -> None:
         self.communities, self.market = communities, market
         h = communities[0].horizon
         mats = [_community_matrices(c, market, streams) for c in communities]
@@ -557,8 +561,10 @@ class CentralQP:
         self.p = sp.block_diag([mt["P"] for mt in mats]).tocsc()
         self.q = np.concatenate([mt["q"] for mt in mats])
         self.qp = SparseQP(self.p, self.a, solver)
+        self.fallback_qp = SparseQP(self.p, self.a, fallback) if fallback and fallback != solver else None
         self.h_dm = self.qp.hessian(self.p)
         self.feeder = feeder
+        self.retries = 0  #: solves the fallback answered
 
     def solve(self, fixings: list[Fixings] | None = None) -> Solution:
         ubx = []
@@ -570,7 +576,14 @@ class CentralQP:
                                         ("p_etb_kw", f.no_buy), ("p_ets_kw", f.no_sell)):
                     ub[lay.block[name][forbidden]] = 0.0
             ubx.append(ub)
-        sol = self.qp.solve(self.h_dm, self.q, self.lba, self.uba, self.lbx, np.concatenate(ubx))
+        args = (self.h_dm, self.q, self.lba, self.uba, self.lbx, np.concatenate(ubx))
+        sol = self.qp.solve(*args)
+        if not sol.success and self.fallback_qp is not None:
+            first = sol.status or "no status"
+            sol = self.fallback_qp.solve(*args)
+            self.retries += int(sol.success)
+            if not sol.success:
+                sol.status = f"{self.qp.solver}: {first}; {self.fallback_qp.solver}: {sol.status or 'no status'}"
         if not sol.success:
             raise InfeasibleGrid(f"the centralised problem failed ({sol.status}); "
                                  + describe_base_violations(self.feeder))
@@ -580,6 +593,26 @@ class CentralQP:
             self.market.discomfort_per_c2 * c.t_pref_c ** 2 * c.horizon for c in self.communities[1:])
         return Solution(u=us, costs=costs, x=[u[lay.exchanged] for u, lay in zip(us, self.layouts)],
                         objective=objective)
+
+
+    def solve_fix_and_resolve(self, rounds: int = 3) -> tuple[Solution, list[Fixings], int]:
+        """The relaxed optimum, then SPEC C item 5 centrally: fix each violated pair's smaller direction, re-solve.
+
+        Returns the final solution, the fixings and the complementarity
+        violations left. Its cost is an upper bound of the mixed-integer
+        problem's optimum (a heuristic's feasible point); :meth:`solve`
+        without fixings gives the lower bound.
+        """
+        sol = self.solve()
+        fixings = [Fixings.none(c.horizon) for c in self.communities]
+        for _ in range(rounds):
+            new = [complementarity_fixings(c, u, base=f) for c, u, f in zip(self.communities, sol.u, fixings)]
+            if all(a.count == b.count for a, b in zip(new, fixings)):
+                break
+            fixings = new
+            sol = self.solve(fixings)
+        left = sum(complementarity_violations(c, u) for c, u in zip(self.communities, sol.u))
+        return sol, fixings, int(left)
 
 
 def with_streams(streams: Streams, **changes: bool) -> Streams:

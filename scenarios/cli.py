@@ -135,7 +135,10 @@ def cmd_study(args: argparse.Namespace) -> int:
         frame = pd_concat({name: st.table for name, st in tables.items()})
         frame.to_csv(out_dir / "value_streams.csv", index=False)
         studies.plot_streams(tables, out_dir / "value_streams.png")
-        print(studies.format_table(frame))
+        shown = [c for c in ("scenario", "variant", "central_relaxed_cost", "central_cost", "admm_cost",
+                             "admm_iterations", "central_relaxed_contribution_pct", "central_contribution_pct",
+                             "admm_contribution_pct", "network_limits") if c in frame]
+        print(studies.format_table(frame[shown]))
     print(f"results in {out_dir}")
     return 0
 

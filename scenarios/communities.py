@@ -170,7 +170,8 @@ def admm_settings(scenario: Scenario, **overrides: object):  # noqa: ANN201 - AD
               partial_barrier=a.partial_barrier, max_delay=a.max_delay, deadline_s=a.deadline_s,
               resend_s=a.resend_s, compute_s=a.compute_s, latency=Latency(a.latency.kind, a.latency.a, a.latency.b),
               loss_prob=a.loss_prob, seed=scenario.seed, adaptive=a.adaptive, factor=a.factor, ratio=a.ratio,
-              hysteresis=a.hysteresis, freeze_after=a.freeze_after, balance=a.balance)
+              hysteresis=a.hysteresis, freeze_after=a.freeze_after, balance=a.balance,
+              dual_residual=a.dual_residual)
     kw.update(overrides)
     return ADMMSettings(**kw)
 

@@ -261,6 +261,7 @@ class AdmmConfig(_Model):
     hysteresis: Annotated[int, Field(ge=1)] = 1
     freeze_after: Annotated[int, Field(ge=1)] = 100
     balance: Literal["relative", "absolute"] = "relative"  #: residual balancing on scaled (default) or raw residuals
+    dual_residual: Literal["change", "boyd"] = "change"  #: stop on ‖z − z_prev‖ ≤ ε (kW), or Boyd's ρ‖z − z_prev‖
 
 
 class StreamsConfig(_Model):

@@ -29,8 +29,19 @@ its own scale, ‖r‖/max(‖x‖, ‖z‖) against ‖s‖/‖λ‖ (Wohlberg 
 rule does not depend on the units of x; ``"absolute"`` compares ‖r‖ with
 ‖s‖ (Boyd et al. §3.4.1). On the value-stacking problem the absolute rule
 drives ρ to where the stopping test accepts points 3.5 % above the optimum;
-the relative one does not. Stopping follows Boyd et al. §3.3.1: ‖r‖ ≤ ε_pri and ‖s‖ ≤ ε_dual
-with absolute and relative parts, or ``max_iter``.
+the relative one does not.
+
+Stopping (Boyd et al. §3.3.1, absolute and relative parts, or ``max_iter``):
+primal residual ‖x − z‖ ≤ ε_pri = √n ε_abs + ε_rel max(‖x‖, ‖z‖), and a
+dual residual. ``dual_residual = "change"`` (default) asks ‖z − z_prev‖ ≤
+ε_pri: both tests in the units of x, so the same ε means the same thing
+whatever the currency of the costs and whatever ρ. ``"boyd"`` is the
+textbook ρ‖z − z_prev‖ ≤ √n ε_abs + ε_rel ‖λ‖, whose threshold is in
+currency per unit of x: with a small ρ it accepts z still moving by
+ε_dual/ρ per iteration. On the value-stacking problem that stopped
+proximal-like iterations 1–4 % above the optimum (no local trading: 5
+iterations, +4.2 %); "change" stopped within 0.002 % in every variant
+(see README, value stacking). Residual balancing always uses ρ‖z − z_prev‖.
 """
 
 from __future__ import annotations
@@ -80,7 +91,7 @@ class ADMMSettings:
     hysteresis: int = 1
     freeze_after: int = 100
     balance: Literal["relative", "absolute"] = "relative"  #: residual balancing on scaled or raw residuals
-    dual_residual: Literal["boyd", "change"] = "boyd"  #: s = ρ‖z − z_prev‖, or ‖z − z_prev‖ (units of x)
+    dual_residual: Literal["change", "boyd"] = "change"  #: stop on ‖z − z_prev‖ ≤ ε_pri, or ρ‖z − z_prev‖ ≤ ε_dual
 
 
 @dataclass
@@ -94,7 +105,7 @@ class ADMMResult:
     wall_s: float
     messages_sent: int
     messages_lost: int
-    history: pd.DataFrame = field(repr=False)  #: per iteration: t_s, r_primal, r_dual, eps_pri, eps_dual, rho, fresh[, cost]
+    history: pd.DataFrame = field(repr=False)  #: per iteration: t_s, r_primal, r_dual, eps_pri, eps_dual, rho, dz, fresh[, cost]
 
 
 def run_admm(agents: Sequence[Agent], coupling: Coupling, settings: ADMMSettings = ADMMSettings(),
@@ -110,6 +121,8 @@ def run_admm(agents: Sequence[Agent], coupling: Coupling, settings: ADMMSettings
     s = settings
     if s.mode not in ("sync", "sync_naive", "async"):
         raise ValueError(f"mode must be 'sync', 'sync_naive' or 'async', got {s.mode!r}")
+    if s.dual_residual not in ("change", "boyd"):
+        raise ValueError(f"dual_residual must be 'change' or 'boyd', got {s.dual_residual!r}")
     if s.balance not in ("relative", "absolute"):
         raise ValueError(f"balance must be 'relative' or 'absolute', got {s.balance!r}")
     n = len(agents)
@@ -195,11 +208,13 @@ def run_admm(agents: Sequence[Agent], coupling: Coupling, settings: ADMMSettings
                     lam[i] = lam[i] + rho * (x[i] - z[i])
             xs, zs, ls = np.concatenate(x), np.concatenate(z), np.concatenate(lam)
             r_primal = float(np.linalg.norm(xs - zs))
-            r_dual = float(np.linalg.norm(zs - np.concatenate(z_old)) * (rho if s.dual_residual == "boyd" else 1.0))
+            dz = float(np.linalg.norm(zs - np.concatenate(z_old)))
+            r_dual = dz * (rho if s.dual_residual == "boyd" else 1.0)
             eps_pri = np.sqrt(len(xs)) * s.eps_abs + s.eps_rel * max(np.linalg.norm(xs), np.linalg.norm(zs))
-            eps_dual = np.sqrt(len(xs)) * s.eps_abs + s.eps_rel * np.linalg.norm(ls)
+            eps_dual = (np.sqrt(len(xs)) * s.eps_abs + s.eps_rel * np.linalg.norm(ls) if s.dual_residual == "boyd"
+                        else eps_pri)  # "change": ‖z − z_prev‖ in the units of x, against the primal tolerance
             rows.append({"iteration": k + 1, "t_s": env.now, "r_primal": r_primal, "r_dual": r_dual,
-                         "eps_pri": eps_pri, "eps_dual": eps_dual, "rho": rho, "fresh": len(fresh),
+                         "eps_pri": eps_pri, "eps_dual": eps_dual, "rho": rho, "dz": dz, "fresh": len(fresh),
                          **({"cost": float(objective())} if objective is not None else {})})
             k += 1
             if r_primal <= eps_pri and r_dual <= eps_dual and (s.mode != "sync_naive" or len(fresh) == n):
@@ -208,9 +223,9 @@ def run_admm(agents: Sequence[Agent], coupling: Coupling, settings: ADMMSettings
             if s.adaptive and k < s.freeze_after:
                 if s.balance == "relative":  # scale-free (Wohlberg 2017): each residual over its own scale
                     bp = r_primal / max(np.linalg.norm(xs), np.linalg.norm(zs), 1e-12)
-                    bd = r_dual / max(np.linalg.norm(ls), 1e-12)
+                    bd = rho * dz / max(np.linalg.norm(ls), 1e-12)
                 else:
-                    bp, bd = r_primal, r_dual
+                    bp, bd = r_primal, rho * dz
                 up = up + 1 if bp > s.ratio * bd else 0
                 down = down + 1 if bd > s.ratio * bp else 0
                 if up >= s.hysteresis:
