@@ -26,6 +26,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/powerflow.py
 	$(BIN)/python benchmarks/pms.py
 	$(BIN)/python benchmarks/mpc.py
+	$(BIN)/python benchmarks/admm.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache *.egg-info
