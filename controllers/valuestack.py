@@ -21,9 +21,13 @@ Binaries (SPEC C item 5): charge/discharge (x) and buy/sell (y) are relaxed;
 a small penalty on local-market buy and sell discourages doing both. After
 ADMM, :func:`complementarity_violations` finds hours where both directions
 are used and :meth:`CommunityQP.fix` forbids the weaker direction, and the
-problem is re-solved (convex again). ``mixed_integer=True`` instead rounds
-inside every subproblem solve (relaxed solve, fix the dominant direction,
-re-solve): a heuristic with no ADMM convergence guarantee.
+problem is re-solved (convex again). ``binaries="mixed_integer"`` instead
+rounds inside every subproblem solve (relaxed solve, forbid the weaker
+direction, re-solve, until none is left), then keeps the directions the last
+iterate chose and re-runs ADMM on that convex problem (round, then polish):
+a heuristic with no convergence guarantee for the rounded phase, which
+usually stops at ``max_iter``. :meth:`CentralQP.solve_mixed_integer` gives
+the integer optimum (MILP) to compare with.
 
 Everything here is plain numpy/scipy/casadi; :mod:`controllers.admm.engine`
 runs the iterations.
@@ -324,11 +328,16 @@ class CommunityQP:
         g = self._q.copy()
         g[self.layout.exchanged] += lam - rho * z
         u = self._solve_u(g, self._ubx)
-        if u is not None and self.mixed_integer:
-            f = complementarity_fixings(self.community, u, base=self.fixings)
-            if f.count > self.fixings.count:
-                u2 = self._solve_u(g, self._bounds_with(f))
-                u = u2 if u2 is not None else u
+        f = self.fixings
+        for _ in range(4 if self.mixed_integer else 0):  # round: forbid the weaker direction until none is left
+            if u is None:
+                break
+            f2 = complementarity_fixings(self.community, u, base=f)
+            if f2.count == f.count:
+                break
+            f = f2
+            u2 = self._solve_u(g, self._bounds_with(f))
+            u = u2 if u2 is not None else u
         if u is None:
             self.failures += 1
         else:
@@ -355,6 +364,18 @@ def complementarity_fixings(c: Community, u: np.ndarray, tol_kw: float = 1e-2, b
     both = np.minimum(v["p_etb_kw"], v["p_ets_kw"]) > tol_kw
     f.no_sell |= both & (v["p_etb_kw"] >= v["p_ets_kw"])
     f.no_buy |= both & (v["p_etb_kw"] < v["p_ets_kw"])
+    return f
+
+
+def direction_fixings(c: Community, u: np.ndarray, tol_kw: float = 1e-2, base: Fixings | None = None) -> Fixings:
+    """Hours where exactly one direction is used (> ``tol_kw``): forbid the other (keeps an integer choice)."""
+    v = unpack(c, u)
+    f = base or Fixings.none(c.horizon)
+    f = Fixings(f.no_charge.copy(), f.no_discharge.copy(), f.no_buy.copy(), f.no_sell.copy())
+    f.no_discharge |= (v["p_c_kw"] > tol_kw) & (v["p_d_kw"] <= tol_kw)
+    f.no_charge |= (v["p_d_kw"] > tol_kw) & (v["p_c_kw"] <= tol_kw)
+    f.no_sell |= (v["p_etb_kw"] > tol_kw) & (v["p_ets_kw"] <= tol_kw)
+    f.no_buy |= (v["p_ets_kw"] > tol_kw) & (v["p_etb_kw"] <= tol_kw)
     return f
 
 
@@ -595,6 +616,94 @@ class CentralQP:
                         objective=objective)
 
 
+    def solve_mixed_integer(self, tangents: int = 8, time_limit_s: float = 120.0,
+                            mip_rel_gap: float = 1e-4) -> tuple[Solution, str]:
+        """The problem with its binaries (charge xor discharge, buy xor sell per hour) as one MILP (HiGHS).
+
+        HiGHS takes no mixed-integer QP, so the quadratic degradation α (p Δt)²
+        becomes its epigraph over ``tangents`` tangent lines on [0, p_max]
+        (an under-estimate by at most α (p_max Δt / (2 (tangents − 1)))² per
+        hour and direction); the tiny regularisation is dropped. Costs are
+        re-evaluated exactly at the solution. Returns the solution and HiGHS'
+        status; raises :class:`InfeasibleGrid` if there is no integer point.
+        """
+        import casadi as ca
+
+        from controllers.admm.qp import to_dm
+
+        m = self.market
+        if m.discomfort_per_c2:
+            raise ValueError("solve_mixed_integer: the discomfort term is quadratic in T_in; "
+                             "set discomfort_per_c2 = 0 (the default) for the MILP benchmark")
+        if tangents < 2:
+            raise ValueError(f"tangents must be >= 2, got {tangents}")
+        n_u = int(self.offsets[-1])
+        blocks_a, lo, hi = [], [], []
+        extra_q, extra_lb, extra_ub, discrete = [], [], [], []
+        q_lin = self.q.copy()
+        n_x = n_u
+        cols: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (row, col, value) triplets of the new rows
+        row = 0
+        a_dt = m.degradation_per_kw2h * m.dt_h ** 2
+        ubx = np.concatenate(self._ubx0)
+        for k, (c, lay) in enumerate(zip(self.communities, self.layouts)):
+            off, h = int(self.offsets[k]), lay.h
+            idx = {name: off + lay.block[name] for name in ("p_c_kw", "p_d_kw", "p_etb_kw", "p_ets_kw")}
+            # epigraph variables d_c, d_d (H each) and binaries x (charge), y (buy)
+            d_c, d_d = n_x + np.arange(h), n_x + h + np.arange(h)
+            xb, yb = n_x + 2 * h + np.arange(h), n_x + 3 * h + np.arange(h)
+            n_x += 4 * h
+            extra_q += [np.ones(2 * h) if a_dt > 0 else np.zeros(2 * h), np.zeros(2 * h)]
+            extra_lb += [np.zeros(4 * h)]
+            extra_ub += [np.full(2 * h, np.inf), np.ones(2 * h)]
+            discrete += [False] * (2 * h) + [True] * (2 * h)
+            t = np.arange(h)
+            for var, d, pmax in ((idx["p_c_kw"], d_c, c.p_c_max_kw), (idx["p_d_kw"], d_d, c.p_d_max_kw)):
+                if a_dt > 0:
+                    for pj in np.linspace(0.0, pmax, tangents):  # d ≥ 2 a p_j p − a p_j²
+                        cols.append((row + t, d, np.ones(h)))
+                        cols.append((row + t, var, np.full(h, -2.0 * a_dt * pj)))
+                        lo.append(np.full(h, -a_dt * pj * pj))
+                        hi.append(np.full(h, np.inf))
+                        row += h
+            for var, b, cap, on in ((idx["p_c_kw"], xb, c.p_c_max_kw, True), (idx["p_d_kw"], xb, c.p_d_max_kw, False),
+                                    (idx["p_etb_kw"], yb, ubx[idx["p_etb_kw"]], True),
+                                    (idx["p_ets_kw"], yb, ubx[idx["p_ets_kw"]], False)):
+                cap = np.broadcast_to(np.minimum(cap, 1e4), (h,)).astype(float)
+                # on: p ≤ cap·b ; off: p ≤ cap·(1 − b)  ⇔  p + cap·b ≤ cap
+                cols.append((row + t, var, np.ones(h)))
+                cols.append((row + t, b, -cap if on else cap))
+                lo.append(np.full(h, -np.inf))
+                hi.append(np.zeros(h) if on else cap)
+                row += h
+            # the QP's own degradation is now in d: remove the quadratic, keep the linear costs
+        r = np.concatenate([x[0] for x in cols])
+        cc = np.concatenate([x[1] for x in cols])
+        v = np.concatenate([x[2] for x in cols])
+        a_new = sp.csr_matrix((v, (r, cc)), shape=(row, n_x))
+        a_old = sp.hstack([self.a, sp.csr_matrix((self.a.shape[0], n_x - n_u))])
+        a_all = sp.vstack([a_old, a_new]).tocsc()
+        lba = np.concatenate([self.lba] + lo)
+        uba = np.concatenate([self.uba] + hi)
+        g = np.concatenate([q_lin] + extra_q)
+        lbx = np.concatenate([self.lbx] + extra_lb)
+        ubx_all = np.concatenate([ubx] + extra_ub)
+        a_dm = to_dm(a_all)
+        solver = ca.conic("milp", "highs", {"a": a_dm.sparsity()},
+                          {"discrete": [False] * n_u + discrete, "error_on_fail": False,
+                           "highs": {"output_flag": False, "time_limit": float(time_limit_s),
+                                     "mip_rel_gap": float(mip_rel_gap)}})
+        res = solver(g=ca.DM(g), a=a_dm, lba=ca.DM(lba), uba=ca.DM(uba), lbx=ca.DM(lbx), ubx=ca.DM(ubx_all))
+        stats = solver.stats()
+        status = str(stats.get("return_status", ""))
+        u_all = np.asarray(res["x"].full()).ravel()
+        if not np.all(np.isfinite(u_all)) or "nfeasible" in status or not (stats.get("success") or "Time limit" in status):
+            raise InfeasibleGrid(f"the mixed-integer problem failed ({status or 'no status'}); "
+                                 + describe_base_violations(self.feeder))
+        us = [u_all[self.offsets[k]:self.offsets[k + 1]] for k in range(len(self.communities))]
+        costs = np.array([community_cost(c, m, u) for c, u in zip(self.communities, us)])
+        return Solution(u=us, costs=costs, x=[u[lay.exchanged] for u, lay in zip(us, self.layouts)]), status
+
     def solve_fix_and_resolve(self, rounds: int = 3) -> tuple[Solution, list[Fixings], int]:
         """The relaxed optimum, then SPEC C item 5 centrally: fix each violated pair's smaller direction, re-solve.
 
@@ -639,6 +748,7 @@ class PlanResult:
     solver_failures: int  #: subproblem solves that failed even on the fallback solver (previous answer kept)
     solver_retries: int  #: subproblem solves the fallback solver answered
     v_plan_pu: np.ndarray  #: (H, n_bus) LinDistFlow voltages (squared form) with the final plan
+    central_mixed_integer_cost: float | None = None  #: binaries="mixed_integer": the centralised MILP's cost
 
     @property
     def iterations(self) -> int:
@@ -646,7 +756,8 @@ class PlanResult:
 
     @property
     def converged(self) -> bool:
-        return all(r.converged for r in self.runs)
+        """Whether the run that produced the final plan converged (the rounded phase of mixed_integer never counts)."""
+        return bool(self.runs[-1].converged)
 
     @property
     def time_to_decision_s(self) -> float:
@@ -688,7 +799,8 @@ def solve_value_stacking(communities: list[Community], market: Market, feeder: F
 
     ``settings`` is an :class:`controllers.admm.engine.ADMMSettings`. With
     ``central`` the same problem is also solved in one QP (relaxed, and with
-    the final fixings) for the cost gap.
+    the final fixings) for the cost gap, and with ``binaries =
+    "mixed_integer"`` as a MILP (:meth:`CentralQP.solve_mixed_integer`).
     """
     from controllers.admm.engine import run_admm
 
@@ -707,7 +819,14 @@ def solve_value_stacking(communities: list[Community], market: Market, feeder: F
     relaxed_objective = float(sum(a.objective() for a in agents))
     fixings = [complementarity_fixings(c, a.u, base=a.fixings) for c, a in zip(communities, agents)]
     violations = sum(complementarity_violations(c, a.u) for c, a in zip(communities, agents))
-    for _ in range(fix_rounds if runs[0].converged else 0):  # fixing an unconverged point fixes noise
+    if binaries == "mixed_integer":  # polish: keep the directions the rounded run chose, re-run convex
+        for c, a in zip(communities, agents):
+            a.fix(direction_fixings(c, a.u, base=a.fixings))
+            a.mixed_integer = False
+        last = runs[-1]
+        runs.append(run_admm(agents, operator, settings, z0=last.z, lam0=last.lam, objective=total))
+        fixings = [complementarity_fixings(c, a.u, base=a.fixings) for c, a in zip(communities, agents)]
+    for _ in range(fix_rounds if runs[-1].converged else 0):  # fixing an unconverged point fixes noise
         if all(f.count == a.fixings.count for f, a in zip(fixings, agents)):
             break
         for a, f in zip(agents, fixings):
@@ -716,7 +835,7 @@ def solve_value_stacking(communities: list[Community], market: Market, feeder: F
         runs.append(run_admm(agents, operator, settings, z0=last.z, lam0=last.lam, objective=total))
         fixings = [complementarity_fixings(c, a.u, base=a.fixings) for c, a in zip(communities, agents)]
     left = sum(complementarity_violations(c, a.u) for c, a in zip(communities, agents))
-    central_cost = central_fixed = central_objective = None
+    central_cost = central_fixed = central_objective = central_mi = None
     if central:
         cq = CentralQP(communities, market, feeder, streams)
         best = cq.solve()
@@ -725,6 +844,8 @@ def solve_value_stacking(communities: list[Community], market: Market, feeder: F
             central_fixed = cq.solve([a.fixings for a in agents]).total_cost
         else:
             central_fixed = central_cost
+        if binaries == "mixed_integer":
+            central_mi = cq.solve_mixed_integer()[0].total_cost
     us = [a.u.copy() for a in agents]
     xs = [u[a.layout.exchanged] for u, a in zip(us, agents)]
     sol = Solution(u=us, costs=np.array([community_cost(c, market, u) for c, u in zip(communities, us)]), x=xs)
@@ -734,4 +855,4 @@ def solve_value_stacking(communities: list[Community], market: Market, feeder: F
                       fixed=int(sum(a.fixings.count for a in agents)),
                       solver_failures=int(sum(a.failures for a in agents) + operator.failures),
                       solver_retries=int(sum(a.retries for a in agents) + operator.retries),
-                      v_plan_pu=plan_voltages_pu(feeder, communities, xs))
+                      v_plan_pu=plan_voltages_pu(feeder, communities, xs), central_mixed_integer_cost=central_mi)

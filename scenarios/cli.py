@@ -4,7 +4,7 @@
     dercosim show SCENARIO
     dercosim list
     dercosim study modes SCENARIO [--max-iter N] [--out runs/]
-    dercosim study streams SCENARIO [SCENARIO ...] [--central-only] [--out runs/]
+    dercosim study streams SCENARIO [SCENARIO ...] [--central-only] [--milp] [--out runs/]
 
 SCENARIO is a path to a TOML file or the name of a bundled scenario.
 """
@@ -131,13 +131,16 @@ def cmd_study(args: argparse.Namespace) -> int:
         tables = {}
         for path, scenario in loaded:
             say(f"dercosim: value streams on the first day of {path}")
-            tables[scenario.name] = studies.value_streams(scenario, admm=not args.central_only, log=say)
+            tables[scenario.name] = studies.value_streams(scenario, admm=not args.central_only, log=say,
+                                                          milp=args.milp)
         frame = pd_concat({name: st.table for name, st in tables.items()})
         frame.to_csv(out_dir / "value_streams.csv", index=False)
         studies.plot_streams(tables, out_dir / "value_streams.png")
-        shown = [c for c in ("scenario", "variant", "central_relaxed_cost", "central_cost", "admm_cost",
+        shown = [c for c in ("scenario", "variant", "central_relaxed_cost", "central_cost", "central_milp_cost",
+                             "admm_cost",
                              "admm_iterations", "central_relaxed_contribution_pct", "central_contribution_pct",
-                             "admm_contribution_pct", "network_limits") if c in frame]
+                             "central_milp_contribution_pct", "admm_contribution_pct", "network_limits")
+                 if c in frame]
         print(studies.format_table(frame[shown]))
     print(f"results in {out_dir}")
     return 0
@@ -174,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("scenario", nargs="+", help="value-stacking scenario(s): file or bundled name")
     study.add_argument("--max-iter", type=int, default=None, help="modes: iteration cap (default: the scenario's)")
     study.add_argument("--central-only", action="store_true", help="streams: centralised costs only (no ADMM)")
+    study.add_argument("--milp", action="store_true",
+                       help="streams: also solve each variant with its binaries as a MILP (slow without B2B)")
     study.add_argument("--out", default="runs", help="parent folder of the study folder (default: runs)")
     study.add_argument("--quiet", action="store_true", help="no progress output")
     study.set_defaults(func=cmd_study)

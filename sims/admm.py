@@ -135,7 +135,8 @@ class PlannerSim(mosaik_api_v3.Simulator):
                           admm_time_to_decision_s=res.time_to_decision_s, admm_wall_s=res.wall_s,
                           admm_gap_pct=math.nan if res.gap_pct is None else res.gap_pct,
                           plan_cost=res.solution.total_cost,
-                          central_cost=math.nan if res.central_fixed_cost is None else res.central_fixed_cost,
+                          central_cost=next((float(c) for c in (res.central_mixed_integer_cost,
+                                                                 res.central_fixed_cost) if c is not None), math.nan),
                           plan_fixed=res.fixed, plan_violations_left=res.violations_left)
         self.log(f"hour {hour0}: plan of {hours} h, {res.iterations} ADMM iterations "
                  f"({'converged' if res.converged else 'NOT converged'}), {res.time_to_decision_s:.1f} s simulated, "

@@ -218,6 +218,39 @@ def test_fix_and_resolve_removes_buy_and_sell_in_the_same_hour(day, scenario):
     assert res.solution.total_cost == pytest.approx(res.central_fixed_cost, rel=1e-3)
 
 
+def test_milp_is_the_integer_optimum_that_fix_and_resolve_approximates(day):
+    """Two communities without B2B: the relaxation cheats, fix-and-resolve and the MILP do not."""
+    comms, market, feeder = day
+    cq = CentralQP(comms[:2], market, feeder, Streams(b2b=False))
+    relaxed = cq.solve()
+    fixed, _, left = cq.solve_fix_and_resolve()
+    mi, status = cq.solve_mixed_integer()
+    assert status == "Optimal" and left == 0
+    assert sum(complementarity_violations(c, u) for c, u in zip(comms[:2], mi.u)) == 0
+    # the MILP's degradation is cut at 8 tangents: at most 1e-4·(100/14)² per hour and direction too low
+    slack = 2 * 2 * 24 * market.degradation_per_kw2h * (100.0 / 14) ** 2
+    assert mi.total_cost <= fixed.total_cost + slack  # fix-and-resolve is one integer-feasible point
+    assert mi.total_cost > relaxed.total_cost + 10.0  # and the relaxation is far below both
+    for c, u in zip(comms[:2], mi.u):
+        v = unpack(c, u)
+        e_prev = np.concatenate([[c.e0_kwh], v["e_kwh"][:-1]])
+        np.testing.assert_allclose(v["e_kwh"], e_prev + c.eta_c * v["p_c_kw"] - v["p_d_kw"] / c.eta_d, atol=1e-4)
+    volts = plan_voltages_pu(feeder, comms[:2], mi.x)
+    assert volts.min() >= feeder.v_min_pu - 1e-6
+
+
+def test_mixed_integer_mode_rounds_in_every_subproblem(day, scenario):
+    comms, market, feeder = day
+    st = admm_settings(scenario, max_iter=200, **SYNC)  # the rounded phase oscillates until the cap
+    res = solve_value_stacking(comms[:2], market, feeder, st, streams=Streams(b2b=False), binaries="mixed_integer")
+    assert res.violations_left == 0 and len(res.runs) >= 2
+    assert res.converged  # the polish run on the rounded directions is convex
+    mi = res.central_mixed_integer_cost
+    slack = 2 * 2 * 24 * market.degradation_per_kw2h * (100.0 / 14) ** 2
+    assert res.solution.total_cost >= mi - slack  # integer-feasible, so not below the integer optimum
+    assert res.solution.total_cost <= 1.10 * mi  # a heuristic: measured 4.3 % above here
+
+
 def test_removing_a_stream_never_helps_and_b2b_matters_most(scenario, case):
     st = studies.value_streams(scenario, admm=False, case=case)
     t = st.table.set_index("variant")
