@@ -299,3 +299,15 @@ def test_planner_run_reports_plan_gap_and_plan_vs_ac(tmp_path):
     assert set(vs["per_bus"]) == {"7", "14", "16", "17", "24", "30"}
     assert 0 < vs["max_abs_diff_pu"] < 0.005  # SPEC B: LinDistFlow within a few thousandths of AC
     assert (folder / "plan_vs_ac.png").stat().st_size > 10_000
+
+
+def test_hourly_replanning_plans_every_hour_from_the_measured_state(tmp_path):
+    text = SCENARIO.read_text(encoding="utf-8").replace('replan = "daily"', 'replan = "hourly"')
+    assert 'replan = "hourly"' in text
+    path = tmp_path / "hourly.toml"
+    path.write_text(text, encoding="utf-8")
+    assert cli.main(["run", str(path), "--until", "3h", "--out", str(tmp_path / "runs"), "--quiet"]) == 0
+    (folder,) = (tmp_path / "runs").iterdir()
+    p = json.loads((folder / "summary.json").read_text())["planner"]
+    assert p["replan"] == "hourly" and p["plans"] == 3 and p["fallbacks"] == 0
+    assert len(p["admm_iterations"]) == 3 and all(abs(g) < 0.5 for g in p["gap_to_centralised_pct"])
