@@ -285,6 +285,7 @@ class PlannerConfig(_Model):
     discomfort_per_c2: NonNeg = 0.0  #: β (off by default, SPEC C item 4)
     p_et_max_kw: NonNeg = 100.0  #: local-market buy/sell limit per community
     p_grid_max_kw: Positive = 1000.0
+    v_margin_pu: Annotated[float, Field(ge=0, lt=0.1)] = 0.0  #: the operator plans within [v_min + m, v_max − m]
     streams: StreamsConfig = StreamsConfig()
     admm: AdmmConfig = AdmmConfig()
 
