@@ -130,6 +130,17 @@ class Fixings:
     def count(self) -> int:
         return int(self.no_charge.sum() + self.no_discharge.sum() + self.no_buy.sum() + self.no_sell.sum())
 
+    def copy(self) -> Fixings:
+        return Fixings(self.no_charge.copy(), self.no_discharge.copy(), self.no_buy.copy(), self.no_sell.copy())
+
+    def upper_bounds(self, block: dict[str, np.ndarray], ubx: np.ndarray) -> np.ndarray:
+        """``ubx`` with the forbidden directions' variables (indices in ``block``) bounded to 0."""
+        ub = ubx.copy()
+        for name, forbidden in (("p_c_kw", self.no_charge), ("p_d_kw", self.no_discharge),
+                                ("p_etb_kw", self.no_buy), ("p_ets_kw", self.no_sell)):
+            ub[block[name][forbidden]] = 0.0
+        return ub
+
 
 class _Layout:
     """Index ranges of the community's variables."""
@@ -303,13 +314,7 @@ class CommunityQP:
         self._ubx = self._bounds_with(fixings)
 
     def _bounds_with(self, f: Fixings) -> np.ndarray:
-        ubx = self._ubx0.copy()
-        b = self.layout.block
-        for name, forbidden in (("p_c_kw", f.no_charge), ("p_d_kw", f.no_discharge), ("p_etb_kw", f.no_buy),
-                                ("p_ets_kw", f.no_sell)):
-            idx = b[name][forbidden]
-            ubx[idx] = 0.0
-        return ubx
+        return f.upper_bounds(self.layout.block, self._ubx0)
 
     def _solve_u(self, g: np.ndarray, ubx: np.ndarray) -> np.ndarray | None:
         self.solves += 1
@@ -353,29 +358,20 @@ class CommunityQP:
         return _objective(self._p, self._q, self.u, self.community, self.market)
 
 
-def complementarity_fixings(c: Community, u: np.ndarray, tol_kw: float = 1e-2, base: Fixings | None = None) -> Fixings:
-    """Hours where charge and discharge (or local buy and sell) both exceed ``tol_kw``: forbid the smaller one."""
+def complementarity_fixings(c: Community, u: np.ndarray, tol_kw: float = 1e-2, base: Fixings | None = None,
+                           keep_choices: bool = False) -> Fixings:
+    """Forbid directions on top of ``base``: where charge and discharge (or local buy and sell) both exceed
+    ``tol_kw``, the smaller one; with ``keep_choices`` also, where exactly one is used, the unused one."""
     v = unpack(c, u)
-    f = base or Fixings.none(c.horizon)
-    f = Fixings(f.no_charge.copy(), f.no_discharge.copy(), f.no_buy.copy(), f.no_sell.copy())
-    both = np.minimum(v["p_c_kw"], v["p_d_kw"]) > tol_kw
-    f.no_discharge |= both & (v["p_c_kw"] >= v["p_d_kw"])
-    f.no_charge |= both & (v["p_c_kw"] < v["p_d_kw"])
-    both = np.minimum(v["p_etb_kw"], v["p_ets_kw"]) > tol_kw
-    f.no_sell |= both & (v["p_etb_kw"] >= v["p_ets_kw"])
-    f.no_buy |= both & (v["p_etb_kw"] < v["p_ets_kw"])
-    return f
-
-
-def direction_fixings(c: Community, u: np.ndarray, tol_kw: float = 1e-2, base: Fixings | None = None) -> Fixings:
-    """Hours where exactly one direction is used (> ``tol_kw``): forbid the other (keeps an integer choice)."""
-    v = unpack(c, u)
-    f = base or Fixings.none(c.horizon)
-    f = Fixings(f.no_charge.copy(), f.no_discharge.copy(), f.no_buy.copy(), f.no_sell.copy())
-    f.no_discharge |= (v["p_c_kw"] > tol_kw) & (v["p_d_kw"] <= tol_kw)
-    f.no_charge |= (v["p_d_kw"] > tol_kw) & (v["p_c_kw"] <= tol_kw)
-    f.no_sell |= (v["p_etb_kw"] > tol_kw) & (v["p_ets_kw"] <= tol_kw)
-    f.no_buy |= (v["p_ets_kw"] > tol_kw) & (v["p_etb_kw"] <= tol_kw)
+    f = (base or Fixings.none(c.horizon)).copy()
+    for a, b, no_a, no_b in (("p_c_kw", "p_d_kw", f.no_charge, f.no_discharge),
+                             ("p_etb_kw", "p_ets_kw", f.no_buy, f.no_sell)):
+        used_a, used_b = v[a] > tol_kw, v[b] > tol_kw
+        no_b |= used_a & used_b & (v[a] >= v[b])
+        no_a |= used_a & used_b & (v[a] < v[b])
+        if keep_choices:
+            no_b |= used_a & ~used_b
+            no_a |= used_b & ~used_a
     return f
 
 
@@ -588,15 +584,8 @@ class CentralQP:
         self.retries = 0  #: solves the fallback answered
 
     def solve(self, fixings: list[Fixings] | None = None) -> Solution:
-        ubx = []
-        for k, (c, ub0) in enumerate(zip(self.communities, self._ubx0)):
-            ub = ub0.copy()
-            if fixings is not None:
-                lay, f = self.layouts[k], fixings[k]
-                for name, forbidden in (("p_c_kw", f.no_charge), ("p_d_kw", f.no_discharge),
-                                        ("p_etb_kw", f.no_buy), ("p_ets_kw", f.no_sell)):
-                    ub[lay.block[name][forbidden]] = 0.0
-            ubx.append(ub)
+        ubx = self._ubx0 if fixings is None else [
+            f.upper_bounds(lay.block, ub0) for f, lay, ub0 in zip(fixings, self.layouts, self._ubx0)]
         args = (self.h_dm, self.q, self.lba, self.uba, self.lbx, np.concatenate(ubx))
         sol = self.qp.solve(*args)
         if not sol.success and self.fallback_qp is not None:
@@ -638,9 +627,8 @@ class CentralQP:
         if tangents < 2:
             raise ValueError(f"tangents must be >= 2, got {tangents}")
         n_u = int(self.offsets[-1])
-        blocks_a, lo, hi = [], [], []
+        lo, hi = [], []
         extra_q, extra_lb, extra_ub, discrete = [], [], [], []
-        q_lin = self.q.copy()
         n_x = n_u
         cols: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (row, col, value) triplets of the new rows
         row = 0
@@ -676,7 +664,6 @@ class CentralQP:
                 lo.append(np.full(h, -np.inf))
                 hi.append(np.zeros(h) if on else cap)
                 row += h
-            # the QP's own degradation is now in d: remove the quadratic, keep the linear costs
         r = np.concatenate([x[0] for x in cols])
         cc = np.concatenate([x[1] for x in cols])
         v = np.concatenate([x[2] for x in cols])
@@ -685,7 +672,7 @@ class CentralQP:
         a_all = sp.vstack([a_old, a_new]).tocsc()
         lba = np.concatenate([self.lba] + lo)
         uba = np.concatenate([self.uba] + hi)
-        g = np.concatenate([q_lin] + extra_q)
+        g = np.concatenate([self.q] + extra_q)  # the quadratic degradation is now in d
         lbx = np.concatenate([self.lbx] + extra_lb)
         ubx_all = np.concatenate([ubx] + extra_ub)
         a_dm = to_dm(a_all)
@@ -704,15 +691,16 @@ class CentralQP:
         costs = np.array([community_cost(c, m, u) for c, u in zip(self.communities, us)])
         return Solution(u=us, costs=costs, x=[u[lay.exchanged] for u, lay in zip(us, self.layouts)]), status
 
-    def solve_fix_and_resolve(self, rounds: int = 3) -> tuple[Solution, list[Fixings], int]:
+    def solve_fix_and_resolve(self, rounds: int = 3, relaxed: Solution | None = None
+                              ) -> tuple[Solution, list[Fixings], int]:
         """The relaxed optimum, then SPEC C item 5 centrally: fix each violated pair's smaller direction, re-solve.
 
         Returns the final solution, the fixings and the complementarity
         violations left. Its cost is an upper bound of the mixed-integer
         problem's optimum (a heuristic's feasible point); :meth:`solve`
-        without fixings gives the lower bound.
+        without fixings gives the lower bound. ``relaxed``: that solution, if already solved.
         """
-        sol = self.solve()
+        sol = relaxed if relaxed is not None else self.solve()
         fixings = [Fixings.none(c.horizon) for c in self.communities]
         for _ in range(rounds):
             new = [complementarity_fixings(c, u, base=f) for c, u, f in zip(self.communities, sol.u, fixings)]
@@ -749,6 +737,7 @@ class PlanResult:
     solver_retries: int  #: subproblem solves the fallback solver answered
     v_plan_pu: np.ndarray  #: (H, n_bus) LinDistFlow voltages (squared form) with the final plan
     central_mixed_integer_cost: float | None = None  #: binaries="mixed_integer": the centralised MILP's cost
+    fixings: list[Fixings] = field(default_factory=list)  #: per community, the directions forbidden at the end
 
     @property
     def iterations(self) -> int:
@@ -821,7 +810,7 @@ def solve_value_stacking(communities: list[Community], market: Market, feeder: F
     violations = sum(complementarity_violations(c, a.u) for c, a in zip(communities, agents))
     if binaries == "mixed_integer":  # polish: keep the directions the rounded run chose, re-run convex
         for c, a in zip(communities, agents):
-            a.fix(direction_fixings(c, a.u, base=a.fixings))
+            a.fix(complementarity_fixings(c, a.u, base=a.fixings, keep_choices=True))
             a.mixed_integer = False
         last = runs[-1]
         runs.append(run_admm(agents, operator, settings, z0=last.z, lam0=last.lam, objective=total))
@@ -855,4 +844,5 @@ def solve_value_stacking(communities: list[Community], market: Market, feeder: F
                       fixed=int(sum(a.fixings.count for a in agents)),
                       solver_failures=int(sum(a.failures for a in agents) + operator.failures),
                       solver_retries=int(sum(a.retries for a in agents) + operator.retries),
-                      v_plan_pu=plan_voltages_pu(feeder, communities, xs), central_mixed_integer_cost=central_mi)
+                      v_plan_pu=plan_voltages_pu(feeder, communities, xs), central_mixed_integer_cost=central_mi,
+                      fixings=[a.fixings.copy() for a in agents])

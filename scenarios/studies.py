@@ -152,7 +152,7 @@ def value_streams(scenario: Scenario, admm: bool = True, case: ValueStackingCase
         try:
             cq = CentralQP(comms, market, feeder, streams)
             relaxed = cq.solve()
-            central, _, left = cq.solve_fix_and_resolve()
+            central, _, left = cq.solve_fix_and_resolve(relaxed=relaxed)
         except InfeasibleGrid:
             if name != "no_battery":
                 raise
@@ -171,10 +171,11 @@ def value_streams(scenario: Scenario, admm: bool = True, case: ValueStackingCase
             row["central_milp_cost"] = cq.solve_mixed_integer()[0].total_cost
         if admm and limits == "enforced":
             res = solve_value_stacking(comms, market, feeder, settings, streams=streams,
-                                       binaries=scenario.planner.binaries, central=True)
+                                       binaries=scenario.planner.binaries, central=False)
+            same = cq.solve(res.fixings).total_cost if any(f.count for f in res.fixings) else relaxed.total_cost
             row.update(admm_cost=res.solution.total_cost, admm_relaxed_cost=res.relaxed_cost,
                        admm_gap_pct=100.0 * (res.relaxed_objective - relaxed.objective) / abs(relaxed.objective),
-                       central_same_fixings_cost=res.central_fixed_cost,
+                       central_same_fixings_cost=same,
                        admm_iterations=res.iterations,
                        admm_converged=res.converged, complementarity_violations_left=res.violations_left)
         rows.append(row)
