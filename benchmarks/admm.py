@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from controllers.admm import ADMMSettings, Latency, run_admm
-from controllers.admm.qp import SparseQP
-from controllers.valuestack import CentralQP, Community, CommunityQP, GridOperatorQP, network_rows
-from scenarios.communities import case_from_scenario
-from scenarios.config import load_scenario
+from dercosim.controllers.admm import ADMMSettings, Latency, run_admm
+from dercosim.controllers.admm.qp import SparseQP
+from dercosim.controllers.valuestack import CentralQP, Community, CommunityQP, GridOperatorQP, network_rows
+from dercosim.scenarios.communities import case_from_scenario
+from dercosim.scenarios.config import load_scenario
 
 SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "value_stacking_tou.toml"
 

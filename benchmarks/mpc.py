@@ -18,10 +18,10 @@ import time
 
 import numpy as np
 
-from controllers.mpc import BatteryModel, MPCInputs, MPCProblem, solve_with_opti
-from timeseries import loads, pv, weather
-from timeseries.forecast import LinearRegression
-from timeseries.rng import rng_for
+from dercosim.controllers.mpc import BatteryModel, MPCInputs, MPCProblem, solve_with_opti
+from dercosim.timeseries import loads, pv, weather
+from dercosim.timeseries.forecast import LinearRegression
+from dercosim.timeseries.rng import rng_for
 
 
 def main() -> None:

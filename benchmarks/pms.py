@@ -18,10 +18,10 @@ import time
 
 import numpy as np
 
-from controllers.pms import BatteryFleet, BatteryParams
-from timeseries import loads, pv, weather
-from timeseries.rng import rng_for
-from timeseries.subminute import SubminuteFluctuation
+from dercosim.controllers.pms import BatteryFleet, BatteryParams
+from dercosim.timeseries import loads, pv, weather
+from dercosim.timeseries.rng import rng_for
+from dercosim.timeseries.subminute import SubminuteFluctuation
 
 N = 70
 

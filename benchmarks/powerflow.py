@@ -18,11 +18,11 @@ import time
 import numpy as np
 import pandapower as pp
 
-from grids import ieee33
-from grids.powerflow import LightsimEngine
-from scenarios.config import load_scenario
-from scenarios.fleet import base_load_shape, draw_households, household_profiles
-from timeseries import weather
+from dercosim.grids import ieee33
+from dercosim.grids.powerflow import LightsimEngine
+from dercosim.scenarios.config import load_scenario
+from dercosim.scenarios.fleet import base_load_shape, draw_households, household_profiles
+from dercosim.timeseries import weather
 
 
 def injections(n_steps: int) -> tuple[np.ndarray, np.ndarray]:

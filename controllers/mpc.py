@@ -462,8 +462,8 @@ class HouseholdMPC:
 
     def bind(self, context: dict[str, Any]) -> None:
         """Called once with the household's context (battery, prices, true profile, clock, seed)."""
-        from timeseries.forecast import make_forecaster
-        from timeseries.rng import rng_for
+        from dercosim.timeseries.forecast import make_forecaster
+        from dercosim.timeseries.rng import rng_for
 
         bat = context["battery"]
         if bat is None:

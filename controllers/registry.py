@@ -17,7 +17,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from controllers.base import OBSERVATIONS, SETPOINTS
+from dercosim.controllers.base import OBSERVATIONS, SETPOINTS
 
 ENTRY_POINT_GROUP = "dercosim.controllers"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from controllers.base import BaseController
+from dercosim.controllers.base import BaseController
 
 
 class RuleBasedController(BaseController):

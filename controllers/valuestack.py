@@ -41,8 +41,8 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg  # noqa: F401 - sp.linalg.norm
 
-from controllers.admm.qp import SparseQP
-from grids.lindistflow import LinDistFlow
+from dercosim.controllers.admm.qp import SparseQP
+from dercosim.grids.lindistflow import LinDistFlow
 
 #: the exchanged quantities, each a block of H hourly values (kW)
 EXCHANGED = ("p_grid_kw", "p_etb_kw", "p_ets_kw", "p_b2g_kw", "p_feed_kw")
@@ -618,7 +618,7 @@ class CentralQP:
         """
         import casadi as ca
 
-        from controllers.admm.qp import to_dm
+        from dercosim.controllers.admm.qp import to_dm
 
         m = self.market
         if m.discomfort_per_c2:
@@ -791,7 +791,7 @@ def solve_value_stacking(communities: list[Community], market: Market, feeder: F
     the final fixings) for the cost gap, and with ``binaries =
     "mixed_integer"`` as a MILP (:meth:`CentralQP.solve_mixed_integer`).
     """
-    from controllers.admm.engine import run_admm
+    from dercosim.controllers.admm.engine import run_admm
 
     if binaries not in ("relaxed", "mixed_integer"):
         raise ValueError(f"binaries must be 'relaxed' or 'mixed_integer', got {binaries!r}")

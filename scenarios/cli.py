@@ -18,13 +18,13 @@ from datetime import datetime
 from importlib import resources
 from pathlib import Path
 
-from controllers.registry import ControllerError
-from scenarios.config import ScenarioError, Scenario, load_scenario, parse_duration_s, scenario_to_toml
+from dercosim.controllers.registry import ControllerError
+from dercosim.scenarios.config import ScenarioError, Scenario, load_scenario, parse_duration_s, scenario_to_toml
 
 
 def bundled_scenarios() -> dict[str, Path]:
     """Bundled scenario files by stem."""
-    folder = resources.files("scenarios")
+    folder = resources.files("dercosim.scenarios")
     return {Path(str(f)).stem: Path(str(f)) for f in folder.iterdir() if str(f).endswith(".toml")}
 
 
@@ -45,7 +45,7 @@ def _load(arg: str) -> tuple[Path, Scenario]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from scenarios.world import run_scenario, with_duration
+    from dercosim.scenarios.world import run_scenario, with_duration
 
     path, scenario = _load(args.scenario)
     if args.until is not None:
@@ -99,7 +99,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_study(args: argparse.Namespace) -> int:
     import json
 
-    from scenarios import studies
+    from dercosim.scenarios import studies
 
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     loaded = [_load(arg) for arg in args.scenario]

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from controllers.valuestack import Community, Feeder, Market
-from grids import ieee33
-from grids.lindistflow import LinDistFlow
-from scenarios.config import Scenario
-from timeseries import weather
-from timeseries.prices import price_per_kwh
-from timeseries.tariffs import tariff_of
+from dercosim.controllers.valuestack import Community, Feeder, Market
+from dercosim.grids import ieee33
+from dercosim.grids.lindistflow import LinDistFlow
+from dercosim.scenarios.config import Scenario
+from dercosim.timeseries import weather
+from dercosim.timeseries.prices import price_per_kwh
+from dercosim.timeseries.tariffs import tariff_of
 
 
 def hourly_mean(values: np.ndarray, step_s: int) -> np.ndarray:
@@ -164,7 +164,7 @@ def build_case(scenario: Scenario, times: pd.DatetimeIndex, table: pd.DataFrame,
 
 def admm_settings(scenario: Scenario, **overrides: object):  # noqa: ANN201 - ADMMSettings
     """The engine settings of ``planner.admm`` (seeded from the scenario), with ``overrides``."""
-    from controllers.admm import ADMMSettings, Latency
+    from dercosim.controllers.admm import ADMMSettings, Latency
 
     a = scenario.planner.admm
     kw = dict(mode=a.mode, rho=a.rho, eps_abs=a.eps_abs, eps_rel=a.eps_rel, max_iter=a.max_iter,
@@ -179,7 +179,7 @@ def admm_settings(scenario: Scenario, **overrides: object):  # noqa: ANN201 - AD
 
 def case_from_scenario(scenario: Scenario) -> ValueStackingCase:
     """Draw the scenario's fleet and profiles (as a run would, same seed) and build its planner case; no mosaik."""
-    from scenarios import fleet
+    from dercosim.scenarios import fleet
 
     if scenario.planner is None:
         raise ValueError(f"scenario {scenario.name!r} has no [planner] table")

@@ -19,9 +19,9 @@ from typing import Annotated, Any, Literal
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr,
                       ValidationError, model_validator)
 
-from grids.ieee33 import N_BUS
-from timeseries.prices import MARKETS
-from timeseries.weather import SITES
+from dercosim.grids.ieee33 import N_BUS
+from dercosim.timeseries.prices import MARKETS
+from dercosim.timeseries.weather import SITES
 
 
 class ScenarioError(Exception):

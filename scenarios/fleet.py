@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from scenarios.config import Scenario, ScenarioError
-from timeseries import loads, pv, weather
-from timeseries.rng import rng_for
+from dercosim.scenarios.config import Scenario, ScenarioError
+from dercosim.timeseries import loads, pv, weather
+from dercosim.timeseries.rng import rng_for
 
 
 def draw_households(scenario: Scenario) -> pd.DataFrame:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from scenarios.config import Scenario
+from dercosim.scenarios.config import Scenario
 
 
 def _voltages(df: pd.DataFrame) -> pd.DataFrame:
@@ -231,7 +231,7 @@ def meter_kw(df: pd.DataFrame, batteries: pd.DataFrame) -> pd.DataFrame:
 def _household_economics(df: pd.DataFrame, scenario: Scenario, households: pd.DataFrame, batteries: pd.DataFrame,
                          stamps: pd.Series) -> dict[str, Any]:
     """Self-consumption, self-sufficiency and bills per household and for the fleet."""
-    from timeseries.tariffs import tariff_of
+    from dercosim.timeseries.tariffs import tariff_of
 
     if not len(households):
         return {}

@@ -33,10 +33,10 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from controllers.admm import ADMMSettings, Latency
-from controllers.valuestack import CentralQP, InfeasibleGrid, Streams, plan_voltages_pu, solve_value_stacking
-from scenarios.communities import ValueStackingCase, admm_settings, case_from_scenario
-from scenarios.config import Scenario, ScenarioError
+from dercosim.controllers.admm import ADMMSettings, Latency
+from dercosim.controllers.valuestack import CentralQP, InfeasibleGrid, Streams, plan_voltages_pu, solve_value_stacking
+from dercosim.scenarios.communities import ValueStackingCase, admm_settings, case_from_scenario
+from dercosim.scenarios.config import Scenario, ScenarioError
 
 #: the modes compared, in the order of the table and the figure
 MODES = ("sync", "sync_latency", "sync_naive", "async", "async_adaptive")

@@ -29,23 +29,23 @@ import mosaik
 import numpy as np
 import pandas as pd
 
-from controllers.pms import BatteryParams
-from controllers.registry import load_controller_class
-from scenarios import fleet, report
-from scenarios.config import Scenario, ScenarioError, scenario_to_toml
-from sims.admm import COMMUNITY_OUT, OPERATOR_OUT
-from sims.battery import OUTPUTS as BATTERY_OUTPUTS
-from sims.grid import FEEDER_ATTRS
-from timeseries import weather
-from timeseries.tariffs import tariff_of
+from dercosim.controllers.pms import BatteryParams
+from dercosim.controllers.registry import load_controller_class
+from dercosim.scenarios import fleet, report
+from dercosim.scenarios.config import Scenario, ScenarioError, scenario_to_toml
+from dercosim.sims.admm import COMMUNITY_OUT, OPERATOR_OUT
+from dercosim.sims.battery import OUTPUTS as BATTERY_OUTPUTS
+from dercosim.sims.grid import FEEDER_ATTRS
+from dercosim.timeseries import weather
+from dercosim.timeseries.tariffs import tariff_of
 
 SIM_CONFIG = {
-    "Grid": {"python": "sims.grid:GridSim"},
-    "Households": {"python": "sims.household:HouseholdSim"},
-    "Batteries": {"python": "sims.battery:BatterySim"},
-    "Controllers": {"python": "sims.controller:ControllerSim"},
-    "Recorder": {"python": "sims.recorder:RecorderSim"},
-    "Planner": {"python": "sims.admm:PlannerSim"},
+    "Grid": {"python": "dercosim.sims.grid:GridSim"},
+    "Households": {"python": "dercosim.sims.household:HouseholdSim"},
+    "Batteries": {"python": "dercosim.sims.battery:BatterySim"},
+    "Controllers": {"python": "dercosim.sims.controller:ControllerSim"},
+    "Recorder": {"python": "dercosim.sims.recorder:RecorderSim"},
+    "Planner": {"python": "dercosim.sims.admm:PlannerSim"},
 }
 BUS_RECORDED = ["vm_pu", "va_degree", "p_net_kw", "q_net_kvar"]
 HOUSEHOLD_RECORDED = ["load_kw", "pv_kw", "hvac_kw", "net_kw", "q_kvar", "t_indoor_c", "t_outdoor_c"]
@@ -228,8 +228,8 @@ def _connect_planner(world: mosaik.World, scenario: Scenario, times: Any, table:
                      households: dict[str, Any], battery_entities: list[Any], ctrls: list[Any],
                      log: Callable[[str], None]) -> list[Any]:
     """Start the value-stacking planner: it sets the community batteries and HVAC (SPEC C)."""
-    from controllers.valuestack import Streams
-    from scenarios.communities import admm_settings, build_case
+    from dercosim.controllers.valuestack import Streams
+    from dercosim.scenarios.communities import admm_settings, build_case
 
     p = scenario.planner
     case = build_case(scenario, times, table, hvac, batteries, load_kw, pv_kw, base_shape)

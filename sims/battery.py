@@ -19,10 +19,10 @@ from typing import Any
 import mosaik_api_v3
 import numpy as np
 
-from controllers.pms import BatteryFleet, BatteryParams
-from sims.entities import hand_out
-from timeseries.rng import rng_for
-from timeseries.subminute import SubminuteFluctuation
+from dercosim.controllers.pms import BatteryFleet, BatteryParams
+from dercosim.sims.entities import hand_out
+from dercosim.timeseries.rng import rng_for
+from dercosim.timeseries.subminute import SubminuteFluctuation
 
 STATIC = ["capacity_kwh", "p_charge_max_kw", "p_discharge_max_kw", "soc_min_frac", "soc_max_frac"]
 OUTPUTS = ["p_kw", "soc_kwh", "soc_frac", "e_charge_kwh", "e_discharge_kwh", "e_self_discharge_kwh",

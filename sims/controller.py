@@ -18,8 +18,8 @@ from typing import Any
 
 import mosaik_api_v3
 
-from controllers.base import OBSERVATIONS, SETPOINTS
-from controllers.registry import ControllerError, load_controller_class, make_controller
+from dercosim.controllers.base import OBSERVATIONS, SETPOINTS
+from dercosim.controllers.registry import ControllerError, load_controller_class, make_controller
 
 META = {
     "api_version": "3.0",

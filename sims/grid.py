@@ -16,8 +16,8 @@ from typing import Any
 import mosaik_api_v3
 import numpy as np
 
-from grids import ieee33
-from grids.powerflow import PowerFlowResult, make_engine
+from dercosim.grids import ieee33
+from dercosim.grids.powerflow import PowerFlowResult, make_engine
 
 FEEDER_ATTRS = ["losses_kw", "p_head_kw", "q_head_kvar", "converged", "vm_min_pu", "vm_max_pu",
                 "line_loading_max_pct", "base_p_kw"]

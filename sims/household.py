@@ -16,8 +16,8 @@ from typing import Any
 import mosaik_api_v3
 import numpy as np
 
-from controllers.thermal import indoor_temperature_next, thermostat
-from sims.entities import hand_out
+from dercosim.controllers.thermal import indoor_temperature_next, thermostat
+from dercosim.sims.entities import hand_out
 
 ATTRS = ["load_kw", "pv_kw", "hvac_kw", "net_kw", "q_kvar", "t_indoor_c", "t_outdoor_c", "bus", "hvac_set_kw"]
 META = {

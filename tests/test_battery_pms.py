@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from controllers.pms import BatteryFleet, BatteryParams
-from timeseries.subminute import SubminuteFluctuation
+from dercosim.controllers.pms import BatteryFleet, BatteryParams
+from dercosim.timeseries.subminute import SubminuteFluctuation
 
 SPEC_D = dict(capacity_kwh=10.3, p_charge_max_kw=5.3, p_discharge_max_kw=5.3, eta_charge=0.9, eta_discharge=0.9,
               soc_min_frac=0.1, soc_max_frac=0.95, self_discharge_per_h=0.0)

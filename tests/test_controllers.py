@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from grids.ieee33 import BASE_P_KW_TOTAL, base_load_kw
-from controllers.registry import ControllerError, load_controller_class, registered_controllers
-from controllers.rule_based import RuleBasedController
-from scenarios import cli
-from scenarios.config import Scenario
-from scenarios.world import run_scenario
+from dercosim.grids.ieee33 import BASE_P_KW_TOTAL, base_load_kw
+from dercosim.controllers.registry import ControllerError, load_controller_class, registered_controllers
+from dercosim.controllers.rule_based import RuleBasedController
+from dercosim.scenarios import cli
+from dercosim.scenarios.config import Scenario
+from dercosim.scenarios.world import run_scenario
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,7 +80,7 @@ def test_rule_based_never_imports_to_charge_and_energy_closes(baseline_and_rule_
 
 
 def test_rule_based_is_registered():
-    assert registered_controllers()["rule_based"] == "controllers.rule_based:RuleBasedController"
+    assert registered_controllers()["rule_based"] == "dercosim.controllers.rule_based:RuleBasedController"
     assert load_controller_class("rule_based") is RuleBasedController
 
 
@@ -98,6 +98,29 @@ def test_users_controller_runs_from_their_own_folder(tmp_path: Path):
     # the user's parameters reached the controller: 1.5 kW evening discharge
     assert np.isclose(evening.p_kw, -1.5).mean() > 0.5
     assert json.loads((run_dir / "summary.json").read_text())["hems"]["controller"] == "my_controller.py:MyController"
+
+
+def test_users_own_controllers_package_next_to_the_scenario(tmp_path: Path):
+    """dercosim's folders install under ``dercosim.*``: a user's ``controllers/`` package does not collide."""
+    pkg = tmp_path / "controllers"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    shutil.copy(REPO / "examples" / "my_controller.py", pkg / "my_ctrl.py")
+    toml = (REPO / "examples" / "my_controller.toml").read_text()
+    toml = toml.replace('"my_controller.py:MyController"', '"controllers.my_ctrl:MyController"')
+    (tmp_path / "own.toml").write_text(toml)
+    python = Path(sys.executable)
+    # from a folder without a controllers/ package, the name is free: dercosim did not take it
+    bare = subprocess.run([str(python), "-c", "import controllers"], cwd=tmp_path.parent, capture_output=True,
+                          text=True, timeout=60)
+    assert bare.returncode != 0 and "No module named 'controllers'" in bare.stderr
+    proc = subprocess.run([str(python.with_name("dercosim")), "run", "own.toml", "--until", "19h", "--out", "runs",
+                           "--quiet"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    bat = pd.read_parquet(run_dir / "timeseries.parquet", filters=[("kind", "==", "battery")])
+    evening = bat[(bat.time_s >= 18 * 3600) & (bat.follow_residual == 0)]
+    assert len(evening) and np.isclose(evening.p_kw, -1.5).mean() > 0.5  # the user's class ran, with its params
 
 
 BROKEN = '''

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from controllers.thermal import indoor_temperature_next, thermostat
-from sims.household import HouseholdSim
+from dercosim.controllers.thermal import indoor_temperature_next, thermostat
+from dercosim.sims.household import HouseholdSim
 
 C, R, COP = 4.0, 3.0, 3.0  # kWh/°C, °C/kW
 

@@ -6,9 +6,9 @@ import numpy as np
 import pandapower as pp
 import pytest
 
-from grids import ieee33
-from grids.lindistflow import LinDistFlow
-from grids.powerflow import PandapowerEngine
+from dercosim.grids import ieee33
+from dercosim.grids.lindistflow import LinDistFlow
+from dercosim.grids.powerflow import PandapowerEngine
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from controllers.mpc import BatteryModel, HouseholdMPC, MPCInputs, MPCProblem, solve_with_opti
-from scenarios.config import Scenario
-from scenarios.world import run_scenario
-from timeseries import loads, pv, weather
-from timeseries.forecast import LinearRegression, Noisy, Perfect, Persistence
-from timeseries.rng import rng_for
+from dercosim.controllers.mpc import BatteryModel, HouseholdMPC, MPCInputs, MPCProblem, solve_with_opti
+from dercosim.scenarios.config import Scenario
+from dercosim.scenarios.world import run_scenario
+from dercosim.timeseries import loads, pv, weather
+from dercosim.timeseries.forecast import LinearRegression, Noisy, Perfect, Persistence
+from dercosim.timeseries.rng import rng_for
 
 BATTERY = BatteryModel(10.3, 5.3, 5.3, 0.9, 0.9, 0.0, 1.0)
 FLAT = 0.15

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from grids import ieee33
-from grids.powerflow import LightsimEngine, PandapowerEngine, make_engine
-from timeseries import loads, pv, weather
-from timeseries.rng import rng_for
+from dercosim.grids import ieee33
+from dercosim.grids.powerflow import LightsimEngine, PandapowerEngine, make_engine
+from dercosim.timeseries import loads, pv, weather
+from dercosim.timeseries.rng import rng_for
 
 ENGINES = ["fast", "pandapower"]
 

@@ -10,11 +10,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from grids.ieee33 import BASE_P_KW_TOTAL, base_load_kw
-from scenarios import cli
-from scenarios.config import Scenario, load_scenario
-from scenarios.world import run_scenario, with_duration
-from sims.recorder import RecorderSim
+from dercosim.grids.ieee33 import BASE_P_KW_TOTAL, base_load_kw
+from dercosim.scenarios import cli
+from dercosim.scenarios.config import Scenario, load_scenario
+from dercosim.scenarios.world import run_scenario, with_duration
+from dercosim.sims.recorder import RecorderSim
 
 HOURS = 3
 

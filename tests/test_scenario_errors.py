@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from scenarios import cli
-from scenarios.config import ScenarioError, load_scenario, parse_duration_s
+from dercosim.scenarios import cli
+from dercosim.scenarios.config import ScenarioError, load_scenario, parse_duration_s
 
 GOOD = '''
 name = "t"

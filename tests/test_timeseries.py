@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scenarios.config import Scenario
-from scenarios.fleet import draw_households
-from timeseries import loads, prices, pv, weather
-from timeseries.rng import rng_for
+from dercosim.scenarios.config import Scenario
+from dercosim.scenarios.fleet import draw_households
+from dercosim.timeseries import loads, prices, pv, weather
+from dercosim.timeseries.rng import rng_for
 
 SITE = weather.get_site("greensboro_tmy3")
 

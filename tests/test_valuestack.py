@@ -15,13 +15,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from controllers.admm import Latency
-from controllers.admm.qp import SparseQP
-from controllers.valuestack import (CentralQP, GridOperatorQP, InfeasibleGrid, Streams, complementarity_violations,
+from dercosim.controllers.admm import Latency
+from dercosim.controllers.admm.qp import SparseQP
+from dercosim.controllers.valuestack import (CentralQP, GridOperatorQP, InfeasibleGrid, Streams, complementarity_violations,
                                     network_rows, plan_voltages_pu, solve_value_stacking, unpack)
-from scenarios import cli, studies
-from scenarios.communities import admm_settings, case_from_scenario
-from scenarios.config import load_scenario
+from dercosim.scenarios import cli, studies
+from dercosim.scenarios.communities import admm_settings, case_from_scenario
+from dercosim.scenarios.config import load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIO = ROOT / "scenarios" / "value_stacking_tou.toml"

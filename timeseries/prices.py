@@ -37,7 +37,7 @@ MARKETS: dict[str, PriceSeries] = {
 
 @functools.lru_cache(maxsize=8)
 def _periods(file: str) -> pd.DataFrame:
-    with resources.files("timeseries").joinpath("data", file).open("r") as fh:
+    with resources.files("dercosim.timeseries").joinpath("data", file).open("r") as fh:
         df = pd.read_csv(fh)
     df.index = pd.to_datetime(df.pop("period_start_utc"), utc=True)
     return df

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pvlib
 
-from timeseries.weather import Site, hourly_ghi, weather_at
+from dercosim.timeseries.weather import Site, hourly_ghi, weather_at
 
 
 def clearness_index(site: Site, times: pd.DatetimeIndex, rng: np.random.Generator | None,

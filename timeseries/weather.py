@@ -78,7 +78,7 @@ def whole_days(times: pd.DatetimeIndex) -> pd.DatetimeIndex:
 
 @functools.lru_cache(maxsize=4)
 def _tmy(weather_file: str) -> pd.DataFrame:
-    with resources.files("timeseries").joinpath("data", weather_file).open("r") as fh:
+    with resources.files("dercosim.timeseries").joinpath("data", weather_file).open("r") as fh:
         return pd.read_csv(fh)
 
 

@@ -1,6 +1,6 @@
 """Generic ADMM over a simulated network (SPEC C): agents with local subproblems, one coupling problem."""
 
-from controllers.admm.engine import ADMMResult, ADMMSettings, run_admm
-from controllers.admm.network import Latency, Network
+from dercosim.controllers.admm.engine import ADMMResult, ADMMSettings, run_admm
+from dercosim.controllers.admm.network import Latency, Network
 
 __all__ = ["ADMMResult", "ADMMSettings", "Latency", "Network", "run_admm"]

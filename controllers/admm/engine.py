@@ -57,7 +57,7 @@ import numpy as np
 import pandas as pd
 import simpy
 
-from controllers.admm.network import Latency, Network
+from dercosim.controllers.admm.network import Latency, Network
 
 COORDINATOR = "coordinator"
 _STOP = "stop"
