@@ -48,6 +48,26 @@ SETPOINTS: dict[str, str] = {
 }
 
 
+#: what every household provides, what one with HVAC and one with a battery add
+HOUSEHOLD_INPUTS = ("load_kw", "pv_kw", "net_kw", "t_outdoor_c", "vm_pu")
+HVAC_INPUTS = ("hvac_kw", "t_indoor_c")
+BATTERY_INPUTS = ("soc_kwh", "soc_frac", "battery_p_kw", "capacity_kwh", "p_charge_max_kw", "p_discharge_max_kw",
+                  "soc_min_frac", "soc_max_frac")
+
+
+def household_io(has_battery: bool, has_hvac: bool) -> tuple[list[str], list[str]]:
+    """(observations available, setpoints writable) for a household with or without a battery and HVAC."""
+    available = list(HOUSEHOLD_INPUTS)
+    writable: list[str] = []
+    if has_hvac:
+        available += HVAC_INPUTS
+        writable.append("hvac_set_kw")
+    if has_battery:
+        available += BATTERY_INPUTS
+        writable += ["p_set_kw", "follow_residual"]
+    return available, writable
+
+
 @runtime_checkable
 class Controller(Protocol):
     period_s: int

@@ -49,10 +49,11 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import casadi as ca
 import numpy as np
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 INF = np.inf  # casadi bounds: "no bound" (a large finite number ruins OSQP's scaling)
 BIG_M_KW = 1e3  #: milp: bound on import/export used for their exclusivity binaries
@@ -408,6 +409,45 @@ def solve_with_opti(problem: MPCProblem, inp: MPCInputs) -> Plan:
                 np.atleast_1d(sol.value(soc)), float(sol.value(cost)) - reg, follows)
 
 
+def _minutes(value: int) -> int:
+    if value % 60:
+        raise ValueError(f"expected a whole number of minutes in seconds (a multiple of 60), got {value}")
+    return value
+
+
+def _divides_day(value: int) -> int:
+    if 86400 % value:
+        raise ValueError(f"expected an interval that divides a day (e.g. 900, 1800, 3600), got {value}")
+    return value
+
+
+class HouseholdMPCParams(BaseModel):
+    """The parameters of :class:`HouseholdMPC` with their bounds (checked when a scenario loads)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    period_s: Annotated[int, Field(ge=60, le=3600), AfterValidator(_minutes)] = 120
+    formulation: Literal["qp", "milp"] = "qp"
+    forecaster: Literal["perfect", "persistence", "linear_regression", "noisy"] = "linear_regression"
+    forecast_window: Annotated[int, Field(ge=2, le=1440)] = 30  #: minutes of history (linear regression)
+    forecast_accuracy: Annotated[float, Field(ge=0, le=1)] = 0.25  #: relative error of "noisy"
+    forecast_grid_min: Annotated[int, Field(ge=1, le=1440)] = 120  #: minutes between the error's points
+    market_interval_s: Annotated[int, Field(ge=300, le=86400), AfterValidator(_minutes),
+                                 AfterValidator(_divides_day)] = 1800
+    v_export_limit_pu: Annotated[float, Field(gt=0.5, le=1.5)] = 1.10
+    export_cap_kw: Annotated[float, Field(ge=0, allow_inf_nan=True)] = math.inf  #: inf = no cap
+    import_cap_kw: Annotated[float, Field(ge=0, allow_inf_nan=True)] = math.inf
+    soc_value: Literal["auto"] | Annotated[float, Field(ge=0, le=100)] = "auto"  #: currency per kWh stored
+    soc_value_factor: Annotated[float, Field(ge=0, le=2)] = 0.95
+    export_penalty_per_kwh: Annotated[float, Field(ge=0, le=1000)] = 0.01
+    w_soc: Annotated[float, Field(ge=0, le=1e4)] = 10.0
+    w_re: Annotated[float, Field(ge=0, le=1e4)] = 1.0
+    surplus_kw: Annotated[float, Field(ge=0, le=1000)] = 0.5
+    re_kwh: Annotated[float, Field(ge=-1e6, le=1e6)] = 0.0
+    s_mode: Literal[0, 1] = 0
+    soc_target_frac: Annotated[float, Field(ge=0, le=1)] = 0.0
+
+
 class HouseholdMPC:
     """The SPEC D household MPC as a controller plug-in (``controllers.mpc:HouseholdMPC``, registered as "mpc").
 
@@ -433,6 +473,7 @@ class HouseholdMPC:
     inputs = ("net_kw", "soc_kwh", "vm_pu")
     outputs = ("p_set_kw", "follow_residual")
     diagnostics = ("solve_ms", "fallback", "retried")
+    Params = HouseholdMPCParams
 
     def __init__(self, period_s: int = 120, formulation: str = "qp", forecaster: str = "linear_regression",
                  forecast_window: int = 30, forecast_accuracy: float = 0.25, forecast_grid_min: int = 120,

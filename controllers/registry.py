@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ValidationError
 
 from dercosim.controllers.base import OBSERVATIONS, SETPOINTS
 
@@ -41,7 +44,7 @@ def load_controller_class(spec: str, base_dir: str | Path | None = None) -> type
                                   f"(registered: {known}); or give 'module:Class' or 'file.py:Class'")
         try:
             return eps[0].load()
-        except Exception as exc:  # noqa: BLE001 - report any import failure with the name
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - report any import failure with the name
             raise ControllerError(f"controller {spec!r}: loading {eps[0].value} failed: {exc}") from None
     module_name, _, class_name = spec.rpartition(":")
     try:
@@ -60,13 +63,59 @@ def load_controller_class(spec: str, base_dir: str | Path | None = None) -> type
             module = importlib.import_module(module_name)
     except ControllerError:
         raise
-    except Exception as exc:  # noqa: BLE001
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - a plug-in may raise or exit
         raise ControllerError(f"controller {spec!r}: importing {module_name!r} failed: "
                               f"{type(exc).__name__}: {exc}") from None
     cls = getattr(module, class_name, None)
     if cls is None:
         raise ControllerError(f"controller {spec!r}: {module_name!r} has no {class_name!r}")
     return cls
+
+
+def param_errors(cls: type, params: dict[str, Any]) -> list[tuple[str, str]]:
+    """What is wrong with ``params`` for controller ``cls``, as (key path below ``params``, message) pairs.
+
+    A controller declares its parameters, most usefully as a pydantic model
+    ``Params`` (types, bounds, defaults; validated strictly, as a TOML file
+    gives them); else :meth:`BaseController.parameters`; else the constructor's
+    signature is checked for unknown or missing names.
+    """
+    model = getattr(cls, "Params", None)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        try:
+            model.model_validate(params, strict=True)
+        except ValidationError as exc:
+            out = []
+            for err in exc.errors():
+                key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])
+                msg = err["msg"].removeprefix("Value error, ")
+                if err["type"] == "extra_forbidden":
+                    msg = f"unknown parameter; expected one of: {', '.join(model.model_fields)}"
+                elif "got " not in msg and not isinstance(err["input"], (dict, list)):
+                    msg += f" (got {err['input']!r})"
+                out.append((key, msg))
+            return out
+        return []
+    declared = getattr(cls, "parameters", None)
+    if callable(declared):
+        try:
+            names = set(declared())
+        except TypeError:
+            names = None
+        if names is not None:
+            return [(f".{k}", f"unknown parameter; expected one of: {', '.join(sorted(names)) or 'none'}")
+                    for k in params if k not in names]
+    try:
+        inspect.signature(cls).bind(**params)
+    except TypeError as exc:
+        try:
+            accepted = ", ".join(n for n in inspect.signature(cls).parameters if n not in ("args", "kwargs"))
+        except (TypeError, ValueError):
+            accepted = "?"
+        return [("", f"{exc} (the constructor takes: {accepted or 'nothing'})")]
+    except ValueError:  # no signature to inspect (a builtin): the constructor will tell
+        return []
+    return []
 
 
 def make_controller(cls: type, spec: str, params: dict[str, Any], label: str,
@@ -79,7 +128,7 @@ def make_controller(cls: type, spec: str, params: dict[str, Any], label: str,
     where = f"controller {spec!r} for {label}"
     try:
         ctrl = cls(**params)
-    except Exception as exc:  # noqa: BLE001
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - a plug-in may raise or exit
         raise ControllerError(f"{where}: constructor failed with params {params}: "
                               f"{type(exc).__name__}: {exc}") from None
     for attr in ("period_s", "inputs", "outputs", "step"):

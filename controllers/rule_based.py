@@ -9,14 +9,27 @@ minute's residual as a setpoint instead, which shows what the real-time loop add
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from dercosim.controllers.base import BaseController
+
+
+class RuleBasedParams(BaseModel):
+    """Parameters of :class:`RuleBasedController` (checked when a scenario loads)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    follow_in_pms: bool = True  #: the PMS follows the residual every cycle (else holds the minute's value)
+    period_s: Annotated[int, Field(ge=60, le=3600, multiple_of=60)] = 60
 
 
 class RuleBasedController(BaseController):
     period_s = 60
     inputs = ("net_kw",)
     outputs = ("p_set_kw", "follow_residual")
+    Params = RuleBasedParams
 
     @classmethod
     def parameters(cls) -> dict[str, object]:

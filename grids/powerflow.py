@@ -11,7 +11,10 @@ index, length ``n_bus``) and returns a :class:`PowerFlowResult`.
 
 A diverged solve returns ``converged=False`` with NaN voltages, currents and
 losses, and the next solve starts from a flat start again, never from the
-failed state.
+failed state. A non-finite injection (NaN or ±inf in ``p_kw`` or ``q_kvar``)
+is not a question a power flow can answer: both engines return it as a
+failed solve without solving (lightsim2grid's load setter would otherwise keep
+the previous value and answer the previous step's question).
 """
 
 from __future__ import annotations
@@ -62,6 +65,11 @@ def _check_shape(p_kw: np.ndarray, q_kvar: np.ndarray, n_bus: int) -> tuple[np.n
     return p, q
 
 
+def _finite(p: np.ndarray, q: np.ndarray) -> bool:
+    """Whether every injection is a finite number (else the solve is a counted failure)."""
+    return bool(np.isfinite(p).all() and np.isfinite(q).all())
+
+
 class PandapowerEngine:
     """Reference engine: ``pandapower.runpp`` on a private copy of the net.
 
@@ -82,6 +90,8 @@ class PandapowerEngine:
 
     def solve(self, p_kw: np.ndarray, q_kvar: np.ndarray) -> PowerFlowResult:
         p, q = _check_shape(p_kw, q_kvar, self.n_bus)
+        if not _finite(p, q):
+            return _failed(self.n_bus, len(self._lines))
         self.net.load["p_mw"] = p / 1000.0
         self.net.load["q_mvar"] = q / 1000.0
         try:
@@ -131,6 +141,10 @@ class LightsimEngine:
     def solve(self, p_kw: np.ndarray, q_kvar: np.ndarray) -> PowerFlowResult:
         p, q = _check_shape(p_kw, q_kvar, self.n_bus)
         grid = self._grid
+        if not _finite(p, q):  # change_p_load(NaN) would keep the previous value: never solve that
+            self._v_start = self._v_flat.copy()
+            grid.tell_solver_need_reset()
+            return _failed(self.n_bus, len(self._lines))
         p_mw = (p / 1000.0).tolist()
         q_mvar = (q / 1000.0).tolist()
         for i in range(self.n_bus):

@@ -30,7 +30,12 @@ def bundled_scenarios() -> dict[str, Path]:
 
 def resolve_path(arg: str) -> Path:
     path = Path(arg)
-    if path.exists() or path.suffix == ".toml":
+    try:
+        exists = path.exists()
+    except OSError as exc:  # e.g. a file name too long for the file system
+        raise ScenarioError(f"{arg[:200]}{'…' if len(arg) > 200 else ''}: cannot use this path "
+                            f"({exc.strerror or exc})") from None
+    if exists or path.suffix == ".toml":
         return path
     bundled = bundled_scenarios()
     if arg in bundled:
@@ -44,8 +49,62 @@ def _load(arg: str) -> tuple[Path, Scenario]:
     return path, load_scenario(path)
 
 
+def make_run_dir(parent: Path, name: str, when: datetime | None = None) -> Path:
+    """Create ``parent/<name>-<timestamp>`` exclusively (``-2``, ``-3``, … on collision) and return it.
+
+    Two runs started in the same second into the same folder get two folders;
+    a bad ``parent`` (a file, read-only, no space) is a :class:`ScenarioError`.
+    """
+    stamp = f"{name}-{(when or datetime.now()):%Y%m%d-%H%M%S}"
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ScenarioError(f"--out: {parent} is a file, not a folder") from None
+    except OSError as exc:
+        raise ScenarioError(f"--out: cannot create {parent} ({exc.strerror or exc})") from None
+    if not parent.is_dir():
+        raise ScenarioError(f"--out: {parent} is not a folder")
+    for k in range(1, 10_000):
+        candidate = parent / (stamp if k == 1 else f"{stamp}-{k}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise ScenarioError(f"--out: cannot create a run folder in {parent} ({exc.strerror or exc})") from None
+    raise ScenarioError(f"--out: {parent} already has 9,999 runs named {stamp}")
+
+
+class _StopOnSignals:
+    """While active, SIGTERM (like SIGINT) stops the run cleanly: what was recorded is joined and kept."""
+
+    def __enter__(self) -> _StopOnSignals:
+        import signal
+        import threading
+
+        self.previous = {}
+        if threading.current_thread() is not threading.main_thread():
+            return self
+
+        def stop(signum: int, frame: object) -> None:
+            from dercosim.scenarios.world import RunInterrupted
+
+            raise RunInterrupted(signal.Signals(signum).name)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.previous[sig] = signal.signal(sig, stop)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from dercosim.scenarios.world import run_scenario, with_duration
+    from dercosim.scenarios.world import RunInterrupted, run_scenario, with_duration
 
     path, scenario = _load(args.scenario)
     if args.until is not None:
@@ -56,15 +115,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         if until_s % scenario.clock.step_s:
             raise ScenarioError(f"--until: {until_s} s is not a whole number of {scenario.clock.step_s}-s steps")
         scenario = with_duration(scenario, until_s)
-    out_dir = Path(args.out) / f"{scenario.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    out_dir = make_run_dir(Path(args.out), scenario.name)
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     say(f"dercosim: {path} -> {out_dir}")
-    try:
-        result = run_scenario(scenario, out_dir, progress=not args.quiet, log=say)
-    except ControllerError:
+
+    def kept() -> str:
         if (out_dir / "timeseries.parquet").exists() or (out_dir / "timeseries.parquet.parts").exists():
-            print(f"what ran before the error is kept in {out_dir}", file=sys.stderr)
-        raise
+            return f"; what ran before it is kept in {out_dir}"
+        return ""
+
+    try:
+        with _StopOnSignals():
+            result = run_scenario(scenario, out_dir, progress=not args.quiet, log=say)
+    except RunInterrupted as exc:
+        summary = out_dir / "summary.json"
+        print(f"stopped by {exc.signal_name}" + (f"; what was recorded is joined in {out_dir / 'timeseries.parquet'}"
+                                                  f" and summarised in {summary}" if summary.exists() else kept()),
+              file=sys.stderr)
+        return 130 if exc.signal_name == "SIGINT" else 143
+    except ControllerError as exc:
+        raise ControllerError(f"{exc}{kept()}") from None
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise RunError(f"writing the results failed: {exc.strerror or exc}{where}{kept()}") from None
     s = result.summary
     v = s["voltage"]
     print(f"{s['steps']} steps in {s['wall_time_s']:.1f} s ({s['ms_per_step']:.2f} ms/step); "
@@ -74,8 +147,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         print(f"voltage {v['min_pu']:.4f} pu (bus {v['min_bus']}) .. {v['max_pu']:.4f} pu (bus {v['max_bus']}); "
               f"{v['minutes_outside_limits']:.0f} min outside {v['limits_pu']}")
-    print(f"line losses {s['energy_kwh']['line_losses']:.1f} kWh; results in {result.out_dir}")
+    losses = s["energy_kwh"]["line_losses"]
+    print(f"line losses {'unknown' if losses is None else f'{losses:.1f} kWh'}; results in {result.out_dir}")
     return 0
+
+
+class RunError(Exception):
+    """A run could not finish for a reason outside the scenario (e.g. the disk); the message says where."""
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -108,8 +186,7 @@ def cmd_study(args: argparse.Namespace) -> int:
             raise ScenarioError(f"{path}: no [planner] table; the studies need a value-stacking scenario "
                                 f"(e.g. value_stacking_tou)")
     stem = "-".join(s.name for _, s in loaded)
-    out_dir = Path(args.out) / f"{stem}-{args.what}-{datetime.now():%Y%m%d-%H%M%S}"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_run_dir(Path(args.out), f"{stem}-{args.what}")
     if args.what == "modes":
         if len(loaded) != 1:
             raise ScenarioError("study modes: give one scenario")
@@ -186,15 +263,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (ScenarioError, ControllerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RunError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (Exception, RecursionError) as exc:  # noqa: BLE001 - a bug of ours: one line, the traceback on request
+        if os.environ.get("DERCOSIM_DEBUG"):
+            raise
+        print(f"error: {type(exc).__name__}: {str(exc)[:500]} (a dercosim bug: set DERCOSIM_DEBUG=1 for the "
+              f"traceback and report it)", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

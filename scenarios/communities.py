@@ -153,13 +153,13 @@ def build_case(scenario: Scenario, times: pd.DatetimeIndex, table: pd.DataFrame,
         pv_kw=hourly_mean(pv_kw[:, rows], step_s),
         t_out_c=hourly_mean(weather.outdoor_temperature_c(site, times), step_s), q_kvar=q_h, battery=battery, hvac=hv,
         import_per_kwh=hourly_mean(imp, step_s), b2g_per_kwh=hourly_mean(b2g, step_s),
-        feed_per_kwh=hourly_mean(tariff.export_price(times), step_s), peak_per_kw=scenario.tariff.peak_demand_per_kw,
+        feed_per_kwh=hourly_mean(tariff.export_price(times), step_s), peak_per_kw=tariff.peak_demand_per_kw,
         base_p_kw=np.outer(shape_h, base_p), base_q_kvar=base_q_h, ldf=LinDistFlow.from_pandapower(net),
         v_min_pu=scenario.grid.v_min_pu + scenario.planner.v_margin_pu,
         v_max_pu=scenario.grid.v_max_pu - scenario.planner.v_margin_pu, p_line_max_kw=line_max,
         degradation_per_kw2h=p.degradation_per_kw2h, trade_penalty_per_kwh=p.trade_penalty_per_kwh,
         discomfort_per_c2=p.discomfort_per_c2, p_et_max_kw=p.p_et_max_kw, p_grid_max_kw=p.p_grid_max_kw,
-        currency=scenario.tariff.currency)
+        currency=tariff.currency)
 
 
 def admm_settings(scenario: Scenario, **overrides: object):  # noqa: ANN201 - ADMMSettings
@@ -167,12 +167,8 @@ def admm_settings(scenario: Scenario, **overrides: object):  # noqa: ANN201 - AD
     from dercosim.controllers.admm import ADMMSettings, Latency
 
     a = scenario.planner.admm
-    kw = dict(mode=a.mode, rho=a.rho, eps_abs=a.eps_abs, eps_rel=a.eps_rel, max_iter=a.max_iter,
-              partial_barrier=a.partial_barrier, max_delay=a.max_delay, deadline_s=a.deadline_s,
-              resend_s=a.resend_s, compute_s=a.compute_s, latency=Latency(a.latency.kind, a.latency.a, a.latency.b),
-              loss_prob=a.loss_prob, seed=scenario.seed, adaptive=a.adaptive, factor=a.factor, ratio=a.ratio,
-              hysteresis=a.hysteresis, freeze_after=a.freeze_after, balance=a.balance,
-              dual_residual=a.dual_residual)
+    # every key of [planner.admm] is a field of ADMMSettings (a test keeps it so): none can be dropped on the way
+    kw = {**a.model_dump(exclude={"latency"}), "latency": Latency(**a.latency.model_dump()), "seed": scenario.seed}
     kw.update(overrides)
     return ADMMSettings(**kw)
 

@@ -12,7 +12,7 @@ import re
 import tomllib
 import types
 import typing
-from datetime import datetime, time
+from datetime import date, datetime, time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -30,26 +30,78 @@ class ScenarioError(Exception):
 
 _UNITS_S = {"s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600, "hour": 3600, "d": 86400, "day": 86400}
 
+#: The longest run a scenario may ask for: one year (the bundled weather is a typical year).
+MAX_DURATION_S = 366 * 86400
+#: Households (simulated entities) and homes (load profiles behind them) a scenario may draw. A run
+#: holds two float64 minute profiles per household and draws one per home: 20,000 households over a
+#: week are about 3.2 GB, which this limit keeps within a workstation's memory.
+MAX_HOUSEHOLDS = 20_000
+MAX_HOMES = 200_000
+MAX_PROFILE_BYTES = 8 * 1024 ** 3
+_DURATION_HINT = "a duration such as 3600, '90min', '6h' or '1d'"
+
 
 def parse_duration_s(value: Any) -> int:
-    """Seconds from an int (seconds) or a string like ``"90s"``, ``"30min"``, ``"6h"``, ``"1d"``."""
+    """Seconds from an int (seconds) or a string like ``"90s"``, ``"30min"``, ``"6h"``, ``"1d"``.
+
+    At most :data:`MAX_DURATION_S` (one year).
+    """
     if isinstance(value, bool):
-        raise ValueError("expected a duration such as 3600, '90min', '6h' or '1d'")
+        raise ValueError(f"expected {_DURATION_HINT}")
     if isinstance(value, int):
         seconds = value
     elif isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", value.lower())
+        m = re.fullmatch(r"\s*(\d{1,12}(?:\.\d{1,9})?)\s*([a-z]*)\s*", value.lower())
         if not m or (m.group(2) or "s") not in _UNITS_S:
-            raise ValueError(f"expected a duration such as 3600, '90min', '6h' or '1d', got {value!r}")
+            raise ValueError(f"expected {_DURATION_HINT}, got {value[:40]!r}")
         seconds_f = float(m.group(1)) * _UNITS_S[m.group(2) or "s"]
+        if seconds_f > MAX_DURATION_S:
+            raise ValueError(f"expected at most one year ({MAX_DURATION_S} s), got {value[:40]!r}")
         if seconds_f != int(seconds_f):
             raise ValueError(f"duration {value!r} is not a whole number of seconds")
         seconds = int(seconds_f)
     else:
-        raise ValueError(f"expected a duration such as 3600, '90min', '6h' or '1d', got {value!r}")
+        raise ValueError(f"expected {_DURATION_HINT}, got {value!r}")
     if seconds <= 0:
         raise ValueError(f"expected a positive duration, got {value!r}")
+    if seconds > MAX_DURATION_S:
+        raise ValueError(f"expected at most one year ({MAX_DURATION_S} s), got {seconds}")
     return seconds
+
+
+def _to_datetime(value: Any) -> Any:
+    """A TOML date or an ISO string (``"2016-06-21"``, ``"2016-06-21T06:00"``) as a naive datetime."""
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return datetime(value.year, value.month, value.day)
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"expected a local date-time such as 2016-06-21T00:00:00, got {value[:40]!r}") from None
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        raise ValueError("expected a local date-time without a UTC offset (the site's local standard time), "
+                         f"got {value.isoformat()}")
+    return value
+
+
+def _check_year(value: datetime) -> datetime:
+    if not 1900 <= value.year <= 2100:
+        raise ValueError(f"expected a date between 1900 and 2100, got {value.isoformat()}")
+    return value
+
+
+def _to_time(value: Any) -> Any:
+    """A TOML local time or a string ``"HH:MM"``; no UTC offset."""
+    if isinstance(value, str):
+        try:
+            value = time.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"expected a local time such as 07:00:00 or '07:00', got {value[:40]!r}") from None
+    if isinstance(value, time) and value.tzinfo is not None:
+        raise ValueError(f"expected a local time without a UTC offset, got {value.isoformat()}")
+    if isinstance(value, time):
+        return value
+    raise ValueError(f"expected a local time such as 07:00:00 or '07:00', got {value!r}")
 
 
 def _check_bus(bus: int) -> int:
@@ -63,8 +115,10 @@ def _all_buses(value: Any) -> Any:
 
 
 def _pair(value: Any) -> Any:
-    """A scalar means a fixed value: (x, x)."""
-    return (value, value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    """A scalar means a fixed value: (x, x); a list of two is a [low, high] range."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (value, value)
+    return tuple(value) if isinstance(value, list) else value
 
 
 def _ordered(pair: tuple[float, float]) -> tuple[float, float]:
@@ -73,28 +127,43 @@ def _ordered(pair: tuple[float, float]) -> tuple[float, float]:
     return pair
 
 
+def _range(low: float, high: float, *, low_open: bool = False) -> Any:
+    """A finite float within physical bounds (every numeric field of a scenario has them)."""
+    return Field(gt=low, le=high) if low_open else Field(ge=low, le=high)
+
+
+def Bounded(low: float, high: float, *, low_open: bool = False) -> Any:  # noqa: N802 - a type alias factory
+    return Annotated[float, _range(low, high, low_open=low_open)]
+
+
+def BoundedRange(low: float, high: float, *, low_open: bool = False) -> Any:  # noqa: N802
+    """``[low, high]`` (or one number for a fixed value) within bounds."""
+    item = Bounded(low, high, low_open=low_open)
+    return Annotated[tuple[item, item], BeforeValidator(_pair), AfterValidator(_ordered)]
+
+
 Duration = Annotated[int, BeforeValidator(parse_duration_s)]
 BusNumber = Annotated[int, AfterValidator(_check_bus)]
-NonNeg = Annotated[float, Field(ge=0)]
-Range = Annotated[tuple[NonNeg, NonNeg], BeforeValidator(_pair), AfterValidator(_ordered)]
-Positive = Annotated[float, Field(gt=0)]
-PositiveRange = Annotated[tuple[Positive, Positive], BeforeValidator(_pair), AfterValidator(_ordered)]
-Fraction = Annotated[float, Field(ge=0, le=1)]
-FractionRange = Annotated[tuple[Fraction, Fraction], BeforeValidator(_pair), AfterValidator(_ordered)]
-Efficiency = Annotated[float, Field(gt=0, le=1)]
-Tilt = Annotated[float, Field(ge=0, le=90)]
-Azimuth = Annotated[float, Field(ge=0, le=360)]
+Fraction = Bounded(0, 1)
+FractionRange = BoundedRange(0, 1)
+Efficiency = Bounded(0, 1, low_open=True)
+Tilt = Bounded(0, 90)
+Azimuth = Bounded(0, 360)
+Seconds = Bounded(0, 3600)  #: a simulated delay or period, s
+Price = Bounded(0, 100)  #: currency per kWh (a retail or market price; 100/kWh is far beyond any tariff)
+Name = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$", max_length=64)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # allow_inf_nan=False: NaN and ±inf are never a valid scenario number
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 class Clock(_Model):
     """When the run starts (local standard time of the site), how long it lasts, and the step."""
 
-    start: datetime = datetime(2016, 6, 21)
-    duration: Duration = 86400  #: seconds, or "6h", "1d", ...
+    start: Annotated[datetime, BeforeValidator(_to_datetime), AfterValidator(_check_year)] = datetime(2016, 6, 21)
+    duration: Duration = 86400  #: seconds, or "6h", "1d", ... (at most one year)
     step_s: Literal[60] = 60  #: profiles are 1-minute; the grid solves every step
 
     @model_validator(mode="after")
@@ -111,16 +180,16 @@ class SiteConfig(_Model):
 class BaseLoad(_Model):
     """The case's own load at every bus: ``scale`` × case load × ``shape`` (daily, max 1)."""
 
-    scale: NonNeg = 1.0
+    scale: Bounded(0, 10) = 1.0
     shape: Literal["bdew_h25", "flat"] = "bdew_h25"
 
 
 class GridConfig(_Model):
     feeder: Literal["ieee33"] = "ieee33"
     engine: Literal["fast", "pandapower"] = "fast"
-    v_min_pu: Annotated[float, Field(gt=0)] = 0.90
-    v_max_pu: Annotated[float, Field(gt=0)] = 1.10
-    line_max_i_ka: Annotated[float, Field(gt=0)] | None = None  #: thermal rating of every line, kA
+    v_min_pu: Bounded(0.5, 1.0) = 0.90
+    v_max_pu: Bounded(1.0, 1.5) = 1.10
+    line_max_i_ka: Bounded(0, 10, low_open=True) | None = None  #: thermal rating of every line, kA
     base_load: BaseLoad = BaseLoad()
 
     @model_validator(mode="after")
@@ -133,25 +202,26 @@ class GridConfig(_Model):
 class HouseholdGroup(_Model):
     """``per_bus`` households at each of ``buses``; parameters drawn uniformly from [low, high]."""
 
-    name: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")] = "hh"
-    buses: Annotated[list[BusNumber], BeforeValidator(_all_buses), Field(min_length=1)]
-    per_bus: Annotated[int, Field(ge=1)] = 1
-    annual_kwh: Range = (2500.0, 5000.0)
-    power_factor: Annotated[float, Field(gt=0, le=1)] = 0.95
-    pv_share: Annotated[float, Field(ge=0, le=1)] = 0.5  #: fraction of the group with PV
-    pv_kwp: Range = (3.0, 6.0)
+    name: Name = "hh"
+    buses: Annotated[list[BusNumber], BeforeValidator(_all_buses), Field(min_length=1, max_length=10 * N_BUS)]
+    per_bus: Annotated[int, Field(ge=1, le=MAX_HOUSEHOLDS)] = 1
+    annual_kwh: BoundedRange(0, 100_000) = (2500.0, 5000.0)  #: per home, kWh/year
+    power_factor: Bounded(0.5, 1) = 0.95
+    pv_share: Fraction = 0.5  #: fraction of the group with PV
+    pv_kwp: BoundedRange(0, 10_000) = (3.0, 6.0)
     pv_tilt_deg: Annotated[tuple[Tilt, Tilt], BeforeValidator(_pair), AfterValidator(_ordered)] = (15.0, 35.0)
     pv_azimuth_deg: Annotated[tuple[Azimuth, Azimuth], BeforeValidator(_pair),
                               AfterValidator(_ordered)] = (135.0, 225.0)
-    aggregate: Annotated[int, Field(ge=1)] = 1  #: homes behind each household entity (a community: their summed load)
-    hvac_share: Fraction = 0.0  #: fraction of the group with HVAC (seed 000 eq. 5 thermal model)
+    #: homes behind each household entity (a community: their summed load)
+    aggregate: Annotated[int, Field(ge=1, le=MAX_HOMES)] = 1
+    hvac_share: Fraction = 0.0  #: fraction of the group with HVAC (Ratnam et al. 2023 eq. 5 thermal model)
     hvac_mode: Literal["cooling", "heating"] = "cooling"
-    hvac_p_max_kw: PositiveRange = (2.0, 3.5)  #: electric power when on, kW
-    hvac_cop: PositiveRange = (2.5, 3.5)  #: thermal kW per electric kW
-    hvac_c_kwh_per_c: PositiveRange = (3.0, 6.0)  #: thermal capacitance, kWh/°C
-    hvac_r_c_per_kw: PositiveRange = (2.0, 4.0)  #: thermal resistance, °C/kW
-    t_set_c: float = 24.0  #: thermostat setpoint, °C
-    comfort_band_c: Positive = 2.0  #: thermostat / comfort band width around t_set_c, °C
+    hvac_p_max_kw: BoundedRange(0, 10_000, low_open=True) = (2.0, 3.5)  #: electric power when on, kW
+    hvac_cop: BoundedRange(0, 10, low_open=True) = (2.5, 3.5)  #: thermal kW per electric kW
+    hvac_c_kwh_per_c: BoundedRange(0, 100_000, low_open=True) = (3.0, 6.0)  #: thermal capacitance, kWh/°C
+    hvac_r_c_per_kw: BoundedRange(0, 100, low_open=True) = (2.0, 4.0)  #: thermal resistance, °C/kW
+    t_set_c: Bounded(5, 35) = 24.0  #: thermostat setpoint, °C
+    comfort_band_c: Bounded(0, 10, low_open=True) = 2.0  #: thermostat / comfort band width around t_set_c, °C
 
 
 class Households(_Model):
@@ -168,14 +238,14 @@ class Households(_Model):
 class BatteryGroup(_Model):
     """Batteries on households (``at = "households"``) or directly on buses (``at = "buses"``)."""
 
-    name: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")] = "bat"
+    name: Name = "bat"
     at: Literal["households", "buses"] = "households"
     households: Literal["with_pv", "all"] = "with_pv"  #: which households of ``household_group`` get one
-    household_group: str | None = None  #: restrict to one household group (None = every group)
-    buses: list[BusNumber] = []  #: for at = "buses": one battery per listed bus
-    capacity_kwh: Positive = 10.3
-    p_charge_max_kw: Positive = 5.3
-    p_discharge_max_kw: Positive = 5.3
+    household_group: Name | None = None  #: restrict to one household group (None = every group)
+    buses: Annotated[list[BusNumber], Field(max_length=10 * N_BUS)] = []  #: for at = "buses": one battery per bus
+    capacity_kwh: Bounded(0, 100_000, low_open=True) = 10.3
+    p_charge_max_kw: Bounded(0, 100_000, low_open=True) = 5.3
+    p_discharge_max_kw: Bounded(0, 100_000, low_open=True) = 5.3
     eta_charge: Efficiency = 0.9
     eta_discharge: Efficiency = 0.9
     soc_min_frac: Fraction = 0.0
@@ -195,9 +265,9 @@ class BatteryGroup(_Model):
 
 
 class Batteries(_Model):
-    pms_cycle_s: Annotated[float, Field(ge=0.1, le=60)] = 1.0  #: PMS cycle inside each 60-s step, s
-    subminute_sigma_kw: Annotated[float, Field(ge=0)] = 0.0  #: sub-minute residual fluctuation (0 = off), kW
-    subminute_tau_s: Positive = 10.0  #: its correlation time, s
+    pms_cycle_s: Bounded(0.1, 60) = 1.0  #: PMS cycle inside each 60-s step, s
+    subminute_sigma_kw: Bounded(0, 100) = 0.0  #: sub-minute residual fluctuation (0 = off), kW
+    subminute_tau_s: Bounded(0, 3600, low_open=True) = 10.0  #: its correlation time, s
     groups: list[BatteryGroup] = []
 
     @model_validator(mode="after")
@@ -211,55 +281,81 @@ class Batteries(_Model):
 class HemsConfig(_Model):
     """The household energy-management controller, one instance per household it applies to."""
 
-    controller: str | None = None  #: registered name, "module:Class" or "file.py:Class" (relative to this file)
-    params: dict[str, Any] = {}  #: passed to the controller's constructor
+    #: registered name, "module:Class" or "file.py:Class" (relative to this file)
+    controller: Annotated[str, Field(min_length=1, max_length=500)] | None = None
+    params: dict[str, Any] = {}  #: passed to the controller's constructor; checked against its ``Params`` if any
     applies_to: Literal["with_battery", "with_hvac", "all"] = "with_battery"
+    #: wall-clock budget of one controller call, s; an overrun is reported by controller and household (None: none)
+    step_timeout_s: Bounded(0, 3600, low_open=True) | None = None
+    #: a controller that raises, exits or returns a non-finite or out-of-range setpoint: "fallback" counts the fault
+    #: per household and applies the rule-based action (follow the residual) for that step; "stop" ends the run
+    on_fault: Literal["fallback", "stop"] = "stop"
+
+
+LocalTime = Annotated[time, BeforeValidator(_to_time)]
 
 
 class TouPeriodConfig(_Model):
-    start: time
-    end: time
-    import_per_kwh: NonNeg
+    start: LocalTime
+    end: LocalTime
+    import_per_kwh: Price
 
 
 class TariffConfig(_Model):
     """Retail tariff for household bills. Defaults: the bundled flat GB 2016 tariff."""
 
-    currency: str = "GBP"
-    import_per_kwh: NonNeg = 0.15
-    export_per_kwh: NonNeg = 0.05
-    tou: list[TouPeriodConfig] = []
-    peak_demand_per_kw: NonNeg = 0.0  #: two-part tariff: price per kW of each day's peak import (0 = none)
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] = "GBP"
+    import_per_kwh: Price = 0.15
+    export_per_kwh: Price = 0.05
+    tou: Annotated[list[TouPeriodConfig], Field(max_length=96)] = []
+    #: two-part tariff: price per kW of each day's peak demand (0 = none), currency/kW/day
+    peak_demand_per_kw: Bounded(0, 1000) = 0.0
+    #: the demand of the peak charge is the mean import over intervals of this length, s (the planner's hour)
+    demand_interval_s: Literal[60, 300, 900, 1800, 3600] = 3600
 
 
 class LatencyConfig(_Model):
     """One-way message latency, s: constant ``a``; uniform ``a``..``b``; lognormal median ``a``, log-sd ``b``."""
 
     kind: Literal["constant", "uniform", "lognormal"] = "constant"
-    a: NonNeg = 0.0
-    b: NonNeg = 0.0
+    a: Seconds = 0.0
+    b: Seconds = 0.0
+
+    @model_validator(mode="after")
+    def _shape(self) -> LatencyConfig:
+        if self.kind == "uniform" and self.b < self.a:
+            raise ValueError(f"uniform latency needs b >= a, got a = {self.a}, b = {self.b}")
+        if self.kind == "lognormal" and self.b > 5:
+            raise ValueError(f"lognormal latency: b is the log-sd, expected at most 5, got {self.b}")
+        return self
 
 
 class AdmmConfig(_Model):
-    """ADMM between the communities and the grid operator (SPEC C); see ``controllers/admm/engine.py``."""
+    """ADMM between the communities and the grid operator; see ``controllers/admm/engine.py``.
+
+    Every key is a field of the engine's ``ADMMSettings`` and reaches it
+    unchanged (``scenarios.communities.admm_settings``). The defaults here
+    are those of the value-stacking plan (ρ and ε in kW of community
+    exchange); the engine's own defaults are for unit-scaled problems.
+    """
 
     mode: Literal["sync", "sync_naive", "async"] = "sync"
-    rho: Positive = 0.01  #: penalty, currency per kW² (per hour of the exchanged vector)
-    eps_abs: Positive = 0.01  #: ε of both residuals, absolute per element (kW); the paper's ε1 = ε2
-    eps_rel: NonNeg = 0.0  #: relative part (Boyd et al.), 0 = absolute only
-    max_iter: Annotated[int, Field(ge=1)] = 500
+    rho: Bounded(0, 1e6, low_open=True) = 0.01  #: penalty, currency per kW² (per hour of the exchanged vector)
+    eps_abs: Bounded(0, 1000, low_open=True) = 0.01  #: ε of both residuals, per element (kW); the paper's ε1 = ε2
+    eps_rel: Bounded(0, 1) = 0.0  #: relative part (Boyd et al.), 0 = absolute only
+    max_iter: Annotated[int, Field(ge=1, le=100_000)] = 500
     partial_barrier: Annotated[int, Field(ge=1)] | None = None  #: S of N (async); None = all
-    max_delay: Annotated[int, Field(ge=1)] = 1  #: τ, iterations (async)
-    deadline_s: Positive = 1.0  #: sync_naive: how long the operator waits per iteration, s
-    resend_s: Positive = 5.0
-    compute_s: NonNeg = 0.0  #: simulated time a community needs per subproblem, s
+    max_delay: Annotated[int, Field(ge=1, le=10_000)] = 1  #: τ, iterations (async)
+    deadline_s: Bounded(0, 3600, low_open=True) = 1.0  #: sync_naive: how long the operator waits per iteration, s
+    resend_s: Bounded(0, 3600, low_open=True) = 5.0
+    compute_s: Seconds = 0.0  #: simulated time a community needs per subproblem, s
     latency: LatencyConfig = LatencyConfig()
-    loss_prob: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    loss_prob: Annotated[float, Field(ge=0, le=0.9)] = 0.0
     adaptive: bool = False
-    factor: Annotated[float, Field(gt=1)] = 2.0
-    ratio: Annotated[float, Field(gt=1)] = 10.0
-    hysteresis: Annotated[int, Field(ge=1)] = 1
-    freeze_after: Annotated[int, Field(ge=1)] = 100
+    factor: Annotated[float, Field(gt=1, le=100)] = 2.0
+    ratio: Annotated[float, Field(gt=1, le=1e6)] = 10.0
+    hysteresis: Annotated[int, Field(ge=1, le=10_000)] = 1
+    freeze_after: Annotated[int, Field(ge=1, le=100_000)] = 100
     balance: Literal["relative", "absolute"] = "relative"  #: residual balancing on scaled (default) or raw residuals
     dual_residual: Literal["change", "boyd"] = "change"  #: stop on ‖z − z_prev‖ ≤ ε (kW), or Boyd's ρ‖z − z_prev‖
 
@@ -280,24 +376,24 @@ class PlannerConfig(_Model):
     replan: Literal["daily", "hourly"] = "daily"  #: hourly: re-plan every hour to the end of the day
     binaries: Literal["relaxed", "mixed_integer"] = "relaxed"
     central: bool = True  #: also solve the centralised problem and report the ADMM's cost gap
-    degradation_per_kw2h: NonNeg = 1e-4  #: α_b, currency per kW² per hour
-    trade_penalty_per_kwh: NonNeg = 1e-3  #: the relaxation's small penalty on local buy and sell
-    discomfort_per_c2: NonNeg = 0.0  #: β (off by default, SPEC C item 4)
-    p_et_max_kw: NonNeg = 100.0  #: local-market buy/sell limit per community
-    p_grid_max_kw: Positive = 1000.0
+    degradation_per_kw2h: Bounded(0, 10) = 1e-4  #: α_b, currency per kW² per hour
+    trade_penalty_per_kwh: Price = 1e-3  #: the relaxation's small penalty on local buy and sell
+    discomfort_per_c2: Bounded(0, 1000) = 0.0  #: β (off by default: the paper leaves it out of its objective)
+    p_et_max_kw: Bounded(0, 100_000) = 100.0  #: local-market buy/sell limit per community
+    p_grid_max_kw: Bounded(0, 100_000, low_open=True) = 1000.0
     v_margin_pu: Annotated[float, Field(ge=0, lt=0.1)] = 0.0  #: the operator plans within [v_min + m, v_max − m]
     streams: StreamsConfig = StreamsConfig()
     admm: AdmmConfig = AdmmConfig()
 
 
 class RecorderConfig(_Model):
-    flush_every_s: Annotated[int, Field(ge=60)] = 3600  #: write a row group at least this often (simulated s)
+    flush_every_s: Annotated[int, Field(ge=60, le=86_400)] = 3600  #: write a row group this often (simulated s)
 
 
 class Scenario(_Model):
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
-    description: str = ""
-    seed: Annotated[int, Field(ge=0)] = 0
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)]
+    description: Annotated[str, Field(max_length=2000)] = ""
+    seed: Annotated[int, Field(ge=0, le=2 ** 63 - 1)] = 0
     clock: Clock = Clock()
     site: SiteConfig = SiteConfig()
     grid: GridConfig = GridConfig()
@@ -317,6 +413,24 @@ class Scenario(_Model):
     def source_dir(self) -> Path:
         """Folder of the scenario file (for controllers given as "file.py:Class"); cwd if none."""
         return self._source_dir or Path.cwd()
+
+    @model_validator(mode="after")
+    def _size(self) -> Scenario:
+        n_households = sum(len(g.buses) * g.per_bus for g in self.households.groups)
+        n_homes = sum(len(g.buses) * g.per_bus * g.aggregate for g in self.households.groups)
+        if n_households > MAX_HOUSEHOLDS:
+            raise ValueError(f"households.groups: {n_households} households (buses × per_bus); dercosim holds at "
+                             f"most {MAX_HOUSEHOLDS} per run")
+        if n_homes > MAX_HOMES:
+            raise ValueError(f"households.groups: {n_homes} homes (buses × per_bus × aggregate); dercosim draws at "
+                             f"most {MAX_HOMES} load profiles per run")
+        days = -(-self.clock.duration // 86400) + 1  # profiles are drawn on whole calendar days
+        profile_bytes = 8 * 1440 * days * (2 * n_households + n_homes)
+        if profile_bytes > MAX_PROFILE_BYTES:
+            raise ValueError(f"clock.duration: {n_households} households over {days} days need about "
+                             f"{profile_bytes / 1024 ** 3:.1f} GB of minute profiles; at most "
+                             f"{MAX_PROFILE_BYTES / 1024 ** 3:.0f} GB (shorten the run or the fleet)")
+        return self
 
     @model_validator(mode="after")
     def _references(self) -> Scenario:
@@ -395,33 +509,118 @@ def _describe(err: dict[str, Any]) -> str:
 
 
 def format_validation_error(path: str | Path, exc: ValidationError) -> str:
-    lines = [f"{path}: invalid scenario"]
+    """One line per error: ``file: key.path: what was expected (got …)``."""
+    lines = []
     for err in exc.errors():
         loc = tuple(err["loc"])
         # errors across sections carry their key path at the start of the message
-        lines.append(f"  {_key_path(loc)}: {_describe(err)}" if loc else f"  {_describe(err)}")
+        lines.append(f"{path}: {_key_path(loc)}: {_describe(err)}" if loc else f"{path}: {_describe(err)}")
     return "\n".join(lines)
 
 
 def load_scenario(path: str | Path) -> Scenario:
-    """Read and validate a scenario TOML file; :class:`ScenarioError` on any problem."""
+    """Read, validate and check a scenario TOML file; :class:`ScenarioError` on any problem.
+
+    Values are validated strictly (a TOML string is never taken as a number,
+    a boolean never as 0/1, NaN and ±inf never pass), and everything a run
+    would otherwise find out later is checked here, before anything is
+    written: the controller plug-in is resolved and its parameters validated,
+    the fleet is drawn (not its profiles) and price data cover the dates
+    (:func:`check_scenario`).
+    """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the TOML
     except OSError as exc:
-        raise ScenarioError(f"{path}: cannot read scenario file ({exc.strerror or exc})") from None
+        raise ScenarioError(f"{_short(path)}: cannot read scenario file ({exc.strerror or exc})") from None
     except UnicodeDecodeError:
         raise ScenarioError(f"{path}: not a UTF-8 text file") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ScenarioError(f"{path}: nested too deeply to be a scenario") from None
     try:
-        scenario = Scenario.model_validate(data)
+        scenario = Scenario.model_validate(data, strict=True)
     except ValidationError as exc:
         raise ScenarioError(format_validation_error(path, exc)) from None
+    except RecursionError:
+        raise ScenarioError(f"{path}: nested too deeply to be a scenario") from None
     scenario._source_dir = path.resolve().parent
+    check_scenario(scenario, path)
     return scenario
+
+
+def _short(path: Path | str, limit: int = 200) -> str:
+    text = str(path)
+    return text if len(text) <= limit else text[:limit] + f"… ({len(text)} characters)"
+
+
+def check_scenario(scenario: Scenario, where: str | Path | None = None) -> None:
+    """Checks that need more than the schema, cheap enough to run before anything is written.
+
+    The controller plug-in resolves and takes its parameters; the drawn fleet
+    gives the controller and the planner something to act on; the bundled
+    prices cover the run's dates. :class:`ScenarioError` names ``where`` (the
+    file; the scenario's name if None) and the key.
+    """
+    where = where if where is not None else scenario.name
+    hems = scenario.hems
+    if hems.controller is not None:
+        from dercosim.controllers.registry import ControllerError, load_controller_class, param_errors
+
+        try:
+            cls = load_controller_class(hems.controller, scenario.source_dir)
+        except ControllerError as exc:
+            raise ScenarioError(f"{where}: hems.controller: {exc}") from None
+        errors = param_errors(cls, dict(hems.params))
+        if errors:
+            raise ScenarioError("\n".join(f"{where}: hems.params{key}: {msg}" for key, msg in errors))
+    from dercosim.scenarios import fleet
+
+    try:
+        table = fleet.draw_households(scenario)
+        batteries = fleet.draw_batteries(scenario, table)
+    except ScenarioError as exc:
+        raise ScenarioError(f"{where}: {exc}") from None
+    if hems.controller is not None:
+        from dercosim.controllers.base import household_io
+        from dercosim.controllers.registry import ControllerError, load_controller_class, make_controller
+
+        hvac = fleet.draw_hvac(scenario, table)
+        names = fleet.controlled_households(scenario, table, batteries, hvac)
+        if not names:
+            raise ScenarioError(f"{where}: hems.applies_to: {hems.applies_to!r}: no household qualifies, "
+                                f"so controller {hems.controller!r} would control nothing")
+        # one instance per kind of household it applies to: inputs, outputs, period and constructor
+        owners = set(batteries["household"])
+        has_hvac = dict(zip(table["name"], hvac["p_max_kw"] > 0))
+        kinds = {(n in owners, bool(has_hvac[n])): n for n in reversed(names)}
+        cls = load_controller_class(hems.controller, scenario.source_dir)
+        for (has_battery, with_hvac), label in kinds.items():
+            available, writable = household_io(has_battery, with_hvac)
+            try:
+                make_controller(cls, hems.controller, dict(hems.params), label, set(available), set(writable))
+            except ControllerError as exc:
+                raise ScenarioError(f"{where}: hems.controller: {exc}") from None
+        if scenario.planner is not None:
+            clash = sorted(set(names) & set(table.loc[table["group"] == scenario.planner.communities, "name"]))
+            if clash:
+                raise ScenarioError(f"{where}: hems.applies_to: households {clash[:5]}{'…' if len(clash) > 5 else ''} "
+                                    f"are communities of the planner and also have a HEMS controller; restrict "
+                                    f"hems.applies_to or use another household group")
+    if scenario.planner is not None:
+        from dercosim.timeseries import weather
+        from dercosim.timeseries.prices import price_per_kwh
+
+        site = weather.get_site(scenario.site.weather)
+        times = weather.time_index(scenario.clock.start, scenario.n_steps, scenario.clock.step_s, site.tz)
+        try:
+            price_per_kwh(scenario.planner.b2g_market, times)
+        except ValueError as exc:
+            raise ScenarioError(f"{where}: planner.b2g_market: {exc}; move clock.start or choose another "
+                                f"market") from None
 
 
 def scenario_to_toml(scenario: Scenario) -> str:

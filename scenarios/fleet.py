@@ -134,3 +134,16 @@ def draw_batteries(scenario: Scenario, households: pd.DataFrame) -> pd.DataFrame
         twice = sorted(table["household"][dup.index[dup]])
         raise ScenarioError(f"batteries.groups: households with more than one battery: {twice}")
     return table
+
+
+def controlled_households(scenario: Scenario, table: pd.DataFrame, batteries: pd.DataFrame,
+                          hvac: dict[str, np.ndarray] | None = None) -> list[str]:
+    """Names of the households the HEMS controller ``applies_to``, in table order."""
+    applies_to = scenario.hems.applies_to
+    if applies_to == "all":
+        return list(table["name"])
+    if applies_to == "with_battery":
+        owners = set(batteries.loc[batteries["household"] != "", "household"])
+        return [n for n in table["name"] if n in owners]
+    hvac = hvac if hvac is not None else draw_hvac(scenario, table)
+    return [n for n, p in zip(table["name"], hvac["p_max_kw"]) if p > 0]

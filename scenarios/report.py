@@ -25,6 +25,11 @@ def _num(x: float) -> float | None:
     return None if pd.isna(x) else float(x)
 
 
+def _if(known: bool, x: float) -> float | None:
+    """``x`` as a float when it is known, else null."""
+    return float(x) if known else None
+
+
 def _at(times: pd.Series, time_s: int) -> str:
     return str(times.loc[time_s])
 
@@ -39,6 +44,7 @@ def summarize(df: pd.DataFrame, scenario: Scenario, households: pd.DataFrame, ba
     lo, hi = scenario.grid.v_min_pu, scenario.grid.v_max_pu
 
     converged = feeder["converged"].astype(bool)
+    any_ok = bool(converged.any())
     below = (vm < lo).any(axis=1)
     above = (vm > hi).any(axis=1)
     step_min = scenario.clock.step_s / 60.0
@@ -71,18 +77,19 @@ def summarize(df: pd.DataFrame, scenario: Scenario, households: pd.DataFrame, ba
         "voltage": {
             "limits_pu": [lo, hi],
             **extremes,
-            "minutes_outside_limits": float(((below | above) & converged).sum() * step_min),
-            "minutes_below_min": float((below & converged).sum() * step_min),
-            "minutes_above_max": float((above & converged).sum() * step_min),
+            # over converged steps; null when none converged (nothing is known, not "0 minutes")
+            "minutes_outside_limits": _if(any_ok, ((below | above) & converged).sum() * step_min),
+            "minutes_below_min": _if(any_ok, (below & converged).sum() * step_min),
+            "minutes_above_max": _if(any_ok, (above & converged).sum() * step_min),
             "per_bus": {int(b): {"min_pu": _num(vm[b].min()), "max_pu": _num(vm[b].max())} for b in vm.columns},
         },
         "energy_kwh": {
-            "line_losses": float(feeder["losses_kw"].sum() * step_h),
-            "feeder_head_import": float(p_head.clip(lower=0).sum() * step_h),
-            "feeder_head_export": float((-p_head).clip(lower=0).sum() * step_h),
-            "feeder_head_net": float(p_head.sum() * step_h),
+            "line_losses": _if(any_ok, feeder["losses_kw"].sum() * step_h),
+            "feeder_head_import": _if(any_ok, p_head.clip(lower=0).sum() * step_h),
+            "feeder_head_export": _if(any_ok, (-p_head).clip(lower=0).sum() * step_h),
+            "feeder_head_net": _if(any_ok, p_head.sum() * step_h),
             "base_load": float(feeder["base_p_kw"].sum() * step_h),
-            "note": "sums over converged steps; a failed power flow contributes nothing",
+            "note": "sums over converged steps; a failed power flow contributes nothing; null when none converged",
         },
         "households": {
             "count": int(len(households)),
@@ -357,24 +364,44 @@ def _planner_figures(df: pd.DataFrame, scenario: Scenario) -> dict[str, Any]:
 
 
 def _controller_figures(df: pd.DataFrame) -> dict[str, Any]:
-    """Solves, solve times and fallbacks per household, from the controllers' recorded diagnostics."""
+    """Faults, overruns, call times, and (MPC) solves and fallbacks per household, from the recorded rows."""
     ctrl = df[df.kind == "controller"]
-    if not len(ctrl) or "solve_ms" not in ctrl.columns or ctrl["solve_ms"].isna().all():
+    if not len(ctrl):
         return {}
-    per = {}
+    per: dict[str, dict[str, Any]] = {}
+    has_solves = "solve_ms" in ctrl.columns and ctrl["solve_ms"].notna().any()
     for entity, rows in ctrl.groupby("entity"):
-        solved = rows["solve_ms"].dropna()
-        per[entity.removeprefix("ctrl_")] = {
-            "solves": int(len(solved)),
-            "solve_ms_mean": float(solved.mean()) if len(solved) else None,
-            "solve_ms_max": float(solved.max()) if len(solved) else None,
-            "fallbacks": int(rows["fallback"].fillna(0).sum()) if "fallback" in rows else 0,
-            "retried": int(rows["retried"].fillna(0).sum()) if "retried" in rows else 0,
+        calls = rows["step_ms"].dropna() if "step_ms" in rows else pd.Series(dtype=float)
+        entry: dict[str, Any] = {
+            "faults": int(rows["fault"].fillna(0).sum()) if "fault" in rows else 0,
+            "overruns": int(rows["overrun"].fillna(0).sum()) if "overrun" in rows else 0,
+            "step_ms_max": _num(calls.max()) if len(calls) else None,
         }
-    all_ms = ctrl["solve_ms"].dropna()
-    return {"solves": int(len(all_ms)), "solve_ms_mean": float(all_ms.mean()), "solve_ms_max": float(all_ms.max()),
-            "fallbacks": int(sum(v["fallbacks"] for v in per.values())),
-            "retried": int(sum(v["retried"] for v in per.values())),
-            "note": "fallback = the solver failed and the rule-based action was used for that step; "
-                    "retried = OSQP failed and qpOASES answered",
-            "per_household": per}
+        if has_solves:
+            solved = rows["solve_ms"].dropna()
+            entry.update({
+                "solves": int(len(solved)),
+                "solve_ms_mean": float(solved.mean()) if len(solved) else None,
+                "solve_ms_max": float(solved.max()) if len(solved) else None,
+                "fallbacks": int(rows["fallback"].fillna(0).sum()) if "fallback" in rows else 0,
+                "retried": int(rows["retried"].fillna(0).sum()) if "retried" in rows else 0,
+            })
+        per[entity.removeprefix("ctrl_")] = entry
+    out: dict[str, Any] = {
+        "faults": int(sum(v["faults"] for v in per.values())),
+        "overruns": int(sum(v["overruns"] for v in per.values())),
+        "step_ms_max": _num(ctrl["step_ms"].max()) if "step_ms" in ctrl else None,
+    }
+    notes = ["fault = the controller raised, exited or returned a non-finite setpoint and the fallback was used "
+             "for that step (hems.on_fault = 'fallback'); overrun = a call over hems.step_timeout_s"]
+    if has_solves:
+        all_ms = ctrl["solve_ms"].dropna()
+        out.update({"solves": int(len(all_ms)), "solve_ms_mean": float(all_ms.mean()),
+                    "solve_ms_max": float(all_ms.max()),
+                    "fallbacks": int(sum(v["fallbacks"] for v in per.values())),
+                    "retried": int(sum(v["retried"] for v in per.values()))})
+        notes.append("fallback = the solver failed and the rule-based action was used for that step; "
+                     "retried = OSQP failed and qpOASES answered")
+    out["note"] = "; ".join(notes)
+    out["per_household"] = per
+    return out

@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +32,13 @@ import numpy as np
 import pandas as pd
 
 from dercosim.controllers.pms import BatteryParams
+from dercosim.controllers.base import household_io
 from dercosim.controllers.registry import load_controller_class
 from dercosim.scenarios import fleet, report
-from dercosim.scenarios.config import Scenario, ScenarioError, scenario_to_toml
+from dercosim.scenarios.config import Scenario, ScenarioError, check_scenario, scenario_to_toml
 from dercosim.sims.admm import COMMUNITY_OUT, OPERATOR_OUT
 from dercosim.sims.battery import OUTPUTS as BATTERY_OUTPUTS
+from dercosim.sims.controller import HOST_DIAGNOSTICS
 from dercosim.sims.grid import FEEDER_ATTRS
 from dercosim.timeseries import weather
 from dercosim.timeseries.tariffs import tariff_of
@@ -74,11 +78,73 @@ def with_duration(scenario: Scenario, duration_s: int) -> Scenario:
     return new
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """The run was stopped by a signal (SIGINT, SIGTERM); what was recorded is joined and summarised."""
+
+    def __init__(self, signal_name: str = "SIGINT", out_dir: Path | None = None) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+        self.out_dir = out_dir
+
+
+def _plugin_files(scenario: Scenario, out_dir: Path) -> Scenario:
+    """Copy a ``file.py:Class`` controller into the run folder; the resolved scenario names the copy.
+
+    The run folder can then be re-run (``dercosim run <run>/scenario.toml``)
+    without the user's original folder.
+    """
+    spec = scenario.hems.controller
+    if spec is None or ":" not in spec:
+        return scenario
+    module, _, cls = spec.rpartition(":")
+    if not module.endswith(".py"):
+        return scenario
+    source = (scenario.source_dir / module).resolve()
+    target = out_dir / source.name
+    shutil.copy2(source, target)
+    hems = scenario.hems.model_copy(update={"controller": f"{target.name}:{cls}"})
+    return scenario.model_copy(update={"hems": hems})
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename (a kill never leaves half a file)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def strict_json(data: Any) -> str:
+    """JSON with every non-finite float as null (``summary.json`` is strict JSON)."""
+    def clean(x: Any) -> Any:
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+
+    return json.dumps(clean(data), indent=2, allow_nan=False)
+
+
 def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
                  log: Callable[[str], None] = lambda msg: None) -> RunResult:
-    """Run ``scenario`` and write its results to ``out_dir`` (created)."""
+    """Run ``scenario`` and write its results to ``out_dir`` (created; must not hold files yet).
+
+    Everything is checked before anything is written (:func:`check_scenario`).
+    On SIGINT (or SIGTERM, when the CLI installed its handler) the run stops,
+    what was recorded is joined and summarised (``summary.json`` →
+    ``interrupted``), and :class:`RunInterrupted` is raised.
+    """
     wall_start = time.perf_counter()
     out_dir = Path(out_dir)
+    check_scenario(scenario)
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        raise ScenarioError(f"{out_dir}: the run folder already holds files; two runs never share a folder")
     step_s = scenario.clock.step_s
     n_steps = scenario.n_steps
     site = weather.get_site(scenario.site.weather)
@@ -92,26 +158,40 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
         f"with HVAC), {len(batteries)} batteries; generating profiles")
     load_kw, pv_kw = fleet.household_profiles(scenario, table, times)
     base_shape = fleet.base_load_shape(scenario, times)
-    (out_dir / "scenario.toml").write_text(scenario_to_toml(scenario), encoding="utf-8")
+    resolved = _plugin_files(scenario, out_dir)
+    write_text_atomically(out_dir / "scenario.toml", scenario_to_toml(resolved))
     table.assign(hvac_p_max_kw=hvac["p_max_kw"]).to_csv(out_dir / "households.csv", index=False)
     batteries.to_csv(out_dir / "batteries.csv", index=False)
 
     world = mosaik.World(SIM_CONFIG, time_resolution=1.0, skip_greetings=True, configure_logging=False)
+    parquet = out_dir / "timeseries.parquet"
+    interrupted: KeyboardInterrupt | None = None
+    run_start = time.perf_counter()
     try:
         parquet = _build(world, scenario, times, table, hvac, batteries, load_kw, pv_kw, base_shape, out_dir, log)
         log(f"running {n_steps} steps of {step_s} s from {times[0]:%Y-%m-%d %H:%M} ({site.tz})")
         run_start = time.perf_counter()
         world.run(until=n_steps * step_s, print_progress=progress)
-        run_wall_s = time.perf_counter() - run_start
+    except KeyboardInterrupt as exc:
+        interrupted = exc
+        _shutdown_quietly(world)  # the recorder joins what it has
     except BaseException:
         _shutdown_quietly(world)  # lets the recorder join what it has
         raise
+    run_wall_s = time.perf_counter() - run_start
+    if interrupted is not None and not parquet.exists():
+        raise RunInterrupted(getattr(interrupted, "signal_name", "SIGINT"), out_dir) from None
 
     recorded = pd.read_parquet(parquet)
     summary = report.summarize(recorded, scenario, table, batteries, wall_time_s=time.perf_counter() - wall_start,
                                run_wall_s=run_wall_s)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    if interrupted is not None:
+        summary["interrupted"] = {"signal": getattr(interrupted, "signal_name", "SIGINT"),
+                                  "steps_recorded": summary["steps"], "steps_planned": n_steps}
+    write_text_atomically(out_dir / "summary.json", strict_json(summary))
     report.plot_all(recorded, scenario, out_dir)
+    if interrupted is not None:
+        raise RunInterrupted(getattr(interrupted, "signal_name", "SIGINT"), out_dir) from None
     return RunResult(out_dir=out_dir, parquet=parquet, summary=summary)
 
 
@@ -259,28 +339,14 @@ def _connect_controllers(world: mosaik.World, scenario: Scenario, table: Any, ho
                          buses: dict[int, Any], hh_bus: dict[str, int],
                          context: dict[str, Any]) -> tuple[list[Any], list[str]]:
     hems = scenario.hems
-    names = [n for n in table["name"]
-             if hems.applies_to == "all"
-             or (hems.applies_to == "with_battery" and n in battery_of)
-             or (hems.applies_to == "with_hvac" and has_hvac[n])]
-    if not names:
-        raise ScenarioError(f"hems.applies_to = {hems.applies_to!r}: no household qualifies, "
-                            f"so controller {hems.controller!r} would control nothing")
-    available, writable = [], []
-    for n in names:
-        avail = list(HOUSEHOLD_OBS) + ["vm_pu"]
-        write = []
-        if has_hvac[n]:
-            avail += HVAC_OBS
-            write.append("hvac_set_kw")
-        if n in battery_of:
-            avail += list(BATTERY_OBS.values())
-            write += ["p_set_kw", "follow_residual"]
-        available.append(avail)
-        writable.append(write)
+    names = fleet.controlled_households(scenario, table, batteries)  # not empty: check_scenario saw to it
+    io = [household_io(n in battery_of, bool(has_hvac[n])) for n in names]
+    available, writable = [a for a, _ in io], [w for _, w in io]
     cls = load_controller_class(hems.controller, scenario.source_dir)
     diagnostics = [str(d) for d in getattr(cls, "diagnostics", ())]
-    ctrl_sim = world.start("Controllers", step_s=scenario.clock.step_s, diagnostics=diagnostics)
+    ctrl_sim = world.start("Controllers", step_s=scenario.clock.step_s, diagnostics=diagnostics,
+                           on_fault=hems.on_fault, step_timeout_s=hems.step_timeout_s)
+    diagnostics = diagnostics + HOST_DIAGNOSTICS
     contexts = [_context(scenario, context, n, hh_bus[n], batteries) for n in names]
     ctrls = ctrl_sim.Controller.create(len(names), spec=hems.controller, params=dict(hems.params), labels=names,
                                        available=available, writable=writable, base_dir=str(scenario.source_dir),

@@ -5,15 +5,27 @@ its controller; between steps its setpoints hold. Optional parts of the
 protocol: ``bind(context)`` is called once after construction with the
 household's context; ``observe(t, obs)`` is called every minute (the
 simulator then steps every minute); values named in ``diagnostics`` may be
-returned by ``step`` and are recorded (NaN in minutes without a step). An
-exception inside a controller stops the run with a :class:`ControllerError`
-naming the controller, the household and the time.
+returned by ``step`` and are recorded (NaN in minutes without a step).
+
+A *fault* is a controller that raises, calls ``sys.exit``, returns something
+that is not a mapping, or a setpoint that is not a finite number
+(``follow_residual`` must be 0 or 1). With ``on_fault = "stop"`` (default) it
+ends the run with a :class:`ControllerError` naming the controller, the
+household and the time; with ``"fallback"`` it is counted (``fault`` = 1 in
+that minute's row) and the fallback applies for that step: the rule-based
+action where the controller drives ``follow_residual`` (follow the residual),
+0 kW where it drives only ``p_set_kw``, the thermostat for ``hvac_set_kw``.
+Every call's wall time is recorded (``step_ms``); a call longer than
+``step_timeout_s`` is an *overrun*: counted (``overrun`` = 1) and reported on
+stderr once per household by name (a call cannot be cut short safely).
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import sys
+import time as _time
 from typing import Any
 
 import mosaik_api_v3
@@ -30,16 +42,33 @@ META = {
 }
 
 
+#: what the host itself records for every controller entity, every minute
+HOST_DIAGNOSTICS = ["step_ms", "fault", "overrun"]
+#: the fallback setpoints of a faulted step (see the module doc)
+FALLBACK = {"p_set_kw": 0.0, "follow_residual": 1.0, "hvac_set_kw": math.nan}
+
+
+class ControllerFault(Exception):
+    """A controller call that faulted (see the module doc); the message says how."""
+
+
 class ControllerSim(mosaik_api_v3.Simulator):
     def __init__(self) -> None:
         super().__init__(copy.deepcopy(META))  # init() adds this run's diagnostics to the attributes
         self.entities: dict[str, dict[str, Any]] = {}
 
-    def init(self, sid: str, time_resolution: float = 1.0, step_s: int = 60, diagnostics: list[str] = ()) -> dict:
-        """``diagnostics``: names the hosted controllers may report (added to the model's attributes)."""
+    def init(self, sid: str, time_resolution: float = 1.0, step_s: int = 60, diagnostics: list[str] = (),
+             on_fault: str = "stop", step_timeout_s: float | None = None) -> dict:
+        """``diagnostics``: names the hosted controllers may report (added to the model's attributes);
+        ``on_fault``: "stop" or "fallback"; ``step_timeout_s``: wall-clock budget of one call (None: none)."""
+        if on_fault not in ("stop", "fallback"):
+            raise ValueError(f"on_fault must be 'stop' or 'fallback', got {on_fault!r}")
         self.step_s = int(step_s)
         self.diagnostics = list(diagnostics)
-        self.meta["models"]["Controller"]["attrs"] = list(OBSERVATIONS) + list(SETPOINTS) + self.diagnostics
+        self.on_fault = on_fault
+        self.step_timeout_s = step_timeout_s
+        self.meta["models"]["Controller"]["attrs"] = (list(OBSERVATIONS) + list(SETPOINTS) + self.diagnostics
+                                                      + HOST_DIAGNOSTICS)
         return self.meta
 
     def create(self, num: int, model: str, spec: str, params: dict[str, Any], labels: list[str],
@@ -64,52 +93,87 @@ class ControllerSim(mosaik_api_v3.Simulator):
             if hasattr(ctrl, "bind"):
                 try:
                     ctrl.bind(context)
-                except Exception as exc:  # noqa: BLE001
+                except (Exception, SystemExit) as exc:  # noqa: BLE001
                     raise ControllerError(f"controller {spec!r} for {label}: bind() failed: "
                                           f"{type(exc).__name__}: {exc}") from exc
             eid = f"ctrl_{label}"
             self.entities[eid] = {"ctrl": ctrl, "label": label, "spec": spec, "next_s": 0,
                                   "observes": hasattr(ctrl, "observe"), "diagnostics": diagnostics,
-                                  "out": {name: math.nan for name in (*ctrl.outputs, *diagnostics)}}
+                                  "faults": 0, "overruns": 0,
+                                  "out": {name: math.nan for name in (*ctrl.outputs, *diagnostics,
+                                                                      *HOST_DIAGNOSTICS)}}
             out.append({"eid": eid, "type": model, "extra_info": {
                 "inputs": list(ctrl.inputs), "outputs": list(ctrl.outputs), "period_s": int(ctrl.period_s),
-                "diagnostics": list(diagnostics)}})
+                "diagnostics": list(diagnostics) + HOST_DIAGNOSTICS}})
         return out
 
     def step(self, time: int, inputs: dict[str, dict[str, dict[str, Any]]], max_advance: int) -> int:
         for eid, ent in self.entities.items():
             ctrl = ent["ctrl"]
+            out = ent["out"]
             for name in ent["diagnostics"]:
-                ent["out"][name] = math.nan
+                out[name] = math.nan
+            out["step_ms"], out["fault"], out["overrun"] = math.nan, 0.0, 0.0
             due = ent["next_s"] <= time
             if not (due or ent["observes"]):
                 continue
             given = inputs.get(eid, {})
             obs = {name: float(sum(given[name].values())) for name in ctrl.inputs if name in given}
             where = f"controller {ent['spec']!r} for {ent['label']} at t = {time} s"
+            started = _time.perf_counter()
             try:
-                if ent["observes"]:
-                    ctrl.observe(time, obs)
-                if not due:
-                    continue
-                setpoints = ctrl.step(time, obs)
-            except Exception as exc:  # noqa: BLE001 - a plug-in may raise anything
-                raise ControllerError(f"{where} raised {type(exc).__name__}: {exc}") from exc
-            if not isinstance(setpoints, dict) and not hasattr(setpoints, "items"):
-                raise ControllerError(f"{where} returned {type(setpoints).__name__}, expected a mapping")
-            extra = set(setpoints) - set(ctrl.outputs) - set(ent["diagnostics"])
-            if extra:
-                raise ControllerError(f"{where} returned undeclared output(s) {sorted(extra)}")
-            for name, value in setpoints.items():
-                try:
-                    ent["out"][name] = float(value)
-                except (TypeError, ValueError):
-                    raise ControllerError(f"{where} returned {name} = {value!r}, expected a number") from None
+                setpoints = self._call(ctrl, ent, time, obs, due, where)
+            except ControllerFault as fault:
+                if self.on_fault == "stop":
+                    raise ControllerError(f"{where} {fault} (hems.on_fault = 'fallback' counts such faults "
+                                          f"and carries on)") from fault.__cause__
+                setpoints = {name: FALLBACK[name] for name in ctrl.outputs}
+                out["fault"] = 1.0
+                ent["faults"] += 1
+            elapsed_s = _time.perf_counter() - started
+            out["step_ms"] = 1000.0 * elapsed_s
+            if self.step_timeout_s is not None and elapsed_s > self.step_timeout_s:
+                out["overrun"] = 1.0
+                ent["overruns"] += 1
+                if ent["overruns"] == 1:
+                    print(f"warning: {where} took {elapsed_s:.2f} s, over hems.step_timeout_s = "
+                          f"{self.step_timeout_s:g} s; further overruns are counted in summary.json",
+                          file=sys.stderr, flush=True)
+            if not due:
+                continue
+            out.update(setpoints)
             ent["next_s"] = time + int(ctrl.period_s)
-        next_s = min(ent["next_s"] for ent in self.entities.values())
-        if any(ent["observes"] or ent["diagnostics"] for ent in self.entities.values()):
-            next_s = min(next_s, time + self.step_s)  # observe every minute; diagnostics go back to NaN
-        return next_s
+        return time + self.step_s  # every minute: the host's own diagnostics are recorded every minute
+
+    @staticmethod
+    def _call(ctrl: Any, ent: dict[str, Any], time: int, obs: dict[str, float], due: bool,
+              where: str) -> dict[str, float]:
+        """observe() and, when due, step(); the checked setpoints, or :class:`ControllerFault`."""
+        try:
+            if ent["observes"]:
+                ctrl.observe(time, obs)
+            if not due:
+                return {}
+            setpoints = ctrl.step(time, obs)
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - a plug-in may raise or exit anything
+            raise ControllerFault(f"raised {type(exc).__name__}: {exc}") from exc
+        if not isinstance(setpoints, dict) and not hasattr(setpoints, "items"):
+            raise ControllerFault(f"returned {type(setpoints).__name__}, expected a mapping")
+        extra = set(setpoints) - set(ctrl.outputs) - set(ent["diagnostics"])
+        if extra:
+            raise ControllerError(f"{where} returned undeclared output(s) {sorted(extra)}")
+        checked = {}
+        for name, value in setpoints.items():
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise ControllerFault(f"returned {name} = {value!r}, expected a number") from None
+            if name in SETPOINTS and not math.isfinite(number) and not (name == "hvac_set_kw" and math.isnan(number)):
+                raise ControllerFault(f"returned {name} = {number!r}, expected a finite number")
+            if name == "follow_residual" and number not in (0.0, 1.0):
+                raise ControllerFault(f"returned follow_residual = {number!r}, expected 0 or 1")
+            checked[name] = number
+        return checked
 
     def get_data(self, outputs: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
         return {eid: {a: self.entities[eid]["out"].get(a, math.nan) for a in attrs} for eid, attrs in outputs.items()}

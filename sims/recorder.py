@@ -7,10 +7,18 @@ recorded attribute (NaN where an entity has no such attribute). Every
 complete Parquet file in ``<path>.parts/``, so a crash or kill loses at most
 the rows since the last flush (``pandas.read_parquet`` reads the folder).
 At the end the parts are joined into ``<path>``, one row group per part.
+
+Both writes are atomic: a part is written under a hidden temporary name
+(``.part-*.tmp``, which pyarrow's dataset reader skips) and renamed when
+complete; the join writes ``.<name>.tmp`` beside ``<path>``, renames it, and
+only then removes the parts. A kill at any instant leaves either the complete
+parts or the complete joined file readable, never a truncated file under a
+name a reader would open.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -29,20 +37,51 @@ META = {
 }
 
 
+def write_atomically(table: pa.Table, path: Path) -> None:
+    """Write ``table`` to ``path`` through a hidden temporary file and a rename (never a truncated ``path``)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        pq.write_table(table, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def join_parts(parts_dir: Path, path: Path) -> int:
-    """Join the part files of ``parts_dir`` into ``path`` (one row group each); return the row count."""
+    """Join the part files of ``parts_dir`` into ``path`` (one row group each); return the row count.
+
+    Atomic: ``path`` appears complete or not at all, and the parts are removed
+    only after it has.
+    """
     files = sorted(parts_dir.glob("part-*.parquet"))
     rows = 0
     if not files:
         return 0
+    tmp = path.with_name(f".{path.name}.tmp")
     writer = None
-    for f in files:
-        table = pq.read_table(f)
-        if writer is None:
-            writer = pq.ParquetWriter(path, table.schema)
-        writer.write_table(table, row_group_size=max(len(table), 1))
-        rows += len(table)
-    writer.close()
+    try:
+        for f in files:
+            table = pq.read_table(f)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table, row_group_size=max(len(table), 1))
+            rows += len(table)
+        writer.close()
+        writer = None
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if writer is not None:
+            try:
+                writer.close()
+            except Exception:  # noqa: BLE001 - the original error matters more
+                pass
+        tmp.unlink(missing_ok=True)
+        raise
     shutil.rmtree(parts_dir)
     return rows
 
@@ -117,7 +156,7 @@ class RecorderSim(mosaik_api_v3.Simulator):
         if not self.buffer["time_s"]:
             return
         table = pa.Table.from_pydict(self.buffer, schema=self.schema)
-        pq.write_table(table, self.parts / f"part-{self.n_parts:05d}.parquet")
+        write_atomically(table, self.parts / f"part-{self.n_parts:05d}.parquet")
         self.n_parts += 1
         self.rows_written += len(table)
         self._reset_buffer()

@@ -16,7 +16,7 @@ from dercosim.grids.ieee33 import BASE_P_KW_TOTAL, base_load_kw
 from dercosim.controllers.registry import ControllerError, load_controller_class, registered_controllers
 from dercosim.controllers.rule_based import RuleBasedController
 from dercosim.scenarios import cli
-from dercosim.scenarios.config import Scenario
+from dercosim.scenarios.config import Scenario, ScenarioError
 from dercosim.scenarios.world import run_scenario
 
 REPO = Path(__file__).resolve().parents[1]
@@ -187,5 +187,6 @@ controller = "{controller}"
 
 def test_constructor_errors_name_the_params(tmp_path: Path):
     s = pv_battery(params={"follow_in_pms": True, "colour": "red"})
-    with pytest.raises(ControllerError, match="colour"):
+    with pytest.raises(ScenarioError, match=r"hems\.params\.colour: unknown parameter"):
         run_scenario(s, tmp_path / "x", progress=False)
+    assert not (tmp_path / "x").exists()  # checked before anything was written

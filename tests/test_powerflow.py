@@ -98,6 +98,22 @@ def test_diverged_power_flow_is_flagged_and_next_step_recovers(net, engine):
     np.testing.assert_allclose(good.vm_pu, fresh.vm_pu, atol=1e-10)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("bad_value,where", [(np.nan, "p"), (np.inf, "p"), (-np.inf, "q"), (np.nan, "q")])
+def test_a_non_finite_injection_is_a_failed_solve_not_the_previous_answer(net, engine, bad_value, where):
+    p0, q0 = ieee33.base_load_kw()
+    eng = make_engine(engine, net)
+    assert eng.solve(p0, q0).converged  # a previous answer the engine could hand back
+    p, q = p0.copy(), q0.copy()
+    (p if where == "p" else q)[17] = bad_value
+    bad = eng.solve(p, q)
+    assert not bad.converged
+    assert np.all(np.isnan(bad.vm_pu)) and np.isnan(bad.losses_kw) and np.isnan(bad.p_head_kw)
+    # and the next finite question gets its own answer
+    good = eng.solve(p0 * 0.7, q0 * 0.7)
+    np.testing.assert_allclose(good.vm_pu, make_engine(engine, net).solve(p0 * 0.7, q0 * 0.7).vm_pu, atol=1e-10)
+
+
 def test_engine_rejects_wrong_shape(net):
     with pytest.raises(ValueError, match=r"\(33,\)"):
         LightsimEngine(net).solve(np.zeros(32), np.zeros(32))

@@ -153,4 +153,7 @@ def test_a_run_where_nothing_converges_still_reports(tmp_path: Path):
     s = strict_json(tmp_path / "allfail" / "summary.json")
     assert s["powerflow"]["failures"] == s["steps"] == 10
     assert s["voltage"]["min_pu"] is None and s["voltage"]["per_bus"]["18"]["min_pu"] is None
+    # nothing is known about the feeder: null, not "0.0 minutes outside limits" or "0.0 kWh losses"
+    assert s["voltage"]["minutes_outside_limits"] is None and s["voltage"]["minutes_below_min"] is None
+    assert s["energy_kwh"]["line_losses"] is None and s["energy_kwh"]["feeder_head_import"] is None
     assert (tmp_path / "allfail" / "voltage_envelope.png").exists()

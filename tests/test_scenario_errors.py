@@ -28,7 +28,8 @@ CASES = [
      ["integer", "got 'two'"]),
     (GOOD.replace('name = "t"', 'name = "t"\nseed = 1.5'), "seed", ["integer"]),
     (GOOD.replace('"2h"', '"2 weeks"'), "clock.duration", ["duration such as"]),
-    (GOOD + "[grid]\nv_min_pu = 1.2\n", "grid", ["v_min_pu (1.2) must be below v_max_pu"]),
+    (GOOD + "[grid]\nv_min_pu = 1.0\nv_max_pu = 1.0\n", "grid", ["v_min_pu (1.0) must be below v_max_pu"]),
+    (GOOD + "[grid]\nv_min_pu = 1.2\n", "grid.v_min_pu", ["less than or equal to 1", "got 1.2"]),
     (GOOD + "[grid]\nengine = 'matpower'\n", "grid.engine", ["'fast'", "'pandapower'"]),
     (GOOD.replace('name = "t"\n', ""), "name", ["required key is missing"]),
 ]
@@ -44,7 +45,8 @@ def test_bad_value_names_file_key_and_expectation(tmp_path: Path, capsys, text, 
     assert rc == 2
     assert "Traceback" not in err
     assert str(path) in err
-    line = next((ln for ln in err.splitlines() if ln.strip().startswith(key + ":")), None)
+    # one line per error, each naming the file and the key: "bad.toml: clock.duration: expected ..."
+    line = next((ln for ln in err.splitlines() if f"{path}: {key}:" in ln), None)
     assert line is not None, f"no line for key {key!r} in:\n{err}"
     for word in words:
         assert word in line, f"{word!r} not in {line!r}"

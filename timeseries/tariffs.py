@@ -28,6 +28,8 @@ class Tariff:
     import_per_kwh: float = 0.15
     export_per_kwh: float = 0.05
     tou: tuple[TouPeriod, ...] = field(default_factory=tuple)
+    peak_demand_per_kw: float = 0.0  #: two-part tariff: currency per kW of each day's peak demand
+    demand_interval_s: int = 3600  #: demand = mean import over intervals of this length (local clock)
 
     def import_price(self, times: pd.DatetimeIndex) -> np.ndarray:
         """Import price at each of ``times`` (local time of the index), currency/kWh."""
@@ -43,16 +45,36 @@ class Tariff:
     def export_price(self, times: pd.DatetimeIndex) -> np.ndarray:
         return np.full(len(times), self.export_per_kwh)
 
+    def peak_demand_kw(self, times: pd.DatetimeIndex, meter_kw: np.ndarray) -> np.ndarray:
+        """Each day's peak demand per column of ``meter_kw`` (T, n), kW, shape (days, n).
+
+        Demand is the mean import (export counts as 0) over each
+        ``demand_interval_s`` interval of the local clock; the peak is the
+        largest interval of each local calendar day.
+        """
+        meter = np.clip(np.asarray(meter_kw, float).reshape(len(times), -1), 0, None)
+        frame = pd.DataFrame(meter, index=times)
+        demand = frame.resample(f"{self.demand_interval_s}s").mean()
+        return demand.groupby(demand.index.date).max().to_numpy()
+
     def bill(self, times: pd.DatetimeIndex, meter_kw: np.ndarray, step_h: float) -> np.ndarray:
-        """Import cost − export revenue per column of ``meter_kw`` (T, n) (load convention)."""
+        """Import cost − export revenue (+ peak-demand charge) per column of ``meter_kw`` (T, n), load convention.
+
+        The peak-demand charge is ``peak_demand_per_kw`` × each day's peak
+        demand (:meth:`peak_demand_kw`), summed over the days.
+        """
         meter = np.asarray(meter_kw, float).reshape(len(times), -1)
         imp = np.clip(meter, 0, None) * step_h
         exp = np.clip(-meter, 0, None) * step_h
-        return self.import_price(times) @ imp - self.export_price(times) @ exp
+        energy = self.import_price(times) @ imp - self.export_price(times) @ exp
+        if self.peak_demand_per_kw:
+            energy = energy + self.peak_demand_per_kw * self.peak_demand_kw(times, meter).sum(axis=0)
+        return energy
 
 
 def tariff_of(scenario: object) -> Tariff:
     """The :class:`Tariff` of a scenario's ``[tariff]`` table."""
     t = scenario.tariff  # type: ignore[attr-defined]
-    return Tariff(t.currency, t.import_per_kwh, t.export_per_kwh,
-                  tuple(TouPeriod(p.start, p.end, p.import_per_kwh) for p in t.tou))
+    return Tariff(currency=t.currency, import_per_kwh=t.import_per_kwh, export_per_kwh=t.export_per_kwh,
+                  tou=tuple(TouPeriod(p.start, p.end, p.import_per_kwh) for p in t.tou),
+                  peak_demand_per_kw=t.peak_demand_per_kw, demand_interval_s=t.demand_interval_s)
