@@ -206,6 +206,11 @@ def _shutdown_quietly(world: mosaik.World) -> None:
         world.shutdown()
     except Exception:  # noqa: BLE001 - the original error matters more
         pass
+    finally:
+        # shutdown was attempted: no "never shut down" warning at exit on top of the real error
+        inner = getattr(world, "_async_world", None)
+        if inner is not None:
+            inner._shutdown_performed = True
 
 
 def _build(world: mosaik.World, scenario: Scenario, times: Any, table: Any, hvac: dict[str, np.ndarray],
