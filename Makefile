@@ -19,8 +19,9 @@ install: $(VENV)/.installed
 run: $(VENV)/.installed
 	$(BIN)/dercosim run $(SCENARIO)
 
+# one worker per core; a module's tests stay on one worker (its fixtures are built once)
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadscope
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/powerflow.py

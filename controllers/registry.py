@@ -92,7 +92,8 @@ def param_errors(cls: type, params: dict[str, Any]) -> list[tuple[str, str]]:
                 if err["type"] == "extra_forbidden":
                     msg = f"unknown parameter; expected one of: {', '.join(model.model_fields)}"
                 elif "got " not in msg and not isinstance(err["input"], (dict, list)):
-                    msg += f" (got {err['input']!r})"
+                    text = repr(err["input"])
+                    msg += f" (got {text if len(text) <= 80 else text[:80] + '…'})"
                 out.append((key, msg))
             return out
         return []

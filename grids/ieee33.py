@@ -7,10 +7,15 @@ conversion to pandapower's 0-based index happens here and nowhere else.
 
 from __future__ import annotations
 
+import copy
+import functools
+from typing import TYPE_CHECKING
+
 import numpy as np
 import numpy.typing as npt
-import pandapower as pp
-import pandapower.networks as pn
+
+if TYPE_CHECKING:  # pandapower is imported where a net is built, not by everything that needs N_BUS
+    import pandapower as pp
 
 N_BUS = 33
 SLACK_BUS = 1
@@ -33,18 +38,28 @@ def bus_numbers() -> np.ndarray:
     return np.arange(1, N_BUS + 1)
 
 
+@functools.lru_cache(maxsize=1)
+def _case33bw() -> pp.pandapowerNet:
+    """pandapower's case33bw, parsed once per process (callers get deep copies)."""
+    import pandapower.networks as pn
+
+    return pn.case33bw()
+
+
 def make_net(line_max_i_ka: float | None = None) -> pp.pandapowerNet:
-    """case33bw with exactly one load per bus (load index == bus index).
+    """case33bw with exactly one load per bus (load index == bus index); a new net on every call.
 
     The slack bus carries a zero load so that every bus has one place where
     injections are written. ``line_max_i_ka`` sets the thermal rating of every
     line (the case file has none; SPEC A); None keeps pandapower's placeholder.
     """
-    net = pn.case33bw()
+    net = copy.deepcopy(_case33bw())
     p_mw = np.zeros(N_BUS)
     q_mvar = np.zeros(N_BUS)
     p_mw[net.load.bus.values] = net.load.p_mw.values
     q_mvar[net.load.bus.values] = net.load.q_mvar.values
+    import pandapower as pp
+
     net.load.drop(net.load.index, inplace=True)
     for b in range(N_BUS):
         pp.create_load(net, bus=b, p_mw=p_mw[b], q_mvar=q_mvar[b], index=b, name=f"bus_{b + 1}")
@@ -54,8 +69,14 @@ def make_net(line_max_i_ka: float | None = None) -> pp.pandapowerNet:
 
 
 def base_load_kw() -> tuple[np.ndarray, np.ndarray]:
-    """Base load of the case per bus (0-based index): (p_kw, q_kvar)."""
-    net = pn.case33bw()
+    """Base load of the case per bus (0-based index): (p_kw, q_kvar); new arrays on every call."""
+    p_kw, q_kvar = _base_load_kw()
+    return p_kw.copy(), q_kvar.copy()
+
+
+@functools.lru_cache(maxsize=1)
+def _base_load_kw() -> tuple[np.ndarray, np.ndarray]:
+    net = _case33bw()
     p_kw = np.zeros(N_BUS)
     q_kvar = np.zeros(N_BUS)
     np.add.at(p_kw, net.load.bus.values, net.load.p_mw.values * 1000.0)

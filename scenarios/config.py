@@ -504,8 +504,14 @@ def _describe(err: dict[str, Any]) -> str:
         return "required key is missing"
     msg = err["msg"].removeprefix("Value error, ")
     if "got " not in msg and not isinstance(err["input"], (dict, list)):
-        msg += f" (got {err['input']!r})"
-    return msg
+        msg += f" (got {shown(err['input'])})"
+    return msg[:1000]
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, shortened for an error line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
 
 def format_validation_error(path: str | Path, exc: ValidationError) -> str:

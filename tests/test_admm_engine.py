@@ -97,8 +97,11 @@ def test_adaptive_rho_beats_a_badly_chosen_fixed_rho(problem, bad_rho):
 
 def test_adaptive_rho_freezes(problem):
     agents, coupling, _, _ = problem
-    r = run_admm(agents, coupling, ADMMSettings(rho=100.0, adaptive=True, freeze_after=3, max_iter=50))
-    assert r.history.rho.iloc[3:].nunique() == 1
+    frozen = run_admm(agents, coupling, ADMMSettings(rho=100.0, adaptive=True, freeze_after=6, max_iter=50))
+    free = run_admm(agents, coupling, ADMMSettings(rho=100.0, adaptive=True, freeze_after=50, max_iter=50))
+    assert frozen.history.rho.iloc[:7].nunique() > 1  # it adapted before the freeze (100 → 50 → 25 → 12.5)
+    assert frozen.history.rho.iloc[6:].nunique() == 1  # and not after it
+    assert free.history.rho.iloc[6:].nunique() > 1  # where, unfrozen, it would have gone on
 
 
 def test_same_seed_same_iterations_and_result(problem):

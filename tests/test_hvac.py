@@ -60,7 +60,12 @@ def test_thermostat_keeps_the_comfort_band_on_a_hot_day():
 
 
 def test_heating_mode_warms():
-    t = indoor_temperature_next(np.array([20.0]), 5.0, np.array([2.0]), np.array([-3.0]), np.array([C]),
-                                np.array([R]), 1 / 60)
-    assert t[0] > 20.0 - (1 / 720) * 15  # heating offsets the loss to the cold outside
+    def next_c(p_kw: float) -> float:
+        return float(indoor_temperature_next(np.array([20.0]), 5.0, np.array([p_kw]), np.array([-3.0]),
+                                             np.array([C]), np.array([R]), 1 / 60)[0])
+
+    off, heating = next_c(0.0), next_c(2.0)
+    assert off == pytest.approx(20.0 - (1 / 60) / (C * R) * 15.0, abs=1e-12)  # the loss to the cold outside
+    # 2 kW at COP 3 for a minute puts 0.1 kWh of heat into 4 kWh/°C: 0.025 °C warmer than without
+    assert heating - off == pytest.approx(3.0 * 2.0 * (1 / 60) / C, abs=1e-12)
     assert thermostat(np.array([18.0]), np.array([False]), np.array([-3.0]), np.array([21.0]), np.array([2.0]))[0]
