@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from dercosim.controllers.pms import BatteryFleet, BatteryParams
+from dercosim.devices.battery import BatteryFleet, BatteryParams
 from dercosim.timeseries import loads, pv, weather
 from dercosim.timeseries.rng import rng_for
 from dercosim.timeseries.subminute import SubminuteFluctuation

@@ -334,7 +334,7 @@ class AdmmConfig(_Model):
     """ADMM between the communities and the grid operator; see ``controllers/admm/engine.py``.
 
     Every key is a field of the engine's ``ADMMSettings`` and reaches it
-    unchanged (``scenarios.communities.admm_settings``). The defaults here
+    unchanged (``scenarios.planner_case.admm_settings``). The defaults here
     are those of the value-stacking plan (ρ and ε in kW of community
     exchange); the engine's own defaults are for unit-scaled problems.
     """

@@ -35,7 +35,7 @@ import pandas as pd
 
 from dercosim.controllers.admm import ADMMSettings, Latency
 from dercosim.controllers.valuestack import CentralQP, InfeasibleGrid, Streams, plan_voltages_pu, solve_value_stacking
-from dercosim.scenarios.communities import ValueStackingCase, admm_settings, case_from_scenario
+from dercosim.scenarios.planner_case import ValueStackingCase, admm_settings, case_from_scenario
 from dercosim.scenarios.config import Scenario, ScenarioError
 
 #: the modes compared, in the order of the table and the figure

@@ -31,12 +31,12 @@ import mosaik
 import numpy as np
 import pandas as pd
 
-from dercosim.controllers.pms import BatteryParams
+from dercosim.devices.battery import BatteryParams
 from dercosim.controllers.base import household_io
 from dercosim.controllers.registry import load_controller_class
 from dercosim.scenarios import fleet, report
 from dercosim.scenarios.config import Scenario, ScenarioError, check_scenario, scenario_to_toml
-from dercosim.sims.admm import COMMUNITY_OUT, OPERATOR_OUT
+from dercosim.sims.planner import COMMUNITY_OUT, OPERATOR_OUT
 from dercosim.sims.battery import OUTPUTS as BATTERY_OUTPUTS
 from dercosim.sims.controller import HOST_DIAGNOSTICS
 from dercosim.sims.grid import FEEDER_ATTRS
@@ -49,7 +49,7 @@ SIM_CONFIG = {
     "Batteries": {"python": "dercosim.sims.battery:BatterySim"},
     "Controllers": {"python": "dercosim.sims.controller:ControllerSim"},
     "Recorder": {"python": "dercosim.sims.recorder:RecorderSim"},
-    "Planner": {"python": "dercosim.sims.admm:PlannerSim"},
+    "Planner": {"python": "dercosim.sims.planner:PlannerSim"},
 }
 BUS_RECORDED = ["vm_pu", "va_degree", "p_net_kw", "q_net_kvar"]
 HOUSEHOLD_RECORDED = ["load_kw", "pv_kw", "hvac_kw", "net_kw", "q_kvar", "t_indoor_c", "t_outdoor_c"]
@@ -314,7 +314,7 @@ def _connect_planner(world: mosaik.World, scenario: Scenario, times: Any, table:
                      log: Callable[[str], None]) -> list[Any]:
     """Start the value-stacking planner: it sets the community batteries and HVAC (SPEC C)."""
     from dercosim.controllers.valuestack import Streams
-    from dercosim.scenarios.communities import admm_settings, build_case
+    from dercosim.scenarios.planner_case import admm_settings, build_case
 
     p = scenario.planner
     case = build_case(scenario, times, table, hvac, batteries, load_kw, pv_kw, base_shape)

@@ -3,7 +3,7 @@
 One entity per battery. Inputs: ``residual_kw`` (the household's net demand
 before the battery, summed if several; none for a battery on a bus),
 ``p_set_kw`` and ``follow_residual`` from a controller (absent or NaN: the
-battery's default mode). Inside each step the PMS of ``controllers.pms`` runs
+battery's default mode). Inside each step the PMS of ``devices.battery`` runs
 ``step_s / pms_cycle_s`` cycles on the residual plus an optional seeded
 sub-minute fluctuation. Outputs: ``p_kw`` (mean, + = charging), ``soc_kwh``,
 ``soc_frac``, per-step energies ``e_charge_kwh``, ``e_discharge_kwh``,
@@ -19,7 +19,7 @@ from typing import Any
 import mosaik_api_v3
 import numpy as np
 
-from dercosim.controllers.pms import BatteryFleet, BatteryParams
+from dercosim.devices.battery import BatteryFleet, BatteryParams
 from dercosim.sims.entities import hand_out
 from dercosim.timeseries.rng import rng_for
 from dercosim.timeseries.subminute import SubminuteFluctuation

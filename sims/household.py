@@ -5,7 +5,7 @@ Outputs per household (load convention): ``load_kw`` (demand without HVAC),
 from the grid, before any battery), ``q_kvar`` (load and HVAC at the
 household's power factor, PV at unity), ``t_indoor_c``, ``t_outdoor_c`` and
 ``bus`` (1-based). HVAC follows the thermal model of seed 000 eq. (5)
-(``controllers.thermal``); a thermostat runs it unless the input
+(``devices.thermal``); a thermostat runs it unless the input
 ``hvac_set_kw`` (from a controller, time-shifted) gives a finite power.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 import mosaik_api_v3
 import numpy as np
 
-from dercosim.controllers.thermal import indoor_temperature_next, thermostat
+from dercosim.devices.thermal import indoor_temperature_next, thermostat
 from dercosim.sims.entities import hand_out
 
 ATTRS = ["load_kw", "pv_kw", "hvac_kw", "net_kw", "q_kvar", "t_indoor_c", "t_outdoor_c", "bus", "hvac_set_kw"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dercosim.controllers.pms import BatteryFleet, BatteryParams
+from dercosim.devices.battery import BatteryFleet, BatteryParams
 from dercosim.timeseries.subminute import SubminuteFluctuation
 
 SPEC_D = dict(capacity_kwh=10.3, p_charge_max_kw=5.3, p_discharge_max_kw=5.3, eta_charge=0.9, eta_discharge=0.9,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dercosim.controllers.thermal import indoor_temperature_next, thermostat
+from dercosim.devices.thermal import indoor_temperature_next, thermostat
 from dercosim.sims.household import HouseholdSim
 
 C, R, COP = 4.0, 3.0, 3.0  # kWh/°C, °C/kW

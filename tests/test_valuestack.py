@@ -20,7 +20,7 @@ from dercosim.controllers.admm.qp import SparseQP
 from dercosim.controllers.valuestack import (CentralQP, GridOperatorQP, InfeasibleGrid, Streams, complementarity_violations,
                                     network_rows, plan_voltages_pu, solve_value_stacking, unpack)
 from dercosim.scenarios import cli, studies
-from dercosim.scenarios.communities import admm_settings, case_from_scenario
+from dercosim.scenarios.planner_case import admm_settings, case_from_scenario
 from dercosim.scenarios.config import load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]

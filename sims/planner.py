@@ -48,7 +48,7 @@ class PlannerSim(mosaik_api_v3.Simulator):
     def init(self, sid: str, time_resolution: float = 1.0, step_s: int = 60, case: Any = None,
              settings: Any = None, replan: str = "daily", binaries: str = "relaxed", central: bool = True,
              streams: Any = None, log: Any = None) -> dict:
-        """``case``: a :class:`scenarios.communities.ValueStackingCase`; ``settings``: ADMMSettings."""
+        """``case``: a :class:`dercosim.scenarios.planner_case.ValueStackingCase`; ``settings``: ADMMSettings."""
         self.step_s = int(step_s)
         self.case, self.settings, self.replan = case, settings, replan
         self.binaries, self.central, self.streams = binaries, central, streams
