@@ -69,8 +69,8 @@ def scaled_fleet(comms: list[Community], n: int) -> list[Community]:
         bus = c.bus if k < len(comms) else spare[(k - len(comms)) % len(spare)]
         out.append(replace(
             c, name=f"{c.name}_{k}", bus=bus, load_kw=c.load_kw * f, pv_kw=c.pv_kw * f, q_kvar=c.q_kvar * f,
-            e_max_kwh=c.e_max_kwh * f, e_min_kwh=c.e_min_kwh * f, e0_kwh=c.e0_kwh * f,
-            p_c_max_kw=c.p_c_max_kw * f, p_d_max_kw=c.p_d_max_kw * f, p_b2b_max_kw=c.p_b2b_max_kw * f,
+            soc_max_kwh=c.soc_max_kwh * f, soc_min_kwh=c.soc_min_kwh * f, soc_init_kwh=c.soc_init_kwh * f,
+            p_charge_max_kw=c.p_charge_max_kw * f, p_discharge_max_kw=c.p_discharge_max_kw * f, p_b2b_max_kw=c.p_b2b_max_kw * f,
             p_b2g_max_kw=c.p_b2g_max_kw * f, p_et_max_kw=c.p_et_max_kw * f, hvac_p_max_kw=c.hvac_p_max_kw * f,
             hvac_c_kwh_per_c=c.hvac_c_kwh_per_c * f, hvac_r_c_per_kw=c.hvac_r_c_per_kw / f))
     return out

@@ -174,7 +174,7 @@ class BatteryFleet:
         dt = self.dt_h
         soc = self.soc_kwh[cols].copy()
         decay = self.decay[cols]
-        eta_c, eta_d = p.eta_charge[cols], p.eta_discharge[cols]
+        eta_charge, eta_discharge = p.eta_charge[cols], p.eta_discharge[cols]
         p_ch, p_dis = p.p_charge_max_kw[cols], p.p_discharge_max_kw[cols]
         lo, hi = self.soc_min_kwh[cols], self.soc_max_kwh[cols]
         e_ch = np.zeros(len(cols))
@@ -186,15 +186,15 @@ class BatteryFleet:
             loss = soc * decay
             e_self += loss
             soc = soc - loss
-            up = np.clip(np.minimum(p_ch, (hi - soc) / (eta_c * dt)), 0.0, None)
-            down = np.clip(np.minimum(p_dis, (soc - lo) * eta_d / dt), 0.0, None)
+            up = np.clip(np.minimum(p_ch, (hi - soc) / (eta_charge * dt)), 0.0, None)
+            down = np.clip(np.minimum(p_dis, (soc - lo) * eta_discharge / dt), 0.0, None)
             power = np.clip(target[k], -down, up)
             e_clip += np.abs(target[k] - power) * dt
             charge = np.clip(power, 0, None) * dt
             discharge = np.clip(-power, 0, None) * dt
             e_ch += charge
             e_dis += discharge
-            soc = soc + eta_c * charge - discharge / eta_d
+            soc = soc + eta_charge * charge - discharge / eta_discharge
             p_sum += power
         self.soc_kwh[cols] = soc
         self.e_charge_kwh[cols] += e_ch

@@ -43,7 +43,7 @@ class ValueStackingCase:
     pv_kw: np.ndarray
     t_out_c: np.ndarray  #: (hours,)
     q_kvar: np.ndarray  #: (hours, n)
-    battery: pd.DataFrame  #: per community: e_max_kwh, e_min_kwh, e0_kwh, p_c_max_kw, p_d_max_kw, eta_c, eta_d
+    battery: pd.DataFrame  #: per community: soc_max_kwh, soc_min_kwh, soc_init_kwh, p_charge_max_kw, p_discharge_max_kw, eta_charge, eta_discharge
     hvac: pd.DataFrame  #: per community: p_max_kw, mu, c_kwh_per_c, r_c_per_kw, t_min_c, t_max_c, t0_c, t_pref_c
     import_per_kwh: np.ndarray  #: (hours,)
     b2g_per_kwh: np.ndarray
@@ -66,7 +66,7 @@ class ValueStackingCase:
     def n_hours(self) -> int:
         return len(self.t_out_c)
 
-    def problem(self, hour0: int, hours: int, e0_kwh: np.ndarray | None = None, t0_c: np.ndarray | None = None,
+    def problem(self, hour0: int, hours: int, soc_init_kwh: np.ndarray | None = None, t0_c: np.ndarray | None = None,
                 e_end_kwh: np.ndarray | None = None) -> tuple[list[Community], Market, Feeder]:
         """The planning problem for ``hours`` hours from run hour ``hour0``.
 
@@ -78,14 +78,14 @@ class ValueStackingCase:
         comms = []
         for j, name in enumerate(self.names):
             b, hv = self.battery.iloc[j], self.hvac.iloc[j]
-            e0 = float(b.e0_kwh if e0_kwh is None else np.clip(e0_kwh[j], b.e_min_kwh, b.e_max_kwh))
+            e0 = float(b.soc_init_kwh if soc_init_kwh is None else np.clip(soc_init_kwh[j], b.soc_min_kwh, b.soc_max_kwh))
             t0 = float(hv.t0_c if t0_c is None else t0_c[j])
             has_hvac = hv.p_max_kw > 0
             comms.append(Community(
                 name=name, bus=self.buses[j], load_kw=self.load_kw[sl, j], pv_kw=self.pv_kw[sl, j],
-                t_out_c=self.t_out_c[sl], q_kvar=self.q_kvar[sl, j], e_max_kwh=float(b.e_max_kwh),
-                e_min_kwh=float(b.e_min_kwh), e0_kwh=e0, p_c_max_kw=float(b.p_c_max_kw), p_d_max_kw=float(b.p_d_max_kw),
-                eta_c=float(b.eta_c), eta_d=float(b.eta_d), hvac_p_max_kw=float(hv.p_max_kw),
+                t_out_c=self.t_out_c[sl], q_kvar=self.q_kvar[sl, j], soc_max_kwh=float(b.soc_max_kwh),
+                soc_min_kwh=float(b.soc_min_kwh), soc_init_kwh=e0, p_charge_max_kw=float(b.p_charge_max_kw), p_discharge_max_kw=float(b.p_discharge_max_kw),
+                eta_charge=float(b.eta_charge), eta_discharge=float(b.eta_discharge), hvac_p_max_kw=float(hv.p_max_kw),
                 hvac_mu=float(hv.mu) if has_hvac else 1.0, hvac_c_kwh_per_c=float(hv.c_kwh_per_c) if has_hvac else 1e6,
                 hvac_r_c_per_kw=float(hv.r_c_per_kw) if has_hvac else 1.0,
                 # a cooling-only HVAC cannot hold the lower comfort bound (nor heating the upper): only the
@@ -94,8 +94,8 @@ class ValueStackingCase:
                 t_max_c=max(float(hv.t_max_c), t0) if has_hvac and hv.mu > 0 else 1e3, t0_c=t0,
                 t_pref_c=float(hv.t_pref_c),
                 p_grid_max_kw=self.p_grid_max_kw, p_et_max_kw=self.p_et_max_kw,
-                p_b2b_max_kw=float(b.p_d_max_kw), p_b2g_max_kw=float(b.p_d_max_kw),
-                e_end_min_kwh=None if e_end_kwh is None else float(e_end_kwh[j])))
+                p_b2b_max_kw=float(b.p_discharge_max_kw), p_b2g_max_kw=float(b.p_discharge_max_kw),
+                soc_end_min_kwh=None if e_end_kwh is None else float(e_end_kwh[j])))
         imp = self.import_per_kwh[sl]
         b2g = self.b2g_per_kwh[sl]
         market = Market(import_per_kwh=imp, b2g_per_kwh=b2g, et_per_kwh=(imp + b2g) / 2.0,
@@ -125,9 +125,9 @@ def build_case(scenario: Scenario, times: pd.DatetimeIndex, table: pd.DataFrame,
     q_h = load_h * np.tan(np.arccos(pf))[None, :]
     hvac_rows = {k: np.asarray(v)[rows] for k, v in hvac.items()}
     battery = pd.DataFrame({
-        "e_max_kwh": bats["capacity_kwh"] * bats["soc_max_frac"], "e_min_kwh": bats["capacity_kwh"] * bats["soc_min_frac"],
-        "e0_kwh": bats["soc_init_kwh"], "p_c_max_kw": bats["p_charge_max_kw"], "p_d_max_kw": bats["p_discharge_max_kw"],
-        "eta_c": bats["eta_charge"], "eta_d": bats["eta_discharge"]}).reset_index(drop=True)
+        "soc_max_kwh": bats["capacity_kwh"] * bats["soc_max_frac"], "soc_min_kwh": bats["capacity_kwh"] * bats["soc_min_frac"],
+        "soc_init_kwh": bats["soc_init_kwh"], "p_charge_max_kw": bats["p_charge_max_kw"], "p_discharge_max_kw": bats["p_discharge_max_kw"],
+        "eta_charge": bats["eta_charge"], "eta_discharge": bats["eta_discharge"]}).reset_index(drop=True)
     hv = pd.DataFrame({
         "p_max_kw": hvac_rows["p_max_kw"], "mu": hvac_rows["mu"], "c_kwh_per_c": hvac_rows["c_kwh_per_c"],
         "r_c_per_kw": hvac_rows["r_c_per_kw"], "t_min_c": hvac_rows["t_set_c"] - hvac_rows["band_c"] / 2,

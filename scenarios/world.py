@@ -37,7 +37,6 @@ from dercosim.controllers.registry import load_controller_class
 from dercosim.scenarios import fleet, report
 from dercosim.scenarios.config import Scenario, ScenarioError, check_scenario, scenario_to_toml
 from dercosim.sims.planner import COMMUNITY_OUT, OPERATOR_OUT
-from dercosim.sims.battery import OUTPUTS as BATTERY_OUTPUTS
 from dercosim.sims.controller import HOST_DIAGNOSTICS
 from dercosim.sims.grid import FEEDER_ATTRS
 from dercosim.timeseries import weather

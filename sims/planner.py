@@ -60,7 +60,7 @@ class PlannerSim(mosaik_api_v3.Simulator):
         self.schedule["p_set_kw"] = np.full((case.n_hours, n), math.nan)
         self.stats = dict.fromkeys(OPERATOR_OUT, math.nan)
         self.stats.update(plans=0, plan_fallback=0)
-        self.day_e0 = np.asarray(case.battery["e0_kwh"], float).copy()
+        self.day_e0 = np.asarray(case.battery["soc_init_kwh"], float).copy()
         self.hour = 0
         return self.meta
 
@@ -96,10 +96,10 @@ class PlannerSim(mosaik_api_v3.Simulator):
     def _plan(self, hour0: int, hours: int, soc: np.ndarray, t_in: np.ndarray) -> None:
         case = self.case
         bat = case.battery
-        e0 = np.where(np.isfinite(soc), soc, bat["e0_kwh"].to_numpy(float))
+        e0 = np.where(np.isfinite(soc), soc, bat["soc_init_kwh"].to_numpy(float))
         t0 = np.where(np.isfinite(t_in), t_in, case.hvac["t0_c"].to_numpy(float))
         # the end-of-day bound is the day's initial energy, if the remaining hours can still reach it
-        reach = e0 + hours * bat["p_c_max_kw"].to_numpy(float) * bat["eta_c"].to_numpy(float) * 0.99
+        reach = e0 + hours * bat["p_charge_max_kw"].to_numpy(float) * bat["eta_charge"].to_numpy(float) * 0.99
         e_end = np.minimum(self.day_e0, reach)
         comms, market, feeder = case.problem(hour0, hours, e0, t0, e_end)
         settings = self.settings
@@ -123,9 +123,9 @@ class PlannerSim(mosaik_api_v3.Simulator):
             return
         for j, (c, u) in enumerate(zip(comms, res.solution.u)):
             v = unpack(c, u)
-            self.schedule["p_set_kw"][sl, j] = v["p_c_kw"] - v["p_d_kw"]
+            self.schedule["p_set_kw"][sl, j] = v["p_charge_kw"] - v["p_discharge_kw"]
             self.schedule["hvac_set_kw"][sl, j] = v["p_ac_kw"] if c.hvac_p_max_kw > 0 else math.nan
-            self.schedule["plan_soc_kwh"][sl, j] = v["e_kwh"]
+            self.schedule["plan_soc_kwh"][sl, j] = v["soc_kwh"]
             for name in ("p_grid", "p_b2b", "p_b2g", "p_ets", "p_etb", "p_feed"):
                 self.schedule[f"plan_{name}_kw"][sl, j] = v[f"{name}_kw"]
             self.schedule["plan_net_kw"][sl, j] = (v["p_grid_kw"] + v["p_etb_kw"] - v["p_ets_kw"] - v["p_b2g_kw"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pandapower as pp
 import pytest
 
 from dercosim.grids import ieee33

@@ -6,7 +6,6 @@ import copy
 import dataclasses
 import json
 import math
-import os
 import random
 import resource
 import signal

@@ -67,9 +67,9 @@ ASYNC = dict(mode="async", latency=LATENCY, partial_barrier=4, max_delay=5, adap
 def test_case_is_the_papers(day):
     comms, market, feeder = day
     assert [c.bus for c in comms] == [7, 14, 16, 17, 24, 30]
-    e0 = np.array([c.e0_kwh for c in comms])
+    e0 = np.array([c.soc_init_kwh for c in comms])
     assert np.all((e0 >= 230) & (e0 <= 270)) and len(set(e0)) == 6  # seeded truncated normal
-    assert all(c.e_max_kwh == 500 and c.p_c_max_kw == 100 for c in comms)
+    assert all(c.soc_max_kwh == 500 and c.p_charge_max_kw == 100 for c in comms)
     assert comms[0].horizon == 24 and len(market.b2g_per_kwh) == 24
 
 
@@ -78,14 +78,14 @@ def test_central_solution_obeys_battery_balance_limits_and_market(day, central):
     etb, ets = np.zeros(24), np.zeros(24)
     for c, u in zip(comms, central.u):
         v = unpack(c, u)
-        e_prev = np.concatenate([[c.e0_kwh], v["e_kwh"][:-1]])
-        np.testing.assert_allclose(v["e_kwh"], e_prev + c.eta_c * v["p_c_kw"] - v["p_d_kw"] / c.eta_d, atol=1e-5)
-        assert v["e_kwh"][-1] >= c.e0_kwh - 1e-5  # terminal energy ≥ initial (SPEC C item 4)
-        assert v["e_kwh"].min() >= c.e_min_kwh - 1e-5 and v["e_kwh"].max() <= c.e_max_kwh + 1e-5
+        e_prev = np.concatenate([[c.soc_init_kwh], v["soc_kwh"][:-1]])
+        np.testing.assert_allclose(v["soc_kwh"], e_prev + c.eta_charge * v["p_charge_kw"] - v["p_discharge_kw"] / c.eta_discharge, atol=1e-5)
+        assert v["soc_kwh"][-1] >= c.soc_init_kwh - 1e-5  # terminal energy ≥ initial (SPEC C item 4)
+        assert v["soc_kwh"].min() >= c.soc_min_kwh - 1e-5 and v["soc_kwh"].max() <= c.soc_max_kwh + 1e-5
         # (11): the building's load is met; (18): discharge is split into B2B, B2G and market sale
-        served = v["p_grid_kw"] + v["p_local_kw"] + v["p_etb_kw"] + v["p_b2b_kw"] - v["p_c_kw"] - v["p_ac_kw"]
+        served = v["p_grid_kw"] + v["p_local_kw"] + v["p_etb_kw"] + v["p_b2b_kw"] - v["p_charge_kw"] - v["p_ac_kw"]
         np.testing.assert_allclose(served, c.load_kw, atol=1e-5)
-        np.testing.assert_allclose(v["p_d_kw"], v["p_b2b_kw"] + v["p_b2g_kw"] + v["p_ets_kw"], atol=1e-5)
+        np.testing.assert_allclose(v["p_discharge_kw"], v["p_b2b_kw"] + v["p_b2g_kw"] + v["p_ets_kw"], atol=1e-5)
         assert np.all(v["t_in_c"] >= c.t_min_c - 1e-6) and np.all(v["t_in_c"] <= c.t_max_c + 1e-6)
         etb += v["p_etb_kw"]
         ets += v["p_ets_kw"]
@@ -233,8 +233,8 @@ def test_milp_is_the_integer_optimum_that_fix_and_resolve_approximates(day):
     assert mi.total_cost > relaxed.total_cost + 10.0  # and the relaxation is far below both
     for c, u in zip(comms[:2], mi.u):
         v = unpack(c, u)
-        e_prev = np.concatenate([[c.e0_kwh], v["e_kwh"][:-1]])
-        np.testing.assert_allclose(v["e_kwh"], e_prev + c.eta_c * v["p_c_kw"] - v["p_d_kw"] / c.eta_d, atol=1e-4)
+        e_prev = np.concatenate([[c.soc_init_kwh], v["soc_kwh"][:-1]])
+        np.testing.assert_allclose(v["soc_kwh"], e_prev + c.eta_charge * v["p_charge_kw"] - v["p_discharge_kw"] / c.eta_discharge, atol=1e-4)
     volts = plan_voltages_pu(feeder, comms[:2], mi.x)
     assert volts.min() >= feeder.v_min_pu - 1e-6
 

@@ -99,3 +99,42 @@ class SparseQP:
             self._u0 = u
         return QPSolution(u=u, success=ok, status=str(stats.get("return_status", "")),
                           lam_a=np.asarray(res["lam_a"].full()).ravel())
+
+
+class RetryingQP:
+    """A :class:`SparseQP` with a second solver for when the first one fails, written once.
+
+    Both are built once on the same structure. ``solve`` tries ``solver``;
+    if it fails, ``fallback`` (unless None or the same). Counters, all since
+    construction: ``solves`` (calls), ``retries`` (calls the fallback was
+    tried on), ``rescued`` (calls the fallback answered), ``failures`` (calls
+    neither answered; the caller decides what to do, never silently).
+    """
+
+    def __init__(self, h_pattern: sp.spmatrix, a: sp.spmatrix, solver: str, fallback: str | None = "highs") -> None:
+        self.primary = SparseQP(h_pattern, a, solver)
+        self.fallback = SparseQP(h_pattern, a, fallback) if fallback and fallback != solver else None
+        self.solver = solver
+        self.solves = self.retries = self.rescued = self.failures = 0
+
+    def hessian(self, h: sp.spmatrix) -> tuple[ca.DM, ca.DM | None]:
+        """``h`` for each solver (pass the pair to :meth:`solve`; rebuild only when ``h`` changes)."""
+        return self.primary.hessian(h), (self.fallback.hessian(h) if self.fallback is not None else None)
+
+    def solve(self, h: tuple[ca.DM, ca.DM | None], g: np.ndarray, lba: np.ndarray, uba: np.ndarray,
+              lbx: np.ndarray, ubx: np.ndarray) -> QPSolution:
+        """The first solver's answer, else the fallback's; ``status`` names both when both fail."""
+        self.solves += 1
+        sol = self.primary.solve(h[0], g, lba, uba, lbx, ubx)
+        if sol.success or self.fallback is None:
+            self.failures += int(not sol.success)
+            return sol
+        self.retries += 1
+        first = sol.status or "no status"
+        sol = self.fallback.solve(h[1], g, lba, uba, lbx, ubx)
+        if sol.success:
+            self.rescued += 1
+        else:
+            self.failures += 1
+            sol.status = f"{self.primary.solver}: {first}; {self.fallback.solver}: {sol.status or 'no status'}"
+        return sol
