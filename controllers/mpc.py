@@ -1,4 +1,4 @@
-"""Household energy-management MPC (SPEC D), built once in casadi and re-solved with new parameters.
+"""Household energy-management MPC (Couraud et al. 2022), built once in casadi and re-solved with new parameters.
 
 Every call optimises the battery over the rest of the current market interval
 (at most ``horizon_max`` steps of ``dt_h``) and returns a plan whose first
@@ -22,7 +22,7 @@ Constraints: ``0 ≤ pi ≤ import cap``; SoC dynamics with η_c, 1/η_d; SoC an
 power bounds; ``pe − ve ≤ export cap``; ``sh ≥ target − soc_end``;
 ``ab ≥ ±(RE − Σ (pe − pi)·dt)``.
 
-The stored-energy value is dercosim's addition to SPEC D: the horizon ends
+The stored-energy value is dercosim's addition to Couraud et al. 2022: the horizon ends
 with the market interval (≤ 30 min), and without a value on what is left in
 the battery the plan would never store anything beyond it. The controller
 sets the tiers from the price ahead and the expected deficit
@@ -39,6 +39,12 @@ on first need. ``Plan.retried`` tells; a plan that still fails is left to the
 caller's fallback. :func:`solve_with_opti` builds the same
 problem with ``casadi.Opti`` on every call — the slow path, kept for the
 benchmark and as an independent check.
+
+References
+----------
+- Couraud et al. 2022: B. Couraud, V. Robu, D. Flynn, M. Andoni, S. Norbu and H. Ouinard, "Real-Time Control of
+    Distributed Batteries with Blockchain-Enabled Market Export Commitments," IEEE Transactions
+    on Sustainable Energy, 2022. (eq. (5) (missing from the text; objective as resolved here), (8)–(9))
 """
 
 from __future__ import annotations
@@ -76,7 +82,7 @@ class BatteryModel:
 @dataclass(frozen=True)
 class Weights:
     export_penalty_per_kwh: float = 0.01  #: c_exp_pen, scaled by (1 − ε)
-    w_soc: float = 10.0  #: SPEC's unit weight would make a kWh of shortfall cheaper than importing it
+    w_soc: float = 10.0  #: a unit weight would make a kWh of shortfall cheaper than importing it
     w_re: float = 1.0
     both_ways_per_kwh: float = 1e-3  #: c_both
     cap_violation_per_kwh: float = 1000.0  #: c_cap; must outweigh every other term (a kWh of missed RE costs w_re/E_step ≈ 11)
@@ -449,7 +455,7 @@ class HouseholdMPCParams(BaseModel):
 
 
 class HouseholdMPC:
-    """The SPEC D household MPC as a controller plug-in (``controllers.mpc:HouseholdMPC``, registered as "mpc").
+    """The household MPC of Couraud et al. 2022 as a controller plug-in (``controllers.mpc:HouseholdMPC``, registered as "mpc").
 
     Every ``period_s`` it plans the battery over the rest of the current market
     interval in 1-minute steps and sends the first step: "follow the residual"

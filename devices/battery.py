@@ -1,6 +1,6 @@
 """Battery fleet with its real-time power-management system (PMS), vectorised with numpy.
 
-SPEC D (8)–(9): inside every simulation step the PMS runs ``n = step_s /
+Couraud et al. 2022, eqs. (8)–(9): inside every simulation step the PMS runs ``n = step_s /
 cycle_s`` cycles. In each cycle a battery either follows the actual residual
 demand of its connection point (``p = −residual``: charge surplus, cover
 deficit) or holds its setpoint, always within its power and SoC limits.
@@ -20,6 +20,12 @@ Two ways to run a step give the same numbers (to rounding):
 Energy closes per battery: ``soc_end − soc_start = η_c·E_charged −
 E_discharged/η_d − E_self_discharge`` with the four totals accumulated
 independently of the SoC.
+
+References
+----------
+- Couraud et al. 2022: B. Couraud, V. Robu, D. Flynn, M. Andoni, S. Norbu and H. Ouinard, "Real-Time Control of
+    Distributed Batteries with Blockchain-Enabled Market Export Commitments," IEEE Transactions
+    on Sustainable Energy, 2022. (eqs. (8)–(9), the power-management loop)
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Building thermal model of seed 000 eq. (5), and a hysteresis thermostat.
+"""Building thermal model of Jiang & Wang 2024, eq. (5), and a hysteresis thermostat.
 
     T_in[t] = T_in[t-1] − (Δt / (C·R)) · (T_in[t-1] − T_out[t] + μ·R·p_hvac[t])
 
@@ -7,6 +7,11 @@ with C the thermal capacitance (kWh/°C), R the thermal resistance (°C/kW),
 electric power, kW). With Δt = 1 h this is the paper's form. Constant inputs
 give the closed form T_in[n] = T_ss + (T_in[0] − T_ss)(1 − Δt/(C·R))^n with
 T_ss = T_out − μ·R·p_hvac.
+
+References
+----------
+- Jiang & Wang 2024: C. Jiang and H. Wang, "Network-Aware Value Stacking of Community Battery via Asynchronous
+    Distributed Optimization," 2024. (eq. (5), the building thermal model)
 """
 
 from __future__ import annotations

@@ -3,6 +3,11 @@
 Bus numbers at every dercosim interface are the papers' 1-based numbers
 (bus 1 is the substation, bus 18 the far end of the main branch). The
 conversion to pandapower's 0-based index happens here and nowhere else.
+
+References
+----------
+- Baran & Wu 1989: M. E. Baran and F. F. Wu, "Network reconfiguration in distribution systems for loss reduction
+    and load balancing," IEEE Transactions on Power Delivery 4(2), 1989. (the 33-bus test feeder)
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ def make_net(line_max_i_ka: float | None = None) -> pp.pandapowerNet:
 
     The slack bus carries a zero load so that every bus has one place where
     injections are written. ``line_max_i_ka`` sets the thermal rating of every
-    line (the case file has none; SPEC A); None keeps pandapower's placeholder.
+    line (the case file has none); None keeps pandapower's placeholder.
     """
     net = copy.deepcopy(_case33bw())
     p_mw = np.zeros(N_BUS)

@@ -1,4 +1,4 @@
-"""LinDistFlow (SPEC B): the linear feeder model controllers plan with, extracted from a pandapower net.
+"""LinDistFlow (Baran & Wu 1989, branch form): the linear feeder model controllers plan with, extracted from a pandapower net.
 
 Branch form on the radial tree of in-service lines: for every bus j with
 parent i, the flow into j is the net load of j's subtree (losses neglected),
@@ -15,6 +15,11 @@ Per unit on the net's nominal voltage and ``s_base_mva``. At the IEEE-33 base
 load the squared form is off by at most 0.0028 pu (bus 18) against AC power
 flow and the magnitude form by 0.0064 pu; both overestimate the voltage.
 Validation reports must name the form.
+
+References
+----------
+- Baran & Wu 1989: M. E. Baran and F. F. Wu, "Network reconfiguration in distribution systems for loss reduction
+    and load balancing," IEEE Transactions on Power Delivery 4(2), 1989. (the DistFlow equations and their linearisation)
 """
 
 from __future__ import annotations

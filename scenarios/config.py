@@ -367,7 +367,7 @@ class StreamsConfig(_Model):
 
 
 class PlannerConfig(_Model):
-    """Community-battery value stacking (SPEC C): an ADMM plan each day handed to batteries and HVAC."""
+    """Community-battery value stacking (Jiang & Wang 2024): an ADMM plan each day handed to batteries and HVAC."""
 
     kind: Literal["value_stacking"] = "value_stacking"
     communities: str  #: household group whose entities are the communities (use ``aggregate``)

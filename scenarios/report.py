@@ -321,7 +321,7 @@ def _plan_vs_ac(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFr
 
 
 def _planner_figures(df: pd.DataFrame, scenario: Scenario) -> dict[str, Any]:
-    """The value-stacking plans (SPEC C) and how their LinDistFlow voltages compare with AC."""
+    """The value-stacking plans (Jiang & Wang 2024) and how their LinDistFlow voltages compare with AC."""
     op = df[df.kind == "planner"].sort_values("time_s")
     plan = df[df.kind == "plan"]
     planned, ac, ac_hourly = _plan_vs_ac(df)
@@ -353,7 +353,7 @@ def _planner_figures(df: pd.DataFrame, scenario: Scenario) -> dict[str, Any]:
                                                                                "p_etb", "p_feed")},
         "battery_setpoint_tracking_max_kw": _num(tracked.max().max()),
         "voltage_plan_vs_ac": {
-            "form": "LinDistFlow squared-voltage form (SPEC B) vs AC power flow, hourly means",
+            "form": "LinDistFlow squared-voltage form (Baran & Wu 1989) vs AC power flow, hourly means",
             "max_abs_diff_pu": _num(diff.abs().max().max()),
             "mean_diff_pu": _num(diff.stack().mean()),
             "note": "diff = AC − plan; negative: the plan overestimated the voltage",

@@ -1,4 +1,4 @@
-"""Studies on a value-stacking scenario's first planning day, without mosaik (SPEC C, seed 000).
+"""Studies on a value-stacking scenario's first planning day, without mosaik (Jiang & Wang 2024).
 
 ``compare_modes``: the same problem solved by ADMM in each mode — synchronous
 without latency, synchronous with the scenario's latency, the naive
@@ -234,7 +234,7 @@ def plot_convergence(study: ModesStudy, title: str, path: Path) -> Path:
 
 
 def plot_streams(studies: dict[str, StreamsStudy], path: Path) -> Path:
-    """Cost per variant (bars per scenario, like seed 000's Fig. 3) and marginal contributions (Fig. 4)."""
+    """Cost per variant (bars per scenario, like Jiang & Wang 2024, Fig. 3) and marginal contributions (Fig. 4)."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -311,7 +311,7 @@ def _connect_planner(world: mosaik.World, scenario: Scenario, times: Any, table:
                      batteries: Any, load_kw: np.ndarray, pv_kw: np.ndarray, base_shape: np.ndarray,
                      households: dict[str, Any], battery_entities: list[Any], ctrls: list[Any],
                      log: Callable[[str], None]) -> list[Any]:
-    """Start the value-stacking planner: it sets the community batteries and HVAC (SPEC C)."""
+    """Start the value-stacking planner: it sets the community batteries and HVAC (Jiang & Wang 2024)."""
     from dercosim.controllers.valuestack import Streams
     from dercosim.scenarios.planner_case import admm_settings, build_case
 

@@ -4,7 +4,7 @@ Outputs per household (load convention): ``load_kw`` (demand without HVAC),
 ``pv_kw``, ``hvac_kw``, ``net_kw`` = load + HVAC − PV (positive = drawn
 from the grid, before any battery), ``q_kvar`` (load and HVAC at the
 household's power factor, PV at unity), ``t_indoor_c``, ``t_outdoor_c`` and
-``bus`` (1-based). HVAC follows the thermal model of seed 000 eq. (5)
+``bus`` (1-based). HVAC follows the thermal model of Jiang & Wang 2024, eq. (5)
 (``devices.thermal``); a thermostat runs it unless the input
 ``hvac_set_kw`` (from a controller, time-shifted) gives a finite power.
 """

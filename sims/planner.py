@@ -1,4 +1,4 @@
-"""mosaik simulator of the value-stacking planner (SPEC C): ADMM each day, hourly schedules out.
+"""mosaik simulator of the value-stacking planner (Jiang & Wang 2024): ADMM each day, hourly schedules out.
 
 Entities: one ``Community`` per community (outputs its battery setpoint and
 HVAC power for the current hour, and the plan's figures for the recorder) and

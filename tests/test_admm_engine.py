@@ -1,4 +1,4 @@
-"""The generic ADMM engine on a sharing problem with a closed-form optimum (SPEC C behaviours)."""
+"""The generic ADMM engine on a sharing problem with a closed-form optimum (the behaviours Jiang & Wang 2024 report)."""
 
 from __future__ import annotations
 

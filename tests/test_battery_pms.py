@@ -8,12 +8,12 @@ import pytest
 from dercosim.devices.battery import BatteryFleet, BatteryParams
 from dercosim.timeseries.subminute import SubminuteFluctuation
 
-SPEC_D = dict(capacity_kwh=10.3, p_charge_max_kw=5.3, p_discharge_max_kw=5.3, eta_charge=0.9, eta_discharge=0.9,
+COURAUD_BATTERY = dict(capacity_kwh=10.3, p_charge_max_kw=5.3, p_discharge_max_kw=5.3, eta_charge=0.9, eta_discharge=0.9,
               soc_min_frac=0.1, soc_max_frac=0.95, self_discharge_per_h=0.0)
 
 
 def fleet(n: int = 1, soc_kwh: float = 5.0, cycle_s: float = 1.0, **overrides: float) -> BatteryFleet:
-    return BatteryFleet(BatteryParams.of(n, **{**SPEC_D, **overrides}), np.full(n, soc_kwh), cycle_s=cycle_s)
+    return BatteryFleet(BatteryParams.of(n, **{**COURAUD_BATTERY, **overrides}), np.full(n, soc_kwh), cycle_s=cycle_s)
 
 
 @pytest.mark.parametrize("cycle_s,minutes", [(1.0, 1440), (0.1, 240)])

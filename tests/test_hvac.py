@@ -1,4 +1,4 @@
-"""HVAC: seed 000 eq. (5) thermal model inside the household simulator."""
+"""HVAC: Jiang & Wang 2024, eq. (5) thermal model inside the household simulator."""
 
 from __future__ import annotations
 

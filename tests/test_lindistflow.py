@@ -1,4 +1,4 @@
-"""LinDistFlow extracted from the pandapower net reproduces SPEC B's error against AC power flow."""
+"""LinDistFlow extracted from the pandapower net reproduces the documented error against AC power flow."""
 
 from __future__ import annotations
 

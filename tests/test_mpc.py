@@ -1,4 +1,4 @@
-"""Household MPC (SPEC D): objective terms, caps, formulations, fallback; and the forecasters."""
+"""Household MPC (Couraud et al. 2022): objective terms, caps, formulations, fallback; and the forecasters."""
 
 from __future__ import annotations
 

@@ -38,7 +38,7 @@ SITES: dict[str, Site] = {
     ),
     # No Australian weather is bundled (no network at run time): Brisbane's sun position with the
     # Greensboro TMY3 six months on (its July for Brisbane's January) as a seasonal proxy for clouds and
-    # temperature. Documented in PROVENANCE.md; use it for the NEM (seed 000) scenarios only.
+    # temperature. Documented in PROVENANCE.md; use it for the NEM (Jiang & Wang 2024) scenarios only.
     "brisbane_proxy": Site(
         name="brisbane_proxy",
         latitude=-27.47,

@@ -1,4 +1,4 @@
-"""Generic ADMM over a simulated network (SPEC C): agents with local subproblems, one coupling problem."""
+"""Generic ADMM over a simulated network (Jiang & Wang 2024): agents with local subproblems, one coupling problem."""
 
 from dercosim.controllers.admm.engine import ADMMResult, ADMMSettings, run_admm
 from dercosim.controllers.admm.network import Latency, Network

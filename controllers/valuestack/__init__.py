@@ -1,4 +1,4 @@
-"""Community-battery value stacking on a feeder (SPEC C, seed 000), as ADMM agents and a grid operator.
+"""Community-battery value stacking on a feeder (Jiang & Wang 2024), as ADMM agents and a grid operator.
 
 Each community i (hourly, H steps of Δt h) has a battery (1)–(4), an HVAC
 thermal model (5)–(7), grid import, PV local use and feed-in, a local-market
@@ -13,11 +13,11 @@ battery-to-grid and local-market sale (18)–(22). Its cost (24):
 with terminal energy ≥ initial energy. The community exchanges
 ``x_i = [p_grid, p_ETB, p_ETS, p_B2G, p_feed]`` (five blocks of H, kW) with
 the grid operator, whose coupling problem keeps the copies ``z_i`` within the
-LinDistFlow limits of the feeder (SPEC B: squared-voltage branch form with the
+LinDistFlow limits of the feeder (Baran & Wu 1989: squared-voltage branch form with the
 base loads at every bus, voltage and optional flow limits) and the
 local-market balance (23) Σ_i (p_ETS − p_ETB) = 0.
 
-Binaries (SPEC C item 5): charge/discharge (x) and buy/sell (y) are relaxed;
+Binaries (dercosim resolves the paper's binaries this way): charge/discharge (x) and buy/sell (y) are relaxed;
 a small penalty on local-market buy and sell discourages doing both. After
 ADMM, :func:`complementarity_violations` finds hours where both directions
 are used and :meth:`CommunityQP.fix` forbids the weaker direction, and the
@@ -31,6 +31,13 @@ the integer optimum (MILP) to compare with.
 
 Everything here is plain numpy/scipy/casadi; :mod:`controllers.admm.engine`
 runs the iterations.
+
+References
+----------
+- Jiang & Wang 2024: C. Jiang and H. Wang, "Network-Aware Value Stacking of Community Battery via Asynchronous
+    Distributed Optimization," 2024. (eqs. (1)–(24), Figs. 3–4)
+- Baran & Wu 1989: M. E. Baran and F. F. Wu, "Network reconfiguration in distribution systems for loss reduction
+    and load balancing," IEEE Transactions on Power Delivery 4(2), 1989. (LinDistFlow)
 """
 
 from dercosim.controllers.valuestack.central import CentralQP, Solution

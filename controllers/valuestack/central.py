@@ -173,7 +173,7 @@ class CentralQP:
 
     def solve_fix_and_resolve(self, rounds: int = 3, relaxed: Solution | None = None
                               ) -> tuple[Solution, list[Fixings], int]:
-        """The relaxed optimum, then SPEC C item 5 centrally: fix each violated pair's smaller direction, re-solve.
+        """The relaxed optimum, then the fix-and-resolve of the ADMM path centrally: fix each violated pair's smaller direction, re-solve.
 
         Returns the final solution, the fixings and the complementarity
         violations left. Its cost is an upper bound of the mixed-integer

@@ -49,7 +49,7 @@ class Community:
     p_et_max_kw: float = 100.0  #: local-market buy and sell limit
     p_b2b_max_kw: float = 100.0
     p_b2g_max_kw: float = 100.0
-    soc_end_min_kwh: float | None = None  #: terminal energy lower bound; None = e0 (SPEC C item 4)
+    soc_end_min_kwh: float | None = None  #: terminal energy lower bound; None = e0 (the paper leaves the end of day open; without it the optimiser drains the battery)
 
     @property
     def horizon(self) -> int:
@@ -67,7 +67,7 @@ class Market:
     peak_per_kw: float = 0.0  #: two-part tariff demand price per kW of the day's peak import (0 = TOU)
     degradation_per_kw2h: float = 1e-4  #: α_b, currency per (kWh)² per hour
     trade_penalty_per_kwh: float = 1e-3  #: the relaxation's small penalty on local-market buy and sell
-    discomfort_per_c2: float = 0.0  #: β (SPEC C item 4: off by default)
+    discomfort_per_c2: float = 0.0  #: β (off by default: Jiang & Wang 2024 define it but leave it out of (24))
     reg: float = 1e-6  #: tiny quadratic regularisation on every variable (makes the optimum unique)
     dt_h: float = 1.0
 
@@ -209,7 +209,7 @@ def _community_matrices(c: Community, m: Market, streams: Streams) -> dict:
     bound("p_ac_kw", c.hvac_p_min_kw, c.hvac_p_max_kw)
     e_low = np.full(h, c.soc_min_kwh)
     e_end = c.soc_init_kwh if c.soc_end_min_kwh is None else c.soc_end_min_kwh
-    e_low[-1] = min(max(c.soc_min_kwh, e_end), c.soc_max_kwh)  # terminal energy ≥ initial (SPEC C item 4)
+    e_low[-1] = min(max(c.soc_min_kwh, e_end), c.soc_max_kwh)  # terminal energy ≥ initial (the paper leaves the end of day open; without it the optimiser drains the battery)
     bound("soc_kwh", e_low, c.soc_max_kwh)
     bound("t_in_c", c.t_min_c, c.t_max_c)
     lbx[lay.peak], ubx[lay.peak] = 0.0, np.inf
