@@ -15,23 +15,22 @@ from __future__ import annotations
 import argparse
 import time
 
+from pathlib import Path
+
 import numpy as np
 import pandapower as pp
 
 from dercosim.grids import ieee33
 from dercosim.grids.powerflow import LightsimEngine
 from dercosim.scenarios.config import load_scenario
-from dercosim.scenarios.fleet import base_load_shape, draw_households, household_profiles
-from dercosim.timeseries import weather
+from dercosim.scenarios.fleet import RunInputs
+from dercosim.scenarios.world import with_duration
 
 
 def injections(n_steps: int) -> tuple[np.ndarray, np.ndarray]:
-    scenario = load_scenario("scenarios/ieee33_households.toml")
-    site = weather.get_site(scenario.site.weather)
-    times = weather.time_index(scenario.clock.start, n_steps, 60, site.tz)
-    table = draw_households(scenario)
-    load_kw, pv_kw = household_profiles(scenario, table, times)
-    shape = base_load_shape(scenario, times)
+    scenario = load_scenario(Path(__file__).resolve().parents[1] / "scenarios" / "ieee33_households.toml")
+    run = RunInputs.resolve(with_duration(scenario, n_steps * 60))
+    table, load_kw, pv_kw, shape = run.fleet.households, run.load_kw, run.pv_kw, run.base_shape
     p0, q0 = ieee33.base_load_kw()
     p = np.outer(shape, p0)
     q = np.outer(shape, q0)

@@ -77,20 +77,30 @@ def make_run_dir(parent: Path, name: str, when: datetime | None = None) -> Path:
 
 
 class _StopOnSignals:
-    """While active, SIGTERM (like SIGINT) stops the run cleanly: what was recorded is joined and kept."""
+    """While active, SIGTERM and SIGINT stop the run cleanly at the next step: what was recorded is joined.
+
+    A second signal stops at once (what the recorder flushed so far stays readable in its parts).
+    """
 
     def __enter__(self) -> _StopOnSignals:
         import signal
         import threading
 
+        from dercosim.sims.recorder import STOP
+
+        STOP.clear()
         self.previous = {}
         if threading.current_thread() is not threading.main_thread():
             return self
 
         def stop(signum: int, frame: object) -> None:
             from dercosim.scenarios.world import RunInterrupted
+            from dercosim.sims.recorder import STOP, STOP_REASON
 
-            raise RunInterrupted(signal.Signals(signum).name)
+            if STOP.is_set():  # asked twice: now
+                raise RunInterrupted(signal.Signals(signum).name)
+            STOP_REASON["signal"] = signal.Signals(signum).name
+            STOP.set()
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.previous[sig] = signal.signal(sig, stop)
@@ -99,6 +109,9 @@ class _StopOnSignals:
     def __exit__(self, *exc: object) -> None:
         import signal
 
+        from dercosim.sims.recorder import STOP
+
+        STOP.clear()
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
 

@@ -1,6 +1,15 @@
-"""The households a scenario asks for: parameters drawn from the seed, and their minute profiles."""
+"""The households a scenario asks for: parameters drawn from the seed, and their minute profiles.
+
+A validated scenario is resolved into domain objects once: :class:`Fleet`
+(households, their HVAC, batteries — drawn, no profiles) and
+:class:`RunInputs` (site, clock, tariff, fleet and minute profiles). The
+world builder, the planner case and the benchmarks take these instead of
+going back to the scenario for each part.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -8,6 +17,7 @@ import pandas as pd
 from dercosim.scenarios.config import Scenario, ScenarioError
 from dercosim.timeseries import loads, pv, weather
 from dercosim.timeseries.rng import rng_for
+from dercosim.timeseries.tariffs import Tariff, tariff_of
 
 
 def draw_households(scenario: Scenario) -> pd.DataFrame:
@@ -43,14 +53,14 @@ def draw_households(scenario: Scenario) -> pd.DataFrame:
     return pd.concat(rows, ignore_index=True)
 
 
-def household_profiles(scenario: Scenario, table: pd.DataFrame,
-                       times: pd.DatetimeIndex) -> tuple[np.ndarray, np.ndarray]:
+def household_profiles(scenario: Scenario, table: pd.DataFrame, times: pd.DatetimeIndex,
+                       site: weather.Site | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Load and PV (kW) per minute for each household of ``table``; shapes (len(times), n).
 
     Generated on whole calendar days and cut to ``times``, so a shorter run
     sees exactly the first part of the longer run's numbers.
     """
-    site = weather.get_site(scenario.site.weather)
+    site = site if site is not None else weather.get_site(scenario.site.weather)
     days = weather.whole_days(times)
     homes = table["homes"].to_numpy(int) if "homes" in table else np.ones(len(table), int)
     per_home = np.repeat(table["annual_kwh"].to_numpy(float) / homes, homes)
@@ -147,3 +157,44 @@ def controlled_households(scenario: Scenario, table: pd.DataFrame, batteries: pd
         return [n for n in table["name"] if n in owners]
     hvac = hvac if hvac is not None else draw_hvac(scenario, table)
     return [n for n, p in zip(table["name"], hvac["p_max_kw"]) if p > 0]
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """What a scenario draws from its seed: households, their HVAC, and the batteries (no profiles)."""
+
+    households: pd.DataFrame  #: one row per household (see :func:`draw_households`)
+    hvac: dict[str, np.ndarray]  #: per household (see :func:`draw_hvac`); ``p_max_kw`` 0 = none
+    batteries: pd.DataFrame  #: one row per battery (see :func:`draw_batteries`)
+
+    @classmethod
+    def draw(cls, scenario: Scenario) -> Fleet:
+        households = draw_households(scenario)
+        return cls(households, draw_hvac(scenario, households), draw_batteries(scenario, households))
+
+    def controlled(self, scenario: Scenario) -> list[str]:
+        """The households the scenario's HEMS controller applies to."""
+        return controlled_households(scenario, self.households, self.batteries, self.hvac)
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """A scenario resolved into everything a run needs, once: site, clock, tariff, fleet, minute profiles."""
+
+    scenario: Scenario
+    site: weather.Site
+    times: pd.DatetimeIndex  #: the start of every step, local standard time of the site
+    tariff: Tariff
+    fleet: Fleet
+    load_kw: np.ndarray  #: (steps, households)
+    pv_kw: np.ndarray  #: (steps, households)
+    base_shape: np.ndarray  #: (steps,) multiplier of the case's base load
+
+    @classmethod
+    def resolve(cls, scenario: Scenario, fleet: Fleet | None = None) -> RunInputs:
+        site = weather.get_site(scenario.site.weather)
+        times = weather.time_index(scenario.clock.start, scenario.n_steps, scenario.clock.step_s, site.tz)
+        fleet = fleet if fleet is not None else Fleet.draw(scenario)
+        load_kw, pv_kw = household_profiles(scenario, fleet.households, times, site)
+        return cls(scenario, site, times, tariff_of(scenario), fleet, load_kw, pv_kw,
+                   base_load_shape(scenario, times))

@@ -19,7 +19,7 @@ from dercosim.grids.lindistflow import LinDistFlow
 from dercosim.scenarios.config import Scenario
 from dercosim.timeseries import weather
 from dercosim.timeseries.prices import price_per_kwh
-from dercosim.timeseries.tariffs import tariff_of
+from dercosim.scenarios.fleet import RunInputs
 
 
 def hourly_mean(values: np.ndarray, step_s: int) -> np.ndarray:
@@ -107,10 +107,11 @@ class ValueStackingCase:
         return comms, market, feeder
 
 
-def build_case(scenario: Scenario, times: pd.DatetimeIndex, table: pd.DataFrame, hvac: dict[str, np.ndarray],
-               batteries: pd.DataFrame, load_kw: np.ndarray, pv_kw: np.ndarray,
-               base_shape: np.ndarray) -> ValueStackingCase:
+def build_case(run: RunInputs) -> ValueStackingCase:
     """Collect the planner's hourly data from the drawn fleet and its minute profiles."""
+    scenario, times, site, tariff = run.scenario, run.times, run.site, run.tariff
+    table, hvac, batteries = run.fleet.households, run.fleet.hvac, run.fleet.batteries
+    load_kw, pv_kw, base_shape = run.load_kw, run.pv_kw, run.base_shape
     p = scenario.planner
     assert p is not None
     step_s = scenario.clock.step_s
@@ -118,8 +119,6 @@ def build_case(scenario: Scenario, times: pd.DatetimeIndex, table: pd.DataFrame,
     names = table["name"].to_numpy()[rows].tolist()
     buses = table["bus"].to_numpy(int)[rows].tolist()
     bats = batteries[batteries["group"] == p.batteries].set_index("bus").loc[buses]
-    site = weather.get_site(scenario.site.weather)
-    tariff = tariff_of(scenario)
     pf = table["power_factor"].to_numpy(float)[rows]
     load_h = hourly_mean(load_kw[:, rows], step_s)
     q_h = load_h * np.tan(np.arccos(pf))[None, :]
@@ -175,16 +174,6 @@ def admm_settings(scenario: Scenario, **overrides: object):  # noqa: ANN201 - AD
 
 def case_from_scenario(scenario: Scenario) -> ValueStackingCase:
     """Draw the scenario's fleet and profiles (as a run would, same seed) and build its planner case; no mosaik."""
-    from dercosim.scenarios import fleet
-
     if scenario.planner is None:
         raise ValueError(f"scenario {scenario.name!r} has no [planner] table")
-    step_s = scenario.clock.step_s
-    site = weather.get_site(scenario.site.weather)
-    times = weather.time_index(scenario.clock.start, scenario.n_steps, step_s, site.tz)
-    table = fleet.draw_households(scenario)
-    hvac = fleet.draw_hvac(scenario, table)
-    batteries = fleet.draw_batteries(scenario, table)
-    load_kw, pv_kw = fleet.household_profiles(scenario, table, times)
-    base_shape = fleet.base_load_shape(scenario, times)
-    return build_case(scenario, times, table, hvac, batteries, load_kw, pv_kw, base_shape)
+    return build_case(RunInputs.resolve(scenario))

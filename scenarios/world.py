@@ -35,12 +35,13 @@ from dercosim.devices.battery import BatteryParams
 from dercosim.controllers.base import household_io
 from dercosim.controllers.registry import load_controller_class
 from dercosim.scenarios import fleet, report
+from dercosim.scenarios.fleet import Fleet, RunInputs
 from dercosim.scenarios.config import Scenario, ScenarioError, check_scenario, scenario_to_toml
 from dercosim.sims.planner import COMMUNITY_OUT, OPERATOR_OUT
 from dercosim.sims.controller import HOST_DIAGNOSTICS
+from dercosim.sims.recorder import STOP_REASON, StopRequested
 from dercosim.sims.grid import FEEDER_ATTRS
 from dercosim.timeseries import weather
-from dercosim.timeseries.tariffs import tariff_of
 
 SIM_CONFIG = {
     "Grid": {"python": "dercosim.sims.grid:GridSim"},
@@ -146,17 +147,13 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
         raise ScenarioError(f"{out_dir}: the run folder already holds files; two runs never share a folder")
     step_s = scenario.clock.step_s
     n_steps = scenario.n_steps
-    site = weather.get_site(scenario.site.weather)
-    times = weather.time_index(scenario.clock.start, n_steps, step_s, site.tz)
-
-    table = fleet.draw_households(scenario)
-    hvac = fleet.draw_hvac(scenario, table)
-    batteries = fleet.draw_batteries(scenario, table)
+    drawn = Fleet.draw(scenario)
+    table, hvac, batteries = drawn.households, drawn.hvac, drawn.batteries
     out_dir.mkdir(parents=True, exist_ok=True)
     log(f"{len(table)} households ({int((table.pv_kwp > 0).sum())} with PV, {int((hvac['p_max_kw'] > 0).sum())} "
         f"with HVAC), {len(batteries)} batteries; generating profiles")
-    load_kw, pv_kw = fleet.household_profiles(scenario, table, times)
-    base_shape = fleet.base_load_shape(scenario, times)
+    run = RunInputs.resolve(scenario, drawn)
+    site, times = run.site, run.times
     resolved = _plugin_files(scenario, out_dir)
     write_text_atomically(out_dir / "scenario.toml", scenario_to_toml(resolved))
     table.assign(hvac_p_max_kw=hvac["p_max_kw"]).to_csv(out_dir / "households.csv", index=False)
@@ -167,11 +164,11 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
     interrupted: KeyboardInterrupt | None = None
     run_start = time.perf_counter()
     try:
-        parquet = _build(world, scenario, times, table, hvac, batteries, load_kw, pv_kw, base_shape, out_dir, log)
+        parquet = _build(world, run, out_dir, log)
         log(f"running {n_steps} steps of {step_s} s from {times[0]:%Y-%m-%d %H:%M} ({site.tz})")
         run_start = time.perf_counter()
         world.run(until=n_steps * step_s, print_progress=progress)
-    except KeyboardInterrupt as exc:
+    except (KeyboardInterrupt, StopRequested) as exc:
         interrupted = exc
         _shutdown_quietly(world)  # the recorder joins what it has
     except BaseException:
@@ -179,19 +176,25 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
         raise
     run_wall_s = time.perf_counter() - run_start
     if interrupted is not None and not parquet.exists():
-        raise RunInterrupted(getattr(interrupted, "signal_name", "SIGINT"), out_dir) from None
+        raise RunInterrupted(_signal_of(interrupted), out_dir) from None
 
     recorded = pd.read_parquet(parquet)
     summary = report.summarize(recorded, scenario, table, batteries, wall_time_s=time.perf_counter() - wall_start,
                                run_wall_s=run_wall_s)
     if interrupted is not None:
-        summary["interrupted"] = {"signal": getattr(interrupted, "signal_name", "SIGINT"),
+        summary["interrupted"] = {"signal": _signal_of(interrupted),
                                   "steps_recorded": summary["steps"], "steps_planned": n_steps}
     write_text_atomically(out_dir / "summary.json", strict_json(summary))
     report.plot_all(recorded, scenario, out_dir)
     if interrupted is not None:
-        raise RunInterrupted(getattr(interrupted, "signal_name", "SIGINT"), out_dir) from None
+        raise RunInterrupted(_signal_of(interrupted), out_dir) from None
     return RunResult(out_dir=out_dir, parquet=parquet, summary=summary)
+
+
+def _signal_of(exc: BaseException) -> str:
+    if isinstance(exc, StopRequested):
+        return STOP_REASON["signal"]
+    return getattr(exc, "signal_name", "SIGINT")
 
 
 def _shutdown_quietly(world: mosaik.World) -> None:
@@ -212,11 +215,11 @@ def _shutdown_quietly(world: mosaik.World) -> None:
             inner._shutdown_performed = True
 
 
-def _build(world: mosaik.World, scenario: Scenario, times: Any, table: Any, hvac: dict[str, np.ndarray],
-           batteries: Any, load_kw: np.ndarray, pv_kw: np.ndarray, base_shape: np.ndarray, out_dir: Path,
-           log: Callable[[str], None] = lambda msg: None) -> Path:
+def _build(world: mosaik.World, run: RunInputs, out_dir: Path, log: Callable[[str], None] = lambda msg: None) -> Path:
+    scenario, site, times = run.scenario, run.site, run.times
+    table, hvac, batteries = run.fleet.households, run.fleet.hvac, run.fleet.batteries
+    load_kw, pv_kw, base_shape = run.load_kw, run.pv_kw, run.base_shape
     step_s = scenario.clock.step_s
-    site = weather.get_site(scenario.site.weather)
 
     grid_sim = world.start("Grid", step_s=step_s)
     feeder = grid_sim.Feeder(feeder=scenario.grid.feeder, engine=scenario.grid.engine,
@@ -265,7 +268,7 @@ def _build(world: mosaik.World, scenario: Scenario, times: Any, table: Any, hvac
 
     ctrls, diagnostics = [], []
     if scenario.hems.controller is not None:
-        tariff = tariff_of(scenario)
+        tariff = run.tariff
         shared = {"names": list(table["name"]), "start": times[0].isoformat(),
                   "start_s_of_day": int((times[0] - times[0].normalize()).total_seconds()),
                   "load_kw": load_kw, "pv_kw": pv_kw, "import_price": tariff.import_price(times),
@@ -278,8 +281,7 @@ def _build(world: mosaik.World, scenario: Scenario, times: Any, table: Any, hvac
 
     plan_entities: list[Any] = []
     if scenario.planner is not None:
-        plan_entities = _connect_planner(world, scenario, times, table, hvac, batteries, load_kw, pv_kw, base_shape,
-                                         households, battery_entities, ctrls, log)
+        plan_entities = _connect_planner(world, run, households, battery_entities, ctrls, log)
         for ent in plan_entities:
             entities[ent.full_id] = {"entity": ent.eid, "kind": "planner" if ent.eid == "operator" else "plan",
                                      "bus": None if ent.eid == "operator" else hh_bus[ent.eid]}
@@ -307,16 +309,15 @@ def _build(world: mosaik.World, scenario: Scenario, times: Any, table: Any, hvac
     return parquet
 
 
-def _connect_planner(world: mosaik.World, scenario: Scenario, times: Any, table: Any, hvac: dict[str, np.ndarray],
-                     batteries: Any, load_kw: np.ndarray, pv_kw: np.ndarray, base_shape: np.ndarray,
-                     households: dict[str, Any], battery_entities: list[Any], ctrls: list[Any],
-                     log: Callable[[str], None]) -> list[Any]:
+def _connect_planner(world: mosaik.World, run: RunInputs, households: dict[str, Any], battery_entities: list[Any],
+                     ctrls: list[Any], log: Callable[[str], None]) -> list[Any]:
     """Start the value-stacking planner: it sets the community batteries and HVAC (Jiang & Wang 2024)."""
     from dercosim.controllers.valuestack import Streams
     from dercosim.scenarios.planner_case import admm_settings, build_case
 
+    scenario, batteries = run.scenario, run.fleet.batteries
     p = scenario.planner
-    case = build_case(scenario, times, table, hvac, batteries, load_kw, pv_kw, base_shape)
+    case = build_case(run)
     controlled = {c.eid.removeprefix("ctrl_") for c in ctrls}
     clash = sorted(controlled & set(case.names))
     if clash:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,17 @@ import mosaik_api_v3
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+#: Set (e.g. by a signal handler) to stop the run cleanly at the next step boundary: the recorder raises
+#: :class:`StopRequested` there, mosaik shuts the world down, and :meth:`RecorderSim.finalize` joins what
+#: was recorded. Stopping at a boundary, not wherever a signal lands, keeps mosaik's tasks consistent.
+STOP = threading.Event()
+STOP_REASON = {"signal": "SIGINT"}
+
+
+class StopRequested(Exception):
+    """The run was asked to stop (see :data:`STOP`)."""
+
 
 META = {
     "api_version": "3.0",
@@ -128,6 +140,8 @@ class RecorderSim(mosaik_api_v3.Simulator):
         self.buffer: dict[str, list] = {name: [] for name in self.schema.names}
 
     def step(self, time: int, inputs: dict, max_advance: int) -> int:
+        if STOP.is_set():
+            raise StopRequested(f"stop requested ({STOP_REASON['signal']}) at t = {time} s")
         by_source: dict[str, dict[str, Any]] = {}
         for attr, sources in inputs.get(self.eid, {}).items():
             for src, value in sources.items():
