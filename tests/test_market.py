@@ -1,0 +1,116 @@
+"""Day-ahead aggregator MILP, price-taker clearing and settlement (Couraud et al. 2022, phases 1-2)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dercosim.controllers.aggregator import DayAheadMILP, VirtualBattery, bids_kwh, mode_s
+from dercosim.controllers.market import clear, settle, vpw_covered_kwh
+
+LOSSLESS = VirtualBattery(capacity_kwh=10.0, p_max_kw=4.0, eta_charge=1.0, eta_discharge=1.0)
+
+
+def test_the_virtual_battery_sums_capacity_and_power_and_weights_efficiency_by_capacity():
+    vb = VirtualBattery.of_fleet(capacity_kwh=[10.0, 30.0], p_charge_max_kw=[5.0, 5.0], p_discharge_max_kw=[4.0, 6.0],
+                                 eta_charge=[0.9, 0.8], eta_discharge=[1.0, 0.6])
+    assert vb.capacity_kwh == 40.0 and vb.p_max_kw == 10.0
+    assert vb.eta_charge == pytest.approx(0.25 * 0.9 + 0.75 * 0.8)
+    assert vb.eta_discharge == pytest.approx(0.25 * 1.0 + 0.75 * 0.6)
+    with pytest.raises(ValueError, match="no battery capacity"):
+        VirtualBattery.of_fleet([0.0], [1.0], [1.0], [0.9], [0.9])
+
+
+def test_a_four_interval_day_gives_the_optimum_by_hand():
+    # surplus 3 kWh in each of the first two half-hours, deficit 3 kWh in each of the last two;
+    # the battery moves 2 kWh per half-hour (4 kW): store 2 + 2, export 1 + 1, import 1 + 1.
+    milp = DayAheadMILP(LOSSLESS, n=4, dt_h=0.5)
+    plan = milp.solve(demand_kwh=[0, 0, 3, 3], production_kwh=[3, 3, 0, 0], import_price=[0.2] * 4,
+                      export_price=[0.05] * 4, soc_init_kwh=5.0)
+    assert plan.success
+    np.testing.assert_allclose(plan.charge_kwh, [2, 2, 0, 0], atol=1e-9)
+    np.testing.assert_allclose(plan.discharge_kwh, [0, 0, 2, 2], atol=1e-9)
+    np.testing.assert_allclose(plan.export_kwh, [1, 1, 0, 0], atol=1e-9)
+    np.testing.assert_allclose(plan.import_kwh, [0, 0, 1, 1], atol=1e-9)
+    np.testing.assert_allclose(plan.soc_kwh, [7, 9, 7, 5], atol=1e-9)
+    assert plan.cost == pytest.approx(2 * 0.2 - 2 * 0.05)
+    # following the residual is all it does: S = 0 every interval
+    np.testing.assert_array_equal(plan.mode_s, [0, 0, 0, 0])
+
+
+def test_with_no_battery_it_exports_exactly_the_forecast_surplus():
+    none = VirtualBattery(capacity_kwh=0.0, p_max_kw=0.0, eta_charge=0.9, eta_discharge=0.9)
+    rng = np.random.default_rng(1)
+    demand, production = rng.uniform(0, 50, 48), rng.uniform(0, 50, 48)
+    plan = DayAheadMILP(none, n=48).solve(demand, production, np.full(48, 0.15), rng.uniform(0.02, 0.08, 48), 0.0)
+    np.testing.assert_allclose(plan.export_kwh, np.clip(production - demand, 0, None), atol=1e-7)
+    np.testing.assert_allclose(plan.import_kwh, np.clip(demand - production, 0, None), atol=1e-7)
+
+
+def test_a_wholesale_price_below_the_retail_price_makes_it_store_not_export():
+    vb = VirtualBattery(capacity_kwh=10.0, p_max_kw=4.0, eta_charge=0.9, eta_discharge=0.9)
+    plan = DayAheadMILP(vb, n=4).solve([0, 0, 2, 2], [2, 2, 0, 0], [0.15] * 4, [0.05] * 4, soc_init_kwh=2.0)
+    # 0.05 now < 0.15 × 0.81 later: every surplus kWh goes into the battery
+    np.testing.assert_allclose(plan.export_kwh, 0.0, atol=1e-9)
+    np.testing.assert_allclose(plan.charge_kwh[:2], 2.0, atol=1e-9)
+    # a wholesale price above the round-trip value of storing sells instead
+    rich = DayAheadMILP(vb, n=4).solve([0, 0, 2, 2], [2, 2, 0, 0], [0.15] * 4, [0.14] * 4, soc_init_kwh=2.0)
+    assert rich.export_kwh[:2].sum() == pytest.approx(4.0, abs=1e-9)
+
+
+def test_never_a_bid_into_a_negative_price():
+    vb = VirtualBattery(capacity_kwh=4.0, p_max_kw=2.0, eta_charge=0.9, eta_discharge=0.9)
+    price = np.array([0.04, -0.02, -0.03, 0.06, 0.05, 0.04])
+    production = np.array([5.0, 5.0, 5.0, 5.0, 0.0, 0.0])  # more than the battery can take: export is forced
+    plan = DayAheadMILP(vb, n=6).solve(np.ones(6), production, np.full(6, 0.15), price, soc_init_kwh=2.0)
+    assert plan.success
+    bids = bids_kwh(plan, price)
+    assert np.all(bids[price <= 0] == 0.0) and bids[price > 0].sum() > 0
+    # where the price is negative it charges at full power (1 kWh per half-hour) rather than export
+    np.testing.assert_allclose(plan.charge_kwh[price < 0], 1.0, atol=1e-9)
+
+
+def test_after_clearing_the_resolve_keeps_the_award_and_publishes_targets():
+    vb = VirtualBattery(capacity_kwh=10.0, p_max_kw=4.0, eta_charge=0.9, eta_discharge=0.9)
+    milp = DayAheadMILP(vb, n=4)
+    demand, production, price = [1, 1, 3, 3], [4, 4, 0, 0], np.array([0.10, 0.02, 0.20, 0.20])
+    first = milp.solve(demand, production, [0.15] * 4, price, soc_init_kwh=5.0)
+    awarded = clear(bids_kwh(first, price), price, limit_price=0.05)
+    assert awarded[1] == 0.0  # below the limit price: not awarded
+    fixed = np.where(awarded > 0, awarded, np.nan)
+    second = milp.solve(demand, production, [0.15] * 4, np.where(awarded > 0, price, 0.0), 5.0,
+                        fixed_export_kwh=fixed)
+    assert second.success
+    np.testing.assert_allclose(second.export_kwh[awarded > 0], awarded[awarded > 0], atol=1e-9)
+    target = second.soc_target_frac(vb.capacity_kwh)
+    assert np.all((target >= 0) & (target <= 1)) and target[-1] >= 0.5 - 1e-9  # ends where it started
+
+
+def test_mode_s_is_zero_only_where_the_battery_follows_the_residual():
+    np.testing.assert_array_equal(mode_s([-1.0, 2.0, -5.0, 1.0], [1.0, 0.0, 2.0, 0.0], [0.0, 2.0, 0.0, 0.0], 2.0),
+                                  [0, 0, 0, 1])
+
+
+def test_vpw_bills_the_covered_share_of_an_importer_at_48_percent():
+    # one minute: household A exports 1.2 kW, B imports 3 kW, C imports 1 kW; a plant exports 0.8 kW
+    meter = np.array([[-1.2, 3.0, 1.0]])
+    plant = np.array([[-0.8]])
+    covered = vpw_covered_kwh(np.clip(meter, 0, None) / 60, np.array([2.0 / 60]))
+    np.testing.assert_allclose(covered * 60, [[0.0, 1.5, 0.5]])  # 2 kW of fleet export shared 3 : 1
+    s = settle(meter, plant, [0.0], [0.05], [0.07], import_price=[0.30], export_price=[0.0], step_h=1 / 60,
+               steps_per_interval=1)
+    np.testing.assert_allclose(s.bills * 60, [0.0, 0.30 * 1.5 + 0.48 * 0.30 * 1.5, 0.30 * 0.5 + 0.48 * 0.30 * 0.5])
+
+
+def test_with_no_commitment_the_imbalance_cost_is_the_export_times_the_imbalance_price():
+    rng = np.random.default_rng(3)
+    meter = rng.normal(-0.5, 1.0, (60, 5))
+    plant = -np.abs(rng.normal(20, 3, (60, 1)))
+    s = settle(meter, plant, np.zeros(2), [0.05, 0.06], [0.07, 0.09], np.full(60, 0.2), np.zeros(60), 1 / 60, 30)
+    exported = -(meter.sum(axis=1) + plant[:, 0]).reshape(2, 30).sum(axis=1) / 60
+    np.testing.assert_allclose(s.delivered_kwh, exported)
+    np.testing.assert_allclose(s.imbalance_cost, exported * [0.07, 0.09])
+    assert np.all(s.revenue == 0)
+    gb = settle(meter, plant, np.zeros(2), [0.05, 0.06], [0.07, 0.09], np.full(60, 0.2), np.zeros(60), 1 / 60, 30,
+                imbalance_rule="gb_single_price")
+    np.testing.assert_allclose(gb.imbalance_cost, -exported * [0.07, 0.09])  # long: paid the imbalance price
