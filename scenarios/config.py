@@ -209,6 +209,10 @@ class HouseholdGroup(_Model):
     power_factor: Bounded(0.5, 1) = 0.95
     pv_share: Fraction = 0.5  #: fraction of the group with PV
     pv_kwp: BoundedRange(0, 10_000) = (3.0, 6.0)
+    #: fraction of the group with a wind turbine instead (drawn among those without PV; pv_share + wind_share ≤ 1)
+    wind_share: Fraction = 0.0
+    wind_kw: BoundedRange(0, 10_000) = (2.0, 6.0)  #: rated power of a turbine, kW
+    wind_hub_height_m: Bounded(2, 200) = 15.0  #: hub height, m (the weather's wind is measured at 10 m)
     pv_tilt_deg: Annotated[tuple[Tilt, Tilt], BeforeValidator(_pair), AfterValidator(_ordered)] = (15.0, 35.0)
     pv_azimuth_deg: Annotated[tuple[Azimuth, Azimuth], BeforeValidator(_pair),
                               AfterValidator(_ordered)] = (135.0, 225.0)
@@ -222,6 +226,13 @@ class HouseholdGroup(_Model):
     hvac_r_c_per_kw: BoundedRange(0, 100, low_open=True) = (2.0, 4.0)  #: thermal resistance, °C/kW
     t_set_c: Bounded(5, 35) = 24.0  #: thermostat setpoint, °C
     comfort_band_c: Bounded(0, 10, low_open=True) = 2.0  #: thermostat / comfort band width around t_set_c, °C
+
+    @model_validator(mode="after")
+    def _shares(self) -> HouseholdGroup:
+        if self.pv_share + self.wind_share > 1.0 + 1e-12:
+            raise ValueError(f"pv_share ({self.pv_share}) + wind_share ({self.wind_share}) must be at most 1: "
+                             f"a household has PV or a wind turbine")
+        return self
 
 
 class Households(_Model):
@@ -301,8 +312,22 @@ class TouPeriodConfig(_Model):
     import_per_kwh: Price
 
 
+class AgileConfig(_Model):
+    """Agile Octopus (dynamic UK import tariff): min(multiplier × day-ahead + peak adder 16–19 h, cap) × (1 + VAT)."""
+
+    market: Literal[tuple(MARKETS)] = "gb_n2ex"  # type: ignore[valid-type]
+    multiplier: Bounded(0, 10) = 2.2
+    peak_adder_per_kwh: Price = 0.12
+    cap_per_kwh: Price = 0.35
+    vat: Bounded(0, 1) = 0.05
+
+
 class TariffConfig(_Model):
     """Retail tariff for household bills. Defaults: the bundled flat GB 2016 tariff."""
+
+    #: "fixed": import_per_kwh with optional tou periods; "agile_octopus": dynamic, from the day-ahead price
+    kind: Literal["fixed", "agile_octopus"] = "fixed"
+    agile: AgileConfig = AgileConfig()
 
     currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] = "GBP"
     import_per_kwh: Price = 0.15
@@ -386,6 +411,36 @@ class PlannerConfig(_Model):
     admm: AdmmConfig = AdmmConfig()
 
 
+class MarketForecastConfig(_Model):
+    """The aggregator's day-ahead forecast of the fleet's demand and production (prices are known day-ahead)."""
+
+    kind: Literal["noisy", "perfect"] = "noisy"
+    accuracy: Fraction = 0.25  #: relative error (standard deviation) at each forecast point
+    step_min: Annotated[int, Field(ge=1, le=1440)] = 120  #: minutes between forecast points (interpolated between)
+
+
+class MarketConfig(_Model):
+    """A day-ahead aggregator for the fleet on the wholesale market (Couraud et al. 2022, phases 1–2)."""
+
+    wholesale: Literal[tuple(MARKETS)] = "gb_n2ex"  # type: ignore[valid-type]
+    imbalance: Literal[tuple(MARKETS)] = "gb_ssp"  # type: ignore[valid-type]
+    interval_s: Annotated[int, Field(ge=300, le=86400)] = 1800  #: market interval; must divide a day
+    bid_limit_per_kwh: Bounded(-100, 100) = 0.0  #: bid only where the forecast price is above this
+    clearing_limit_per_kwh: Bounded(-100, 100) | None = None  #: None: price taker, every bid accepted
+    imbalance_rule: Literal["absolute", "gb_single_price"] = "absolute"  #: |X − E_c| × price, or (E_c − X) × price
+    vpw_share: Fraction = 0.48  #: virtual private wire: share of the import price for fleet-covered energy
+    #: household groups that are the aggregator's own plants (not billed; their export is the portfolio's)
+    central_groups: list[Name] = []
+    forecast: MarketForecastConfig = MarketForecastConfig()
+
+    @model_validator(mode="after")
+    def _interval(self) -> MarketConfig:
+        if 86400 % self.interval_s or self.interval_s % 60:
+            raise ValueError(f"interval_s ({self.interval_s}) must be whole minutes and divide a day "
+                             f"(e.g. 900, 1800, 3600)")
+        return self
+
+
 class RecorderConfig(_Model):
     flush_every_s: Annotated[int, Field(ge=60, le=86_400)] = 3600  #: write a row group this often (simulated s)
 
@@ -402,6 +457,7 @@ class Scenario(_Model):
     hems: HemsConfig = HemsConfig()
     tariff: TariffConfig = TariffConfig()
     planner: PlannerConfig | None = None
+    market: MarketConfig | None = None
     recorder: RecorderConfig = RecorderConfig()
     _source_dir: Path | None = PrivateAttr(default=None)
 
@@ -439,6 +495,14 @@ class Scenario(_Model):
             if b.at == "households" and b.household_group is not None and b.household_group not in groups:
                 raise ValueError(f"batteries.groups[{i}].household_group: no household group "
                                  f"{b.household_group!r} (groups: {', '.join(sorted(groups)) or 'none'})")
+        if self.market is not None:
+            for k, g in enumerate(self.market.central_groups):
+                if g not in groups:
+                    raise ValueError(f"market.central_groups[{k}]: no household group {g!r} "
+                                     f"(groups: {', '.join(sorted(groups)) or 'none'})")
+            if not self.batteries.groups:
+                raise ValueError("market: an aggregator needs batteries to plan with; add [[batteries.groups]] "
+                                 "or drop [market]")
         names = [b.name for b in self.batteries.groups]
         if len(names) != len(set(names)):
             raise ValueError(f"batteries.groups: names must be unique, got {names}")
@@ -616,6 +680,24 @@ def check_scenario(scenario: Scenario, where: str | Path | None = None) -> None:
                 raise ScenarioError(f"{where}: hems.applies_to: households {clash[:5]}{'…' if len(clash) > 5 else ''} "
                                     f"are communities of the planner and also have a HEMS controller; restrict "
                                     f"hems.applies_to or use another household group")
+    if scenario.market is not None or scenario.tariff.kind == "agile_octopus":
+        from dercosim.timeseries import weather
+        from dercosim.timeseries.prices import price_per_kwh
+
+        site = weather.get_site(scenario.site.weather)
+        times = weather.time_index(scenario.clock.start, scenario.n_steps, scenario.clock.step_s, site.tz)
+        keys = []
+        if scenario.market is not None:
+            keys += [("market.wholesale", scenario.market.wholesale), ("market.imbalance", scenario.market.imbalance)]
+            if not (batteries["household"] != "").any() and batteries.empty:
+                raise ScenarioError(f"{where}: market: the fleet has no battery; an aggregator needs one")
+        if scenario.tariff.kind == "agile_octopus":
+            keys.append(("tariff.agile.market", scenario.tariff.agile.market))
+        for key, market in keys:
+            try:
+                price_per_kwh(market, times)
+            except ValueError as exc:
+                raise ScenarioError(f"{where}: {key}: {exc}; move clock.start or choose another market") from None
     if scenario.planner is not None:
         from dercosim.timeseries import weather
         from dercosim.timeseries.prices import price_per_kwh

@@ -34,7 +34,9 @@ def draw_households(scenario: Scenario) -> pd.DataFrame:
         buses = np.repeat(np.asarray(group.buses, int), group.per_bus)
         n = len(buses)
         has_pv = np.zeros(n, bool)
-        has_pv[rng.permutation(n)[: int(round(group.pv_share * n))]] = True
+        order = rng.permutation(n)
+        n_pv = int(round(group.pv_share * n))
+        has_pv[order[:n_pv]] = True
         table = pd.DataFrame({
             "name": [f"{group.name}_{i + 1:03d}" for i in range(n)],
             "group": group.name,
@@ -46,10 +48,17 @@ def draw_households(scenario: Scenario) -> pd.DataFrame:
             "pv_tilt_deg": np.where(has_pv, rng.uniform(*group.pv_tilt_deg, size=n), 0.0),
             "pv_azimuth_deg": np.where(has_pv, rng.uniform(*group.pv_azimuth_deg, size=n), 0.0),
         })
+        # wind turbines among those without PV; drawn from their own stream, so adding wind to a group
+        # leaves every other draw of the seed as it was
+        wind_rng = rng_for(scenario.seed, f"wind:{group.name}")
+        has_wind = np.zeros(n, bool)
+        has_wind[order[n_pv:n_pv + int(round(group.wind_share * n))]] = True
+        table["wind_kw"] = np.where(has_wind, wind_rng.uniform(*group.wind_kw, size=n), 0.0)
+        table["wind_hub_height_m"] = np.where(has_wind, group.wind_hub_height_m, 0.0)
         rows.append(table)
     if not rows:
         return pd.DataFrame(columns=["name", "group", "bus", "annual_kwh", "homes", "power_factor", "pv_kwp",
-                                     "pv_tilt_deg", "pv_azimuth_deg"])
+                                     "pv_tilt_deg", "pv_azimuth_deg", "wind_kw", "wind_hub_height_m"])
     return pd.concat(rows, ignore_index=True)
 
 
@@ -189,6 +198,7 @@ class RunInputs:
     load_kw: np.ndarray  #: (steps, households)
     pv_kw: np.ndarray  #: (steps, households)
     base_shape: np.ndarray  #: (steps,) multiplier of the case's base load
+    wind_kw: np.ndarray | None = None  #: (steps, households); None: no turbine in the fleet
 
     @classmethod
     def resolve(cls, scenario: Scenario, fleet: Fleet | None = None) -> RunInputs:
@@ -196,5 +206,11 @@ class RunInputs:
         times = weather.time_index(scenario.clock.start, scenario.n_steps, scenario.clock.step_s, site.tz)
         fleet = fleet if fleet is not None else Fleet.draw(scenario)
         load_kw, pv_kw = household_profiles(scenario, fleet.households, times, site)
+        wind_kw = None
+        if len(fleet.households) and (fleet.households["wind_kw"] > 0).any():
+            from dercosim.timeseries.wind import wind_ac_kw
+
+            wind_kw = wind_ac_kw(site, times, fleet.households["wind_kw"].to_numpy(float),
+                                 fleet.households["wind_hub_height_m"].to_numpy(float))
         return cls(scenario, site, times, tariff_of(scenario), fleet, load_kw, pv_kw,
-                   base_load_shape(scenario, times))
+                   base_load_shape(scenario, times), wind_kw)

@@ -107,6 +107,15 @@ def summarize(df: pd.DataFrame, scenario: Scenario, households: pd.DataFrame, ba
                            "applies_to": scenario.hems.applies_to, **_controller_figures(df)}
     if scenario.planner is not None:
         summary["planner"] = _planner_figures(df, scenario)
+    if scenario.market is not None and len(households):
+        summary["market"] = market_figures(df, scenario, households, batteries)[0]
+        hh_summary = summary["households"]
+        for name, bill in summary["market"].pop("bills_per_household").items():
+            hh_summary["per_household"][name]["bill"] = bill
+        hh_summary["bill_total"] = summary["market"]["bill_total"]
+        hh_summary["definitions"] += ("; bills include the virtual private wire (market.vpw_share of the import "
+                                      "price for energy the fleet exported that minute); the aggregator's plants "
+                                      "are not billed")
     if scenario.grid.line_max_i_ka is not None:
         summary["lines"] = {"rating_ka": scenario.grid.line_max_i_ka,
                             "max_loading_pct": float(feeder["line_loading_max_pct"].max())}
@@ -184,7 +193,34 @@ def plot_all(df: pd.DataFrame, scenario: Scenario, out_dir: str | Path) -> list[
         paths.append(_save(fig, out_dir / "batteries.png"))
     if scenario.planner is not None and (df.kind == "plan").any():
         paths.append(_plot_plan(df, scenario, out_dir, t))
+    if scenario.market is not None and (df.kind == "market").any():
+        paths.append(_plot_market(df, scenario, out_dir))
     return paths
+
+
+def _plot_market(df: pd.DataFrame, scenario: Scenario, out_dir: Path) -> Path:
+    """Committed vs delivered export per interval (Couraud et al. 2022, Fig. 5c) and the prices; writes market.csv."""
+    import matplotlib.pyplot as plt
+
+    households = pd.read_csv(out_dir / "households.csv")
+    batteries = pd.read_csv(out_dir / "batteries.csv", keep_default_na=False)
+    _, table = market_figures(df, scenario, households, batteries)
+    table.to_csv(out_dir / "market.csv", index=False)
+    t = pd.to_datetime(table["interval_start"]).dt.tz_localize(None)
+    width = pd.Timedelta(seconds=scenario.market.interval_s) * 0.8
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True)
+    ax1.bar(t, table["committed_kwh"], width=width, align="edge", color="tab:blue", alpha=0.5, label="committed")
+    ax1.step(t, table["delivered_kwh"], where="post", color="tab:orange", lw=1.5, label="delivered (net export)")
+    ax1.axhline(0, color="k", lw=0.5)
+    ax1.set_ylabel("kWh per interval")
+    ax1.set_title(f"{scenario.name}: fleet export committed day-ahead vs delivered")
+    ax1.legend(loc="best", fontsize=8)
+    ax2.step(t, table["wholesale_per_kwh"] * 1000, where="post", label="wholesale (day-ahead)")
+    ax2.step(t, table["imbalance_per_kwh"] * 1000, where="post", label="imbalance", alpha=0.7)
+    ax2.set_ylabel("price per MWh")
+    ax2.legend(loc="best", fontsize=8)
+    fig.autofmt_xdate()
+    return _save(fig, out_dir / "market.png")
 
 
 def _plot_plan(df: pd.DataFrame, scenario: Scenario, out_dir: Path, t: pd.Series) -> Path:
@@ -250,6 +286,8 @@ def _household_economics(df: pd.DataFrame, scenario: Scenario, households: pd.Da
     load = hh.pivot(index="time_s", columns="entity", values="load_kw")[names]
     hvac = hh.pivot(index="time_s", columns="entity", values="hvac_kw")[names].fillna(0.0)
     pv = hh.pivot(index="time_s", columns="entity", values="pv_kw")[names]
+    if "wind_kw" in hh:  # on-site generation: PV and small wind
+        pv = pv + hh.pivot(index="time_s", columns="entity", values="wind_kw")[names].fillna(0.0)
     demand_kwh = (load + hvac).sum() * step_h
     pv_kwh = pv.sum() * step_h
     import_kwh = meter.clip(lower=0).sum() * step_h
@@ -274,7 +312,7 @@ def _household_economics(df: pd.DataFrame, scenario: Scenario, households: pd.Da
         "self_sufficiency": float((demand_kwh.sum() - import_kwh.sum()) / demand_kwh.sum()),
         "bill_total": float(bills.sum()),
         "currency": tariff.currency,
-        "definitions": "self_consumption = (PV - export)/PV; self_sufficiency = (demand - import)/demand, "
+        "definitions": "self_consumption = (PV + wind - export)/(PV + wind); self_sufficiency = (demand - import)/demand, "
                        "demand = load + HVAC; import/export at the meter after the battery",
         "per_household": per,
     }
@@ -361,6 +399,71 @@ def _planner_figures(df: pd.DataFrame, scenario: Scenario) -> dict[str, Any]:
                                  "plan_min_pu": _num(planned[b].min())} for b in planned.columns},
         },
     }
+
+
+def market_figures(df: pd.DataFrame, scenario: Scenario, households: pd.DataFrame,
+                   batteries: pd.DataFrame) -> tuple[dict[str, Any], pd.DataFrame]:
+    """The aggregator's bids, commitments, delivery and settlement from the recorded rows; and the per-interval
+    table of ``market.csv``."""
+    from dercosim.controllers.market import settle
+    from dercosim.timeseries.tariffs import tariff_of
+
+    m = scenario.market
+    step_h = scenario.clock.step_s / 3600.0
+    steps = m.interval_s // scenario.clock.step_s
+    agg = df[df.kind == "market"].set_index("time_s").sort_index()
+    meter = meter_kw(df, batteries)
+    central = households.loc[households["group"].isin(m.central_groups), "name"].tolist()
+    billed = [n for n in households["name"] if n not in central]
+    n_int = len(meter) // steps
+    minutes = n_int * steps
+    meter = meter.iloc[:minutes]
+    stamps = df[df.kind == "feeder"].set_index("time_s").sort_index()["time"].iloc[:minutes]
+    times = pd.DatetimeIndex(stamps)
+    tariff = tariff_of(scenario)
+    first = agg.iloc[::steps].iloc[:n_int]
+    st = settle(meter[billed].to_numpy(), meter[central].to_numpy() if central else np.zeros((minutes, 0)),
+                first["committed_kwh"].to_numpy(), first["wholesale_per_kwh"].to_numpy(),
+                first["imbalance_per_kwh"].to_numpy(), tariff.import_price(times), tariff.export_price(times),
+                step_h, steps, m.vpw_share, m.imbalance_rule)
+    table = pd.DataFrame({
+        "interval_start": first["time"].to_numpy(), "bid_kwh": first["bid_kwh"].to_numpy(),
+        "committed_kwh": st.committed_kwh, "delivered_kwh": st.delivered_kwh, "imbalance_kwh": st.imbalance_kwh,
+        "forecast_net_export_kwh": first["forecast_net_export_kwh"].to_numpy(),
+        "wholesale_per_kwh": first["wholesale_per_kwh"].to_numpy(),
+        "imbalance_per_kwh": first["imbalance_per_kwh"].to_numpy(), "revenue": st.revenue,
+        "imbalance_cost": st.imbalance_cost, "soc_target_frac": first["soc_target_frac"].to_numpy(),
+        "mode_s": first["mode_s"].to_numpy(), "planned_battery_kwh": first["planned_battery_kwh"].to_numpy()})
+    committed = st.committed_kwh > 1e-9
+    imports = meter[billed].clip(lower=0)
+    hh = df[df.kind == "household"]
+    load = hh.pivot(index="time_s", columns="entity", values="load_kw")[billed].iloc[:minutes]
+    consumed_kwh = float(load.sum().sum() * step_h)
+    self_consumed = consumed_kwh - float(imports.sum().sum() * step_h)  # met by own generation and battery
+    summary = {
+        "wholesale": m.wholesale, "imbalance": m.imbalance, "imbalance_rule": m.imbalance_rule,
+        "interval_s": m.interval_s, "intervals": int(n_int), "currency": tariff.currency,
+        "milp_failures": int(agg["milp_failures"].max()) if len(agg) else 0,
+        "bid_kwh": float(table["bid_kwh"].sum()), "committed_kwh": float(st.committed_kwh.sum()),
+        "delivered_kwh": float(st.delivered_kwh.sum()),
+        "wholesale_revenue": float(st.revenue.sum()), "imbalance_cost": float(st.imbalance_cost.sum()),
+        "imbalance_kwh_abs": float(np.abs(st.imbalance_kwh).sum()),
+        "mean_abs_deviation_of_committed": (float(np.mean(np.abs(st.imbalance_kwh[committed])
+                                                          / st.committed_kwh[committed])) if committed.any()
+                                            else None),
+        "market_revenue_net": float(st.revenue.sum() - st.imbalance_cost.sum()),
+        "bill_total": float(st.bills.sum()), "vpw_kwh": float(st.vpw_kwh.sum()),
+        "self_consumption_rate": self_consumed / consumed_kwh if consumed_kwh > 0 else None,
+        "self_supplied_minutes_share": float((imports <= 1e-9).to_numpy().mean()),
+        "definitions": "delivered = export − import of the portfolio (household meters after batteries and the "
+                       "aggregator's plants) per interval; revenue on the committed volume at the wholesale price; "
+                       "imbalance cost |delivered − committed| × imbalance price (or GB single price); "
+                       "self_consumption_rate = energy self-consumed (consumed − imported) / energy consumed "
+                       "(households); "
+                       "self_supplied_minutes_share = household-minutes without import",
+        "bills_per_household": {n: float(b) for n, b in zip(billed, st.bills)},
+    }
+    return summary, table
 
 
 def _controller_figures(df: pd.DataFrame) -> dict[str, Any]:

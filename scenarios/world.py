@@ -39,6 +39,7 @@ from dercosim.scenarios.fleet import Fleet, RunInputs
 from dercosim.scenarios.config import Scenario, ScenarioError, check_scenario, scenario_to_toml
 from dercosim.sims.planner import COMMUNITY_OUT, OPERATOR_OUT
 from dercosim.sims.controller import HOST_DIAGNOSTICS
+from dercosim.sims.market import OUTPUTS as MARKET_OUTPUTS
 from dercosim.sims.recorder import STOP_REASON, StopRequested
 from dercosim.sims.grid import FEEDER_ATTRS
 from dercosim.timeseries import weather
@@ -50,9 +51,10 @@ SIM_CONFIG = {
     "Controllers": {"python": "dercosim.sims.controller:ControllerSim"},
     "Recorder": {"python": "dercosim.sims.recorder:RecorderSim"},
     "Planner": {"python": "dercosim.sims.planner:PlannerSim"},
+    "Market": {"python": "dercosim.sims.market:MarketSim"},
 }
 BUS_RECORDED = ["vm_pu", "va_degree", "p_net_kw", "q_net_kvar"]
-HOUSEHOLD_RECORDED = ["load_kw", "pv_kw", "hvac_kw", "net_kw", "q_kvar", "t_indoor_c", "t_outdoor_c"]
+HOUSEHOLD_RECORDED = ["load_kw", "pv_kw", "wind_kw", "hvac_kw", "net_kw", "q_kvar", "t_indoor_c", "t_outdoor_c"]
 BATTERY_RECORDED = ["p_kw", "soc_kwh", "soc_frac", "e_charge_kwh", "e_discharge_kwh", "e_self_discharge_kwh",
                     "e_clipped_kwh", "meter_kw", "follow_residual"]
 #: observations a household itself provides (same time) and those of its battery (time-shifted)
@@ -234,7 +236,7 @@ def _build(world: mosaik.World, run: RunInputs, out_dir: Path, log: Callable[[st
                              bus=table["bus"].tolist(), load_kw=load_kw, pv_kw=pv_kw,
                              power_factor=table["power_factor"].tolist(),
                              t_outdoor_c=weather.outdoor_temperature_c(site, times),
-                             hvac={k: v.tolist() for k, v in hvac.items()})
+                             hvac={k: v.tolist() for k, v in hvac.items()}, wind_kw=run.wind_kw)
         households = {e.eid: e for e in hh_sim.Household.create(len(table))}
     has_hvac = dict(zip(table["name"], hvac["p_max_kw"] > 0))
     hh_bus = dict(zip(table["name"], table["bus"].astype(int)))
@@ -279,6 +281,11 @@ def _build(world: mosaik.World, run: RunInputs, out_dir: Path, log: Callable[[st
             entities[ctrl.full_id] = {"entity": ctrl.eid, "kind": "controller",
                                       "bus": hh_bus[ctrl.eid.removeprefix("ctrl_")]}
 
+    market_entities: list[Any] = []
+    if scenario.market is not None:
+        market_entities = [_connect_market(world, run, battery_entities)]
+        entities[market_entities[0].full_id] = {"entity": "aggregator", "kind": "market", "bus": None}
+
     plan_entities: list[Any] = []
     if scenario.planner is not None:
         plan_entities = _connect_planner(world, run, households, battery_entities, ctrls, log)
@@ -288,6 +295,7 @@ def _build(world: mosaik.World, run: RunInputs, out_dir: Path, log: Callable[[st
 
     columns = {a: ("bool" if a == "converged" else "float64") for a in FEEDER_ATTRS + BUS_RECORDED}
     columns.update({a: "float64" for a in COMMUNITY_OUT + OPERATOR_OUT})
+    columns.update({a: "float64" for a in MARKET_OUTPUTS})
     columns.update({a: "float64" for a in HOUSEHOLD_RECORDED + BATTERY_RECORDED + diagnostics})
     parquet = out_dir / "timeseries.parquet"
     rec_sim = world.start("Recorder", step_s=step_s)
@@ -306,7 +314,70 @@ def _build(world: mosaik.World, run: RunInputs, out_dir: Path, log: Callable[[st
             world.connect(ctrl, recorder, *ctrl.extra_info["diagnostics"])
     for ent in plan_entities:
         world.connect(ent, recorder, *(OPERATOR_OUT if ent.eid == "operator" else COMMUNITY_OUT))
+    for ent in market_entities:
+        world.connect(ent, recorder, *MARKET_OUTPUTS)
     return parquet
+
+
+def market_inputs(run: RunInputs) -> dict[str, Any]:
+    """What the aggregator knows the day before, per market interval of the whole days the run touches:
+    forecasts (kWh) and prices (currency/kWh), and ``first_interval``, the run's start among them.
+
+    Demand is the portfolio households' load; production their PV and wind plus the aggregator's plants
+    (``market.central_groups``). Forecasts are the truth times a seeded error at every
+    ``forecast.step_min`` (:class:`~dercosim.timeseries.forecast.Noisy`), or the truth (``kind =
+    "perfect"``). Prices are the bundled day-ahead and imbalance series. Whole days, so a day's plan does
+    not depend on where the run ends (a shorter run is the first part of a longer one).
+    """
+    from dercosim.scenarios.fleet import household_profiles
+    from dercosim.timeseries.forecast import Noisy
+    from dercosim.timeseries.prices import price_per_kwh
+    from dercosim.timeseries.rng import rng_for
+    from dercosim.timeseries.wind import wind_ac_kw
+
+    scenario = run.scenario
+    m = scenario.market
+    hh = run.fleet.households
+    days = weather.whole_days(run.times)
+    load_kw, pv_kw = household_profiles(scenario, hh, days, run.site)
+    gen_kw = pv_kw + wind_ac_kw(run.site, days, hh["wind_kw"].to_numpy(float),
+                                hh["wind_hub_height_m"].to_numpy(float))
+    central = hh["group"].isin(m.central_groups).to_numpy()
+    steps = m.interval_s // scenario.clock.step_s
+    n_int = len(days) // steps
+    step_h = scenario.clock.step_s / 3600.0
+    forecasts = {}
+    for name, truth in (("demand", load_kw[:, ~central].sum(axis=1)), ("production", gen_kw.sum(axis=1))):
+        series = truth
+        if m.forecast.kind == "noisy":
+            series = np.clip(Noisy(truth, m.forecast.accuracy, m.forecast.step_min,
+                                   rng_for(scenario.seed, f"market_forecast:{name}")).series, 0.0, None)
+        forecasts[name] = series.reshape(n_int, steps).sum(axis=1) * step_h
+    starts = days[::steps]
+    import_price = run.tariff.import_price(days).reshape(n_int, steps).mean(axis=1)
+    return {"demand_forecast_kwh": forecasts["demand"], "production_forecast_kwh": forecasts["production"],
+            "import_price": import_price, "wholesale_price": price_per_kwh(m.wholesale, starts),
+            "imbalance_price": price_per_kwh(m.imbalance, starts),
+            "first_interval": int(days.get_loc(run.times[0]) // steps)}
+
+
+def _connect_market(world: mosaik.World, run: RunInputs, battery_entities: list[Any]) -> Any:
+    """Start the aggregator and market simulator; every battery reports its stored energy (time-shifted)."""
+    from dercosim.controllers.aggregator import VirtualBattery
+
+    scenario, bats = run.scenario, run.fleet.batteries
+    m = scenario.market
+    vb = VirtualBattery.of_fleet(bats["capacity_kwh"], bats["p_charge_max_kw"], bats["p_discharge_max_kw"],
+                                 bats["eta_charge"], bats["eta_discharge"], bats["soc_min_frac"], bats["soc_max_frac"])
+    sim = world.start("Market", step_s=scenario.clock.step_s, interval_s=m.interval_s,
+                      battery=vb.__dict__, soc_init_kwh=float(bats["soc_init_kwh"].sum()),
+                      bid_limit_per_kwh=m.bid_limit_per_kwh, clearing_limit_per_kwh=m.clearing_limit_per_kwh,
+                      **market_inputs(run))
+    aggregator = sim.Aggregator()
+    soc0 = dict(zip(bats["name"], bats["soc_init_kwh"]))
+    for ent in battery_entities:
+        world.connect(ent, aggregator, "soc_kwh", time_shifted=True, initial_data={"soc_kwh": float(soc0[ent.eid])})
+    return aggregator
 
 
 def _connect_planner(world: mosaik.World, run: RunInputs, households: dict[str, Any], battery_entities: list[Any],

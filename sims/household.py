@@ -1,9 +1,10 @@
 """mosaik simulator of households: N households as entities, minute profiles and HVAC inside.
 
 Outputs per household (load convention): ``load_kw`` (demand without HVAC),
-``pv_kw``, ``hvac_kw``, ``net_kw`` = load + HVAC − PV (positive = drawn
-from the grid, before any battery), ``q_kvar`` (load and HVAC at the
-household's power factor, PV at unity), ``t_indoor_c``, ``t_outdoor_c`` and
+``pv_kw``, ``wind_kw`` (a small turbine's output), ``hvac_kw``, ``net_kw`` =
+load + HVAC − PV − wind (positive = drawn from the grid, before any
+battery), ``q_kvar`` (load and HVAC at the household's power factor,
+generation at unity), ``t_indoor_c``, ``t_outdoor_c`` and
 ``bus`` (1-based). HVAC follows the thermal model of Jiang & Wang 2024, eq. (5)
 (``devices.thermal``); a thermostat runs it unless the input
 ``hvac_set_kw`` (from a controller, time-shifted) gives a finite power.
@@ -19,7 +20,7 @@ import numpy as np
 from dercosim.devices.thermal import indoor_temperature_next, thermostat
 from dercosim.sims.entities import hand_out
 
-ATTRS = ["load_kw", "pv_kw", "hvac_kw", "net_kw", "q_kvar", "t_indoor_c", "t_outdoor_c", "bus", "hvac_set_kw"]
+ATTRS = ["load_kw", "pv_kw", "wind_kw", "hvac_kw", "net_kw", "q_kvar", "t_indoor_c", "t_outdoor_c", "bus", "hvac_set_kw"]
 META = {
     "api_version": "3.0",
     "type": "time-based",
@@ -34,8 +35,9 @@ class HouseholdSim(mosaik_api_v3.Simulator):
 
     def init(self, sid: str, time_resolution: float = 1.0, step_s: int = 60, names: list[str] = (),
              bus: list[int] = (), load_kw: Any = None, pv_kw: Any = None, power_factor: list[float] = (),
-             t_outdoor_c: Any = None, hvac: dict[str, list[float]] | None = None) -> dict:
-        """``load_kw``, ``pv_kw``: (n_steps, n), one row per step from t = 0; ``t_outdoor_c``: (n_steps,).
+             t_outdoor_c: Any = None, hvac: dict[str, list[float]] | None = None, wind_kw: Any = None) -> dict:
+        """``load_kw``, ``pv_kw``, ``wind_kw``: (n_steps, n), one row per step from t = 0 (``wind_kw`` None:
+        no turbines); ``t_outdoor_c``: (n_steps,).
 
         ``hvac``: per-household lists ``p_max_kw`` (0 = no HVAC), ``c_kwh_per_c``,
         ``r_c_per_kw``, ``mu`` (+COP cooling, −COP heating), ``t_set_c``,
@@ -48,6 +50,8 @@ class HouseholdSim(mosaik_api_v3.Simulator):
         self.bus = np.asarray(bus, int)
         self.load_kw = np.asarray(load_kw, float).reshape(-1, n)
         self.pv_kw = np.asarray(pv_kw, float).reshape(-1, n)
+        self.wind_kw = (np.zeros_like(self.pv_kw) if wind_kw is None
+                        else np.asarray(wind_kw, float).reshape(-1, n))
         self.tan_phi = np.tan(np.arccos(np.asarray(power_factor, float)))
         n_steps = len(self.load_kw)
         self.t_out = np.full(n_steps, 20.0) if t_outdoor_c is None else np.asarray(t_outdoor_c, float)
@@ -94,13 +98,14 @@ class HouseholdSim(mosaik_api_v3.Simulator):
     def get_data(self, outputs: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
         load = self.load_kw[self.k]
         pv = self.pv_kw[self.k]
+        wind = self.wind_kw[self.k]
         t_out = float(self.t_out[self.k])
         data = {}
         for eid, attrs in outputs.items():
             j = self.index[eid]
             hvac = float(self.hvac_kw[j])
-            values = {"load_kw": float(load[j]), "pv_kw": float(pv[j]), "hvac_kw": hvac,
-                      "net_kw": float(load[j] + hvac - pv[j]), "q_kvar": float((load[j] + hvac) * self.tan_phi[j]),
+            values = {"load_kw": float(load[j]), "pv_kw": float(pv[j]), "wind_kw": float(wind[j]), "hvac_kw": hvac,
+                      "net_kw": float(load[j] + hvac - pv[j] - wind[j]), "q_kvar": float((load[j] + hvac) * self.tan_phi[j]),
                       "t_indoor_c": float(self.t_in[j]) if self.has_hvac[j] else float("nan"),
                       "t_outdoor_c": t_out, "bus": int(self.bus[j])}
             data[eid] = {a: values[a] for a in attrs}

@@ -23,6 +23,31 @@ class TouPeriod:
 
 
 @dataclass(frozen=True)
+class AgileFormula:
+    """Octopus Energy's Agile Octopus import price (the dynamic UK time-of-use tariff Couraud et al. 2022 use).
+
+    Per half-hour: ``min(multiplier × day-ahead price + peak adder (16:00–19:00 UK time), cap) × (1 + VAT)``,
+    currency/kWh; the published formula of the tariff's first years (2018–2020, London region: 2.2, 12 p,
+    35 p cap, 5 % VAT). It can go negative with the wholesale price.
+    """
+
+    market: str = "gb_n2ex"
+    multiplier: float = 2.2
+    peak_adder_per_kwh: float = 0.12
+    cap_per_kwh: float = 0.35
+    vat: float = 0.05
+
+    def price(self, times: pd.DatetimeIndex) -> np.ndarray:
+        from dercosim.timeseries.prices import price_per_kwh
+
+        wholesale = price_per_kwh(self.market, times)
+        uk = times.tz_convert("Europe/London")
+        peak = (uk.hour >= 16) & (uk.hour < 19)
+        return np.minimum(self.multiplier * wholesale + np.where(peak, self.peak_adder_per_kwh, 0.0),
+                          self.cap_per_kwh) * (1.0 + self.vat)
+
+
+@dataclass(frozen=True)
 class Tariff:
     currency: str = "GBP"
     import_per_kwh: float = 0.15
@@ -30,9 +55,13 @@ class Tariff:
     tou: tuple[TouPeriod, ...] = field(default_factory=tuple)
     peak_demand_per_kw: float = 0.0  #: two-part tariff: currency per kW of each day's peak demand
     demand_interval_s: int = 3600  #: demand = mean import over intervals of this length (local clock)
+    kind: str = "fixed"  #: "fixed" (flat or time-of-use) or "agile_octopus" (dynamic, from the day-ahead price)
+    agile: AgileFormula | None = None
 
     def import_price(self, times: pd.DatetimeIndex) -> np.ndarray:
         """Import price at each of ``times`` (local time of the index), currency/kWh."""
+        if self.kind == "agile_octopus":
+            return (self.agile or AgileFormula()).price(times)
         price = np.full(len(times), self.import_per_kwh)
         minutes = times.hour * 60 + times.minute
         for period in self.tou:
@@ -77,4 +106,5 @@ def tariff_of(scenario: object) -> Tariff:
     t = scenario.tariff  # type: ignore[attr-defined]
     return Tariff(currency=t.currency, import_per_kwh=t.import_per_kwh, export_per_kwh=t.export_per_kwh,
                   tou=tuple(TouPeriod(p.start, p.end, p.import_per_kwh) for p in t.tou),
-                  peak_demand_per_kw=t.peak_demand_per_kw, demand_interval_s=t.demand_interval_s)
+                  peak_demand_per_kw=t.peak_demand_per_kw, demand_interval_s=t.demand_interval_s, kind=t.kind,
+                  agile=AgileFormula(**t.agile.model_dump()) if t.kind == "agile_octopus" else None)

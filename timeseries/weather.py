@@ -48,6 +48,17 @@ SITES: dict[str, Site] = {
         weather_file="weather_greensboro_tmy3.csv",
         month_shift=6,
     ),
+    # No UK weather is bundled: the sun of central Scotland (the ReFLEX fleet of Couraud et al. 2022 is in
+    # Orkney; Edinburgh's latitude here) with the Greensboro TMY3 clouds, temperature and wind on the same
+    # calendar day, in UK standard time (UTC, the bundled GB prices' clock). A proxy, documented as such.
+    "gb_proxy": Site(
+        name="gb_proxy",
+        latitude=55.95,
+        longitude=-3.19,
+        altitude_m=50.0,
+        tz="Etc/GMT",  # GMT = UTC; British Summer Time is not used on the simulation clock
+        weather_file="weather_greensboro_tmy3.csv",
+    ),
 }
 
 

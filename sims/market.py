@@ -1,0 +1,129 @@
+"""mosaik simulator of the day-ahead aggregator and the wholesale market (Couraud et al. 2022, phases 1–2).
+
+One ``Aggregator`` entity. At the start of each local day (and at t = 0) it
+forecasts the portfolio's demand and production for the rest of the day,
+solves the virtual battery's MILP from the fleet's current stored energy
+(input ``soc_kwh`` from every battery, time-shifted), bids, lets the market
+clear (price taker), re-solves with the award fixed and publishes per market
+interval: ``bid_kwh``, ``committed_kwh`` (E_c^t), ``soc_target_frac``
+(SoC^{t,A}), ``mode_s`` (S^t), ``wholesale_per_kwh``, ``imbalance_per_kwh``
+``forecast_net_export_kwh`` and ``planned_battery_kwh`` (charge − discharge at the terminals). It steps every minute so the recorder sees
+the interval's values in every row; it decides only at day boundaries.
+
+A failed MILP (infeasible, time limit) is counted (``milp_failures``): that
+day the fleet bids nothing (commitments 0, S = 0, no SoC target) and the run
+goes on. The logic lives in :mod:`dercosim.controllers.aggregator` and
+:mod:`dercosim.controllers.market`; this file turns mosaik inputs into arrays.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import mosaik_api_v3
+import numpy as np
+
+from dercosim.controllers.aggregator import DayAheadMILP, VirtualBattery, bids_kwh
+from dercosim.controllers.market import clear
+
+OUTPUTS = ["bid_kwh", "committed_kwh", "soc_target_frac", "mode_s", "wholesale_per_kwh", "imbalance_per_kwh",
+           "forecast_net_export_kwh", "planned_battery_kwh", "milp_failures", "milp_solve_ms"]
+META = {
+    "api_version": "3.0",
+    "type": "time-based",
+    "models": {"Aggregator": {"public": True, "params": [], "attrs": ["soc_kwh"] + OUTPUTS}},
+}
+
+
+class MarketSim(mosaik_api_v3.Simulator):
+    def __init__(self) -> None:
+        super().__init__(META)
+        self.eid: str | None = None
+
+    def init(self, sid: str, time_resolution: float = 1.0, step_s: int = 60, interval_s: int = 1800,
+             first_interval: int = 0, demand_forecast_kwh: Any = None, production_forecast_kwh: Any = None,
+             import_price: Any = None, wholesale_price: Any = None, imbalance_price: Any = None,
+             battery: dict[str, float] | None = None, soc_init_kwh: float = 0.0, bid_limit_per_kwh: float = 0.0,
+             clearing_limit_per_kwh: float | None = None) -> dict:
+        """Arrays are per market interval of the whole days the run touches (forecasts in kWh, prices in
+        currency/kWh); the run starts at interval ``first_interval``; ``battery``: the :class:`VirtualBattery`
+        fields."""
+        self.step_s, self.interval_s = int(step_s), int(interval_s)
+        self.first = int(first_interval)
+        self.demand = np.asarray(demand_forecast_kwh, float)
+        self.production = np.asarray(production_forecast_kwh, float)
+        self.import_price = np.asarray(import_price, float)
+        self.wholesale = np.asarray(wholesale_price, float)
+        self.imbalance = np.asarray(imbalance_price, float)
+        self.battery = VirtualBattery(**(battery or {}))
+        self.soc_now_kwh = float(soc_init_kwh)
+        self.bid_limit, self.clearing_limit = float(bid_limit_per_kwh), clearing_limit_per_kwh
+        n = len(self.wholesale)
+        self.bids = np.zeros(n)
+        self.committed = np.zeros(n)
+        self.target = np.full(n, math.nan)
+        self.mode = np.zeros(n)
+        self.forecast_export = np.full(n, math.nan)
+        self.planned_battery = np.full(n, math.nan)
+        self.failures = 0
+        self.solve_ms = math.nan
+        self.milps: dict[int, DayAheadMILP] = {}
+        self.per_day = 86400 // self.interval_s
+        self.k = 0
+        return self.meta
+
+    def create(self, num: int, model: str) -> list[dict]:
+        if num != 1 or self.eid is not None:
+            raise ValueError("MarketSim holds exactly one Aggregator")
+        self.eid = "aggregator"
+        return [{"eid": self.eid, "type": model}]
+
+    def _plan_day(self, first: int) -> None:
+        """Phases 1 and 2 for the intervals ``first`` .. the end of its local day."""
+        last = min(first + self.per_day - first % self.per_day, len(self.wholesale))
+        n = last - first
+        sl = slice(first, last)
+        milp = self.milps.get(n)
+        if milp is None:
+            milp = self.milps[n] = DayAheadMILP(self.battery, n=n, dt_h=self.interval_s / 3600.0)
+        args = (self.demand[sl], self.production[sl], self.import_price[sl])
+        plan = milp.solve(*args, self.wholesale[sl], self.soc_now_kwh)
+        solve_s = plan.solve_s
+        if plan.success:
+            bids = bids_kwh(plan, self.wholesale[sl], self.bid_limit)
+            awarded = clear(bids, self.wholesale[sl], self.clearing_limit)
+            fixed = np.where(awarded > 0, awarded, np.nan)
+            final = milp.solve(*args, np.where(awarded > 0, self.wholesale[sl], 0.0), self.soc_now_kwh,
+                               fixed_export_kwh=fixed)
+            solve_s += final.solve_s
+            if final.success:
+                self.bids[sl], self.committed[sl] = bids, awarded
+                self.target[sl] = final.soc_target_frac(self.battery.capacity_kwh)
+                self.mode[sl] = final.mode_s
+                self.forecast_export[sl] = final.export_kwh - final.import_kwh
+                self.planned_battery[sl] = final.charge_kwh - final.discharge_kwh
+                self.solve_ms = 1000.0 * solve_s
+                return
+        self.failures += 1  # no bids: commitments stay 0, S = 0, no target
+        self.solve_ms = 1000.0 * solve_s
+
+    def step(self, time: int, inputs: dict, max_advance: int) -> int:
+        given = inputs.get(self.eid, {}).get("soc_kwh", {})
+        if given:
+            self.soc_now_kwh = float(sum(given.values()))
+        k = self.first + time // self.interval_s
+        if k < len(self.wholesale) and time % self.interval_s == 0 and (time == 0 or k % self.per_day == 0):
+            self._plan_day(k)
+        self.k = min(k, len(self.wholesale) - 1)
+        return time + self.step_s
+
+    def get_data(self, outputs: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
+        k = self.k
+        values = {"bid_kwh": float(self.bids[k]), "committed_kwh": float(self.committed[k]),
+                  "soc_target_frac": float(self.target[k]), "mode_s": float(self.mode[k]),
+                  "wholesale_per_kwh": float(self.wholesale[k]), "imbalance_per_kwh": float(self.imbalance[k]),
+                  "forecast_net_export_kwh": float(self.forecast_export[k]),
+                  "planned_battery_kwh": float(self.planned_battery[k]), "milp_failures": float(self.failures),
+                  "milp_solve_ms": float(self.solve_ms)}
+        return {eid: {a: values[a] for a in attrs if a in values} for eid, attrs in outputs.items()}

@@ -1,0 +1,161 @@
+"""The aggregator and the wholesale market in a run: settlement from the recorded flows, plan vs delivery."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dercosim.scenarios import cli
+from dercosim.scenarios.config import Scenario, ScenarioError, load_scenario
+from dercosim.scenarios.world import run_scenario, with_duration
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def small_fleet(forecast: str = "perfect", **market) -> Scenario:
+    """12 households with PV or small wind and a battery following the residual, a PV plant, a day-ahead market."""
+    return Scenario.model_validate({
+        "name": "small_fleet", "seed": 4, "clock": {"start": "2016-06-01T08:00:00", "duration": "6h"},
+        "site": {"weather": "gb_proxy"},
+        "households": {"groups": [
+            {"name": "hh", "buses": [6, 12, 18, 25, 30, 33], "per_bus": 2, "pv_share": 0.75, "wind_share": 0.25,
+             "pv_kwp": [3, 6], "wind_kw": [3, 5]},
+            {"name": "plant", "buses": [18], "annual_kwh": 0, "pv_share": 1.0, "pv_kwp": 40}]},
+        "batteries": {"groups": [{"household_group": "hh", "households": "all", "default_mode": "follow_residual"}]},
+        "tariff": {"kind": "agile_octopus", "export_per_kwh": 0.0},
+        "market": {"central_groups": ["plant"], "forecast": {"kind": forecast}, **market},
+    })
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return run_scenario(small_fleet(), tmp_path_factory.mktemp("market") / "run", progress=False)
+
+
+def test_the_aggregator_bid_and_was_awarded_in_the_sunny_hours(run):
+    m = run.summary["market"]
+    assert m["milp_failures"] == 0 and m["intervals"] == 12
+    assert m["committed_kwh"] > 1.0 and m["committed_kwh"] == pytest.approx(m["bid_kwh"])  # price taker
+    table = pd.read_csv(run.out_dir / "market.csv")
+    assert (table.committed_kwh[table.wholesale_per_kwh <= 0] == 0).all()
+    assert (run.out_dir / "market.png").exists()
+
+
+def test_with_perfect_forecasts_delivery_misses_the_commitment_only_by_what_the_batteries_did_otherwise(run):
+    df = pd.read_parquet(run.parquet)
+    table = pd.read_csv(run.out_dir / "market.csv")
+    bat = df[df.kind == "battery"].groupby("time_s").p_kw.sum()  # + = charging
+    actual = bat.to_numpy().reshape(12, 30).sum(axis=1) / 60.0
+    awarded = table.committed_kwh.to_numpy() > 0
+    assert awarded.any()
+    miss = table.delivered_kwh.to_numpy() - table.committed_kwh.to_numpy()
+    np.testing.assert_allclose(miss[awarded], (table.planned_battery_kwh.to_numpy() - actual)[awarded], atol=1e-6)
+
+
+def test_settlement_adds_up_to_the_recorded_energy_flows(run):
+    """Revenue, imbalance and bills recomputed minute by minute from the parquet, another way, to 1e-6."""
+    df = pd.read_parquet(run.parquet)
+    table = pd.read_csv(run.out_dir / "market.csv")
+    s = run.summary
+    hh = df[df.kind == "household"].set_index(["time_s", "entity"])
+    bat = df[df.kind == "battery"].set_index(["time_s", "entity"])
+    batteries = pd.read_csv(run.out_dir / "batteries.csv", keep_default_na=False).set_index("household")
+    prices = df[df.kind == "market"].set_index("time_s")
+    times = sorted(df.time_s.unique())
+    from dercosim.timeseries.tariffs import tariff_of
+
+    stamps = pd.DatetimeIndex(df[df.kind == "feeder"].sort_values("time_s").time)
+    import_price = tariff_of(small_fleet()).import_price(stamps)
+    delivered = np.zeros(12)
+    bills: dict[str, float] = {}
+    for k, t in enumerate(times):
+        meters = {}
+        for name in [n for n in hh.loc[t].index if n.startswith("hh")]:
+            meters[name] = bat.loc[(t, batteries.loc[name, "name"]), "meter_kw"]
+        plant_kw = float(hh.loc[(t, "plant_001"), "net_kw"])
+        imports = {n: max(v, 0.0) / 60 for n, v in meters.items()}
+        fleet_export = sum(max(-v, 0.0) for v in meters.values()) / 60 + max(-plant_kw, 0.0) / 60
+        total_import = sum(imports.values())
+        covered = min(total_import, fleet_export)
+        for n, e in imports.items():
+            share = e * covered / total_import if total_import > 0 else 0.0
+            bills[n] = bills.get(n, 0.0) + import_price[k] * (e - share) + 0.48 * import_price[k] * share
+        delivered[k // 30] -= (sum(meters.values()) + plant_kw) / 60
+    np.testing.assert_allclose(table.delivered_kwh, delivered, atol=1e-9)
+    committed = table.committed_kwh.to_numpy()
+    first = prices.loc[times[::30]]
+    revenue = float(np.sum(committed * first.wholesale_per_kwh.to_numpy()))
+    imbalance = float(np.sum(np.abs(delivered - committed) * first.imbalance_per_kwh.to_numpy()))
+    assert s["market"]["wholesale_revenue"] == pytest.approx(revenue, abs=1e-6)
+    assert s["market"]["imbalance_cost"] == pytest.approx(imbalance, abs=1e-6)
+    assert s["market"]["bill_total"] == pytest.approx(sum(bills.values()), abs=1e-6)
+    for name, bill in bills.items():
+        assert s["households"]["per_household"][name]["bill"] == pytest.approx(bill, abs=1e-6)
+
+
+def test_a_shorter_run_commits_what_the_longer_run_committed_first(run, tmp_path):
+    short = run_scenario(with_duration(small_fleet(), 2 * 3600), tmp_path / "short", progress=False)
+    a = pd.read_csv(short.out_dir / "market.csv")
+    b = pd.read_csv(run.out_dir / "market.csv").iloc[:len(a)]
+    np.testing.assert_allclose(a.committed_kwh, b.committed_kwh, atol=1e-9)
+    np.testing.assert_allclose(a.delivered_kwh, b.delivered_kwh, atol=1e-9)
+
+
+def test_the_forecast_is_seeded_and_its_error_changes_the_bids(run, tmp_path):
+    a = run_scenario(small_fleet("noisy"), tmp_path / "a", progress=False)
+    b = run_scenario(small_fleet("noisy"), tmp_path / "b", progress=False)
+    ta, tb = pd.read_csv(a.out_dir / "market.csv"), pd.read_csv(b.out_dir / "market.csv")
+    pd.testing.assert_frame_equal(ta, tb)  # same seed, same forecast, same bids and settlement
+    perfect = pd.read_csv(run.out_dir / "market.csv")
+    assert not np.allclose(ta.bid_kwh, perfect.bid_kwh)  # 25 % error every 2 h moves the bids
+
+
+GOOD = (REPO / "scenarios" / "fleet_market_uncoordinated.toml").read_text()
+
+
+@pytest.mark.parametrize("old,new,key,words", [
+    ("start = 2016-06-01T00:00:00", "start = 2016-09-01T00:00:00", "market.wholesale", ["covers"]),
+    ("accuracy = 0.25", "accuracy = 1.5", "market.forecast.accuracy", ["less than or equal to 1"]),
+    ("interval_s = 1800", "interval_s = 1700", "market", ["divide a day"]),
+    ('central_groups = ["pv_plant", "wind_farm"]', 'central_groups = ["farm"]', "market.central_groups[0]",
+     ["no household group 'farm'"]),
+])
+def test_a_bad_market_scenario_is_one_clear_line(tmp_path, capsys, old, new, key, words):
+    path = tmp_path / "bad.toml"
+    assert old in GOOD
+    path.write_text(GOOD.replace(old, new))
+    assert cli.main(["run", str(path), "--out", str(tmp_path / "runs"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    line = next(ln for ln in err.splitlines() if f"{path}: {key}:" in ln)
+    for word in words:
+        assert word in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_aggregator_without_batteries_is_refused(tmp_path):
+    text = GOOD[:GOOD.index("[[batteries.groups]]")] + GOOD[GOOD.index("[tariff]"):]
+    path = tmp_path / "nobat.toml"
+    path.write_text(text)
+    with pytest.raises(ScenarioError, match="an aggregator needs batteries"):
+        load_scenario(path)
+
+
+def test_the_fleet_scenarios_load_and_describe_the_paper_fleet():
+    s1 = load_scenario(REPO / "scenarios" / "fleet_market_s1.toml")
+    from dercosim.scenarios.fleet import Fleet
+
+    fleet = Fleet.draw(s1)
+    hh = fleet.households
+    assert len(hh) == 70 and (hh.pv_kwp > 0).sum() == 56 and (hh.wind_kw > 0).sum() == 14
+    assert ((hh.pv_kwp > 0) & (hh.wind_kw > 0)).sum() == 0
+    b = fleet.batteries
+    assert len(b) == 70 and (b.capacity_kwh == 10.3).all() and (b.p_charge_max_kw == 5.3).all()
+    assert np.allclose(b.soc_init_kwh, 0.51 * 10.3)
+    unc = load_scenario(REPO / "scenarios" / "fleet_market_uncoordinated.toml")
+    plants = Fleet.draw(unc).households.set_index("group")
+    assert plants.loc["pv_plant", "pv_kwp"] == 105 and plants.loc["wind_farm", "wind_kw"] == 130
+    assert json.loads(json.dumps(unc.market.model_dump()))["vpw_share"] == 0.48
