@@ -128,6 +128,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if until_s % scenario.clock.step_s:
             raise ScenarioError(f"--until: {until_s} s is not a whole number of {scenario.clock.step_s}-s steps")
         scenario = with_duration(scenario, until_s)
+    baseline = _baseline_bills(args.baseline) if args.baseline else None
     out_dir = make_run_dir(Path(args.out), scenario.name)
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     say(f"dercosim: {path} -> {out_dir}")
@@ -152,6 +153,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         where = f" ({exc.filename})" if exc.filename else ""
         raise RunError(f"writing the results failed: {exc.strerror or exc}{where}{kept()}") from None
     s = result.summary
+    if baseline is not None:
+        s["bill_reduction"] = bill_reduction(s, baseline)
+        from dercosim.scenarios.world import strict_json, write_text_atomically
+
+        write_text_atomically(out_dir / "summary.json", strict_json(s))
+        r = s["bill_reduction"]
+        print(f"bills {r['bill_total']:.2f} against {r['baseline_bill_total']:.2f} in {r['baseline']}: "
+              f"reduction {r['reduction']:.2f} ({r['reduction_pct']:.1f} %) for {r['households']} households")
     v = s["voltage"]
     print(f"{s['steps']} steps in {s['wall_time_s']:.1f} s ({s['ms_per_step']:.2f} ms/step); "
           f"power flow failures: {s['powerflow']['failures']}")
@@ -163,6 +172,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     losses = s["energy_kwh"]["line_losses"]
     print(f"line losses {'unknown' if losses is None else f'{losses:.1f} kWh'}; results in {result.out_dir}")
     return 0
+
+
+def _baseline_bills(run_dir: str) -> dict:
+    """The per-household bills of a finished run folder (``--baseline``), checked before anything is written."""
+    import json
+
+    path = Path(run_dir) / "summary.json"
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+        per = summary["households"]["per_household"]
+        bills = {name: float(v["bill"]) for name, v in per.items()}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ScenarioError(f"--baseline: {run_dir} is not a finished run folder with household bills "
+                            f"({type(exc).__name__}: {exc})") from None
+    return {"run": str(run_dir), "bills": bills, "currency": summary["households"].get("currency")}
+
+
+def bill_reduction(summary: dict, baseline: dict) -> dict:
+    """Bill reduction against a baseline run (e.g. fleet_market_s0), over the households both runs have."""
+    per = summary["households"]["per_household"]
+    common = [n for n in per if n in baseline["bills"]]
+    ours = sum(float(per[n]["bill"]) for n in common)
+    theirs = sum(baseline["bills"][n] for n in common)
+    return {"baseline": baseline["run"], "households": len(common), "bill_total": ours,
+            "baseline_bill_total": theirs, "reduction": theirs - ours,
+            "reduction_pct": 100.0 * (theirs - ours) / theirs if theirs else None,
+            "per_household": {n: baseline["bills"][n] - float(per[n]["bill"]) for n in common}}
 
 
 class RunError(Exception):
@@ -252,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--until", help="run length from the start, e.g. 6h, 90min, 3600 (replaces clock.duration)")
     run.add_argument("--out", default="runs", help="parent folder of the run folder (default: runs)")
     run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.add_argument("--baseline", help="a finished run folder (e.g. of fleet_market_s0): report the bill "
+                                        "reduction against its household bills")
     run.set_defaults(func=cmd_run)
     show = sub.add_parser("show", help="print the resolved scenario (all defaults filled in)")
     show.add_argument("scenario")

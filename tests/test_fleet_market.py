@@ -159,3 +159,38 @@ def test_the_fleet_scenarios_load_and_describe_the_paper_fleet():
     plants = Fleet.draw(unc).households.set_index("group")
     assert plants.loc["pv_plant", "pv_kwp"] == 105 and plants.loc["wind_farm", "wind_kw"] == 130
     assert json.loads(json.dumps(unc.market.model_dump()))["vpw_share"] == 0.48
+
+
+def test_bill_reduction_against_a_baseline_run(tmp_path, capsys):
+    base = '''name = "base"
+seed = 5
+[clock]
+start = 2016-06-01T10:00:00
+duration = "2h"
+[site]
+weather = "gb_proxy"
+[[households.groups]]
+buses = [6, 18, 30]
+per_bus = 2
+pv_share = PV
+[tariff]
+kind = "agile_octopus"
+export_per_kwh = 0.0
+'''
+    (tmp_path / "s0.toml").write_text(base.replace("PV", "0.0"))
+    (tmp_path / "s5.toml").write_text(base.replace("PV", "1.0").replace('name = "base"', 'name = "pv"'))
+    assert cli.main(["run", str(tmp_path / "s0.toml"), "--out", str(tmp_path / "a"), "--quiet"]) == 0
+    (s0_dir,) = (tmp_path / "a").iterdir()
+    assert cli.main(["run", str(tmp_path / "s5.toml"), "--out", str(tmp_path / "b"), "--quiet",
+                     "--baseline", str(s0_dir)]) == 0
+    (s5_dir,) = (tmp_path / "b").iterdir()
+    s0 = json.loads((s0_dir / "summary.json").read_text())
+    s5 = json.loads((s5_dir / "summary.json").read_text())
+    r = s5["bill_reduction"]
+    assert r["households"] == 6
+    assert r["reduction"] == pytest.approx(s0["households"]["bill_total"] - s5["households"]["bill_total"], abs=1e-9)
+    assert r["reduction"] > 0  # midday PV
+    capsys.readouterr()
+    assert cli.main(["run", str(tmp_path / "s5.toml"), "--out", str(tmp_path / "c"), "--quiet",
+                     "--baseline", str(tmp_path)]) == 2
+    assert "--baseline" in capsys.readouterr().err and not (tmp_path / "c").exists()
