@@ -516,6 +516,9 @@ def test_every_tariff_and_admm_key_of_a_scenario_reaches_its_domain_type():
     domain = {f.name for f in dataclasses.fields(Tariff)}
     assert set(TariffConfig.model_fields) <= domain  # a new [tariff] key cannot be dropped on the way
     for key in TariffConfig.model_fields:
-        if key != "tou":
+        if key not in ("tou", "agile"):
             assert getattr(tariff, key) == getattr(tpt.tariff, key), key
+    agile = tariff_of(load_scenario(REPO / "scenarios" / "fleet_market_s1.toml"))
+    assert agile.kind == "agile_octopus" and dataclasses.asdict(agile.agile) == {
+        "market": "gb_n2ex", "multiplier": 2.2, "peak_adder_per_kwh": 0.12, "cap_per_kwh": 0.35, "vat": 0.05}
     assert set(AdmmConfig.model_fields) | {"seed"} == {f.name for f in dataclasses.fields(ADMMSettings)}
