@@ -45,7 +45,7 @@ class MarketSim(mosaik_api_v3.Simulator):
              first_interval: int = 0, demand_forecast_kwh: Any = None, production_forecast_kwh: Any = None,
              import_price: Any = None, wholesale_price: Any = None, imbalance_price: Any = None,
              battery: dict[str, float] | None = None, soc_init_kwh: float = 0.0, bid_limit_per_kwh: float = 0.0,
-             clearing_limit_per_kwh: float | None = None) -> dict:
+             clearing_limit_per_kwh: float | None = None, time_limit_s: float = 10.0) -> dict:
         """Arrays are per market interval of the whole days the run touches (forecasts in kWh, prices in
         currency/kWh); the run starts at interval ``first_interval``; ``battery``: the :class:`VirtualBattery`
         fields."""
@@ -69,6 +69,7 @@ class MarketSim(mosaik_api_v3.Simulator):
         self.failures = 0
         self.solve_ms = math.nan
         self.milps: dict[int, DayAheadMILP] = {}
+        self.time_limit_s = float(time_limit_s)
         self.per_day = 86400 // self.interval_s
         self.k = 0
         return self.meta
@@ -86,7 +87,8 @@ class MarketSim(mosaik_api_v3.Simulator):
         sl = slice(first, last)
         milp = self.milps.get(n)
         if milp is None:
-            milp = self.milps[n] = DayAheadMILP(self.battery, n=n, dt_h=self.interval_s / 3600.0)
+            milp = self.milps[n] = DayAheadMILP(self.battery, n=n, dt_h=self.interval_s / 3600.0,
+                                                time_limit_s=self.time_limit_s)
         args = (self.demand[sl], self.production[sl], self.import_price[sl])
         plan = milp.solve(*args, self.wholesale[sl], self.soc_now_kwh)
         solve_s = plan.solve_s

@@ -114,3 +114,27 @@ def test_with_no_commitment_the_imbalance_cost_is_the_export_times_the_imbalance
     gb = settle(meter, plant, np.zeros(2), [0.05, 0.06], [0.07, 0.09], np.full(60, 0.2), np.zeros(60), 1 / 60, 30,
                 imbalance_rule="gb_single_price")
     np.testing.assert_allclose(gb.imbalance_cost, -exported * [0.07, 0.09])  # long: paid the imbalance price
+
+
+def test_a_failed_milp_is_counted_and_the_day_bids_nothing():
+    """HiGHS given no time at all: the day's plan fails, is counted, and the market sim carries on without bids."""
+    from dercosim.sims.market import MarketSim
+
+    n = 48
+    rng = np.random.default_rng(2)
+    kw = dict(demand_forecast_kwh=rng.uniform(5, 20, 2 * n), production_forecast_kwh=rng.uniform(0, 40, 2 * n),
+              import_price=np.full(2 * n, 0.15), wholesale_price=rng.uniform(0.03, 0.08, 2 * n),
+              imbalance_price=np.full(2 * n, 0.05), battery=VirtualBattery(700.0, 370.0, 0.9, 0.9).__dict__,
+              soc_init_kwh=350.0)
+    ok, failing = MarketSim(), MarketSim()
+    ok.init("M", **kw)
+    failing.init("M", time_limit_s=1e-9, **kw)
+    for sim in (ok, failing):
+        sim.create(1, "Aggregator")
+        for t in range(0, 2 * 86400, 1800):
+            sim.step(t, {}, 10 ** 9)
+    good = ok.get_data({"aggregator": ["committed_kwh", "milp_failures"]})["aggregator"]
+    bad = failing.get_data({"aggregator": ["committed_kwh", "milp_failures", "mode_s", "soc_target_frac"]})
+    assert good["milp_failures"] == 0 and ok.committed.sum() > 0
+    assert bad["aggregator"]["milp_failures"] == 2  # both days, counted
+    assert failing.committed.sum() == 0 and np.all(failing.mode == 0) and np.all(np.isnan(failing.target))
