@@ -1,0 +1,164 @@
+"""The smart contract that coordinates a battery fleet inside each market interval (Couraud et al. 2022, III-B).
+
+Plain Python, no mosaik and no floats hidden in a chain: the same state and
+rules can be put on an EVM. Per market interval the contract holds the
+aggregator's series — the virtual SoC target ``SoC^{t,A}``, the commitment
+``E_c^t`` and the mode ``S^t`` — and, per registered household, its latest
+report: the SoC now, the net export since its last report and the net
+export since the interval started. Every round it computes
+
+    RE^{t,A} = E_c^t − Σ_k E_e^{t,k}                                   (12)
+    w_e^k = W_e^k / Σ W_e,   W_e^k = SoC_k if (E_e^{tsc,k} ≥ 0 AND SoC_k ≥ SoC^{t,A}) else 0   (10)–(11)
+    w_i^k = W_i^k / Σ W_i,   W_i^k = 1 − SoC_k
+
+and sends ``RE^{t,A}``, ``w_e^k`` and ``w_i^k`` to every household, whose
+HEMS then aims at ``RE^{t,k} = RE^{t,A} · w^k − (its net export since that
+message)`` (w_e when RE^{t,A} ≥ 0, else w_i; eq. (7)).
+
+Edge cases the paper leaves open, as dercosim resolves them:
+
+- **Σ W = 0** (no household qualifies: every battery is below the target or
+  importing, or, for w_i, every battery is full): the share is split
+  equally among the households that have reported, so the remaining
+  commitment is still spread over the fleet rather than dropped; each HEMS's
+  MPC then does what its battery's limits allow.
+- **A household that never reported** in the interval has an unknown SoC:
+  it gets weight 0 (``w_e = w_i = 0``) and contributes 0 to Σ E_e until it
+  reports. If nobody has reported, nobody gets a share.
+- **Negative exports** (imports) count as they are: they raise ``RE^{t,A}``
+  and make ``W_e`` of that household 0 (the AND rule).
+- **Interval reset**: :meth:`SmartContract.start_interval` zeroes the
+  exports since the interval start and forgets the reports, so a report of
+  the previous interval never counts in the next.
+
+Units: SoC as a fraction 0..1, energies in kWh (net export, + = export).
+
+References
+----------
+- Couraud et al. 2022: B. Couraud, V. Robu, D. Flynn, M. Andoni, S. Norbu and H. Ouinard,
+    "Real-Time Control of Distributed Batteries with Blockchain-Enabled Market Export
+    Commitments," IEEE Transactions on Sustainable Energy, 2022 (eqs. (7), (10)–(12), section III-B).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class ContractError(ValueError):
+    """A call the contract refuses (an unregistered household, a value out of range): the caller counts it."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the contract sends a household after a round."""
+
+    re_fleet_kwh: float  #: RE^{t,A}, the fleet's remaining net export in the interval (kWh; < 0: import)
+    w_export: float  #: w_e^k
+    w_import: float  #: w_i^k
+    soc_target_frac: float  #: SoC^{t,A} of the interval
+    mode_s: float  #: S^t of the interval
+    interval: int
+
+    def re_household_kwh(self, exported_since_kwh: float) -> float:
+        """RE^{t,k} = RE^{t,A} · w − net export since this reply (eq. (7))."""
+        w = self.w_export if self.re_fleet_kwh >= 0 else self.w_import
+        return self.re_fleet_kwh * w - exported_since_kwh
+
+
+@dataclass
+class _Household:
+    soc_frac: float = math.nan
+    export_since_last_kwh: float = 0.0
+    export_in_interval_kwh: float = 0.0
+    reported: bool = False
+
+
+class SmartContract:
+    """State and rules of the coordination contract (see the module doc)."""
+
+    def __init__(self) -> None:
+        self.households: dict[str, _Household] = {}
+        self.soc_target_frac: list[float] = []
+        self.committed_kwh: list[float] = []
+        self.mode_s: list[float] = []
+        self.interval = -1
+        self.rounds = 0
+
+    def register(self, household: str) -> None:
+        if household in self.households:
+            raise ContractError(f"household {household!r} is already registered")
+        self.households[household] = _Household()
+
+    def set_series(self, soc_target_frac: Sequence[float], committed_kwh: Sequence[float],
+                   mode_s: Sequence[float], first_interval: int = 0) -> None:
+        """The aggregator's series from ``first_interval`` on (per market interval)."""
+        n = len(committed_kwh)
+        if not (len(soc_target_frac) == len(mode_s) == n):
+            raise ContractError("soc_target_frac, committed_kwh and mode_s need one value per interval")
+        for name, values in (("committed_kwh", committed_kwh), ("mode_s", mode_s)):
+            if any(not math.isfinite(v) for v in values):
+                raise ContractError(f"{name}: every value must be finite")
+        end = first_interval + n
+        for series in (self.soc_target_frac, self.committed_kwh, self.mode_s):
+            series.extend([math.nan] * max(0, end - len(series)))
+        self.soc_target_frac[first_interval:end] = [float(v) for v in soc_target_frac]
+        self.committed_kwh[first_interval:end] = [float(v) for v in committed_kwh]
+        self.mode_s[first_interval:end] = [float(v) for v in mode_s]
+
+    def start_interval(self, interval: int) -> None:
+        """A new market interval: exports since the interval start go back to 0, reports are forgotten."""
+        self.interval = int(interval)
+        for h in self.households.values():
+            h.export_in_interval_kwh = 0.0
+            h.export_since_last_kwh = 0.0
+            h.reported = False
+
+    def update(self, household: str, soc_frac: float, export_since_last_kwh: float) -> None:
+        """A household's report: its SoC now and its net export since its last report (+ = export)."""
+        h = self.households.get(household)
+        if h is None:
+            raise ContractError(f"household {household!r} is not registered")
+        if not (0.0 <= soc_frac <= 1.0) or not math.isfinite(export_since_last_kwh):
+            raise ContractError(f"household {household!r}: SoC {soc_frac!r} outside 0..1 or a non-finite export "
+                                f"{export_since_last_kwh!r}")
+        h.soc_frac = float(soc_frac)
+        h.export_since_last_kwh = float(export_since_last_kwh)
+        h.export_in_interval_kwh += float(export_since_last_kwh)
+        h.reported = True
+
+    def _series(self, series: list[float], default: float) -> float:
+        k = self.interval
+        return series[k] if 0 <= k < len(series) and math.isfinite(series[k]) else default
+
+    def remaining_kwh(self) -> float:
+        """RE^{t,A} = E_c^t − Σ_k E_e^{t,k} (eq. (12))."""
+        committed = self._series(self.committed_kwh, 0.0)
+        return committed - sum(h.export_in_interval_kwh for h in self.households.values())
+
+    def compute(self) -> dict[str, Reply]:
+        """One round: RE^{t,A} and every household's weights (eqs. (10)–(12), edge cases in the module doc)."""
+        self.rounds += 1
+        target = self._series(self.soc_target_frac, 0.0)
+        mode = self._series(self.mode_s, 0.0)
+        re = self.remaining_kwh()
+        reported = [name for name, h in self.households.items() if h.reported]
+        w_e_raw = {n: (self.households[n].soc_frac if (self.households[n].export_since_last_kwh >= 0
+                                                       and self.households[n].soc_frac >= target) else 0.0)
+                   for n in reported}
+        w_i_raw = {n: 1.0 - self.households[n].soc_frac for n in reported}
+        w_e, w_i = _normalised(w_e_raw), _normalised(w_i_raw)
+        return {name: Reply(re, w_e.get(name, 0.0), w_i.get(name, 0.0), target, mode, self.interval)
+                for name in self.households}
+
+
+def _normalised(raw: dict[str, float]) -> dict[str, float]:
+    """Weights summing to 1; equal shares when they sum to 0 (module doc)."""
+    total = sum(raw.values())
+    if not raw:
+        return {}
+    if total <= 0:
+        return {n: 1.0 / len(raw) for n in raw}
+    return {n: v / total for n, v in raw.items()}
