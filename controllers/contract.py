@@ -116,17 +116,24 @@ class SmartContract:
             h.export_since_last_kwh = 0.0
             h.reported = False
 
-    def update(self, household: str, soc_frac: float, export_since_last_kwh: float) -> None:
-        """A household's report: its SoC now and its net export since its last report (+ = export)."""
+    def update(self, household: str, soc_frac: float, export_since_last_kwh: float,
+               export_in_interval_kwh: float | None = None) -> None:
+        """A household's report: its SoC now, its net export since its last report and (optionally, as the
+        paper's HEMS sends it) since the interval started (+ = export). With the latter, a lost or late
+        earlier report loses no energy: it is the household's own running total."""
         h = self.households.get(household)
         if h is None:
             raise ContractError(f"household {household!r} is not registered")
-        if not (0.0 <= soc_frac <= 1.0) or not math.isfinite(export_since_last_kwh):
+        values = [export_since_last_kwh] + ([] if export_in_interval_kwh is None else [export_in_interval_kwh])
+        if not (0.0 <= soc_frac <= 1.0) or not all(math.isfinite(v) for v in values):
             raise ContractError(f"household {household!r}: SoC {soc_frac!r} outside 0..1 or a non-finite export "
-                                f"{export_since_last_kwh!r}")
+                                f"{values!r}")
         h.soc_frac = float(soc_frac)
         h.export_since_last_kwh = float(export_since_last_kwh)
-        h.export_in_interval_kwh += float(export_since_last_kwh)
+        if export_in_interval_kwh is None:
+            h.export_in_interval_kwh += float(export_since_last_kwh)
+        else:
+            h.export_in_interval_kwh = float(export_in_interval_kwh)
         h.reported = True
 
     def _series(self, series: list[float], default: float) -> float:

@@ -103,3 +103,58 @@ def test_bad_calls_are_refused():
         c.update("h0", 0.5, math.nan)
     with pytest.raises(ContractError, match="one value per interval"):
         c.set_series([0.5], [1.0, 2.0], [0.0])
+
+
+# ---------------------------------------------------------------- the contract simulator and its messages
+
+def _drive(sim, minutes: int, meter_kw: float = -3.0, soc: float = 0.7, committed: float = 10.0) -> list[dict]:
+    out = []
+    for k in range(minutes):
+        t = 60 * k
+        inputs = {"contract": {"committed_kwh": {"m": committed}, "soc_target_frac": {"m": 0.5},
+                               "mode_s": {"m": 1.0}}}
+        for name in sim.names:
+            inputs[f"sc_{name}"] = {"meter_kw": {"b": meter_kw}, "soc_frac": {"b": soc}}
+        sim.step(t, inputs, 10 ** 9)
+        out.append(sim.get_data({"contract": ["contract_rounds", "reports_late", "re_fleet_kwh"],
+                                 "sc_h0": ["re_kwh", "w_export"]}))
+    return out
+
+
+def _sim(latency: dict, round_s: int = 300, loss_prob: float = 0.0, seed: int = 1):
+    from dercosim.sims.contract import ContractSim
+
+    sim = ContractSim()
+    sim.init("C", round_s=round_s, window_s=10.0, interval_s=1800, households=["h0", "h1"], latency=latency,
+             loss_prob=loss_prob, seed=seed)
+    sim.create(1, "Contract")
+    sim.create(2, "Member")
+    return sim
+
+
+def test_reports_in_time_are_used_in_their_round_and_re_counts_the_exports():
+    sim = _sim({"kind": "constant", "a": 1.0})
+    out = _drive(sim, 12)  # two households exporting 3 kW each for 12 minutes
+    last = out[-1]
+    assert last["contract"]["contract_rounds"] == 3 and last["contract"]["reports_late"] == 0  # t = 0, 300, 600
+    # the round at t = 600 s counted minutes 0..10 of both (a report goes at the end of its minute)
+    assert sim.contract.remaining_kwh() == pytest.approx(10.0 - 2 * 3.0 * 11 / 60)
+    assert last["sc_h0"]["w_export"] == pytest.approx(0.5)
+
+
+def test_a_report_slower_than_the_round_is_late_counted_and_used_in_the_next_round():
+    fast, slow = _sim({"kind": "constant", "a": 1.0}), _sim({"kind": "constant", "a": 400.0})
+    a, b = _drive(fast, 16), _drive(slow, 16)
+    assert b[-1]["contract"]["reports_late"] > 0 and a[-1]["contract"]["reports_late"] == 0
+    # the slow contract knows less at any time, but nothing is lost: the late reports carry the interval total
+    assert slow.contract.remaining_kwh() > fast.contract.remaining_kwh()
+    late_total = _drive(_sim({"kind": "constant", "a": 400.0}), 22)[-1]
+    assert late_total["contract"]["reports_late"] >= 4
+
+
+def test_same_seed_same_messages():
+    lat = {"kind": "lognormal", "a": 60.0, "b": 1.5}
+    one, two = _drive(_sim(lat, loss_prob=0.2), 30), _drive(_sim(lat, loss_prob=0.2), 30)
+    assert one == two
+    other = _drive(_sim(lat, loss_prob=0.2, seed=2), 30)
+    assert other != one

@@ -69,7 +69,7 @@ import numpy as np
 import pandas as pd
 import simpy
 
-from dercosim.controllers.admm.network import Latency, Network
+from dercosim.controllers.network import Latency, Network
 
 COORDINATOR = "coordinator"
 _STOP = "stop"

@@ -1,4 +1,7 @@
-"""A simulated message network on simpy: per-message latency drawn from a distribution, loss, seeded."""
+"""A simulated message network on simpy: per-message latency drawn from a distribution, loss, seeded.
+
+Shared by the ADMM engine (agents and the coupling problem) and the smart contract (household reports
+and the contract's replies)."""
 
 from __future__ import annotations
 

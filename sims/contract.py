@@ -1,0 +1,205 @@
+"""mosaik simulator of the smart contract and its messages (Couraud et al. 2022, section III-B).
+
+One ``Contract`` entity (it reads the aggregator's commitment ``committed_kwh``,
+``soc_target_frac`` and ``mode_s`` of the current market interval) and one
+``Member`` entity per registered household (it reads the household's battery:
+``meter_kw``, the net power at the meter, and ``soc_frac``; it writes what the
+household's HEMS reads: ``re_kwh`` = RE^{t,k}, ``s_mode``, ``soc_target_frac``).
+
+Every ``round_s`` seconds each member sends a report (its SoC and its net
+export since its last report) over the seeded simpy network
+(:mod:`dercosim.controllers.network`: latency per message, loss); the round
+closes ``window_s`` later with the reports that have arrived. A report that
+arrives after its round closed is counted as late and used in the next
+round (one from an earlier market interval is counted and dropped). Each
+report carries the household's net export since the interval started, as
+the paper's HEMS sends it, so a lost or late report loses no energy. The contract then computes RE^{t,A}
+and the weights (:class:`dercosim.controllers.contract.SmartContract`) and
+replies; a member whose reply is lost keeps its last RE and weights. A
+member's ``re_kwh`` is its share of the last reply minus what it exported
+since that reply arrived (eq. (7)). The simulator steps every minute (the
+meters are minute values); messages are delivered at their simulated
+arrival time and take effect from the next minute.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import mosaik_api_v3
+import simpy
+
+from dercosim.controllers.contract import ContractError, Reply, SmartContract
+from dercosim.controllers.network import Latency, Network
+from dercosim.sims.entities import hand_out
+
+CONTRACT_OUT = ["contract_rounds", "reports_late", "reports_lost", "replies_lost", "re_fleet_kwh",
+                "contract_rejected"]
+MEMBER_OUT = ["re_kwh", "s_mode", "soc_target_frac", "w_export", "w_import"]
+META = {
+    "api_version": "3.0",
+    "type": "time-based",
+    "models": {
+        "Contract": {"public": True, "params": [],
+                     "attrs": ["committed_kwh", "mode_s", "soc_target_frac"] + CONTRACT_OUT},
+        "Member": {"public": True, "params": [], "attrs": ["meter_kw", "soc_frac"] + MEMBER_OUT},
+    },
+}
+
+
+class _Member:
+    def __init__(self) -> None:
+        self.export_since_report_kwh = 0.0
+        self.export_in_interval_kwh = 0.0
+        self.export_since_reply_kwh = 0.0
+        self.soc_frac = math.nan
+        self.reply: Reply | None = None
+
+
+class ContractSim(mosaik_api_v3.Simulator):
+    def __init__(self) -> None:
+        super().__init__(META)
+        self.n_created = 0
+        self.contract_eid: str | None = None
+
+    def init(self, sid: str, time_resolution: float = 1.0, step_s: int = 60, round_s: int = 300,
+             window_s: float = 10.0, interval_s: int = 1800, start_s_of_day: int = 0,
+             households: list[str] = (), latency: dict[str, Any] | None = None, loss_prob: float = 0.0,
+             seed: int = 0) -> dict:
+        from dercosim.timeseries.rng import rng_for
+
+        if interval_s % round_s or round_s % step_s:
+            raise ValueError(f"round_s ({round_s}) must divide the market interval ({interval_s}) and be whole "
+                             f"steps of {step_s} s")
+        self.step_s, self.round_s, self.window_s = int(step_s), int(round_s), float(window_s)
+        self.interval_s, self.start_s_of_day = int(interval_s), int(start_s_of_day)
+        self.names = list(households)
+        self.contract = SmartContract()
+        for name in self.names:
+            self.contract.register(name)
+        self.members = {name: _Member() for name in self.names}
+        self.env = simpy.Environment()
+        self.network = Network(self.env, rng_for(int(seed), "contract_network"), Latency(**(latency or {})),
+                               loss_prob=float(loss_prob))
+        self.rounds = 0
+        self.late = 0
+        self.rejected = 0
+        self.replies_sent = 0
+        self.replies_lost = 0
+        self.reports_sent = 0
+        self.interval = None
+        self.series = {"committed_kwh": 0.0, "soc_target_frac": math.nan, "mode_s": 0.0}
+        return self.meta
+
+    def create(self, num: int, model: str) -> list[dict]:
+        if model == "Contract":
+            if num != 1 or self.contract_eid is not None:
+                raise ValueError("ContractSim holds exactly one Contract")
+            self.contract_eid = "contract"
+            return [{"eid": self.contract_eid, "type": model}]
+        entities, self.n_created = hand_out([f"sc_{n}" for n in self.names], self.n_created, num, model, "members")
+        return entities
+
+    # ------------------------------------------------------------ messages
+
+    def _close_round(self, round_no: int) -> Any:
+        """A process: wait for the window, take the reports that arrived, compute, reply."""
+        yield self.env.timeout(self.window_s)
+        inbox = self.network.inbox("contract")
+        while inbox.items:
+            report = inbox.items.pop(0)
+            if report["round"] < round_no:
+                self.late += 1
+            if report["interval"] != self.interval:
+                continue  # a report of an earlier interval: its energy belonged there
+            try:
+                self.contract.update(report["household"], report["soc_frac"], report["export_kwh"],
+                                     report["export_in_interval_kwh"])
+            except ContractError:
+                self.rejected += 1  # counted; that household's report is treated as lost
+        self._apply_series()
+        replies = self.contract.compute()
+        self.rounds += 1
+        for name, reply in replies.items():
+            self.replies_sent += 1
+            lost_before = self.network.lost
+            self.network.send("contract", name, reply)
+            self.replies_lost += self.network.lost - lost_before
+
+    def _apply_series(self) -> None:
+        k = self.interval if self.interval is not None else 0
+        s = self.series
+        self.contract.set_series([s["soc_target_frac"] if math.isfinite(s["soc_target_frac"]) else 0.0],
+                                 [s["committed_kwh"]], [s["mode_s"]], first_interval=k)
+
+    def _receive_replies(self) -> None:
+        for name, member in self.members.items():
+            box = self.network.inboxes.get(name)
+            while box is not None and box.items:
+                member.reply = box.items.pop(0)
+                member.export_since_reply_kwh = 0.0
+
+    # ------------------------------------------------------------ mosaik
+
+    def step(self, time: int, inputs: dict[str, dict[str, dict[str, Any]]], max_advance: int) -> int:
+        self.env.run(until=time) if time > self.env.now else None
+        self._receive_replies()
+        given = inputs.get(self.contract_eid, {})
+        for attr in self.series:
+            if given.get(attr):
+                self.series[attr] = float(sum(given[attr].values()))
+        interval = (self.start_s_of_day + time) // self.interval_s
+        if interval != self.interval:
+            self.interval = interval
+            self._apply_series()
+            self.contract.start_interval(interval)
+            for m in self.members.values():
+                m.export_since_report_kwh = 0.0
+                m.export_in_interval_kwh = 0.0
+        step_h = self.step_s / 3600.0
+        for eid, attrs in inputs.items():
+            if eid == self.contract_eid:
+                continue
+            m = self.members[eid.removeprefix("sc_")]
+            if attrs.get("meter_kw"):
+                export = -float(sum(attrs["meter_kw"].values())) * step_h
+                m.export_since_report_kwh += export
+                m.export_in_interval_kwh += export
+                m.export_since_reply_kwh += export
+            if attrs.get("soc_frac"):
+                m.soc_frac = float(sum(attrs["soc_frac"].values()))
+        if time % self.round_s == 0:
+            round_no = self.rounds
+            for name, m in self.members.items():
+                self.reports_sent += 1
+                if not math.isfinite(m.soc_frac):
+                    continue
+                self.network.send(name, "contract", {"household": name, "soc_frac": m.soc_frac,
+                                                     "export_kwh": m.export_since_report_kwh,
+                                                     "export_in_interval_kwh": m.export_in_interval_kwh,
+                                                     "round": round_no, "interval": self.interval})
+                m.export_since_report_kwh = 0.0
+            self.env.process(self._close_round(round_no))
+        return time + self.step_s
+
+    def get_data(self, outputs: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
+        data: dict[str, dict[str, Any]] = {}
+        for eid, attrs in outputs.items():
+            if eid == self.contract_eid:
+                values = {"contract_rounds": float(self.rounds), "reports_late": float(self.late),
+                          "reports_lost": float(self._reports_lost()), "replies_lost": float(self.replies_lost),
+                          "re_fleet_kwh": float(self.contract.remaining_kwh()),
+                          "contract_rejected": float(self.rejected)}
+            else:
+                m = self.members[eid.removeprefix("sc_")]
+                r = m.reply
+                values = {"re_kwh": r.re_household_kwh(m.export_since_reply_kwh) if r else 0.0,
+                          "s_mode": r.mode_s if r else 0.0,
+                          "soc_target_frac": r.soc_target_frac if r else math.nan,
+                          "w_export": r.w_export if r else math.nan, "w_import": r.w_import if r else math.nan}
+            data[eid] = {a: values[a] for a in attrs if a in values}
+        return data
+
+    def _reports_lost(self) -> int:
+        return int(self.network.lost - self.replies_lost)
