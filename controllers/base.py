@@ -38,6 +38,10 @@ OBSERVATIONS: dict[str, str] = {
     "soc_min_frac": "battery lower SoC bound, 0..1",
     "soc_max_frac": "battery upper SoC bound, 0..1",
     "vm_pu": "voltage magnitude at the household's bus in the previous step, pu",
+    "re_kwh": "RE^{t,k}: the household's share of the fleet's remaining export commitment in this market "
+              "interval, minus its net export since the contract's last reply, kWh (< 0: import)",
+    "s_mode": "S^t of the interval from the aggregator: 0 = the battery follows the residual, 1 = otherwise",
+    "soc_target_frac": "SoC^{t,A}: the aggregator's virtual SoC target at the end of the interval, 0..1",
 }
 
 #: Setpoints a controller can write.
@@ -55,9 +59,15 @@ BATTERY_INPUTS = ("soc_kwh", "soc_frac", "battery_p_kw", "capacity_kwh", "p_char
                   "soc_min_frac", "soc_max_frac")
 
 
-def household_io(has_battery: bool, has_hvac: bool) -> tuple[list[str], list[str]]:
-    """(observations available, setpoints writable) for a household with or without a battery and HVAC."""
+CONTRACT_INPUTS = ("re_kwh", "s_mode", "soc_target_frac")
+
+
+def household_io(has_battery: bool, has_hvac: bool, has_contract: bool = False) -> tuple[list[str], list[str]]:
+    """(observations available, setpoints writable) for a household with or without a battery, HVAC and a
+    smart-contract membership."""
     available = list(HOUSEHOLD_INPUTS)
+    if has_contract:
+        available += CONTRACT_INPUTS
     writable: list[str] = []
     if has_hvac:
         available += HVAC_INPUTS

@@ -452,6 +452,7 @@ class HouseholdMPCParams(BaseModel):
     re_kwh: Annotated[float, Field(ge=-1e6, le=1e6)] = 0.0
     s_mode: Literal[0, 1] = 0
     soc_target_frac: Annotated[float, Field(ge=0, le=1)] = 0.0
+    use_contract: bool = False  #: read RE, S and the SoC target from the smart contract (a [contract] scenario)
 
 
 class HouseholdMPC:
@@ -470,8 +471,9 @@ class HouseholdMPC:
     battery anyway (residual below −``surplus_kw``), looking up to 24 h ahead
     in an outlook: the oracle's series for "perfect"/"noisy", else the same
     minutes of the previous day; with no outlook, the next 24 h.
-    RE, S and the SoC target are ``re_kwh``, ``s_mode``, ``soc_target_frac``
-    (no commitment by default) until the market and contract provide them.
+    RE, S and the SoC target are the parameters ``re_kwh``, ``s_mode``,
+    ``soc_target_frac`` (no commitment by default); with ``use_contract`` they
+    are the smart contract's latest reply (observations of the same names).
     If the solvers fail the step falls back to following the residual (the
     rule-based action) and ``fallback`` = 1 is reported.
     """
@@ -487,8 +489,12 @@ class HouseholdMPC:
                  import_cap_kw: float = math.inf, soc_value: float | str = "auto", soc_value_factor: float = 0.95,
                  export_penalty_per_kwh: float = 0.01, w_soc: float = 10.0, w_re: float = 1.0,
                  surplus_kw: float = 0.5,
-                 re_kwh: float = 0.0, s_mode: float = 0.0, soc_target_frac: float = 0.0) -> None:
+                 re_kwh: float = 0.0, s_mode: float = 0.0, soc_target_frac: float = 0.0,
+                 use_contract: bool = False) -> None:
         self.period_s = int(period_s)
+        self.use_contract = bool(use_contract)
+        if self.use_contract:
+            self.inputs = (*type(self).inputs, "re_kwh", "s_mode", "soc_target_frac")
         self.formulation = formulation
         self.forecaster_kind = forecaster
         self.forecast_window, self.forecast_accuracy = int(forecast_window), float(forecast_accuracy)
@@ -580,9 +586,16 @@ class HouseholdMPC:
         else:
             tiers = ((float(self.soc_value), math.inf), (0.0, 0.0))
         export_cap = 0.0 if obs.get("vm_pu", 1.0) > self.v_export_limit_pu else self.export_cap_kw
+        re_kwh, s_mode, soc_target = self.re_kwh, self.s_mode, self.soc_target_frac
+        if self.use_contract:  # the contract's latest word (time-shifted); a NaN target means none was sent
+            re_kwh = float(obs.get("re_kwh", re_kwh))
+            s_mode = float(obs.get("s_mode", s_mode))
+            target = float(obs.get("soc_target_frac", math.nan))
+            soc_target = target if math.isfinite(target) else 0.0
+            s_mode = s_mode if math.isfinite(target) else 0.0
         plan = self.problem.solve(MPCInputs(
-            soc_kwh=float(obs["soc_kwh"]), residual_kw=residual, import_price=prices, re_kwh=self.re_kwh,
-            s_mode=self.s_mode, soc_target_frac=self.soc_target_frac, export_cap_kw=export_cap,
+            soc_kwh=float(obs["soc_kwh"]), residual_kw=residual, import_price=prices, re_kwh=re_kwh,
+            s_mode=s_mode, soc_target_frac=soc_target, export_cap_kw=export_cap,
             import_cap_kw=self.import_cap_kw, soc_value_per_kwh=tiers[0][0], soc_value_cap_kwh=tiers[0][1],
             soc_value2_per_kwh=tiers[1][0], soc_value2_cap_kwh=tiers[1][1]))
         self.last_plan = plan

@@ -441,6 +441,22 @@ class MarketConfig(_Model):
         return self
 
 
+class ContractConfig(_Model):
+    """The smart contract that coordinates the fleet inside each market interval (Couraud et al. 2022, III-B)."""
+
+    engine: Literal["python"] = "python"  #: the EVM engine is the next step
+    interval_s: Annotated[int, Field(ge=60, le=900)] = 300  #: t_sc, a round every this many seconds
+    window_s: Bounded(0, 60) = 10.0  #: a round closes this long after the reports are sent, s
+    latency: LatencyConfig = LatencyConfig()  #: one-way, per message
+    loss_prob: Annotated[float, Field(ge=0, le=0.9)] = 0.0
+
+    @model_validator(mode="after")
+    def _whole_minutes(self) -> ContractConfig:
+        if self.interval_s % 60:
+            raise ValueError(f"interval_s ({self.interval_s}) must be whole minutes")
+        return self
+
+
 class RecorderConfig(_Model):
     flush_every_s: Annotated[int, Field(ge=60, le=86_400)] = 3600  #: write a row group this often (simulated s)
 
@@ -458,6 +474,7 @@ class Scenario(_Model):
     tariff: TariffConfig = TariffConfig()
     planner: PlannerConfig | None = None
     market: MarketConfig | None = None
+    contract: ContractConfig | None = None
     recorder: RecorderConfig = RecorderConfig()
     _source_dir: Path | None = PrivateAttr(default=None)
 
@@ -495,6 +512,12 @@ class Scenario(_Model):
             if b.at == "households" and b.household_group is not None and b.household_group not in groups:
                 raise ValueError(f"batteries.groups[{i}].household_group: no household group "
                                  f"{b.household_group!r} (groups: {', '.join(sorted(groups)) or 'none'})")
+        if self.contract is not None:
+            if self.market is None:
+                raise ValueError("contract: the smart contract coordinates market commitments; add [market]")
+            if self.market.interval_s % self.contract.interval_s:
+                raise ValueError(f"contract.interval_s ({self.contract.interval_s}) must divide the market "
+                                 f"interval ({self.market.interval_s})")
         if self.market is not None:
             for k, g in enumerate(self.market.central_groups):
                 if g not in groups:
@@ -666,10 +689,13 @@ def check_scenario(scenario: Scenario, where: str | Path | None = None) -> None:
         # one instance per kind of household it applies to: inputs, outputs, period and constructor
         owners = set(batteries["household"])
         has_hvac = dict(zip(table["name"], hvac["p_max_kw"] > 0))
-        kinds = {(n in owners, bool(has_hvac[n])): n for n in reversed(names)}
+        central = set(table.loc[table["group"].isin(scenario.market.central_groups), "name"]) \
+            if scenario.market is not None else set()
+        member = {n: scenario.contract is not None and n in owners and n not in central for n in names}
+        kinds = {(n in owners, bool(has_hvac[n]), member[n]): n for n in reversed(names)}
         cls = load_controller_class(hems.controller, scenario.source_dir)
-        for (has_battery, with_hvac), label in kinds.items():
-            available, writable = household_io(has_battery, with_hvac)
+        for (has_battery, with_hvac, in_contract), label in kinds.items():
+            available, writable = household_io(has_battery, with_hvac, in_contract)
             try:
                 make_controller(cls, hems.controller, dict(hems.params), label, set(available), set(writable))
             except ControllerError as exc:

@@ -107,12 +107,25 @@ def summarize(df: pd.DataFrame, scenario: Scenario, households: pd.DataFrame, ba
                            "applies_to": scenario.hems.applies_to, **_controller_figures(df)}
     if scenario.planner is not None:
         summary["planner"] = _planner_figures(df, scenario)
+    if scenario.contract is not None:
+        c = df[df.kind == "contract"].sort_values("time_s")
+        last = c.iloc[-1] if len(c) else None
+        summary["contract"] = {
+            "engine": scenario.contract.engine, "interval_s": scenario.contract.interval_s,
+            "members": int((df.kind == "member").sum() // max(summary["steps"], 1)),
+            **{k: (int(last[k]) if last is not None else 0)
+               for k in ("contract_rounds", "reports_late", "reports_lost", "replies_lost", "contract_rejected")},
+            "note": "late = a report that arrived after its round closed (used in the next round); lost = dropped by "
+                    "the network; a member whose reply is lost keeps its last RE and weights; rejected = reports "
+                    "the contract refused (treated as lost)"}
     if scenario.market is not None and len(households):
         summary["market"] = market_figures(df, scenario, households, batteries)[0]
         hh_summary = summary["households"]
-        for name, bill in summary["market"].pop("bills_per_household").items():
+        bills = summary["market"].pop("bills_per_household")
+        for name, bill in bills.items():
             hh_summary["per_household"][name]["bill"] = bill
-        hh_summary["bill_total"] = summary["market"]["bill_total"]
+        if bills:
+            hh_summary["bill_total"] = summary["market"]["bill_total"]
         hh_summary["definitions"] += ("; bills include the virtual private wire (market.vpw_share of the import "
                                       "price for energy the fleet exported that minute); the aggregator's plants "
                                       "are not billed")
@@ -206,6 +219,8 @@ def _plot_market(df: pd.DataFrame, scenario: Scenario, out_dir: Path) -> Path:
     batteries = pd.read_csv(out_dir / "batteries.csv", keep_default_na=False)
     _, table = market_figures(df, scenario, households, batteries)
     table.to_csv(out_dir / "market.csv", index=False)
+    if table.empty:
+        return out_dir / "market.csv"
     t = pd.to_datetime(table["interval_start"]).dt.tz_localize(None)
     width = pd.Timedelta(seconds=scenario.market.interval_s) * 0.8
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True)
@@ -416,6 +431,9 @@ def market_figures(df: pd.DataFrame, scenario: Scenario, households: pd.DataFram
     central = households.loc[households["group"].isin(m.central_groups), "name"].tolist()
     billed = [n for n in households["name"] if n not in central]
     n_int = len(meter) // steps
+    if n_int == 0:  # shorter than one market interval: nothing to settle
+        return {"intervals": 0, "note": "the run is shorter than one market interval; nothing was settled",
+                "bill_total": None, "bills_per_household": {}}, pd.DataFrame()
     minutes = n_int * steps
     meter = meter.iloc[:minutes]
     stamps = df[df.kind == "feeder"].set_index("time_s").sort_index()["time"].iloc[:minutes]

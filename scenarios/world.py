@@ -39,6 +39,7 @@ from dercosim.scenarios.fleet import Fleet, RunInputs
 from dercosim.scenarios.config import Scenario, ScenarioError, check_scenario, scenario_to_toml
 from dercosim.sims.planner import COMMUNITY_OUT, OPERATOR_OUT
 from dercosim.sims.controller import HOST_DIAGNOSTICS
+from dercosim.sims.contract import CONTRACT_OUT, MEMBER_OUT
 from dercosim.sims.market import OUTPUTS as MARKET_OUTPUTS
 from dercosim.sims.recorder import STOP_REASON, StopRequested
 from dercosim.sims.grid import FEEDER_ATTRS
@@ -52,6 +53,7 @@ SIM_CONFIG = {
     "Recorder": {"python": "dercosim.sims.recorder:RecorderSim"},
     "Planner": {"python": "dercosim.sims.planner:PlannerSim"},
     "Market": {"python": "dercosim.sims.market:MarketSim"},
+    "Contract": {"python": "dercosim.sims.contract:ContractSim"},
 }
 BUS_RECORDED = ["vm_pu", "va_degree", "p_net_kw", "q_net_kvar"]
 HOUSEHOLD_RECORDED = ["load_kw", "pv_kw", "wind_kw", "hvac_kw", "net_kw", "q_kvar", "t_indoor_c", "t_outdoor_c"]
@@ -268,23 +270,31 @@ def _build(world: mosaik.World, run: RunInputs, out_dir: Path, log: Callable[[st
             world.connect(hh, bus, ("net_kw", "p_kw"), "q_kvar")
         entities[hh.full_id] = {"entity": name, "kind": "household", "bus": hh_bus[name]}
 
+    market_entities: list[Any] = []
+    contract_entities: list[Any] = []
+    members: dict[str, Any] = {}
+    if scenario.market is not None:
+        market_entities = [_connect_market(world, run, battery_entities)]
+        entities[market_entities[0].full_id] = {"entity": "aggregator", "kind": "market", "bus": None}
+        if scenario.contract is not None:
+            contract, members = _connect_contract(world, run, market_entities[0], battery_of)
+            contract_entities = [contract, *members.values()]
+            entities[contract.full_id] = {"entity": "contract", "kind": "contract", "bus": None}
+            for name, ent in members.items():
+                entities[ent.full_id] = {"entity": ent.eid, "kind": "member", "bus": hh_bus[name]}
+
     ctrls, diagnostics = [], []
     if scenario.hems.controller is not None:
         tariff = run.tariff
         shared = {"names": list(table["name"]), "start": times[0].isoformat(),
                   "start_s_of_day": int((times[0] - times[0].normalize()).total_seconds()),
                   "load_kw": load_kw, "pv_kw": pv_kw, "import_price": tariff.import_price(times),
-                  "export_price": tariff.export_price(times)}
+                  "export_price": tariff.export_price(times), "members": members}
         ctrls, diagnostics = _connect_controllers(world, scenario, table, households, has_hvac, battery_of,
                                                   batteries, buses, hh_bus, shared)
         for ctrl in ctrls:
             entities[ctrl.full_id] = {"entity": ctrl.eid, "kind": "controller",
                                       "bus": hh_bus[ctrl.eid.removeprefix("ctrl_")]}
-
-    market_entities: list[Any] = []
-    if scenario.market is not None:
-        market_entities = [_connect_market(world, run, battery_entities)]
-        entities[market_entities[0].full_id] = {"entity": "aggregator", "kind": "market", "bus": None}
 
     plan_entities: list[Any] = []
     if scenario.planner is not None:
@@ -295,7 +305,7 @@ def _build(world: mosaik.World, run: RunInputs, out_dir: Path, log: Callable[[st
 
     columns = {a: ("bool" if a == "converged" else "float64") for a in FEEDER_ATTRS + BUS_RECORDED}
     columns.update({a: "float64" for a in COMMUNITY_OUT + OPERATOR_OUT})
-    columns.update({a: "float64" for a in MARKET_OUTPUTS})
+    columns.update({a: "float64" for a in MARKET_OUTPUTS + CONTRACT_OUT + MEMBER_OUT})
     columns.update({a: "float64" for a in HOUSEHOLD_RECORDED + BATTERY_RECORDED + diagnostics})
     parquet = out_dir / "timeseries.parquet"
     rec_sim = world.start("Recorder", step_s=step_s)
@@ -316,7 +326,30 @@ def _build(world: mosaik.World, run: RunInputs, out_dir: Path, log: Callable[[st
         world.connect(ent, recorder, *(OPERATOR_OUT if ent.eid == "operator" else COMMUNITY_OUT))
     for ent in market_entities:
         world.connect(ent, recorder, *MARKET_OUTPUTS)
+    for ent in contract_entities:
+        world.connect(ent, recorder, *(CONTRACT_OUT if ent.eid == "contract" else MEMBER_OUT))
     return parquet
+
+
+def _connect_contract(world: mosaik.World, run: RunInputs, aggregator: Any,
+                      battery_of: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """Start the smart contract: every battery household of the portfolio is a member."""
+    scenario = run.scenario
+    c = scenario.contract
+    hh = run.fleet.households
+    central = set(hh.loc[hh["group"].isin(scenario.market.central_groups), "name"])
+    names = [n for n in hh["name"] if n in battery_of and n not in central]
+    times = run.times
+    sim = world.start("Contract", step_s=scenario.clock.step_s, round_s=c.interval_s, window_s=c.window_s,
+                      interval_s=scenario.market.interval_s,
+                      start_s_of_day=int((times[0] - times[0].normalize()).total_seconds()), households=names,
+                      latency=c.latency.model_dump(), loss_prob=c.loss_prob, seed=scenario.seed)
+    contract = sim.Contract()
+    world.connect(aggregator, contract, "committed_kwh", "soc_target_frac", "mode_s")
+    members = dict(zip(names, sim.Member.create(len(names))))
+    for name, ent in members.items():
+        world.connect(battery_of[name], ent, "meter_kw", "soc_frac")
+    return contract, members
 
 
 def market_inputs(run: RunInputs) -> dict[str, Any]:
@@ -416,7 +449,8 @@ def _connect_controllers(world: mosaik.World, scenario: Scenario, table: Any, ho
                          context: dict[str, Any]) -> tuple[list[Any], list[str]]:
     hems = scenario.hems
     names = fleet.controlled_households(scenario, table, batteries)  # not empty: check_scenario saw to it
-    io = [household_io(n in battery_of, bool(has_hvac[n])) for n in names]
+    members = context.get("members", {})
+    io = [household_io(n in battery_of, bool(has_hvac[n]), n in members) for n in names]
     available, writable = [a for a, _ in io], [w for _, w in io]
     cls = load_controller_class(hems.controller, scenario.source_dir)
     diagnostics = [str(d) for d in getattr(cls, "diagnostics", ())]
@@ -451,6 +485,10 @@ def _connect_controllers(world: mosaik.World, scenario: Scenario, table: Any, ho
                 world.connect(ctrl, battery_of[name], *to_battery)
         if "hvac_set_kw" in gives:
             world.connect(ctrl, hh, "hvac_set_kw", time_shifted=True, initial_data={"hvac_set_kw": math.nan})
+        contract_obs = [a for a in ("re_kwh", "s_mode", "soc_target_frac") if a in wants]
+        if contract_obs:
+            world.connect(members[name], ctrl, *contract_obs, time_shifted=True,
+                          initial_data={"re_kwh": 0.0, "s_mode": 0.0, "soc_target_frac": math.nan})
     return ctrls, diagnostics
 
 
