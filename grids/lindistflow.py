@@ -88,6 +88,20 @@ class LinDistFlow:
         """Flow into each bus from its parent (kW, kVAr); the root's entry is the feeder-head flow."""
         return self.subtree @ np.asarray(p_kw, float), self.subtree @ np.asarray(q_kvar, float)
 
+    def voltages_pu_many(self, p_kw: np.ndarray, q_kvar: np.ndarray, form: Form = "squared") -> np.ndarray:
+        """:meth:`voltages_pu` for many snapshots at once: ``p_kw``, ``q_kvar`` (T, n) → (T, n), vectorised."""
+        p = np.atleast_2d(np.asarray(p_kw, float))
+        q = np.atleast_2d(np.asarray(q_kvar, float))
+        s_base_kva = self.s_base_mva * 1000.0
+        drop = (p @ self.subtree.T) * (self.r_pu / s_base_kva) + (q @ self.subtree.T) * (self.x_pu / s_base_kva)
+        drop[:, self.root] = 0.0
+        path_drop = drop @ self.subtree
+        if form == "squared":
+            return np.sqrt(np.clip(self.v_root_pu ** 2 - 2.0 * path_drop, 0.0, None))
+        if form == "magnitude":
+            return self.v_root_pu - path_drop / self.v_root_pu
+        raise ValueError(f"form must be 'squared' or 'magnitude', got {form!r}")
+
     def voltages_pu(self, p_kw: np.ndarray, q_kvar: np.ndarray, form: Form = "squared") -> np.ndarray:
         """Voltage magnitude per bus (pu) for net loads ``p_kw``, ``q_kvar`` per bus (load convention)."""
         p_flow, q_flow = self.branch_flows_kw(p_kw, q_kvar)

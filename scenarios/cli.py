@@ -272,6 +272,46 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    from dercosim.scenarios.validate import validate
+
+    say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    target = Path(args.target)
+    if not target.is_dir():  # a scenario: run it first
+        args.scenario, args.until, args.baseline = args.target, args.until, None
+        path, scenario = _load(args.target)
+        from dercosim.scenarios.world import run_scenario, with_duration
+
+        if args.until is not None:
+            scenario = with_duration(scenario, _until_s(args.until, scenario))
+        target = make_run_dir(Path(args.out), scenario.name)
+        say(f"dercosim: running {path} -> {target}")
+        with _StopOnSignals():
+            run_scenario(scenario, target, progress=not args.quiet, log=say)
+    r = validate(target, args.model, args.engine_check, log=say)
+    for name, m in r["models"].items():
+        c = m["violations"]["minutes"]
+        print(f"{name:24s} max |error| {m['max_abs_error_pu']:.5f} pu (bus {m['at_bus']}), mean {m['mean_error_pu']:+.5f}; "
+              f"{'conservative' if m['conservative_for_undervoltage'] else 'NOT conservative'} for undervoltage; "
+              f"violation minutes missed {c['missed']}, false alarms {c['false_alarm']}")
+    e = r["engine_check"]
+    if e.get("minutes"):
+        print(f"engine cross-check: {e['minutes']} minutes, max |dV| {e['max_abs_diff_pu']:.2e} pu "
+              f"({'agrees' if e['agrees'] else 'DOES NOT AGREE'})")
+    print(f"report in {target / 'validation' / 'validation.md'}")
+    return 0 if e.get("agrees", True) else 1
+
+
+def _until_s(until: str, scenario: Scenario) -> int:
+    try:
+        until_s = parse_duration_s(until)
+    except ValueError as exc:
+        raise ScenarioError(f"--until: {exc}") from None
+    if until_s % scenario.clock.step_s:
+        raise ScenarioError(f"--until: {until_s} s is not a whole number of {scenario.clock.step_s}-s steps")
+    return until_s
+
+
 def pd_concat(tables: dict) -> "object":
     """Stack per-scenario tables with a leading ``scenario`` column."""
     import pandas as pd
@@ -310,6 +350,19 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--out", default="runs", help="parent folder of the study folder (default: runs)")
     study.add_argument("--quiet", action="store_true", help="no progress output")
     study.set_defaults(func=cmd_study)
+    val = sub.add_parser("validate", help="hold linear grid models and the controllers' beliefs against AC power flow",
+                         description="TARGET: a finished run folder, or a scenario (run first). Writes "
+                                     "TARGET/validation/: validation.json, validation.md and plots.")
+    val.add_argument("target", help="run folder, scenario TOML file or bundled scenario name")
+    val.add_argument("--model", action="append", default=None,
+                     help="lindistflow_squared, lindistflow_magnitude, or a class with voltages(p_kw, q_kvar) "
+                          "('file.py:Class', 'module:Class'); repeat for several (default: both LinDistFlow forms)")
+    val.add_argument("--engine-check", type=int, default=60, metavar="N",
+                     help="re-solve N evenly spaced minutes with pandapower.runpp (default 60; 0 = off)")
+    val.add_argument("--until", help="when running a scenario first: its run length")
+    val.add_argument("--out", default="runs", help="when running a scenario first: parent of the run folder")
+    val.add_argument("--quiet", action="store_true")
+    val.set_defaults(func=cmd_validate)
     return parser
 
 

@@ -177,14 +177,11 @@ def plot_all(df: pd.DataFrame, scenario: Scenario, out_dir: str | Path) -> list[
 
     deviation = np.maximum(lo - vm, vm - hi).max(axis=1).where(feeder["converged"].astype(bool).values)
     worst = deviation.idxmax() if deviation.notna().any() else vm.index[0]
-    fig, ax = plt.subplots(figsize=(10, 4))
-    ax.plot(vm.columns, vm.loc[worst], "o-", ms=3)
-    for limit in (lo, hi):
-        ax.axhline(limit, color="tab:red", ls="--", lw=1)
-    ax.set_xlabel("bus (1-based)")
-    ax.set_ylabel("voltage (pu)")
-    ax.set_title(f"{scenario.name}: voltage profile at the worst minute, {feeder['time'].loc[worst]:%Y-%m-%d %H:%M}")
-    ax.set_xticks(list(vm.columns)[::2])
+    from dercosim.scenarios.validate import branch_profiles
+
+    fig = branch_profiles({"AC": vm.loc[worst].reindex(range(1, 34)).to_numpy()}, (lo, hi),
+                          f"{scenario.name}: voltage along each radial branch at the worst minute, "
+                          f"{feeder['time'].loc[worst]:%Y-%m-%d %H:%M}")
     paths.append(_save(fig, out_dir / "voltage_profile_worst.png"))
 
     bat = df[df.kind == "battery"]

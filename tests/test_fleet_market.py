@@ -194,3 +194,13 @@ export_per_kwh = 0.0
     assert cli.main(["run", str(tmp_path / "s5.toml"), "--out", str(tmp_path / "c"), "--quiet",
                      "--baseline", str(tmp_path)]) == 2
     assert "--baseline" in capsys.readouterr().err and not (tmp_path / "c").exists()
+
+
+def test_validation_holds_the_commitments_against_the_delivery(run):
+    from dercosim.scenarios.validate import validate
+
+    r = validate(run.out_dir, engine_minutes=5)
+    m = r["beliefs"]["market"]
+    assert m["committed_kwh"] == pytest.approx(run.summary["market"]["committed_kwh"])
+    assert m["delivered_kwh"] == pytest.approx(run.summary["market"]["delivered_kwh"])
+    assert r["engine_check"]["agrees"]
