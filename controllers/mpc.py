@@ -480,7 +480,10 @@ class HouseholdMPC:
 
     inputs = ("net_kw", "soc_kwh", "vm_pu")
     outputs = ("p_set_kw", "follow_residual")
-    diagnostics = ("solve_ms", "fallback", "retried")
+    #: forecast of the residual 1, 5 and 15 minutes ahead (kW), recorded so `dercosim validate` can hold it
+    #: against what happened (NaN beyond the horizon)
+    FORECAST_STEPS = (1, 5, 15)
+    diagnostics = ("solve_ms", "fallback", "retried", "forecast_h1_kw", "forecast_h5_kw", "forecast_h15_kw")
     Params = HouseholdMPCParams
 
     def __init__(self, period_s: int = 120, formulation: str = "qp", forecaster: str = "linear_regression",
@@ -600,6 +603,8 @@ class HouseholdMPC:
             soc_value2_per_kwh=tiers[1][0], soc_value2_cap_kwh=tiers[1][1]))
         self.last_plan = plan
         diag = {"solve_ms": plan.solve_s * 1000.0, "retried": float(plan.retried)}
+        for step in self.FORECAST_STEPS:
+            diag[f"forecast_h{step}_kw"] = float(residual[step]) if step < len(residual) else math.nan
         if not plan.success:  # the rule-based action
             return {"p_set_kw": -float(obs["net_kw"]), "follow_residual": 1.0, "fallback": 1.0, **diag}
         return {"p_set_kw": plan.setpoint_kw, "follow_residual": float(plan.follow_residual), "fallback": 0.0,

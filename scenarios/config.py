@@ -715,8 +715,9 @@ def check_scenario(scenario: Scenario, where: str | Path | None = None) -> None:
         keys = []
         if scenario.market is not None:
             keys += [("market.wholesale", scenario.market.wholesale), ("market.imbalance", scenario.market.imbalance)]
-            if not (batteries["household"] != "").any() and batteries.empty:
-                raise ScenarioError(f"{where}: market: the fleet has no battery; an aggregator needs one")
+            if batteries.empty:
+                raise ScenarioError(f"{where}: batteries.groups: the fleet draws no battery (e.g. households = "
+                                    f"'with_pv' and no PV); an aggregator needs batteries")
         if scenario.tariff.kind == "agile_octopus":
             keys.append(("tariff.agile.market", scenario.tariff.agile.market))
         for key, market in keys:

@@ -211,6 +211,28 @@ def beliefs(rec: Recorded) -> dict[str, Any]:
         out["planner"] = {"form": "LinDistFlow squared-voltage form, hourly plan vs hourly mean of AC",
                           "max_abs_diff_pu": _num(diff.abs().max().max()), "mean_diff_pu": _num(diff.stack().mean()),
                           "battery_schedule_vs_executed_max_kw": _num((bat[set_kw.columns] - set_kw).abs().max().max())}
+    ctrl = df[df.kind == "controller"] if "forecast_h1_kw" in df.columns else df.iloc[:0]
+    if len(ctrl):
+        net = df[df.kind == "household"].pivot(index="time_s", columns="entity", values="net_kw")
+        step_s = rec.scenario.clock.step_s
+        by_step = {}
+        for steps in (1, 5, 15):
+            col = f"forecast_h{steps}_kw"
+            made = ctrl.dropna(subset=[col])
+            if not len(made):
+                continue
+            target_t = made["time_s"].to_numpy() + steps * step_s
+            house = made["entity"].str.removeprefix("ctrl_").to_numpy()
+            ok = np.isin(target_t, net.index) & np.isin(house, net.columns)
+            actual = np.array([net.at[t, h] for t, h in zip(target_t[ok], house[ok])])
+            err = made[col].to_numpy()[ok] - actual
+            if len(err):
+                by_step[f"{steps}_min"] = {"forecasts": int(len(err)), "mae_kw": float(np.mean(np.abs(err))),
+                                           "bias_kw": float(np.mean(err)),
+                                           "rmse_kw": float(np.sqrt(np.mean(err ** 2)))}
+        if by_step:
+            out["mpc_forecasts"] = {"what": "household residual forecast (net_kw before the battery) vs what "
+                                            "happened, by minutes ahead", **by_step}
     market_csv = rec.run_dir / "market.csv"
     if market_csv.exists():
         table = pd.read_csv(market_csv)
@@ -274,7 +296,13 @@ def report_markdown(r: dict[str, Any]) -> str:
     if r["beliefs"]:
         lines += ["## The controllers' beliefs", ""]
         for k, v in r["beliefs"].items():
-            lines.append(f"- **{k}**: " + ", ".join(f"{a} = {b}" for a, b in v.items()))
+            flat = {a: b for a, b in v.items() if not isinstance(b, dict)}
+            lines.append(f"- **{k}**: " + ", ".join(f"{a} = {b}" for a, b in flat.items()))
+            nested = {a: b for a, b in v.items() if isinstance(b, dict)}
+            if nested:
+                cols = list(next(iter(nested.values())))
+                lines += ["", "  | ahead | " + " | ".join(cols) + " |", "  | --- |" + " --- |" * len(cols)]
+                lines += [f"  | {a} | " + " | ".join(f"{b[c]:.4g}" for c in cols) + " |" for a, b in nested.items()]
         lines.append("")
     e = r["engine_check"]
     if e.get("minutes"):

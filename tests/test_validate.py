@@ -115,3 +115,22 @@ def test_validate_a_scenario_runs_it_first(tmp_path, capsys):
     (folder,) = tmp_path.iterdir()
     r = json.loads((folder / "validation" / "validation.json").read_text())
     assert r["minutes"] == 30 and set(r["models"]) == {"lindistflow_squared", "lindistflow_magnitude"}
+
+
+@pytest.mark.parametrize("forecaster", ["perfect", "linear_regression"])
+def test_the_mpc_forecasts_are_held_against_what_happened(tmp_path, forecaster):
+    from dercosim.scenarios.config import Scenario
+
+    s = Scenario.model_validate({
+        "name": "fc", "seed": 3, "clock": {"start": "2016-06-21T09:00:00", "duration": "1h"},
+        "households": {"groups": [{"buses": [6, 18, 25, 33], "pv_share": 1.0}]},
+        "batteries": {"groups": [{}]},
+        "hems": {"controller": "mpc", "params": {"period_s": 120, "forecaster": forecaster}}})
+    run = run_scenario(s, tmp_path / "run", progress=False)
+    f = validate(run.out_dir, engine_minutes=0)["beliefs"]["mpc_forecasts"]
+    assert f["1_min"]["forecasts"] > 0 and f["15_min"]["forecasts"] > 0
+    if forecaster == "perfect":  # the oracle: the residual that happened, exactly
+        assert all(f[k]["mae_kw"] < 1e-9 for k in ("1_min", "5_min", "15_min"))
+    else:  # a regression on the last 30 minutes errs, and more the further ahead
+        assert 0 < f["1_min"]["mae_kw"] < f["15_min"]["mae_kw"]
+    assert "mpc_forecasts" in (run.out_dir / "validation" / "validation.md").read_text()
