@@ -431,6 +431,9 @@ class MarketConfig(_Model):
     vpw_share: Fraction = 0.48  #: virtual private wire: share of the import price for fleet-covered energy
     #: household groups that are the aggregator's own plants (not billed; their export is the portfolio's)
     central_groups: list[Name] = []
+    #: household groups in the aggregator's portfolio (their meters count towards delivery; billed with the
+    #: virtual private wire); None: every group that is not central. [] : the households are outside it
+    portfolio_groups: list[Name] | None = None
     forecast: MarketForecastConfig = MarketForecastConfig()
 
     @model_validator(mode="after")
@@ -519,10 +522,14 @@ class Scenario(_Model):
                 raise ValueError(f"contract.interval_s ({self.contract.interval_s}) must divide the market "
                                  f"interval ({self.market.interval_s})")
         if self.market is not None:
-            for k, g in enumerate(self.market.central_groups):
-                if g not in groups:
-                    raise ValueError(f"market.central_groups[{k}]: no household group {g!r} "
-                                     f"(groups: {', '.join(sorted(groups)) or 'none'})")
+            for key in ("central_groups", "portfolio_groups"):
+                for k, g in enumerate(getattr(self.market, key) or []):
+                    if g not in groups:
+                        raise ValueError(f"market.{key}[{k}]: no household group {g!r} "
+                                         f"(groups: {', '.join(sorted(groups)) or 'none'})")
+                    if key == "portfolio_groups" and g in self.market.central_groups:
+                        raise ValueError(f"market.portfolio_groups[{k}]: {g!r} is a central group (the "
+                                         f"aggregator's own plants are always in the portfolio)")
             if not self.batteries.groups:
                 raise ValueError("market: an aggregator needs batteries to plan with; add [[batteries.groups]] "
                                  "or drop [market]")
@@ -689,9 +696,8 @@ def check_scenario(scenario: Scenario, where: str | Path | None = None) -> None:
         # one instance per kind of household it applies to: inputs, outputs, period and constructor
         owners = set(batteries["household"])
         has_hvac = dict(zip(table["name"], hvac["p_max_kw"] > 0))
-        central = set(table.loc[table["group"].isin(scenario.market.central_groups), "name"]) \
-            if scenario.market is not None else set()
-        member = {n: scenario.contract is not None and n in owners and n not in central for n in names}
+        in_contract = set(fleet.contract_members(scenario, table, batteries)) if scenario.contract else set()
+        member = {n: n in in_contract for n in names}
         kinds = {(n in owners, bool(has_hvac[n]), member[n]): n for n in reversed(names)}
         cls = load_controller_class(hems.controller, scenario.source_dir)
         for (has_battery, with_hvac, in_contract), label in kinds.items():

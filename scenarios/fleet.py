@@ -214,3 +214,22 @@ class RunInputs:
                                  fleet.households["wind_hub_height_m"].to_numpy(float))
         return cls(scenario, site, times, tariff_of(scenario), fleet, load_kw, pv_kw,
                    base_load_shape(scenario, times), wind_kw)
+
+
+def portfolio(scenario: Scenario, households: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """(the aggregator's plants, the households in its portfolio) by name, per ``[market]``."""
+    m = scenario.market
+    if m is None:
+        return [], []
+    groups = households["group"]
+    central = households.loc[groups.isin(m.central_groups), "name"].tolist()
+    members = (~groups.isin(m.central_groups)) if m.portfolio_groups is None else groups.isin(m.portfolio_groups)
+    return central, households.loc[members, "name"].tolist()
+
+
+def contract_members(scenario: Scenario, households: pd.DataFrame, batteries: pd.DataFrame) -> list[str]:
+    """Who reports to the smart contract: every battery owner among the portfolio's households and plants."""
+    central, members = portfolio(scenario, households)
+    owners = set(batteries.loc[batteries["household"] != "", "household"])
+    inside = set(central) | set(members)
+    return [n for n in households["name"] if n in owners and n in inside]

@@ -425,8 +425,10 @@ def market_figures(df: pd.DataFrame, scenario: Scenario, households: pd.DataFram
     steps = m.interval_s // scenario.clock.step_s
     agg = df[df.kind == "market"].set_index("time_s").sort_index()
     meter = meter_kw(df, batteries)
-    central = households.loc[households["group"].isin(m.central_groups), "name"].tolist()
-    billed = [n for n in households["name"] if n not in central]
+    from dercosim.scenarios.fleet import portfolio
+
+    central, billed = portfolio(scenario, households)
+    outside = [n for n in households["name"] if n not in central and n not in billed]
     n_int = len(meter) // steps
     if n_int == 0:  # shorter than one market interval: nothing to settle
         return {"intervals": 0, "note": "the run is shorter than one market interval; nothing was settled",
@@ -450,9 +452,11 @@ def market_figures(df: pd.DataFrame, scenario: Scenario, households: pd.DataFram
         "imbalance_cost": st.imbalance_cost, "soc_target_frac": first["soc_target_frac"].to_numpy(),
         "mode_s": first["mode_s"].to_numpy(), "planned_battery_kwh": first["planned_battery_kwh"].to_numpy()})
     committed = st.committed_kwh > 1e-9
-    imports = meter[billed].clip(lower=0)
+    bills_outside = tariff.bill(times, meter[outside].to_numpy(), step_h) if outside else np.zeros(0)
+    homes = billed + outside  # every household, in the portfolio or not
+    imports = meter[homes].clip(lower=0)
     hh = df[df.kind == "household"]
-    load = hh.pivot(index="time_s", columns="entity", values="load_kw")[billed].iloc[:minutes]
+    load = hh.pivot(index="time_s", columns="entity", values="load_kw")[homes].iloc[:minutes]
     consumed_kwh = float(load.sum().sum() * step_h)
     self_consumed = consumed_kwh - float(imports.sum().sum() * step_h)  # met by own generation and battery
     summary = {
@@ -467,7 +471,8 @@ def market_figures(df: pd.DataFrame, scenario: Scenario, households: pd.DataFram
                                                           / st.committed_kwh[committed])) if committed.any()
                                             else None),
         "market_revenue_net": float(st.revenue.sum() - st.imbalance_cost.sum()),
-        "bill_total": float(st.bills.sum()), "vpw_kwh": float(st.vpw_kwh.sum()),
+        "bill_total": float(st.bills.sum() + bills_outside.sum()), "vpw_kwh": float(st.vpw_kwh.sum()),
+        "households_in_portfolio": len(billed), "households_outside": len(outside),
         "self_consumption_rate": self_consumed / consumed_kwh if consumed_kwh > 0 else None,
         "self_supplied_minutes_share": float((imports <= 1e-9).to_numpy().mean()),
         "definitions": "delivered = export − import of the portfolio (household meters after batteries and the "
@@ -476,7 +481,8 @@ def market_figures(df: pd.DataFrame, scenario: Scenario, households: pd.DataFram
                        "self_consumption_rate = energy self-consumed (consumed − imported) / energy consumed "
                        "(households); "
                        "self_supplied_minutes_share = household-minutes without import",
-        "bills_per_household": {n: float(b) for n, b in zip(billed, st.bills)},
+        "bills_per_household": {**{n: float(b) for n, b in zip(billed, st.bills)},
+                                **{n: float(b) for n, b in zip(outside, bills_outside)}},
     }
     return summary, table
 

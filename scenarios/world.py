@@ -336,9 +336,7 @@ def _connect_contract(world: mosaik.World, run: RunInputs, aggregator: Any,
     """Start the smart contract: every battery household of the portfolio is a member."""
     scenario = run.scenario
     c = scenario.contract
-    hh = run.fleet.households
-    central = set(hh.loc[hh["group"].isin(scenario.market.central_groups), "name"])
-    names = [n for n in hh["name"] if n in battery_of and n not in central]
+    names = fleet.contract_members(scenario, run.fleet.households, run.fleet.batteries)
     times = run.times
     sim = world.start("Contract", step_s=scenario.clock.step_s, round_s=c.interval_s, window_s=c.window_s,
                       interval_s=scenario.market.interval_s,
@@ -375,12 +373,15 @@ def market_inputs(run: RunInputs) -> dict[str, Any]:
     load_kw, pv_kw = household_profiles(scenario, hh, days, run.site)
     gen_kw = pv_kw + wind_ac_kw(run.site, days, hh["wind_kw"].to_numpy(float),
                                 hh["wind_hub_height_m"].to_numpy(float))
-    central = hh["group"].isin(m.central_groups).to_numpy()
+    central_names, member_names = fleet.portfolio(scenario, hh)
+    central = hh["name"].isin(central_names).to_numpy()
+    member = hh["name"].isin(member_names).to_numpy()
     steps = m.interval_s // scenario.clock.step_s
     n_int = len(days) // steps
     step_h = scenario.clock.step_s / 3600.0
     forecasts = {}
-    for name, truth in (("demand", load_kw[:, ~central].sum(axis=1)), ("production", gen_kw.sum(axis=1))):
+    for name, truth in (("demand", load_kw[:, member].sum(axis=1)),
+                        ("production", gen_kw[:, member | central].sum(axis=1))):
         series = truth
         if m.forecast.kind == "noisy":
             series = np.clip(Noisy(truth, m.forecast.accuracy, m.forecast.step_min,

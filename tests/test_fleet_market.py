@@ -204,3 +204,39 @@ def test_validation_holds_the_commitments_against_the_delivery(run):
     assert m["committed_kwh"] == pytest.approx(run.summary["market"]["committed_kwh"])
     assert m["delivered_kwh"] == pytest.approx(run.summary["market"]["delivered_kwh"])
     assert r["engine_check"]["agrees"]
+
+
+def test_households_inside_the_portfolio_get_the_virtual_private_wire_outside_not(tmp_path):
+    """Couraud et al. 2022 scenarios 2 and 3 in small: a central plant with the battery; households without assets."""
+    def central(portfolio):
+        s = small_fleet().model_dump()
+        s["name"] = "central"
+        s["clock"] = {"start": "2016-06-01T10:00:00", "duration": "2h"}
+        s["households"]["groups"][0].update(pv_share=0.0, wind_share=0.0)
+        s["batteries"]["groups"][0].update(household_group="plant", capacity_kwh=60, p_charge_max_kw=30,
+                                          p_discharge_max_kw=30)
+        s["market"]["portfolio_groups"] = portfolio
+        return run_scenario(Scenario.model_validate(s), tmp_path / str(bool(portfolio)), progress=False)
+
+    outside, inside = central([]), central(["hh"])
+    mo, mi = outside.summary["market"], inside.summary["market"]
+    assert mo["households_outside"] == 12 and mo["households_in_portfolio"] == 0 and mo["vpw_kwh"] == 0
+    assert mi["households_in_portfolio"] == 12 and mi["vpw_kwh"] > 1.0
+    assert mi["bill_total"] < mo["bill_total"]  # the plant's midday export covers them at 48 %
+    # the households' imports count against the portfolio's delivery only when they are in it
+    hh_import = mo["delivered_kwh"] - mi["delivered_kwh"]
+    df = pd.read_parquet(inside.parquet, filters=[("kind", "==", "household")])
+    imported = df[df.entity.str.startswith("hh")].net_kw.clip(lower=0).sum() / 60
+    assert hh_import == pytest.approx(imported, rel=1e-9)
+
+
+def test_the_central_scenarios_put_the_fleet_in_one_plant():
+    from dercosim.scenarios.fleet import Fleet, contract_members, portfolio
+
+    for name, inside in (("fleet_market_s2", 0), ("fleet_market_s3", 70)):
+        s = load_scenario(REPO / "scenarios" / f"{name}.toml")
+        f = Fleet.draw(s)
+        central, members = portfolio(s, f.households)
+        assert central == ["central_pv_001", "central_wind_001"] and len(members) == inside
+        assert contract_members(s, f.households, f.batteries) == ["central_pv_001"]  # k = 1
+        assert f.batteries.capacity_kwh.sum() == pytest.approx(70 * 10.3)
