@@ -12,7 +12,9 @@ SCENARIO is a path to a TOML file or the name of a bundled scenario.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from typing import Callable
 import tomllib
 from datetime import datetime
 from importlib import resources
@@ -229,6 +231,10 @@ def cmd_study(args: argparse.Namespace) -> int:
     from dercosim.scenarios import studies
 
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if args.what == "fleet":
+        return _study_fleet(args, say)
+    if not args.scenario:
+        raise ScenarioError(f"study {args.what}: give a value-stacking scenario (e.g. value_stacking_tou)")
     loaded = [_load(arg) for arg in args.scenario]
     for path, scenario in loaded:
         if scenario.planner is None:
@@ -312,6 +318,32 @@ def _until_s(until: str, scenario: Scenario) -> int:
     return until_s
 
 
+def _study_fleet(args: argparse.Namespace, say: Callable[[str], None]) -> int:
+    from dercosim.scenarios.fleet_study import CASES, fleet_study
+
+    if args.until is not None:
+        try:
+            duration_s = parse_duration_s(args.until)
+        except ValueError as exc:
+            raise ScenarioError(f"--until: {exc}") from None
+    else:
+        duration_s = int(args.days) * 86400
+    if duration_s % 60 or not 0 < duration_s <= 31 * 86400:
+        raise ScenarioError("study fleet: the period must be whole minutes, at most 31 days (the bundled GB prices "
+                            "cover June-July 2016)")
+    cases = tuple(c.strip() for c in args.cases.split(",")) if args.cases else CASES
+    bad = [c for c in cases if c not in CASES]
+    if bad:
+        raise ScenarioError(f"--cases: unknown {bad}; expected some of {', '.join(CASES)}")
+    out_dir = make_run_dir(Path(args.out), "fleet-study")
+    say(f"dercosim: fleet study {', '.join(cases)} over {duration_s / 86400:g} days, "
+        f"{args.workers or os.cpu_count()} processes -> {out_dir}")
+    table = fleet_study(out_dir, duration_s, cases, args.workers, log=say)
+    print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    print(f"results in {out_dir}")
+    return 0
+
+
 def pd_concat(tables: dict) -> "object":
     """Stack per-scenario tables with a leading ``scenario`` column."""
     import pandas as pd
@@ -336,13 +368,19 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=cmd_show)
     lst = sub.add_parser("list", help="list the bundled scenarios")
     lst.set_defaults(func=cmd_list)
-    study = sub.add_parser("study", help="studies of a value-stacking scenario's first day (no co-simulation)",
+    study = sub.add_parser("study", help="studies: ADMM modes and value streams of a value-stacking scenario; "
+                                         "the fleet scenarios 0-5 (Table II)",
                            description="modes: ADMM in each mode (sync, sync with latency, sync_naive, async, "
                                        "async + adaptive rho) against the centralised optimum; convergence figure "
                                        "and table. streams: cost without B2B, B2G, local trading, and without "
-                                       "the battery; marginal contribution of each stream.")
-    study.add_argument("what", choices=["modes", "streams"])
-    study.add_argument("scenario", nargs="+", help="value-stacking scenario(s): file or bundled name")
+                                       "the battery; marginal contribution of each stream. fleet: the fleet_market scenarios 0-5 of "
+                                       "Couraud et al. 2022 in parallel processes, as their Table II.")
+    study.add_argument("what", choices=["modes", "streams", "fleet"])
+    study.add_argument("scenario", nargs="*", help="modes/streams: value-stacking scenario(s), file or bundled name")
+    study.add_argument("--days", type=int, default=7, help="fleet: days from 1 June 2016 (default 7; 30 = the paper)")
+    study.add_argument("--until", help="fleet: a period shorter than a day instead, e.g. 6h")
+    study.add_argument("--cases", help="fleet: comma-separated subset of s0,s1,s2,s3,s4,s5 (default all)")
+    study.add_argument("--workers", type=int, default=None, help="fleet: processes (default: one per core)")
     study.add_argument("--max-iter", type=int, default=None, help="modes: iteration cap (default: the scenario's)")
     study.add_argument("--central-only", action="store_true", help="streams: centralised costs only (no ADMM)")
     study.add_argument("--milp", action="store_true",

@@ -73,7 +73,12 @@ def household_profiles(scenario: Scenario, table: pd.DataFrame, times: pd.Dateti
     days = weather.whole_days(times)
     homes = table["homes"].to_numpy(int) if "homes" in table else np.ones(len(table), int)
     per_home = np.repeat(table["annual_kwh"].to_numpy(float) / homes, homes)
-    load = loads.household_load_kw(days, per_home, rng_for(scenario.seed, "household_load"))
+    # only homes with a demand draw a profile: a plant (annual_kwh = 0) added to a scenario leaves every
+    # household's profile as it was (fleet_market_s2/s3 against s0)
+    has_load = per_home > 0
+    load = np.zeros((len(days), len(per_home)))
+    if has_load.any():
+        load[:, has_load] = loads.household_load_kw(days, per_home[has_load], rng_for(scenario.seed, "household_load"))
     if np.any(homes > 1):  # a community's load is the sum of its homes' own profiles
         load = np.add.reduceat(load, np.concatenate([[0], np.cumsum(homes)[:-1]]), axis=1)
     pv_kw = pv.pv_ac_kw(site, days, table["pv_kwp"].to_numpy(float), table["pv_tilt_deg"].to_numpy(float),

@@ -240,3 +240,26 @@ def test_the_central_scenarios_put_the_fleet_in_one_plant():
         assert central == ["central_pv_001", "central_wind_001"] and len(members) == inside
         assert contract_members(s, f.households, f.batteries) == ["central_pv_001"]  # k = 1
         assert f.batteries.capacity_kwh.sum() == pytest.approx(70 * 10.3)
+
+
+def test_the_fleet_scenarios_share_their_households_loads():
+    """A plant added to a scenario (annual_kwh = 0) draws no load: s0's homes are s2's and s4's homes."""
+    from dercosim.scenarios.fleet import RunInputs
+
+    runs = {n: RunInputs.resolve(with_duration(load_scenario(REPO / "scenarios" / f"fleet_market_{n}.toml"), 7200))
+            for n in ("s0", "s2", "s4")}
+    for n in ("s2", "s4"):
+        hh = (runs[n].fleet.households["group"] == "hh").to_numpy()
+        np.testing.assert_array_equal(runs[n].load_kw[:, hh], runs["s0"].load_kw)
+
+
+def test_study_fleet_runs_the_cases_in_processes_and_writes_table_ii(tmp_path, capsys):
+    assert cli.main(["study", "fleet", "--until", "1h", "--cases", "s0,s2", "--out", str(tmp_path)]) == 0
+    (folder,) = tmp_path.iterdir()
+    table = pd.read_csv(folder / "fleet_table.csv")
+    assert list(table.scenario) == ["s0", "s2"] and table.bill_reduction_vs_s0.iloc[0] == 0.0
+    assert table.paper_total_revenue_month.iloc[1] == 2722.0
+    assert (folder / "fleet_table.md").exists() and (folder / "fleet_table.png").exists()
+    assert (folder / "s2" / "summary.json").exists()
+    assert "[2/2]" in capsys.readouterr().err
+    assert cli.main(["study", "fleet", "--cases", "s9", "--out", str(tmp_path)]) == 2
