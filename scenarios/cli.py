@@ -284,7 +284,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     target = Path(args.target)
     if not target.is_dir():  # a scenario: run it first
-        args.scenario, args.until, args.baseline = args.target, args.until, None
         path, scenario = _load(args.target)
         from dercosim.scenarios.world import run_scenario, with_duration
 

@@ -143,7 +143,8 @@ class ContractSim(mosaik_api_v3.Simulator):
     # ------------------------------------------------------------ mosaik
 
     def step(self, time: int, inputs: dict[str, dict[str, dict[str, Any]]], max_advance: int) -> int:
-        self.env.run(until=time) if time > self.env.now else None
+        if time > self.env.now:  # deliver every message due by now
+            self.env.run(until=time)
         self._receive_replies()
         given = inputs.get(self.contract_eid, {})
         for attr in self.series:
