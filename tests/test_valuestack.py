@@ -299,6 +299,12 @@ def test_planner_run_reports_plan_gap_and_plan_vs_ac(tmp_path):
     assert set(vs["per_bus"]) == {"7", "14", "16", "17", "24", "30"}
     assert 0 < vs["max_abs_diff_pu"] < 0.005  # LinDistFlow within a few thousandths of AC
     assert (folder / "plan_vs_ac.png").stat().st_size > 10_000
+    # dercosim validate holds the same belief: the plan's voltages against AC, and the schedule against the PMS
+    from dercosim.scenarios.validate import validate
+
+    planner = validate(folder, engine_minutes=0)["beliefs"]["planner"]
+    assert planner["max_abs_diff_pu"] == pytest.approx(vs["max_abs_diff_pu"], abs=1e-12)
+    assert planner["battery_schedule_vs_executed_max_kw"] < 1e-6  # the PMS held the hourly setpoints
 
 
 def test_hourly_replanning_plans_every_hour_from_the_measured_state(tmp_path):
