@@ -233,6 +233,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     if args.what == "fleet":
         return _study_fleet(args, say)
+    if args.what in ("contract-interval", "forecast"):
+        return _study_sensitivity(args, say)
     if not args.scenario:
         raise ScenarioError(f"study {args.what}: give a value-stacking scenario (e.g. value_stacking_tou)")
     loaded = [_load(arg) for arg in args.scenario]
@@ -317,6 +319,70 @@ def _until_s(until: str, scenario: Scenario) -> int:
     return until_s
 
 
+def _study_sensitivity(args: argparse.Namespace, say: Callable[[str], None]) -> int:
+    """contract-interval and forecast studies (Couraud et al. 2022, Figs. 7 and 8) on a contract scenario."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dercosim.scenarios.fleet_study import sensitivity
+
+    path, scenario = _load(args.scenario[0] if args.scenario else "fleet_market_s4")
+    if scenario.contract is None or scenario.market is None:
+        raise ScenarioError(f"{path}: study {args.what} needs a scenario with [market] and [contract] "
+                            f"(e.g. fleet_market_s4)")
+    duration_s = _until_s(args.until, scenario) if args.until else int(args.days) * 86400
+
+    def numbers(text: str, key: str, kind: type) -> list:
+        try:
+            return [kind(v) for v in text.split(",")]
+        except ValueError:
+            raise ScenarioError(f"--{key}: expected comma-separated numbers, got {text!r}") from None
+
+    if args.what == "contract-interval":
+        minutes = numbers(args.intervals, "intervals", int)
+        variants = [(f"t_sc={m}min", {"contract": {"interval_s": 60 * m}}) for m in minutes]
+    else:
+        acc, steps = numbers(args.accuracy, "accuracy", float), numbers(args.steps, "steps", int)
+        variants = [(f"acc={a:g}_step={st}min", {"market": {"forecast": {"kind": "noisy", "accuracy": a,
+                                                                          "step_min": st}}})
+                    for a in acc for st in steps]
+    for label, upd in variants:  # every variant is checked before anything runs
+        from dercosim.scenarios.config import Scenario, check_scenario
+        from dercosim.scenarios.fleet_study import _merge
+        from pydantic import ValidationError
+
+        try:
+            check_scenario(Scenario.model_validate(_merge(scenario.model_dump(), upd)), f"{path} ({label})")
+        except ValidationError as exc:
+            from dercosim.scenarios.config import format_validation_error
+
+            raise ScenarioError(format_validation_error(f"{path} ({label})", exc)) from None
+    out_dir = make_run_dir(Path(args.out), f"{scenario.name}-{args.what}")
+    say(f"dercosim: {args.what} study of {path}: {len(variants)} runs of {duration_s / 3600:g} h -> {out_dir}")
+    table = sensitivity(path, variants, duration_s, out_dir, args.workers, log=say)
+    table.to_csv(out_dir / f"{args.what}.csv", index=False)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    if args.what == "contract-interval":
+        ax.plot(minutes, table["revenue_minus_bills"], "o-")
+        ax.set_xlabel("contract interval t_sc (min)")
+    else:
+        for a in acc:
+            sel = table["case"].str.startswith(f"acc={a:g}_")
+            ax.plot(steps, table.loc[sel, "revenue_minus_bills"], "o-", label=f"accuracy {a:g}")
+        ax.set_xlabel("minutes between forecast points")
+        ax.legend(fontsize=8)
+    ax.set_ylabel("market − imbalance − bills (GBP)")
+    ax.set_title(f"{scenario.name}: total revenue (up to the s0 bills) by {args.what}")
+    fig.tight_layout()
+    fig.savefig(out_dir / f"{args.what}.png", dpi=110)
+    plt.close(fig)
+    print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    print(f"results in {out_dir}")
+    return 0
+
+
 def _study_fleet(args: argparse.Namespace, say: Callable[[str], None]) -> int:
     from dercosim.scenarios.fleet_study import CASES, fleet_study
 
@@ -374,12 +440,16 @@ def build_parser() -> argparse.ArgumentParser:
                                        "and table. streams: cost without B2B, B2G, local trading, and without "
                                        "the battery; marginal contribution of each stream. fleet: the fleet_market scenarios 0-5 of "
                                        "Couraud et al. 2022 in parallel processes, as their Table II.")
-    study.add_argument("what", choices=["modes", "streams", "fleet"])
+    study.add_argument("what", choices=["modes", "streams", "fleet", "contract-interval", "forecast"])
     study.add_argument("scenario", nargs="*", help="modes/streams: value-stacking scenario(s), file or bundled name")
     study.add_argument("--days", type=int, default=7, help="fleet: days from 1 June 2016 (default 7; 30 = the paper)")
     study.add_argument("--until", help="fleet: a period shorter than a day instead, e.g. 6h")
     study.add_argument("--cases", help="fleet: comma-separated subset of s0,s1,s2,s3,s4,s5 (default all)")
-    study.add_argument("--workers", type=int, default=None, help="fleet: processes (default: one per core)")
+    study.add_argument("--workers", type=int, default=None, help="fleet and sensitivity studies: processes "
+                                                                   "(default: one per core)")
+    study.add_argument("--intervals", default="1,2,5,10,15", help="contract-interval: minutes (default 1,2,5,10,15)")
+    study.add_argument("--accuracy", default="0,0.1,0.25,0.5", help="forecast: relative errors")
+    study.add_argument("--steps", default="30,60,120,240", help="forecast: minutes between forecast points")
     study.add_argument("--max-iter", type=int, default=None, help="modes: iteration cap (default: the scenario's)")
     study.add_argument("--central-only", action="store_true", help="streams: centralised costs only (no ADMM)")
     study.add_argument("--milp", action="store_true",

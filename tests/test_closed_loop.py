@@ -78,3 +78,35 @@ def test_same_seed_same_contract_messages_and_settlement(tmp_path):
     mb = pd.read_parquet(b.parquet, filters=[("kind", "==", "member")])[cols]
     pd.testing.assert_frame_equal(ma.reset_index(drop=True), mb.reset_index(drop=True))
     pd.testing.assert_frame_equal(pd.read_csv(a.out_dir / "market.csv"), pd.read_csv(b.out_dir / "market.csv"))
+
+
+def test_sensitivity_studies_vary_one_key_per_run_in_processes(tmp_path, capsys):
+    from dercosim.scenarios import cli
+    from dercosim.scenarios.config import scenario_to_toml
+
+    path = tmp_path / "loop.toml"
+    s = loop({"interval_s": 60}, duration="1h")
+    s = s.model_copy(update={"market": s.market.model_copy(update={"forecast": s.market.forecast.model_copy(
+        update={"kind": "noisy"})})})
+    path.write_text(scenario_to_toml(s))
+    assert cli.main(["study", "contract-interval", str(path), "--until", "1h", "--intervals", "1,15",
+                     "--out", str(tmp_path / "ci")]) == 0
+    (folder,) = (tmp_path / "ci").iterdir()
+    table = pd.read_csv(folder / "contract-interval.csv")
+    assert list(table.case) == ["t_sc=1min", "t_sc=15min"] and (folder / "contract-interval.png").exists()
+    runs = {c: json_summary(folder / c) for c in table.case}
+    assert runs["t_sc=1min"]["contract"]["interval_s"] == 60 and runs["t_sc=15min"]["contract"]["interval_s"] == 900
+    assert runs["t_sc=1min"]["contract"]["contract_rounds"] > runs["t_sc=15min"]["contract"]["contract_rounds"]
+    assert cli.main(["study", "forecast", str(path), "--until", "1h", "--accuracy", "0,0.5", "--steps", "120",
+                     "--out", str(tmp_path / "fc")]) == 0
+    (folder,) = (tmp_path / "fc").iterdir()
+    table = pd.read_csv(folder / "forecast.csv")
+    assert list(table.case) == ["acc=0_step=120min", "acc=0.5_step=120min"]
+    assert cli.main(["study", "forecast", str(path), "--accuracy", "2", "--out", str(tmp_path / "bad")]) == 2
+    assert "accuracy" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def json_summary(folder):
+    import json
+
+    return json.loads((folder / "summary.json").read_text())
