@@ -80,7 +80,37 @@ def fleet_study(out_dir: Path, duration_s: int, cases: tuple[str, ...] = CASES, 
     table.to_csv(out_dir / "fleet_table.csv", index=False)
     (out_dir / "fleet_table.md").write_text(markdown(table, duration_s), encoding="utf-8")
     plot(table, out_dir / "fleet_table.png")
+    if "s4" in cases and "s5" in cases:
+        plot_fleet_power(out_dir, out_dir / "fleet_power_s4_s5.png")
     return table
+
+
+def plot_fleet_power(study_dir: Path, path: Path) -> Path:
+    """Net power of the 70 households, s4 against s5 (Couraud et al. 2022, Fig. 9a)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 4))
+    for case in ("s5", "s4"):
+        (run,) = [p for p in (study_dir / case).glob("timeseries.parquet")]
+        df = pd.read_parquet(run)
+        hh = df[(df.kind == "household") & df.entity.str.startswith("hh_")]
+        bat = df[(df.kind == "battery") & df.entity.str.startswith("bat_hh_")]
+        net = hh.groupby("time")["net_kw"].sum()
+        if len(bat):  # after the batteries: the meters
+            net = net + bat.groupby("time")["p_kw"].sum()
+        ax.plot(net.index.tz_localize(None), net.to_numpy(), lw=1, label=f"{case}")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_ylabel("households' net power at the meters (kW, + = import)")
+    ax.set_title("fleet power: s4 (batteries, market, contract) against s5 (PV or wind only)")
+    ax.legend(fontsize=8)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def markdown(table: pd.DataFrame, duration_s: int) -> str:

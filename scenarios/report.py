@@ -205,7 +205,39 @@ def plot_all(df: pd.DataFrame, scenario: Scenario, out_dir: str | Path) -> list[
         paths.append(_plot_plan(df, scenario, out_dir, t))
     if scenario.market is not None and (df.kind == "market").any():
         paths.append(_plot_market(df, scenario, out_dir))
+        if len(bat):
+            paths.append(_plot_three_households(df, scenario, out_dir))
     return paths
+
+
+def _plot_three_households(df: pd.DataFrame, scenario: Scenario, out_dir: Path) -> Path:
+    """State of charge of three households with different assets over the run (Couraud et al. 2022, Fig. 6):
+    the largest PV, the largest wind turbine, and the largest demand."""
+    import matplotlib.pyplot as plt
+
+    households = pd.read_csv(out_dir / "households.csv")
+    batteries = pd.read_csv(out_dir / "batteries.csv", keep_default_na=False)
+    owned = households[households["name"].isin(set(batteries["household"]))]
+    picks: dict[str, str] = {}
+    for label, col in (("largest PV", "pv_kwp"), ("largest wind", "wind_kw"), ("largest demand", "annual_kwh")):
+        pool = owned[~owned["name"].isin(picks.values())]
+        if col in pool and len(pool) and pool[col].max() > 0:
+            picks[label] = str(pool.loc[pool[col].idxmax(), "name"])
+    bat = df[df.kind == "battery"]
+    soc = bat.pivot(index="time_s", columns="entity", values="soc_frac")
+    times = df[df.kind == "feeder"].set_index("time_s").sort_index()["time"].dt.tz_localize(None)
+    by_household = dict(zip(batteries["household"], batteries["name"]))
+    fig, ax = plt.subplots(figsize=(10, 4))
+    for label, name in picks.items():
+        ax.plot(times.loc[soc.index], soc[by_household[name]], label=f"{name} ({label})")
+    target = df[df.kind == "market"].set_index("time_s")["soc_target_frac"]
+    ax.step(times.loc[target.index], target, where="post", color="k", ls="--", lw=1, label="SoC target (aggregator)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel("state of charge")
+    ax.set_title(f"{scenario.name}: three households' batteries")
+    ax.legend(fontsize=8)
+    fig.autofmt_xdate()
+    return _save(fig, out_dir / "soc_three_households.png")
 
 
 def _plot_market(df: pd.DataFrame, scenario: Scenario, out_dir: Path) -> Path:

@@ -42,7 +42,7 @@ def test_the_aggregator_bid_and_was_awarded_in_the_sunny_hours(run):
     assert m["committed_kwh"] > 1.0 and m["committed_kwh"] == pytest.approx(m["bid_kwh"])  # price taker
     table = pd.read_csv(run.out_dir / "market.csv")
     assert (table.committed_kwh[table.wholesale_per_kwh <= 0] == 0).all()
-    assert (run.out_dir / "market.png").exists()
+    assert (run.out_dir / "market.png").exists() and (run.out_dir / "soc_three_households.png").exists()
 
 
 def test_with_perfect_forecasts_delivery_misses_the_commitment_only_by_what_the_batteries_did_otherwise(run):
@@ -263,3 +263,15 @@ def test_study_fleet_runs_the_cases_in_processes_and_writes_table_ii(tmp_path, c
     assert (folder / "s2" / "summary.json").exists()
     assert "[2/2]" in capsys.readouterr().err
     assert cli.main(["study", "fleet", "--cases", "s9", "--out", str(tmp_path)]) == 2
+
+
+def test_the_fleet_power_plot_draws_s4_against_s5(run, tmp_path):
+    import shutil
+
+    from dercosim.scenarios.fleet_study import plot_fleet_power
+
+    for case in ("s4", "s5"):
+        (tmp_path / case).mkdir()
+        shutil.copy(run.parquet, tmp_path / case / "timeseries.parquet")
+    path = plot_fleet_power(tmp_path, tmp_path / "fleet_power.png")
+    assert path.stat().st_size > 10_000
