@@ -205,7 +205,6 @@ def test_each_fuzz_finding_is_one_clear_line_before_anything_is_written(tmp_path
     path = tmp_path / "bad.toml"
     path.write_text(text)
     out = tmp_path / "runs"
-    started = time.perf_counter()
     rc = cli.main(["run", str(path), "--out", str(out), "--quiet"])
     err = capsys.readouterr().err
     assert rc == 2, err
@@ -216,8 +215,7 @@ def test_each_fuzz_finding_is_one_clear_line_before_anything_is_written(tmp_path
     assert line is not None, err
     for word in words:
         assert word in line, line
-    assert not out.exists()  # nothing was written
-    assert time.perf_counter() - started < 60  # no hang (a generous bound; the check itself takes < 1 s)
+    assert not out.exists()  # nothing was written (and the former hangs, 1e308 kWh or inf latency, now stop here)
 
 
 def test_a_byte_order_mark_is_not_part_of_the_scenario(tmp_path: Path):
