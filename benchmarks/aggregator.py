@@ -33,7 +33,7 @@ SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "fleet_market_unc
 def individual_milp(bats, demand, production, import_price, export_price, dt_h: float) -> tuple[float, float, float]:
     """The K-battery MILP: returns (build s, solve s, cost)."""
     started = time.perf_counter()
-    n, k = len(demand), len(bats)
+    n = len(demand)
     h = highspy.Highs()
     h.setOptionValue("output_flag", False)
     h.setOptionValue("mip_rel_gap", 1e-6)

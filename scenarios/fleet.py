@@ -66,11 +66,20 @@ def household_profiles(scenario: Scenario, table: pd.DataFrame, times: pd.Dateti
                        site: weather.Site | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Load and PV (kW) per minute for each household of ``table``; shapes (len(times), n).
 
-    Generated on whole calendar days and cut to ``times``, so a shorter run
-    sees exactly the first part of the longer run's numbers.
+    Generated on whole calendar days (:func:`day_profiles`) and cut to
+    ``times``, so a shorter run sees exactly the first part of the longer
+    run's numbers.
     """
-    site = site if site is not None else weather.get_site(scenario.site.weather)
     days = weather.whole_days(times)
+    load, pv_kw = day_profiles(scenario, table, days, site)
+    pos = days.get_indexer(times)
+    return load[pos], pv_kw[pos]
+
+
+def day_profiles(scenario: Scenario, table: pd.DataFrame, days: pd.DatetimeIndex,
+                 site: weather.Site | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Load and PV (kW) per minute over ``days`` (whole calendar days, :func:`weather.whole_days`)."""
+    site = site if site is not None else weather.get_site(scenario.site.weather)
     homes = table["homes"].to_numpy(int) if "homes" in table else np.ones(len(table), int)
     per_home = np.repeat(table["annual_kwh"].to_numpy(float) / homes, homes)
     # only homes with a demand draw a profile: a plant (annual_kwh = 0) added to a scenario leaves every
@@ -83,8 +92,7 @@ def household_profiles(scenario: Scenario, table: pd.DataFrame, times: pd.Dateti
         load = np.add.reduceat(load, np.concatenate([[0], np.cumsum(homes)[:-1]]), axis=1)
     pv_kw = pv.pv_ac_kw(site, days, table["pv_kwp"].to_numpy(float), table["pv_tilt_deg"].to_numpy(float),
                         table["pv_azimuth_deg"].to_numpy(float), rng_for(scenario.seed, "pv_clouds"))
-    pos = days.get_indexer(times)
-    return load[pos], pv_kw[pos]
+    return load, pv_kw
 
 
 def base_load_shape(scenario: Scenario, times: pd.DatetimeIndex) -> np.ndarray:
@@ -193,32 +201,58 @@ class Fleet:
 
 @dataclass(frozen=True)
 class RunInputs:
-    """A scenario resolved into everything a run needs, once: site, clock, tariff, fleet, minute profiles."""
+    """A scenario resolved into everything a run needs, once: site, clock, tariff, fleet, minute profiles.
+
+    The profiles are held on the whole calendar days the run touches (``days``; what a day-ahead
+    aggregator forecasts from); ``load_kw``, ``pv_kw`` and ``wind_kw`` are the run's own steps of them.
+    """
 
     scenario: Scenario
     site: weather.Site
     times: pd.DatetimeIndex  #: the start of every step, local standard time of the site
     tariff: Tariff
     fleet: Fleet
-    load_kw: np.ndarray  #: (steps, households)
-    pv_kw: np.ndarray  #: (steps, households)
+    days: pd.DatetimeIndex  #: every minute of the whole days that ``times`` touches
+    day_load_kw: np.ndarray  #: (len(days), households)
+    day_pv_kw: np.ndarray  #: (len(days), households)
+    day_wind_kw: np.ndarray | None  #: (len(days), households); None: no turbine in the fleet
     base_shape: np.ndarray  #: (steps,) multiplier of the case's base load
-    wind_kw: np.ndarray | None = None  #: (steps, households); None: no turbine in the fleet
 
     @classmethod
     def resolve(cls, scenario: Scenario, fleet: Fleet | None = None) -> RunInputs:
         site = weather.get_site(scenario.site.weather)
         times = weather.time_index(scenario.clock.start, scenario.n_steps, scenario.clock.step_s, site.tz)
         fleet = fleet if fleet is not None else Fleet.draw(scenario)
-        load_kw, pv_kw = household_profiles(scenario, fleet.households, times, site)
+        days = weather.whole_days(times)
+        load_kw, pv_kw = day_profiles(scenario, fleet.households, days, site)
         wind_kw = None
         if len(fleet.households) and (fleet.households["wind_kw"] > 0).any():
             from dercosim.timeseries.wind import wind_ac_kw
 
-            wind_kw = wind_ac_kw(site, times, fleet.households["wind_kw"].to_numpy(float),
+            wind_kw = wind_ac_kw(site, days, fleet.households["wind_kw"].to_numpy(float),
                                  fleet.households["wind_hub_height_m"].to_numpy(float))
-        return cls(scenario, site, times, tariff_of(scenario), fleet, load_kw, pv_kw,
-                   base_load_shape(scenario, times), wind_kw)
+        return cls(scenario, site, times, tariff_of(scenario), fleet, days, load_kw, pv_kw, wind_kw,
+                   base_load_shape(scenario, times))
+
+    @property
+    def _steps(self) -> slice:
+        first = int(self.days.get_loc(self.times[0]))
+        return slice(first, first + len(self.times))
+
+    @property
+    def load_kw(self) -> np.ndarray:
+        """(steps, households) household demand without HVAC, kW."""
+        return self.day_load_kw[self._steps]
+
+    @property
+    def pv_kw(self) -> np.ndarray:
+        """(steps, households) PV output, kW."""
+        return self.day_pv_kw[self._steps]
+
+    @property
+    def wind_kw(self) -> np.ndarray | None:
+        """(steps, households) wind turbine output, kW; None without turbines."""
+        return None if self.day_wind_kw is None else self.day_wind_kw[self._steps]
 
 
 def portfolio(scenario: Scenario, households: pd.DataFrame) -> tuple[list[str], list[str]]:

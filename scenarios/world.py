@@ -360,19 +360,15 @@ def market_inputs(run: RunInputs) -> dict[str, Any]:
     "perfect"``). Prices are the bundled day-ahead and imbalance series. Whole days, so a day's plan does
     not depend on where the run ends (a shorter run is the first part of a longer one).
     """
-    from dercosim.scenarios.fleet import household_profiles
     from dercosim.timeseries.forecast import Noisy
     from dercosim.timeseries.prices import price_per_kwh
     from dercosim.timeseries.rng import rng_for
-    from dercosim.timeseries.wind import wind_ac_kw
 
     scenario = run.scenario
     m = scenario.market
     hh = run.fleet.households
-    days = weather.whole_days(run.times)
-    load_kw, pv_kw = household_profiles(scenario, hh, days, run.site)
-    gen_kw = pv_kw + wind_ac_kw(run.site, days, hh["wind_kw"].to_numpy(float),
-                                hh["wind_hub_height_m"].to_numpy(float))
+    days, load_kw = run.days, run.day_load_kw
+    gen_kw = run.day_pv_kw + (run.day_wind_kw if run.day_wind_kw is not None else 0.0)
     central_names, member_names = fleet.portfolio(scenario, hh)
     central = hh["name"].isin(central_names).to_numpy()
     member = hh["name"].isin(member_names).to_numpy()
