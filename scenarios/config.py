@@ -480,6 +480,13 @@ class Scenario(_Model):
     contract: ContractConfig | None = None
     recorder: RecorderConfig = RecorderConfig()
     _source_dir: Path | None = PrivateAttr(default=None)
+    #: the scenario (as JSON) that :func:`check_scenario` passed, so a run need not check it again
+    _checked_as: str | None = PrivateAttr(default=None)
+
+    @property
+    def checked(self) -> bool:
+        """Whether :func:`check_scenario` passed on this scenario as it is now (not a modified copy)."""
+        return self._checked_as is not None and self._checked_as == self.model_dump_json()
 
     @property
     def n_steps(self) -> int:
@@ -649,6 +656,7 @@ def load_scenario(path: str | Path) -> Scenario:
         raise ScenarioError(f"{path}: nested too deeply to be a scenario") from None
     scenario._source_dir = path.resolve().parent
     check_scenario(scenario, path)
+    scenario._checked_as = scenario.model_dump_json()
     return scenario
 
 

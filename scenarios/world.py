@@ -146,7 +146,8 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
     """
     wall_start = time.perf_counter()
     out_dir = Path(out_dir)
-    check_scenario(scenario)
+    if not scenario.checked:  # built in Python, or changed since it was loaded (--until, a copy with updates)
+        check_scenario(scenario)
     if out_dir.is_dir() and any(out_dir.iterdir()):
         raise ScenarioError(f"{out_dir}: the run folder already holds files; two runs never share a folder")
     step_s = scenario.clock.step_s
