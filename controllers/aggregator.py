@@ -145,7 +145,6 @@ class DayAheadMILP:
             rows.append(({c["import"][t]: 1.0, c["u_import"][t]: -1.0}, -np.inf, 0.0))
             self.row_export_m.append(len(rows))
             rows.append(({c["export"][t]: 1.0, c["u_import"][t]: 1.0}, -np.inf, 1.0))
-        self._rows = rows
         h = highspy.Highs()
         h.setOptionValue("output_flag", False)
         h.setOptionValue("time_limit", float(time_limit_s))

@@ -85,9 +85,7 @@ class ContractSim(mosaik_api_v3.Simulator):
         self.rounds = 0
         self.late = 0
         self.rejected = 0
-        self.replies_sent = 0
         self.replies_lost = 0
-        self.reports_sent = 0
         self.interval = None
         self.series = {"committed_kwh": 0.0, "soc_target_frac": math.nan, "mode_s": 0.0}
         return self.meta
@@ -122,7 +120,6 @@ class ContractSim(mosaik_api_v3.Simulator):
         replies = self.contract.compute()
         self.rounds += 1
         for name, reply in replies.items():
-            self.replies_sent += 1
             lost_before = self.network.lost
             self.network.send("contract", name, reply)
             self.replies_lost += self.network.lost - lost_before
@@ -173,7 +170,6 @@ class ContractSim(mosaik_api_v3.Simulator):
         if time % self.round_s == 0:
             round_no = self.rounds
             for name, m in self.members.items():
-                self.reports_sent += 1
                 if not math.isfinite(m.soc_frac):
                     continue
                 self.network.send(name, "contract", {"household": name, "soc_frac": m.soc_frac,
