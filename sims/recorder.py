@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import mosaik_api_v3
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -130,6 +131,14 @@ class RecorderSim(mosaik_api_v3.Simulator):
              ("kind", pa.string()), ("bus", pa.int16())]
             + [(name, types[kind]) for name, kind in self.columns.items()]
         )
+        self._order = list(entities)  # rows in the order the world registered the entities
+        self._known = set(self._order)
+        self._entity = np.array([entities[src]["entity"] for src in self._order], dtype=object)
+        self._kind = np.array([entities[src]["kind"] for src in self._order], dtype=object)
+        bus = [entities[src].get("bus") for src in self._order]
+        self._bus = np.array([0 if b is None else int(b) for b in bus], dtype=np.int16)
+        self._bus_missing = np.array([b is None for b in bus])
+        self._row_cache: dict[frozenset[str], tuple[np.ndarray, dict[str, int]]] = {}
         self._reset_buffer()
         self.n_parts = 0
         self.last_flush_s = 0
@@ -137,39 +146,73 @@ class RecorderSim(mosaik_api_v3.Simulator):
         return [{"eid": self.eid, "type": model}]
 
     def _reset_buffer(self) -> None:
-        self.buffer: dict[str, list] = {name: [] for name in self.schema.names}
+        #: one chunk per step: (time_s, row positions in ``self._order``, {column: float64 values})
+        self.buffer: list[tuple[int, np.ndarray, dict[str, np.ndarray]]] = []
+        self.buffered_rows = 0
+
+    def _rows(self, present: set[str]) -> tuple[np.ndarray, dict[str, int]]:
+        """Positions (in registration order) of the entities that sent data, and each one's row; cached."""
+        key = frozenset(present)
+        cached = self._row_cache.get(key)
+        if cached is None:
+            positions = np.array([i for i, src in enumerate(self._order) if src in key], dtype=np.int64)
+            cached = (positions, {self._order[i]: row for row, i in enumerate(positions)})
+            self._row_cache[key] = cached
+        return cached
 
     def step(self, time: int, inputs: dict, max_advance: int) -> int:
         if STOP.is_set():
             raise StopRequested(f"stop requested ({STOP_REASON['signal']}) at t = {time} s")
-        by_source: dict[str, dict[str, Any]] = {}
-        for attr, sources in inputs.get(self.eid, {}).items():
-            for src, value in sources.items():
-                by_source.setdefault(src, {})[attr] = value
-        stamp = self.start_epoch_s + time  # stored as a tz-aware timestamp column
-        buf = self.buffer
-        for src, info in self.entities.items():  # rows in the order the world registered them
-            values = by_source.get(src)
-            if values is None:
-                continue
-            buf["time_s"].append(time)
-            buf["time"].append(stamp)
-            buf["entity"].append(info["entity"])
-            buf["kind"].append(info["kind"])
-            buf["bus"].append(info.get("bus"))
-            for name, kind in self.columns.items():
-                v = values.get(name)
-                buf[name].append(None if v is None else (bool(v) if kind == "bool" else float(v)))
+        given = inputs.get(self.eid, {})
+        present = set().union(*given.values()) & self._known
+        positions, row_of = self._rows(present)
+        n = len(positions)
+        values: dict[str, np.ndarray] = {}
+        if n:
+            for attr, sources in given.items():
+                if attr not in self.columns:
+                    continue
+                col = np.full(n, np.nan)
+                rows = [row_of[src] for src in sources if src in row_of]
+                if len(rows) == len(sources):  # mosaik's None (no value) becomes NaN
+                    col[rows] = np.array(list(sources.values()), dtype=np.float64)
+                else:
+                    col[rows] = np.array([v for src, v in sources.items() if src in row_of], dtype=np.float64)
+                values[attr] = col
+            self.buffer.append((time, positions, values))
+            self.buffered_rows += n
         if time + self.step_s - self.last_flush_s >= self.flush_every_s:
             self.flush()
             self.last_flush_s = time + self.step_s
         return time + self.step_s
 
+    def _table(self) -> pa.Table:
+        """The buffered steps as one table in the recorder's schema (columns built with numpy)."""
+        counts = [len(pos) for _, pos, _ in self.buffer]
+        time_s = np.repeat(np.array([t for t, _, _ in self.buffer], dtype=np.int64), counts)
+        positions = np.concatenate([pos for _, pos, _ in self.buffer])
+        arrays: dict[str, pa.Array] = {
+            "time_s": pa.array(time_s, pa.int64()),
+            "time": pa.array(time_s + self.start_epoch_s, pa.int64()).cast(self.schema.field("time").type),
+            "entity": pa.array(self._entity[positions], pa.string()),
+            "kind": pa.array(self._kind[positions], pa.string()),
+            "bus": pa.array(self._bus[positions], pa.int16(), mask=self._bus_missing[positions]),
+        }
+        for name, kind in self.columns.items():
+            col = np.concatenate([vals[name] if name in vals else np.full(len(pos), np.nan)
+                                  for _, pos, vals in self.buffer])
+            missing = np.isnan(col)
+            if kind == "bool":
+                arrays[name] = pa.array(col != 0, pa.bool_(), mask=missing)
+            else:
+                arrays[name] = pa.array(col, pa.float64(), mask=missing)
+        return pa.Table.from_arrays([arrays[name] for name in self.schema.names], schema=self.schema)
+
     def flush(self) -> None:
         """Write the buffered rows as one part file (a no-op when empty)."""
-        if not self.buffer["time_s"]:
+        if not self.buffered_rows:
             return
-        table = pa.Table.from_pydict(self.buffer, schema=self.schema)
+        table = self._table()
         write_atomically(table, self.parts / f"part-{self.n_parts:05d}.parquet")
         self.n_parts += 1
         self.rows_written += len(table)

@@ -146,6 +146,32 @@ def test_recorder_kill_loses_at_most_the_last_flush(tmp_path: Path):
     assert len(pd.read_parquet(path)) == 150
 
 
+def test_recorder_rows_follow_registration_order_and_keep_gaps_and_booleans(tmp_path: Path):
+    """One row per entity that sent data, in the order the world registered them; an attribute an entity
+    does not have is null (not 0); a value mosaik passes as None is null; booleans stay booleans."""
+    sim = RecorderSim()
+    sim.init("Recorder-0", step_s=60)
+    path = tmp_path / "ts.parquet"
+    entities = {"B.bat_1": {"entity": "bat_1", "kind": "battery", "bus": 7},
+                "G.feeder": {"entity": "feeder", "kind": "feeder", "bus": None},
+                "B.bat_0": {"entity": "bat_0", "kind": "battery", "bus": 3}}
+    sim.create(1, "Recorder", path=str(path), entities=entities,
+               columns={"soc_kwh": "float64", "converged": "bool", "losses_kw": "float64"},
+               start="2016-06-21T00:00:00", tz="UTC", flush_every_s=3600)
+    sim.step(0, {"recorder": {"soc_kwh": {"B.bat_0": 1.5, "B.bat_1": None},
+                              "converged": {"G.feeder": True}, "losses_kw": {"G.feeder": 2.0}}}, 10**9)
+    sim.step(60, {"recorder": {"soc_kwh": {"B.bat_0": 1.25}}}, 10**9)  # only one entity this step
+    sim.finalize()
+    df = pd.read_parquet(path)
+    assert df.entity.tolist() == ["bat_1", "feeder", "bat_0", "bat_0"]
+    assert df.time_s.tolist() == [0, 0, 0, 60]
+    assert df.bus.isna().tolist() == [False, True, False, False] and df.bus.iloc[0] == 7
+    assert df.soc_kwh.isna().tolist() == [True, True, False, False]
+    assert df.soc_kwh.iloc[2:].tolist() == [1.5, 1.25]
+    assert df.converged.iloc[1] == True and df.converged.isna().tolist() == [True, False, True, True]  # noqa: E712
+    assert df.losses_kw.iloc[1] == 2.0 and str(df.time.dt.tz) == "UTC"
+
+
 def test_a_run_where_nothing_converges_still_reports(tmp_path: Path):
     scenario = Scenario.model_validate({"name": "allfail", "clock": {"duration": "10min"},
                                         "grid": {"base_load": {"scale": 6.0, "shape": "flat"}}})
