@@ -447,7 +447,9 @@ class MarketConfig(_Model):
 class ContractConfig(_Model):
     """The smart contract that coordinates the fleet inside each market interval (Couraud et al. 2022, III-B)."""
 
-    engine: Literal["python"] = "python"  #: the EVM engine is the next step
+    engine: Literal["python", "evm"] = "python"  #: "evm": the Vyper contract on an in-process py-evm chain
+    evm_fork: Literal["istanbul", "prague"] = "prague"  #: gas rules: Istanbul (the paper's era) or Prague (today)
+    evm_mode: Literal["per_household", "batched"] = "batched"  #: a transaction per household, or one per round
     interval_s: Annotated[int, Field(ge=60, le=900)] = 300  #: t_sc, a round every this many seconds
     window_s: Bounded(0, 60) = 10.0  #: a round closes this long after the reports are sent, s
     latency: LatencyConfig = LatencyConfig()  #: one-way, per message

@@ -6,6 +6,7 @@ recorded rows, so the summary and the parquet file cannot disagree.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -207,7 +208,48 @@ def plot_all(df: pd.DataFrame, scenario: Scenario, out_dir: str | Path) -> list[
         paths.append(_plot_market(df, scenario, out_dir))
         if len(bat):
             paths.append(_plot_three_households(df, scenario, out_dir))
+    if "evm_round_gas" in df.columns and (df.kind == "contract").any():
+        paths.append(_plot_contract_gas(df, out_dir))
     return paths
+
+
+#: Couraud et al. 2022: gas of one household's transaction on their private chain
+PAPER_GAS_PER_HOUSEHOLD_TX = 105_957
+
+
+def evm_figures(df: pd.DataFrame, gas_log: Path) -> dict[str, Any]:
+    """Gas and wall time of the contract on the EVM, and its largest gap to the Python rules (summary.json)."""
+    c = df[df.kind == "contract"]
+    figures: dict[str, Any] = {}
+    try:
+        log = json.loads(Path(gas_log).read_text(encoding="utf-8"))["summary"]
+        figures.update({k: log[k] for k in ("fork", "mode", "deploy_gas", "register_gas_median", "household_tx_gas",
+                                            "round_gas", "round_wall_ms", "rejected_on_chain")})
+    except (OSError, ValueError, KeyError) as exc:
+        figures["gas_log_error"] = f"{gas_log}: {exc}"
+    figures["weight_diff_max_vs_python"] = _num(c["evm_weight_diff_max"].max()) if len(c) else None
+    figures["re_diff_max_vs_python_kwh"] = _num(c["evm_re_diff_kwh"].max()) if len(c) else None
+    figures["paper_gas_per_household_tx"] = PAPER_GAS_PER_HOUSEHOLD_TX
+    figures["note"] = ("round_gas: every transaction of a round (the households' updates and the aggregator's "
+                       "compute, or the one batch; the first round of an interval also carries start_interval and "
+                       "set_series); differences vs python: the Python rules on the same rounded inputs "
+                       "(SoC and weights in ppm, energy in mWh)")
+    return figures
+
+
+def _plot_contract_gas(df: pd.DataFrame, out_dir: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    c = df[(df.kind == "contract") & df["evm_round_gas"].notna()]
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    ax.plot(c["time"].dt.tz_localize(None), c["evm_round_gas"] / 1e6, ".", ms=3, label="gas per round")
+    ax.set_ylabel("gas per contract round (millions)")
+    ax2 = ax.twinx()
+    ax2.plot(c["time"].dt.tz_localize(None), c["evm_round_ms"], "x", ms=3, color="tab:red", label="EVM wall time")
+    ax2.set_ylabel("EVM wall time per round (ms)", color="tab:red")
+    ax.set_title("the smart contract on the EVM: gas and wall time of every round")
+    fig.autofmt_xdate()
+    return _save(fig, out_dir / "contract_gas.png")
 
 
 def _plot_three_households(df: pd.DataFrame, scenario: Scenario, out_dir: Path) -> Path:

@@ -39,7 +39,7 @@ from dercosim.scenarios.fleet import Fleet, RunInputs
 from dercosim.scenarios.config import Scenario, ScenarioError, check_scenario, scenario_to_toml
 from dercosim.sims.planner import COMMUNITY_OUT, OPERATOR_OUT
 from dercosim.sims.controller import HOST_DIAGNOSTICS
-from dercosim.sims.contract import CONTRACT_OUT, MEMBER_OUT
+from dercosim.sims.contract import CONTRACT_OUT, EVM_OUT, MEMBER_OUT
 from dercosim.sims.market import OUTPUTS as MARKET_OUTPUTS
 from dercosim.sims.recorder import STOP_REASON, StopRequested
 from dercosim.sims.grid import FEEDER_ATTRS
@@ -186,6 +186,8 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
     recorded = pd.read_parquet(parquet)
     summary = report.summarize(recorded, scenario, table, batteries, wall_time_s=time.perf_counter() - wall_start,
                                run_wall_s=run_wall_s)
+    if "contract" in summary and scenario.contract.engine == "evm":
+        summary["contract"]["evm"] = report.evm_figures(recorded, out_dir / "contract_gas.json")
     if interrupted is not None:
         summary["interrupted"] = {"signal": _signal_of(interrupted),
                                   "steps_recorded": summary["steps"], "steps_planned": n_steps}
@@ -278,7 +280,8 @@ def _build(world: mosaik.World, run: RunInputs, out_dir: Path, log: Callable[[st
         market_entities = [_connect_market(world, run, battery_entities)]
         entities[market_entities[0].full_id] = {"entity": "aggregator", "kind": "market", "bus": None}
         if scenario.contract is not None:
-            contract, members = _connect_contract(world, run, market_entities[0], battery_of)
+            contract, members = _connect_contract(world, run, market_entities[0], battery_of,
+                                                  out_dir / "contract_gas.json")
             contract_entities = [contract, *members.values()]
             entities[contract.full_id] = {"entity": "contract", "kind": "contract", "bus": None}
             for name, ent in members.items():
@@ -307,6 +310,8 @@ def _build(world: mosaik.World, run: RunInputs, out_dir: Path, log: Callable[[st
     columns = {a: ("bool" if a == "converged" else "float64") for a in FEEDER_ATTRS + BUS_RECORDED}
     columns.update({a: "float64" for a in COMMUNITY_OUT + OPERATOR_OUT})
     columns.update({a: "float64" for a in MARKET_OUTPUTS + CONTRACT_OUT + MEMBER_OUT})
+    if scenario.contract is not None and scenario.contract.engine == "evm":
+        columns.update({a: "float64" for a in EVM_OUT})
     columns.update({a: "float64" for a in HOUSEHOLD_RECORDED + BATTERY_RECORDED + diagnostics})
     parquet = out_dir / "timeseries.parquet"
     rec_sim = world.start("Recorder", step_s=step_s)
@@ -328,12 +333,13 @@ def _build(world: mosaik.World, run: RunInputs, out_dir: Path, log: Callable[[st
     for ent in market_entities:
         world.connect(ent, recorder, *MARKET_OUTPUTS)
     for ent in contract_entities:
-        world.connect(ent, recorder, *(CONTRACT_OUT if ent.eid == "contract" else MEMBER_OUT))
+        evm_out = EVM_OUT if scenario.contract.engine == "evm" else []
+        world.connect(ent, recorder, *(CONTRACT_OUT + evm_out if ent.eid == "contract" else MEMBER_OUT))
     return parquet
 
 
 def _connect_contract(world: mosaik.World, run: RunInputs, aggregator: Any,
-                      battery_of: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+                      battery_of: dict[str, Any], gas_log_path: Path) -> tuple[Any, dict[str, Any]]:
     """Start the smart contract: every battery household of the portfolio is a member."""
     scenario = run.scenario
     c = scenario.contract
@@ -342,7 +348,8 @@ def _connect_contract(world: mosaik.World, run: RunInputs, aggregator: Any,
     sim = world.start("Contract", step_s=scenario.clock.step_s, round_s=c.interval_s, window_s=c.window_s,
                       interval_s=scenario.market.interval_s,
                       start_s_of_day=int((times[0] - times[0].normalize()).total_seconds()), households=names,
-                      latency=c.latency.model_dump(), loss_prob=c.loss_prob, seed=scenario.seed)
+                      latency=c.latency.model_dump(), loss_prob=c.loss_prob, seed=scenario.seed, engine=c.engine,
+                      evm_fork=c.evm_fork, evm_mode=c.evm_mode, gas_log_path=str(gas_log_path))
     contract = sim.Contract()
     world.connect(aggregator, contract, "committed_kwh", "soc_target_frac", "mode_s")
     members = dict(zip(names, sim.Member.create(len(names))))

@@ -31,18 +31,22 @@ import mosaik_api_v3
 import simpy
 
 from dercosim.controllers.contract import ContractError, Reply, SmartContract
+from dercosim.controllers.contract_evm import MWH_PER_KWH, PPM, to_mwh, to_ppm
 from dercosim.controllers.network import Latency, Network
 from dercosim.sims.entities import hand_out
 
 CONTRACT_OUT = ["contract_rounds", "reports_late", "reports_lost", "replies_lost", "re_fleet_kwh",
                 "contract_rejected"]
+#: engine "evm": per minute, the gas and EVM wall time of the rounds that closed in it (NaN in other minutes)
+#: and the largest difference between the EVM's replies and the Python rules' on the same inputs
+EVM_OUT = ["evm_round_gas", "evm_round_ms", "evm_weight_diff_max", "evm_re_diff_kwh"]
 MEMBER_OUT = ["re_kwh", "s_mode", "soc_target_frac", "w_export", "w_import"]
 META = {
     "api_version": "3.0",
     "type": "time-based",
     "models": {
         "Contract": {"public": True, "params": [],
-                     "attrs": ["committed_kwh", "mode_s", "soc_target_frac"] + CONTRACT_OUT},
+                     "attrs": ["committed_kwh", "mode_s", "soc_target_frac"] + CONTRACT_OUT + EVM_OUT},
         "Member": {"public": True, "params": [], "attrs": ["meter_kw", "soc_frac"] + MEMBER_OUT},
     },
 }
@@ -66,7 +70,11 @@ class ContractSim(mosaik_api_v3.Simulator):
     def init(self, sid: str, time_resolution: float = 1.0, step_s: int = 60, round_s: int = 300,
              window_s: float = 10.0, interval_s: int = 1800, start_s_of_day: int = 0,
              households: list[str] = (), latency: dict[str, Any] | None = None, loss_prob: float = 0.0,
-             seed: int = 0) -> dict:
+             seed: int = 0, engine: str = "python", evm_fork: str = "prague", evm_mode: str = "batched",
+             gas_log_path: str | None = None) -> dict:
+        """``engine``: "python" (the rules in Python) or "evm" (the Vyper contract on an in-process py-evm
+        chain; the Python rules run beside it on the same rounded inputs as the reference);
+        ``gas_log_path``: where the EVM's gas per transaction is written at the end (JSON)."""
         from dercosim.timeseries.rng import rng_for
 
         if interval_s % round_s or round_s % step_s:
@@ -75,9 +83,21 @@ class ContractSim(mosaik_api_v3.Simulator):
         self.step_s, self.round_s, self.window_s = int(step_s), int(round_s), float(window_s)
         self.interval_s, self.start_s_of_day = int(interval_s), int(start_s_of_day)
         self.names = list(households)
+        if engine not in ("python", "evm"):
+            raise ValueError(f"engine must be 'python' or 'evm', got {engine!r}")
         self.contract = SmartContract()
+        self.evm = None
+        if engine == "evm":
+            from dercosim.controllers.contract_evm import EVMContract
+
+            self.evm = EVMContract(self.names, fork=evm_fork, mode=evm_mode)
+        self.gas_log_path = gas_log_path
         for name in self.names:
             self.contract.register(name)
+            if self.evm is not None:
+                self.evm.register(name)
+        self._evm_sent_series: tuple[Any, ...] | None = None
+        self._evm_step: dict[str, float] = {}
         self.members = {name: _Member() for name in self.names}
         self.env = simpy.Environment()
         self.network = Network(self.env, rng_for(int(seed), "contract_network"), Latency(**(latency or {})),
@@ -111,13 +131,25 @@ class ContractSim(mosaik_api_v3.Simulator):
                 self.late += 1
             if report["interval"] != self.interval:
                 continue  # a report of an earlier interval: its energy belonged there
+            args = (report["household"], report["soc_frac"], report["export_kwh"], report["export_in_interval_kwh"])
+            if self.evm is not None:  # what goes on chain is rounded: the Python reference gets the same numbers
+                args = (args[0], to_ppm(args[1]) / PPM, to_mwh(args[2]) / MWH_PER_KWH, to_mwh(args[3]) / MWH_PER_KWH)
+            accepted = True
             try:
-                self.contract.update(report["household"], report["soc_frac"], report["export_kwh"],
-                                     report["export_in_interval_kwh"])
+                self.contract.update(*args)
             except ContractError:
+                accepted = False
+            if self.evm is not None and (accepted or self.evm.mode == "batched"):  # batched: the chain rejects it
+                try:
+                    self.evm.update(*args)
+                except ContractError:  # a reverted transaction
+                    accepted = False
+            if not accepted:
                 self.rejected += 1  # counted; that household's report is treated as lost
         self._apply_series()
         replies = self.contract.compute()
+        if self.evm is not None:
+            replies = self._evm_round(replies)
         self.rounds += 1
         for name, reply in replies.items():
             lost_before = self.network.lost
@@ -127,8 +159,29 @@ class ContractSim(mosaik_api_v3.Simulator):
     def _apply_series(self) -> None:
         k = self.interval if self.interval is not None else 0
         s = self.series
-        self.contract.set_series([s["soc_target_frac"] if math.isfinite(s["soc_target_frac"]) else 0.0],
-                                 [s["committed_kwh"]], [s["mode_s"]], first_interval=k)
+        target = s["soc_target_frac"] if math.isfinite(s["soc_target_frac"]) else 0.0
+        if self.evm is None:
+            self.contract.set_series([target], [s["committed_kwh"]], [s["mode_s"]], first_interval=k)
+            return
+        sent = (k, to_ppm(target), to_mwh(s["committed_kwh"]), int(round(s["mode_s"])))
+        self.contract.set_series([sent[1] / PPM], [sent[2] / MWH_PER_KWH], [float(sent[3])], first_interval=k)
+        if sent != self._evm_sent_series:  # a transaction only when the aggregator's numbers change
+            self.evm.set_series([target], [s["committed_kwh"]], [s["mode_s"]], first_interval=k)
+            self._evm_sent_series = sent
+
+    def _evm_round(self, reference: dict[str, Reply]) -> dict[str, Reply]:
+        """The round on chain; its replies are what the members get. Gas and the gap to the Python rules are
+        kept for this minute's record."""
+        replies = self.evm.compute()
+        gap_w = max((max(abs(replies[n].w_export - r.w_export), abs(replies[n].w_import - r.w_import))
+                     for n, r in reference.items()), default=0.0)
+        gap_re = max((abs(replies[n].re_fleet_kwh - r.re_fleet_kwh) for n, r in reference.items()), default=0.0)
+        step = self._evm_step
+        step["evm_round_gas"] = step.get("evm_round_gas", 0.0) + self.evm.gas.round_gas[-1]
+        step["evm_round_ms"] = step.get("evm_round_ms", 0.0) + 1000.0 * self.evm.gas.round_wall_s[-1]
+        step["evm_weight_diff_max"] = max(step.get("evm_weight_diff_max", 0.0), gap_w)
+        step["evm_re_diff_kwh"] = max(step.get("evm_re_diff_kwh", 0.0), gap_re)
+        return replies
 
     def _receive_replies(self) -> None:
         for name, member in self.members.items():
@@ -140,6 +193,7 @@ class ContractSim(mosaik_api_v3.Simulator):
     # ------------------------------------------------------------ mosaik
 
     def step(self, time: int, inputs: dict[str, dict[str, dict[str, Any]]], max_advance: int) -> int:
+        self._evm_step = {}
         if time > self.env.now:  # deliver every message due by now
             self.env.run(until=time)
         self._receive_replies()
@@ -152,6 +206,8 @@ class ContractSim(mosaik_api_v3.Simulator):
             self.interval = interval
             self._apply_series()
             self.contract.start_interval(interval)
+            if self.evm is not None:
+                self.evm.start_interval(interval)
             for m in self.members.values():
                 m.export_since_report_kwh = 0.0
                 m.export_in_interval_kwh = 0.0
@@ -187,7 +243,8 @@ class ContractSim(mosaik_api_v3.Simulator):
                 values = {"contract_rounds": float(self.rounds), "reports_late": float(self.late),
                           "reports_lost": float(self._reports_lost()), "replies_lost": float(self.replies_lost),
                           "re_fleet_kwh": float(self.contract.remaining_kwh()),
-                          "contract_rejected": float(self.rejected)}
+                          "contract_rejected": float(self.rejected),
+                          **{a: self._evm_step.get(a, math.nan) for a in EVM_OUT}}
             else:
                 m = self.members[eid.removeprefix("sc_")]
                 r = m.reply
@@ -200,3 +257,17 @@ class ContractSim(mosaik_api_v3.Simulator):
 
     def _reports_lost(self) -> int:
         return int(self.network.lost - self.replies_lost)
+
+    def finalize(self) -> None:
+        """Write the EVM's gas per transaction (``gas_log_path``; atomically)."""
+        if self.evm is None or not self.gas_log_path:
+            return
+        import json
+        import os
+        from dataclasses import asdict
+
+        path = self.gas_log_path
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump({"summary": self.evm.gas_summary(), "transactions": asdict(self.evm.gas)}, fh)
+        os.replace(tmp, path)

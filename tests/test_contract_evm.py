@@ -1,0 +1,168 @@
+"""The smart contract as EVM bytecode (Vyper on py-evm) against the Python rules it must equal."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dercosim.controllers.contract import ContractError, SmartContract
+from dercosim.controllers.contract_evm import MWH_PER_KWH, PPM, EVMContract, to_mwh, to_ppm
+from dercosim.scenarios.world import run_scenario
+from dercosim.sims.contract import ContractSim
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_closed_loop import loop  # noqa: E402
+
+
+def rounded_reports(n: int, seed: int) -> list[tuple[str, float, float, float]]:
+    """Reports as the chain holds them (ppm, mWh), so both contracts see exactly the same numbers."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        soc = to_ppm(rng.uniform(0, 1)) / PPM
+        last, total = (to_mwh(x) / MWH_PER_KWH for x in rng.normal(0, 0.3, 2))
+        out.append((f"h{i}", soc, last, total))
+    return out
+
+
+def both(names: list[str], fork: str, mode: str) -> tuple[EVMContract, SmartContract]:
+    evm, py = EVMContract(names, fork=fork, mode=mode), SmartContract()
+    for name in names:
+        evm.register(name)
+        py.register(name)
+    for c in (evm, py):
+        c.set_series([0.45, 0.6], [2.5, -1.0], [1.0, 0.0], first_interval=0)
+        c.start_interval(0)
+    return evm, py
+
+
+@pytest.mark.parametrize("fork,mode", [("istanbul", "per_household"), ("prague", "batched")])
+def test_the_evm_gives_the_python_weights_and_re_to_the_fixed_point_resolution(fork, mode):
+    names = [f"h{i}" for i in range(12)]
+    evm, py = both(names, fork, mode)
+    for interval in (0, 1):
+        if interval:
+            evm.start_interval(1)
+            py.start_interval(1)
+        for report in rounded_reports(10, seed=interval)[:10]:  # h10, h11 never report
+            evm.update(*report)
+            py.update(*report)
+        got, want = evm.compute(), py.compute()
+        for name in names:
+            # weights are floored to a ppm on chain: within 1e-6; RE is an exact integer sum
+            assert abs(got[name].w_export - want[name].w_export) <= 1e-6
+            assert abs(got[name].w_import - want[name].w_import) <= 1e-6
+            assert got[name].re_fleet_kwh == pytest.approx(want[name].re_fleet_kwh, abs=1e-9)
+            assert got[name].soc_target_frac == want[name].soc_target_frac
+            assert got[name].mode_s == want[name].mode_s
+        assert got["h10"].w_export == got["h11"].w_import == 0.0  # never reported: no share
+        assert sum(r.w_import for r in got.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_when_nobody_qualifies_the_chain_splits_equally_among_those_who_reported():
+    evm, py = both(["a", "b", "c"], "prague", "batched")
+    for c in (evm, py):  # both below the 0.45 target: W_e = 0 for all
+        c.update("a", 0.2, 0.1, 0.1)
+        c.update("b", 0.3, 0.1, 0.2)
+    got = evm.compute()
+    assert got["a"].w_export == got["b"].w_export == 0.5 and got["c"].w_export == 0.0
+    assert got["a"].re_fleet_kwh == pytest.approx(2.5 - 0.3, abs=1e-9)
+
+
+def test_a_reverted_household_transaction_is_a_contract_error_and_changes_nothing():
+    evm, _ = both(["a", "b"], "istanbul", "per_household")
+    evm.update("a", 0.5, 0.2, 0.2)
+    with pytest.raises(ContractError, match="revert"):
+        evm.update("b", 1.5, 0.0, 0.0)  # SoC outside 0..1: the contract reverts
+    with pytest.raises(ContractError):
+        evm.update("b", math.nan, 0.0, 0.0)  # cannot even be encoded
+    with pytest.raises(ContractError):
+        evm.update("stranger", 0.5, 0.0, 0.0)  # no account on this chain
+    got = evm.compute()
+    assert got["a"].w_import == 1.0 and got["b"].w_import == 0.0  # b's report never landed
+
+
+def test_an_unregistered_household_is_refused_by_the_chain_itself():
+    evm = EVMContract(["a", "b"], fork="prague", mode="per_household")
+    evm.register("a")
+    with pytest.raises(ContractError, match="revert"):
+        evm.update("b", 0.5, 0.0, 0.0)  # b has an account but never registered
+
+
+def test_a_batch_skips_an_invalid_report_logs_it_and_keeps_the_others():
+    evm, _ = both(["a", "b"], "prague", "batched")
+    evm.update("a", 0.5, 0.2, 0.2)
+    evm.update("b", 1.5, 0.0, 0.0)
+    got = evm.compute()
+    assert evm.rejected == 1
+    assert got["a"].w_import == 1.0 and got["b"].w_import == 0.0
+
+
+def steady_round_gas(n: int, fork: str, mode: str) -> int:
+    names = [f"h{i}" for i in range(n)]
+    evm, _ = both(names, fork, mode)
+    for k in range(2):  # the second round overwrites the slots the first one wrote
+        for name, soc, last, total in rounded_reports(n, seed=k):
+            evm.update(name, soc, last, total)
+        evm.compute()
+    return evm.gas.round_gas[-1]
+
+
+def test_the_gas_of_a_round_grows_linearly_with_the_households():
+    gas = {n: steady_round_gas(n, "istanbul", "batched") for n in (10, 35, 70)}
+    per_household_a = (gas[35] - gas[10]) / 25
+    per_household_b = (gas[70] - gas[35]) / 35
+    assert per_household_a > 1000  # each report is stored and read on chain
+    assert per_household_b == pytest.approx(per_household_a, rel=0.05)  # linear, not quadratic
+
+
+def test_one_household_transaction_costs_what_storing_its_report_costs():
+    """Istanbul (EIP-2200): 21,000 per transaction, 20,000 per storage slot written for the first time, 5,000 per
+    changed slot and 800 for one rewritten with its value. A report writes four slots: SoC, the two exports and
+    the interval mark (unchanged in the same interval). The paper's 105,957 gas belongs to a contract that
+    stores more per report."""
+    names = ["a", "b"]
+    evm, _ = both(names, "istanbul", "per_household")
+    evm.update("a", 0.5, 0.1, 0.1)  # first report: fresh slots (20,000 each)
+    evm.update("a", 0.6, 0.2, 0.3)  # every slot changes: 5,000 each
+    first, second = evm.gas.household_tx_gas
+    assert first - second == 4 * 20_000 - (3 * 5_000 + 800)  # same calldata size, same code path
+    assert 21_000 + 3 * 5_000 + 800 < second < 21_000 + 3 * 5_000 + 800 + 5_000  # + calldata and logic
+
+
+def test_an_invalid_report_in_the_simulator_is_counted_and_the_round_goes_on():
+    sim = ContractSim()
+    sim.init("Contract-0", round_s=60, window_s=1.0, households=["a", "b"], engine="evm", evm_mode="per_household",
+             evm_fork="prague")
+    sim.create(1, "Contract")
+    sim.create(2, "Member")
+    inputs = {"contract": {"committed_kwh": {"x": 1.0}, "soc_target_frac": {"x": 0.2}, "mode_s": {"x": 1.0}},
+              "sc_a": {"meter_kw": {"x": -3.0}, "soc_frac": {"x": 0.5}},
+              "sc_b": {"meter_kw": {"x": -1.0}, "soc_frac": {"x": 1.5}}}  # a broken SoC sensor
+    for t in (0, 60, 120):
+        sim.step(t, inputs, 10 ** 9)
+    data = sim.get_data({"contract": ["contract_rejected", "contract_rounds", "evm_weight_diff_max"],
+                         "sc_a": ["w_export"], "sc_b": ["w_export"]})
+    assert data["contract"]["contract_rounds"] == 2 and data["contract"]["contract_rejected"] == 2
+    assert data["sc_a"]["w_export"] == 1.0 and data["sc_b"]["w_export"] == 0.0
+    assert data["contract"]["evm_weight_diff_max"] <= 1e-6
+
+
+def test_a_closed_loop_run_on_the_evm_matches_the_python_rules_every_round(tmp_path):
+    scenario = loop({"interval_s": 300, "engine": "evm", "evm_fork": "istanbul", "evm_mode": "batched"},
+                    duration="1h")
+    result = run_scenario(scenario, tmp_path / "evm", progress=False)
+    c = result.summary["contract"]
+    assert c["engine"] == "evm" and c["contract_rounds"] == 12 and c["contract_rejected"] == 0
+    evm = c["evm"]
+    assert evm["fork"] == "istanbul" and evm["mode"] == "batched" and evm["rejected_on_chain"] == 0
+    assert evm["weight_diff_max_vs_python"] <= 1e-6 and evm["re_diff_max_vs_python_kwh"] <= 1e-9
+    assert evm["round_gas"]["median"] > 100_000 and evm["household_tx_gas"]["median"] is None
+    rows = pd.read_parquet(result.parquet, filters=[("kind", "==", "contract")])
+    assert rows["evm_round_gas"].notna().sum() == 12  # one round closes in each of 12 minutes
+    assert (tmp_path / "evm" / "contract_gas.png").exists()
