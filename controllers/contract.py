@@ -25,6 +25,11 @@ Edge cases the paper leaves open, as dercosim resolves them:
 - **A household that never reported** in the interval has an unknown SoC:
   it gets weight 0 (``w_e = w_i = 0``) and contributes 0 to Σ E_e until it
   reports. If nobody has reported, nobody gets a share.
+- **Meters without a battery** (the aggregator's plants, portfolio
+  households without one) report their exports too, so RE^{t,A} is the
+  remaining commitment of the whole portfolio — what the market settles —
+  but they get no weights and no reply. Without them a plant that exports
+  more or less than forecast would leave a gap no battery is asked to close.
 - **Negative exports** (imports) count as they are: they raise ``RE^{t,A}``
   and make ``W_e`` of that household 0 (the AND rule).
 - **Interval reset**: :meth:`SmartContract.start_interval` zeroes the
@@ -70,6 +75,7 @@ class Reply:
 
 @dataclass
 class _Household:
+    storage: bool = True  #: False: a meter of the portfolio without a battery (a plant, a household without one)
     soc_frac: float = math.nan
     export_since_last_kwh: float = 0.0
     export_in_interval_kwh: float = 0.0
@@ -87,10 +93,12 @@ class SmartContract:
         self.interval = -1
         self.rounds = 0
 
-    def register(self, household: str) -> None:
+    def register(self, household: str, storage: bool = True) -> None:
+        """A member of the portfolio: with ``storage`` a battery household that gets weights and RE, without it a
+        meter whose exports count in RE^{t,A} only (a plant of the aggregator, a household without a battery)."""
         if household in self.households:
             raise ContractError(f"household {household!r} is already registered")
-        self.households[household] = _Household()
+        self.households[household] = _Household(storage=bool(storage))
 
     def set_series(self, soc_target_frac: Sequence[float], committed_kwh: Sequence[float],
                    mode_s: Sequence[float], first_interval: int = 0) -> None:
@@ -125,6 +133,8 @@ class SmartContract:
         if h is None:
             raise ContractError(f"household {household!r} is not registered")
         values = [export_since_last_kwh] + ([] if export_in_interval_kwh is None else [export_in_interval_kwh])
+        if not h.storage:
+            soc_frac = 0.0  # a meter has no SoC; it is not used
         if not (0.0 <= soc_frac <= 1.0) or not all(math.isfinite(v) for v in values):
             raise ContractError(f"household {household!r}: SoC {soc_frac!r} outside 0..1 or a non-finite export "
                                 f"{values!r}")
@@ -151,14 +161,14 @@ class SmartContract:
         target = self._series(self.soc_target_frac, 0.0)
         mode = self._series(self.mode_s, 0.0)
         re = self.remaining_kwh()
-        reported = [name for name, h in self.households.items() if h.reported]
+        reported = [name for name, h in self.households.items() if h.reported and h.storage]
         w_e_raw = {n: (self.households[n].soc_frac if (self.households[n].export_since_last_kwh >= 0
                                                        and self.households[n].soc_frac >= target) else 0.0)
                    for n in reported}
         w_i_raw = {n: 1.0 - self.households[n].soc_frac for n in reported}
         w_e, w_i = _normalised(w_e_raw), _normalised(w_i_raw)
         return {name: Reply(re, w_e.get(name, 0.0), w_i.get(name, 0.0), target, mode, self.interval)
-                for name in self.households}
+                for name, h in self.households.items() if h.storage}
 
 
 def _normalised(raw: dict[str, float]) -> dict[str, float]:

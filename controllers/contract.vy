@@ -6,6 +6,8 @@
         (1e-6 kWh, signed: + = export). Each round computes
         RE = E_c - sum of the reported exports since the interval start (12) and
         the weights w_e (10)-(11, AND rule) and w_i, and logs them in one Round event.
+        Members with storage (battery households) get weights; meters without storage (the
+        aggregator's plants, households without a battery) count in RE only.
         Edge cases as the Python contract: when no reporting household qualifies
         (sum W = 0) the share is split equally among those that reported; a household
         that has not reported in the interval gets weight 0 and counts 0.
@@ -37,6 +39,7 @@ event Round:
 aggregator: public(address)
 members: public(DynArray[address, MAX_MEMBERS])
 index_of: public(HashMap[address, uint256])  # index + 1; 0 = not registered
+storage: public(HashMap[uint256, bool])  # a battery household (weights) or a meter (RE only)
 soc_ppm: HashMap[uint256, int256]
 export_last_mwh: HashMap[uint256, int256]
 export_interval_mwh: HashMap[uint256, int256]
@@ -54,11 +57,12 @@ def __init__():
 
 
 @external
-def register():
-    """A household registers itself (its account is its identity)."""
+def register(has_storage: bool):
+    """A member registers itself (its account is its identity): a battery household or a meter."""
     assert self.index_of[msg.sender] == 0, "already registered"
     self.members.append(msg.sender)
     self.index_of[msg.sender] = len(self.members)
+    self.storage[len(self.members) - 1] = has_storage
     log Registered(household=msg.sender, index=len(self.members) - 1)
 
 
@@ -132,7 +136,12 @@ def _compute():
     sum_i: int256 = 0
     n_reported: int256 = 0
     for i: uint256 in range(n, bound=MAX_MEMBERS):
-        if self.reported_in[i] == k + 1:
+        if self.reported_in[i] == k + 1 and not self.storage[i]:
+            exported += self.export_interval_mwh[i]  # a meter: counts in RE, no weights
+            w_e.append(0)
+            w_i.append(0)
+            reported.append(False)
+        elif self.reported_in[i] == k + 1:
             soc: int256 = self.soc_ppm[i]
             exported += self.export_interval_mwh[i]
             e: int256 = 0

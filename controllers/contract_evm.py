@@ -143,6 +143,7 @@ class EVMContract:
         self.aggregator = accounts[0]
         self.account = dict(zip(self.names, accounts[1:]))
         self.index: dict[str, int] = {}
+        self.storage: dict[str, bool] = {}
         # Istanbul predates EIP-1559: legacy transactions with a gas price
         self._tx = {"gas": GAS_LIMIT_TX, **({"gasPrice": 10 ** 9} if fork == "istanbul" else {})}
         self.gas = GasLog()
@@ -184,11 +185,13 @@ class EVMContract:
 
     # ------------------------------------------------------------ the SmartContract interface
 
-    def register(self, household: str) -> None:
+    def register(self, household: str, storage: bool = True) -> None:
+        """A battery household (``storage``) or a meter that counts in RE only (see SmartContract.register)."""
         if household not in self.account:
             raise ContractError(f"household {household!r} has no account on this chain")
-        receipt = self._send(self.c.functions.register(), self.account[household])
+        receipt = self._send(self.c.functions.register(bool(storage)), self.account[household])
         self.index[household] = len(self.index)
+        self.storage[household] = bool(storage)
         self.gas.register_gas.append(receipt.gasUsed)
 
     def set_series(self, soc_target_frac: Sequence[float], committed_kwh: Sequence[float],
@@ -210,6 +213,8 @@ class EVMContract:
             raise ContractError(f"household {household!r} has no account on this chain")
         if export_in_interval_kwh is None:
             raise ContractError("the EVM contract needs the export since the interval start in every report")
+        if not self.storage.get(household, True):
+            soc_frac = 0.0  # a meter has no SoC; the contract does not use it
         values = (soc_frac, export_since_last_kwh, export_in_interval_kwh)
         if not all(math.isfinite(float(v)) for v in values):
             raise ContractError(f"household {household!r}: a non-finite value cannot be sent {values!r}")
@@ -243,6 +248,8 @@ class EVMContract:
         by_index = {i: name for name, i in self.index.items()}
         replies = {}
         for i, (we, wi) in enumerate(zip(args["w_export_ppm"], args["w_import_ppm"])):
+            if not self.storage[by_index[i]]:
+                continue  # a meter gets no reply
             replies[by_index[i]] = Reply(re, we / PPM, wi / PPM, target, mode, int(args["interval"]))
         return replies
 

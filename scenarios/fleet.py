@@ -272,3 +272,12 @@ def contract_members(scenario: Scenario, households: pd.DataFrame, batteries: pd
     owners = set(batteries.loc[batteries["household"] != "", "household"])
     inside = set(central) | set(members)
     return [n for n in households["name"] if n in owners and n in inside]
+
+
+def contract_meters(scenario: Scenario, households: pd.DataFrame, batteries: pd.DataFrame) -> list[str]:
+    """The portfolio's other meters (plants, households without a battery): they report exports to the contract,
+    so its remaining commitment is the portfolio's, as the market settles it."""
+    central, members = portfolio(scenario, households)
+    storage = set(contract_members(scenario, households, batteries))
+    inside = set(central) | set(members)
+    return [n for n in households["name"] if n in inside and n not in storage]

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dercosim.scenarios import fleet
 from dercosim.scenarios.config import Scenario
 
 
@@ -113,10 +114,13 @@ def summarize(df: pd.DataFrame, scenario: Scenario, households: pd.DataFrame, ba
         last = c.iloc[-1] if len(c) else None
         summary["contract"] = {
             "engine": scenario.contract.engine, "interval_s": scenario.contract.interval_s,
-            "members": int((df.kind == "member").sum() // max(summary["steps"], 1)),
+            "members": len(fleet.contract_members(scenario, households, batteries)),
+            "meters": len(fleet.contract_meters(scenario, households, batteries)),
             **{k: (int(last[k]) if last is not None else 0)
                for k in ("contract_rounds", "reports_late", "reports_lost", "replies_lost", "contract_rejected")},
-            "note": "late = a report that arrived after its round closed (used in the next round); lost = dropped by "
+            "note": "members = battery households (weights and RE); meters = the portfolio's other meters (plants, "
+                    "households without a battery), whose exports count in RE; "
+                    "late = a report that arrived after its round closed (used in the next round); lost = dropped by "
                     "the network; a member whose reply is lost keeps its last RE and weights; rejected = reports "
                     "the contract refused (treated as lost)"}
     if scenario.market is not None and len(households):

@@ -280,7 +280,7 @@ def _build(world: mosaik.World, run: RunInputs, out_dir: Path, log: Callable[[st
         market_entities = [_connect_market(world, run, battery_entities)]
         entities[market_entities[0].full_id] = {"entity": "aggregator", "kind": "market", "bus": None}
         if scenario.contract is not None:
-            contract, members = _connect_contract(world, run, market_entities[0], battery_of,
+            contract, members = _connect_contract(world, run, market_entities[0], battery_of, households,
                                                   out_dir / "contract_gas.json")
             contract_entities = [contract, *members.values()]
             entities[contract.full_id] = {"entity": "contract", "kind": "contract", "bus": None}
@@ -338,23 +338,28 @@ def _build(world: mosaik.World, run: RunInputs, out_dir: Path, log: Callable[[st
     return parquet
 
 
-def _connect_contract(world: mosaik.World, run: RunInputs, aggregator: Any,
-                      battery_of: dict[str, Any], gas_log_path: Path) -> tuple[Any, dict[str, Any]]:
-    """Start the smart contract: every battery household of the portfolio is a member."""
+def _connect_contract(world: mosaik.World, run: RunInputs, aggregator: Any, battery_of: dict[str, Any],
+                      households: dict[str, Any], gas_log_path: Path) -> tuple[Any, dict[str, Any]]:
+    """Start the smart contract: every battery household of the portfolio is a member; every other meter of
+    the portfolio (the plants, households without a battery) reports its exports."""
     scenario = run.scenario
     c = scenario.contract
     names = fleet.contract_members(scenario, run.fleet.households, run.fleet.batteries)
+    meters = fleet.contract_meters(scenario, run.fleet.households, run.fleet.batteries)
     times = run.times
     sim = world.start("Contract", step_s=scenario.clock.step_s, round_s=c.interval_s, window_s=c.window_s,
                       interval_s=scenario.market.interval_s,
                       start_s_of_day=int((times[0] - times[0].normalize()).total_seconds()), households=names,
                       latency=c.latency.model_dump(), loss_prob=c.loss_prob, seed=scenario.seed, engine=c.engine,
-                      evm_fork=c.evm_fork, evm_mode=c.evm_mode, gas_log_path=str(gas_log_path))
+                      evm_fork=c.evm_fork, evm_mode=c.evm_mode, gas_log_path=str(gas_log_path), meters=meters)
     contract = sim.Contract()
     world.connect(aggregator, contract, "committed_kwh", "soc_target_frac", "mode_s")
-    members = dict(zip(names, sim.Member.create(len(names))))
+    members = dict(zip(names + meters, sim.Member.create(len(names) + len(meters))))
     for name, ent in members.items():
-        world.connect(battery_of[name], ent, "meter_kw", "soc_frac")
+        if name in battery_of:
+            world.connect(battery_of[name], ent, "meter_kw", "soc_frac")
+        else:  # no battery: the meter is the household's (or plant's) net power
+            world.connect(households[name], ent, ("net_kw", "meter_kw"))
     return contract, members
 
 

@@ -4,7 +4,9 @@ One ``Contract`` entity (it reads the aggregator's commitment ``committed_kwh``,
 ``soc_target_frac`` and ``mode_s`` of the current market interval) and one
 ``Member`` entity per registered household (it reads the household's battery:
 ``meter_kw``, the net power at the meter, and ``soc_frac``; it writes what the
-household's HEMS reads: ``re_kwh`` = RE^{t,k}, ``s_mode``, ``soc_target_frac``).
+household's HEMS reads: ``re_kwh`` = RE^{t,k}, ``s_mode``, ``soc_target_frac``)
+and per other meter of the portfolio (a plant, a household without a battery:
+it reads ``meter_kw`` only; its exports count in RE^{t,A}).
 
 Every ``round_s`` seconds each member sends a report (its SoC and its net
 export since its last report) over the seeded simpy network
@@ -52,6 +54,10 @@ META = {
 }
 
 
+#: a reported SoC this far outside 0..1 is rounding, clipped; further out it is sent and the contract refuses it
+SOC_TOLERANCE = 1e-9
+
+
 class _Member:
     def __init__(self) -> None:
         self.export_since_report_kwh = 0.0
@@ -71,8 +77,10 @@ class ContractSim(mosaik_api_v3.Simulator):
              window_s: float = 10.0, interval_s: int = 1800, start_s_of_day: int = 0,
              households: list[str] = (), latency: dict[str, Any] | None = None, loss_prob: float = 0.0,
              seed: int = 0, engine: str = "python", evm_fork: str = "prague", evm_mode: str = "batched",
-             gas_log_path: str | None = None) -> dict:
-        """``engine``: "python" (the rules in Python) or "evm" (the Vyper contract on an in-process py-evm
+             gas_log_path: str | None = None, meters: list[str] = ()) -> dict:
+        """``households``: the battery households (weights, RE); ``meters``: the portfolio's other meters (the
+        aggregator's plants, households without a battery), whose exports count in RE only;
+        ``engine``: "python" (the rules in Python) or "evm" (the Vyper contract on an in-process py-evm
         chain; the Python rules run beside it on the same rounded inputs as the reference);
         ``gas_log_path``: where the EVM's gas per transaction is written at the end (JSON)."""
         from dercosim.timeseries.rng import rng_for
@@ -82,7 +90,8 @@ class ContractSim(mosaik_api_v3.Simulator):
                              f"steps of {step_s} s")
         self.step_s, self.round_s, self.window_s = int(step_s), int(round_s), float(window_s)
         self.interval_s, self.start_s_of_day = int(interval_s), int(start_s_of_day)
-        self.names = list(households)
+        self.names = list(households) + list(meters)
+        self.storage = {name: name not in set(meters) for name in self.names}
         if engine not in ("python", "evm"):
             raise ValueError(f"engine must be 'python' or 'evm', got {engine!r}")
         self.contract = SmartContract()
@@ -93,9 +102,9 @@ class ContractSim(mosaik_api_v3.Simulator):
             self.evm = EVMContract(self.names, fork=evm_fork, mode=evm_mode)
         self.gas_log_path = gas_log_path
         for name in self.names:
-            self.contract.register(name)
+            self.contract.register(name, storage=self.storage[name])
             if self.evm is not None:
-                self.evm.register(name)
+                self.evm.register(name, storage=self.storage[name])
         self._evm_sent_series: tuple[Any, ...] | None = None
         self._evm_step: dict[str, float] = {}
         self.members = {name: _Member() for name in self.names}
@@ -133,7 +142,8 @@ class ContractSim(mosaik_api_v3.Simulator):
                 continue  # a report of an earlier interval: its energy belonged there
             args = (report["household"], report["soc_frac"], report["export_kwh"], report["export_in_interval_kwh"])
             if self.evm is not None:  # what goes on chain is rounded: the Python reference gets the same numbers
-                args = (args[0], to_ppm(args[1]) / PPM, to_mwh(args[2]) / MWH_PER_KWH, to_mwh(args[3]) / MWH_PER_KWH)
+                soc = to_ppm(args[1]) / PPM if math.isfinite(args[1]) else args[1]  # a meter has none
+                args = (args[0], soc, to_mwh(args[2]) / MWH_PER_KWH, to_mwh(args[3]) / MWH_PER_KWH)
             accepted = True
             try:
                 self.contract.update(*args)
@@ -222,11 +232,13 @@ class ContractSim(mosaik_api_v3.Simulator):
                 m.export_in_interval_kwh += export
                 m.export_since_reply_kwh += export
             if attrs.get("soc_frac"):
-                m.soc_frac = float(sum(attrs["soc_frac"].values()))
+                soc = float(sum(attrs["soc_frac"].values()))
+                # float noise at the bounds (a battery emptied to -2e-20) is not a broken sensor
+                m.soc_frac = min(max(soc, 0.0), 1.0) if -SOC_TOLERANCE <= soc <= 1.0 + SOC_TOLERANCE else soc
         if time % self.round_s == 0:
             round_no = self.rounds
             for name, m in self.members.items():
-                if not math.isfinite(m.soc_frac):
+                if self.storage[name] and not math.isfinite(m.soc_frac):
                     continue
                 self.network.send(name, "contract", {"household": name, "soc_frac": m.soc_frac,
                                                      "export_kwh": m.export_since_report_kwh,

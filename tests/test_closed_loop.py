@@ -56,6 +56,7 @@ def test_every_minute_a_round_and_no_message_late_on_a_fast_network(runs):
     c = runs["closed"].summary["contract"]
     # 180 rounds sent; the last one closes 10 s after the run's last step
     assert c["contract_rounds"] == 179 and c["reports_late"] == 0 and c["members"] == 6
+    assert c["meters"] == 1  # the aggregator's plant reports its export: RE is the whole portfolio's
     df = pd.read_parquet(runs["closed"].parquet, filters=[("kind", "==", "member")])
     assert df["w_export"].notna().any() and np.isfinite(df["re_kwh"]).all()
 

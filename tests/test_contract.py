@@ -158,3 +158,19 @@ def test_same_seed_same_messages():
     assert one == two
     other = _drive(_sim(lat, loss_prob=0.2, seed=2), 30)
     assert other != one
+
+
+def test_a_meter_without_storage_counts_in_re_but_gets_no_weight_and_no_reply():
+    """The aggregator's plant exported 3 kWh more than the households: RE is the portfolio's remainder, and only
+    the batteries are asked to close it."""
+    c = contract(2, committed=4.0)
+    c.register("plant", storage=False)
+    c.start_interval(0)
+    c.update("h0", 0.8, 0.5)
+    c.update("h1", 0.6, 0.5)
+    c.update("plant", math.nan, 6.0)  # a plant has no SoC
+    r = c.compute()
+    assert set(r) == {"h0", "h1"}
+    assert r["h0"].re_fleet_kwh == pytest.approx(4.0 - 7.0)  # over-delivered: the batteries must import
+    assert r["h0"].w_import + r["h1"].w_import == pytest.approx(1.0)
+    assert r["h1"].w_import == pytest.approx(0.4 / 0.6)

@@ -74,6 +74,22 @@ def test_when_nobody_qualifies_the_chain_splits_equally_among_those_who_reported
     assert got["a"].re_fleet_kwh == pytest.approx(2.5 - 0.3, abs=1e-9)
 
 
+def test_a_meter_counts_in_re_on_chain_as_in_python():
+    evm, py = EVMContract(["a", "b", "plant"], fork="prague", mode="per_household"), SmartContract()
+    for c in (evm, py):
+        for name in ("a", "b", "plant"):
+            c.register(name, storage=name != "plant")
+        c.set_series([0.5], [4.0], [1.0])
+        c.start_interval(0)
+        c.update("a", 0.75, 0.5, 0.5)
+        c.update("b", 0.25, -0.25, -0.25)
+        c.update("plant", math.nan, 6.0, 6.0)
+    got, want = evm.compute(), py.compute()
+    assert set(got) == set(want) == {"a", "b"}
+    assert got["a"].re_fleet_kwh == pytest.approx(want["a"].re_fleet_kwh, abs=1e-9) == pytest.approx(4.0 - 6.25)
+    assert got["b"].w_import == pytest.approx(want["b"].w_import, abs=1e-6) == pytest.approx(0.75)
+
+
 def test_a_reverted_household_transaction_is_a_contract_error_and_changes_nothing():
     evm, _ = both(["a", "b"], "istanbul", "per_household")
     evm.update("a", 0.5, 0.2, 0.2)
