@@ -53,7 +53,8 @@ def row(case: str, summary: dict[str, Any], baseline: dict[str, Any] | None) -> 
     return {"scenario": case, "bill_total": bills, "bill_reduction_vs_s0": reduction,
             "market_revenue": revenue, "imbalance_cost": imbalance,
             "total_revenue": None if reduction is None else reduction + revenue - imbalance,
-            "self_consumption_rate": hh.get("self_sufficiency"),
+            # the homes only: a central battery's charging is not a household's import
+            "self_consumption_rate": market.get("self_consumption_rate", hh.get("self_sufficiency")),
             "self_supplied_minutes_share": market.get("self_supplied_minutes_share"),
             "mean_abs_deviation_of_committed": market.get("mean_abs_deviation_of_committed"),
             "v_min_pu": v.get("min_pu"), "minutes_outside_limits": v.get("minutes_outside_limits"),
@@ -142,7 +143,7 @@ def plot(table: pd.DataFrame, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    ax1.bar(table["scenario"], table["total_revenue"].fillna(0.0), color="tab:blue")
+    ax1.bar(table["scenario"], pd.to_numeric(table["total_revenue"], errors="coerce").fillna(0.0), color="tab:blue")
     ax1.set_ylabel("total revenue (GBP)")
     ax1.set_title("total revenue: bill reduction + market − imbalance")
     ax2.bar(table["scenario"], 100 * table["self_consumption_rate"].fillna(0.0), color="tab:green")
