@@ -28,6 +28,8 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/pms.py
 	$(BIN)/python benchmarks/mpc.py
 	$(BIN)/python benchmarks/admm.py
+	$(BIN)/python benchmarks/aggregator.py
+	$(BIN)/python benchmarks/contract.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache *.egg-info
