@@ -435,7 +435,9 @@ class HouseholdMPCParams(BaseModel):
 
     period_s: Annotated[int, Field(ge=60, le=3600), AfterValidator(_minutes)] = 120
     formulation: Literal["qp", "milp"] = "qp"
-    qp_solver: Literal["piqp", "osqp", "qpoases"] = "piqp"  #: for the qp formulation (the milp uses HiGHS)
+    #: for the qp formulation (the milp uses HiGHS); "opti_rebuilt" writes the problem in casadi.Opti and rebuilds it
+    #: every call (OSQP, no retry) - the naive path, for benchmarks/fullstack.py and as an independent check
+    qp_solver: Literal["piqp", "osqp", "qpoases", "opti_rebuilt"] = "piqp"
     forecaster: Literal["perfect", "persistence", "linear_regression", "noisy"] = "linear_regression"
     forecast_window: Annotated[int, Field(ge=2, le=1440)] = 30  #: minutes of history (linear regression)
     forecast_accuracy: Annotated[float, Field(ge=0, le=1)] = 0.25  #: relative error of "noisy"
@@ -530,7 +532,8 @@ class HouseholdMPC:
         self.battery = BatteryModel(**{k: float(bat[k]) for k in BatteryModel.__dataclass_fields__})
         self.problem = MPCProblem(self.battery, horizon_max=self.market_interval_s // 60,
                                   formulation=self.formulation, weights=self.weights,
-                                  solver=self.qp_solver if self.formulation == "qp" else None)
+                                  solver=(self.qp_solver if self.formulation == "qp" and self.qp_solver != "opti_rebuilt"
+                                          else None))
         self.import_price = np.asarray(context["import_price"], float)
         self.start_s_of_day = int(context["start_s_of_day"])
         truth = np.asarray(context["load_kw"], float) - np.asarray(context["pv_kw"], float)
@@ -600,7 +603,9 @@ class HouseholdMPC:
             target = float(obs.get("soc_target_frac", math.nan))
             soc_target = target if math.isfinite(target) else 0.0
             s_mode = s_mode if math.isfinite(target) else 0.0
-        plan = self.problem.solve(MPCInputs(
+        solve = ((lambda inp: solve_with_opti(self.problem, inp)) if self.qp_solver == "opti_rebuilt"
+                 else self.problem.solve)
+        plan = solve(MPCInputs(
             soc_kwh=float(obs["soc_kwh"]), residual_kw=residual, import_price=prices, re_kwh=re_kwh,
             s_mode=s_mode, soc_target_frac=soc_target, export_cap_kw=export_cap,
             import_cap_kw=self.import_cap_kw, soc_value_per_kwh=tiers[0][0], soc_value_cap_kwh=tiers[0][1],
