@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from dercosim.scenarios.config import Scenario, ScenarioError
-from dercosim.timeseries import loads, pv, weather
+from dercosim.timeseries import weather
 from dercosim.timeseries.rng import rng_for
 from dercosim.timeseries.tariffs import Tariff, tariff_of
 
@@ -79,6 +79,8 @@ def household_profiles(scenario: Scenario, table: pd.DataFrame, times: pd.Dateti
 def day_profiles(scenario: Scenario, table: pd.DataFrame, days: pd.DatetimeIndex,
                  site: weather.Site | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Load and PV (kW) per minute over ``days`` (whole calendar days, :func:`weather.whole_days`)."""
+    from dercosim.timeseries import loads, pv  # demandlib and pvlib: only when profiles are made
+
     site = site if site is not None else weather.get_site(scenario.site.weather)
     homes = table["homes"].to_numpy(int) if "homes" in table else np.ones(len(table), int)
     per_home = np.repeat(table["annual_kwh"].to_numpy(float) / homes, homes)
@@ -97,6 +99,8 @@ def day_profiles(scenario: Scenario, table: pd.DataFrame, days: pd.DatetimeIndex
 
 def base_load_shape(scenario: Scenario, times: pd.DatetimeIndex) -> np.ndarray:
     """Multiplier of the case's base load at each of ``times``: scale × daily shape."""
+    from dercosim.timeseries import loads
+
     shape = scenario.grid.base_load
     daily = np.ones(len(times)) if shape.shape == "flat" else loads.daily_shape(times)
     return shape.scale * daily
