@@ -524,7 +524,8 @@ class HouseholdMPC:
         self.surplus_kw = float(surplus_kw)
         self.weights = Weights(export_penalty_per_kwh=export_penalty_per_kwh, w_soc=w_soc, w_re=w_re)
         self.re_kwh, self.s_mode, self.soc_target_frac = float(re_kwh), float(s_mode), float(soc_target_frac)
-        self.history: list[float] = []
+        self._history = np.empty(1440)  # the observed residual, one value per minute (grown by doubling)
+        self._n_history = 0
         self.problem: MPCProblem | None = None
 
     def bind(self, context: dict[str, Any]) -> None:
@@ -547,8 +548,16 @@ class HouseholdMPC:
                                           accuracy=self.forecast_accuracy, grid_min=self.forecast_grid_min,
                                           rng=rng_for(int(context["seed"]), f"forecast:{context['household']}"))
 
+    @property
+    def history(self) -> np.ndarray:
+        """The residual observed every minute so far, kW (a view: no copy per call on long runs)."""
+        return self._history[:self._n_history]
+
     def observe(self, t: int, obs: dict[str, float]) -> None:
-        self.history.append(float(obs["net_kw"]))
+        if self._n_history == len(self._history):
+            self._history = np.concatenate([self._history, np.empty(len(self._history))])
+        self._history[self._n_history] = float(obs["net_kw"])
+        self._n_history += 1
 
     def outlook(self, k: int, n: int) -> np.ndarray | None:
         """Expected residual for steps k .. k+n−1, or None when there is nothing to go on."""
@@ -594,7 +603,7 @@ class HouseholdMPC:
         k = t // 60
         h = self.steps_left(t)
         residual = np.concatenate([[obs["net_kw"]],
-                                   self.forecaster.forecast(k, np.asarray(self.history), h - 1)])
+                                   self.forecaster.forecast(k, self.history, h - 1)])
         prices = self.import_price[k:k + h]
         prices = np.concatenate([prices, np.full(h - len(prices), self.import_price[-1])])
         if self.soc_value == "auto":

@@ -51,9 +51,11 @@ class LinearRegression:
         y = np.asarray(history[-self.window:], float)
         if len(y) < 2:
             return np.full(horizon, float(y[-1]) if len(y) else 0.0)
-        x = np.arange(len(y), dtype=float)
-        slope, intercept = np.polyfit(x, y, 1)
-        ahead = np.arange(len(y), len(y) + horizon, dtype=float)
+        n = len(y)
+        x = np.arange(n, dtype=float) - (n - 1) / 2.0  # centred: the least-squares line in closed form
+        slope = float(x @ y) / (n * (n * n - 1) / 12.0)
+        intercept = float(y.mean()) - slope * (n - 1) / 2.0
+        ahead = np.arange(n, n + horizon, dtype=float)
         return np.clip(intercept + slope * ahead, self.lower, self.upper)
 
 
