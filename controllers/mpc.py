@@ -54,6 +54,7 @@ import contextlib
 import math
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -335,21 +336,26 @@ def _call(solver: Any, call: dict[str, Any], args: dict[str, np.ndarray]) -> tup
 
 @contextlib.contextmanager
 def _quiet_stdout() -> Any:
-    """Silence C-level stdout (file descriptor 1) for the duration."""
-    try:
-        fd = sys.stdout.fileno()
-    except (AttributeError, OSError, ValueError):  # no real stdout (e.g. captured): nothing to silence
-        yield
-        return
-    sys.stdout.flush()
-    saved = os.dup(fd)
-    with open(os.devnull, "w") as devnull:
-        os.dup2(devnull.fileno(), fd)
+    """Silence C-level stdout (file descriptor 1) for the duration (one thread at a time: file descriptor 1 is
+    the process's, and two overlapping redirections would leave it pointing at /dev/null)."""
+    with _STDOUT_LOCK:
         try:
+            fd = sys.stdout.fileno()
+        except (AttributeError, OSError, ValueError):  # no real stdout (e.g. captured): nothing to silence
             yield
-        finally:
-            os.dup2(saved, fd)
-            os.close(saved)
+            return
+        sys.stdout.flush()
+        saved = os.dup(fd)
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), fd)
+            try:
+                yield
+            finally:
+                os.dup2(saved, fd)
+                os.close(saved)
+
+
+_STDOUT_LOCK = threading.RLock()
 
 
 def solve_with_opti(problem: MPCProblem, inp: MPCInputs) -> Plan:
@@ -495,6 +501,8 @@ class HouseholdMPC:
     FORECAST_STEPS = (1, 5, 15)
     diagnostics = ("solve_ms", "fallback", "retried", "forecast_h1_kw", "forecast_h5_kw", "forecast_h15_kw")
     Params = HouseholdMPCParams
+    #: every instance has its own problem, solvers, forecaster and history: the host may call many at once
+    thread_safe = True
 
     def __init__(self, period_s: int = 120, formulation: str = "qp", qp_solver: str = "piqp",
                  forecaster: str = "linear_regression",

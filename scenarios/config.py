@@ -301,6 +301,9 @@ class HemsConfig(_Model):
     #: a controller that raises, exits or returns a non-finite or out-of-range setpoint: "fallback" counts the fault
     #: per household and applies the rule-based action (follow the residual) for that step; "stop" ends the run
     on_fault: Literal["fallback", "stop"] = "stop"
+    #: threads for controllers that declare ``thread_safe = True`` (the MPC); 0 = one per core; the numbers do not
+    #: depend on it
+    threads: Annotated[int, Field(ge=0, le=256)] = 0
 
 
 LocalTime = Annotated[time, BeforeValidator(_to_time)]

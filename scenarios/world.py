@@ -465,7 +465,8 @@ def _connect_controllers(world: mosaik.World, scenario: Scenario, table: Any, ho
     cls = load_controller_class(hems.controller, scenario.source_dir)
     diagnostics = [str(d) for d in getattr(cls, "diagnostics", ())]
     ctrl_sim = world.start("Controllers", step_s=scenario.clock.step_s, diagnostics=diagnostics,
-                           on_fault=hems.on_fault, step_timeout_s=hems.step_timeout_s)
+                           on_fault=hems.on_fault, step_timeout_s=hems.step_timeout_s,
+                           threads=hems.threads or (os.cpu_count() or 1))
     diagnostics = diagnostics + HOST_DIAGNOSTICS
     contexts = [_context(scenario, context, n, hh_bus[n], batteries) for n in names]
     ctrls = ctrl_sim.Controller.create(len(names), spec=hems.controller, params=dict(hems.params), labels=names,

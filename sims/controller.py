@@ -15,7 +15,11 @@ household and the time; with ``"fallback"`` it is counted (``fault`` = 1 in
 that minute's row) and the fallback applies for that step: the rule-based
 action where the controller drives ``follow_residual`` (follow the residual),
 0 kW where it drives only ``p_set_kw``, the thermostat for ``hvac_set_kw``.
-Every call's wall time is recorded (``step_ms``); a call longer than
+A controller class with ``thread_safe = True`` (no state shared between its
+instances; the MPC is one) is called on a pool of ``threads`` threads, all
+due households of a minute at once (casadi releases the GIL while it
+solves); results are applied in the households' order, so the numbers do not
+depend on the thread count. Every call's wall time is recorded (``step_ms``); a call longer than
 ``step_timeout_s`` is an *overrun*: counted (``overrun`` = 1) and reported on
 stderr once per household by name (a call cannot be cut short safely).
 """
@@ -56,11 +60,18 @@ class ControllerSim(mosaik_api_v3.Simulator):
     def __init__(self) -> None:
         super().__init__(copy.deepcopy(META))  # init() adds this run's diagnostics to the attributes
         self.entities: dict[str, dict[str, Any]] = {}
+        self.pool: Any = None
 
     def init(self, sid: str, time_resolution: float = 1.0, step_s: int = 60, diagnostics: list[str] = (),
-             on_fault: str = "stop", step_timeout_s: float | None = None) -> dict:
+             on_fault: str = "stop", step_timeout_s: float | None = None, threads: int = 1) -> dict:
         """``diagnostics``: names the hosted controllers may report (added to the model's attributes);
-        ``on_fault``: "stop" or "fallback"; ``step_timeout_s``: wall-clock budget of one call (None: none)."""
+        ``on_fault``: "stop" or "fallback"; ``step_timeout_s``: wall-clock budget of one call (None: none);
+        ``threads``: calls of thread-safe controllers run on this many threads (1: one after the other)."""
+        self.pool = None
+        if int(threads) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(max_workers=int(threads), thread_name_prefix="controller")
         if on_fault not in ("stop", "fallback"):
             raise ValueError(f"on_fault must be 'stop' or 'fallback', got {on_fault!r}")
         self.step_s = int(step_s)
@@ -98,6 +109,7 @@ class ControllerSim(mosaik_api_v3.Simulator):
                                           f"{type(exc).__name__}: {exc}") from exc
             eid = f"ctrl_{label}"
             self.entities[eid] = {"ctrl": ctrl, "label": label, "spec": spec, "next_s": 0,
+                                  "thread_safe": bool(getattr(ctrl, "thread_safe", False)),
                                   "observes": hasattr(ctrl, "observe"), "diagnostics": diagnostics,
                                   "faults": 0, "overruns": 0,
                                   "out": {name: math.nan for name in (*ctrl.outputs, *diagnostics,
@@ -108,6 +120,7 @@ class ControllerSim(mosaik_api_v3.Simulator):
         return out
 
     def step(self, time: int, inputs: dict[str, dict[str, dict[str, Any]]], max_advance: int) -> int:
+        jobs = []
         for eid, ent in self.entities.items():
             ctrl = ent["ctrl"]
             out = ent["out"]
@@ -120,17 +133,25 @@ class ControllerSim(mosaik_api_v3.Simulator):
             given = inputs.get(eid, {})
             obs = {name: float(sum(given[name].values())) for name in ctrl.inputs if name in given}
             where = f"controller {ent['spec']!r} for {ent['label']} at t = {time} s"
-            started = _time.perf_counter()
-            try:
-                setpoints = self._call(ctrl, ent, time, obs, due, where)
-            except ControllerFault as fault:
+            jobs.append((ent, obs, due, where))
+        # thread-safe controllers (``thread_safe = True``: no state shared between instances) are called on the
+        # pool; their results are handled below in the entities' order, so the run does not depend on it
+        pooled = [job for job in jobs if job[0]["thread_safe"]] if self.pool is not None else []
+        futures = {id(job): self.pool.submit(self._timed_call, job, time) for job in pooled}
+        for job in jobs:
+            ent, obs, due, where = job
+            future = futures.get(id(job))
+            setpoints, fault, elapsed_s = future.result() if future is not None else self._timed_call(job, time)
+            out, ctrl = ent["out"], ent["ctrl"]
+            if fault is not None:
                 if self.on_fault == "stop":
+                    for other in futures.values():
+                        other.cancel()
                     raise ControllerError(f"{where} {fault} (hems.on_fault = 'fallback' counts such faults "
                                           f"and carries on)") from fault.__cause__
                 setpoints = {name: FALLBACK[name] for name in ctrl.outputs}
                 out["fault"] = 1.0
                 ent["faults"] += 1
-            elapsed_s = _time.perf_counter() - started
             out["step_ms"] = 1000.0 * elapsed_s
             if self.step_timeout_s is not None and elapsed_s > self.step_timeout_s:
                 out["overrun"] = 1.0
@@ -144,6 +165,21 @@ class ControllerSim(mosaik_api_v3.Simulator):
             out.update(setpoints)
             ent["next_s"] = time + int(ctrl.period_s)
         return time + self.step_s  # every minute: the host's own diagnostics are recorded every minute
+
+    def _timed_call(self, job: tuple[dict[str, Any], dict[str, float], bool, str],
+                    time: int) -> tuple[dict[str, float], ControllerFault | None, float]:
+        """One controller's observe/step: (setpoints, the fault or None, wall time in s)."""
+        ent, obs, due, where = job
+        started = _time.perf_counter()
+        try:
+            setpoints, fault = self._call(ent["ctrl"], ent, time, obs, due, where), None
+        except ControllerFault as exc:
+            setpoints, fault = {}, exc
+        return setpoints, fault, _time.perf_counter() - started
+
+    def finalize(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
 
     @staticmethod
     def _call(ctrl: Any, ent: dict[str, Any], time: int, obs: dict[str, float], due: bool,
