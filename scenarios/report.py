@@ -37,8 +37,11 @@ def _at(times: pd.Series, time_s: int) -> str:
 
 
 def summarize(df: pd.DataFrame, scenario: Scenario, households: pd.DataFrame, batteries: pd.DataFrame,
-              wall_time_s: float, run_wall_s: float) -> dict[str, Any]:
-    """The figures of ``summary.json`` from a run's recorded rows (``pd.read_parquet(timeseries.parquet)``)."""
+              wall_time_s: float, run_wall_s: float, tables: dict[str, pd.DataFrame] | None = None) -> dict[str, Any]:
+    """The figures of ``summary.json`` from a run's recorded rows (``pd.read_parquet(timeseries.parquet)``).
+
+    ``tables``: if given, receives the per-interval market settlement (``"market"``) for :func:`plot_all`,
+    so it is computed once per run."""
     step_h = scenario.clock.step_s / 3600.0
     feeder = df[df.kind == "feeder"].set_index("time_s").sort_index()
     stamps = feeder["time"]
@@ -124,7 +127,9 @@ def summarize(df: pd.DataFrame, scenario: Scenario, households: pd.DataFrame, ba
                     "the network; a member whose reply is lost keeps its last RE and weights; rejected = reports "
                     "the contract refused (treated as lost)"}
     if scenario.market is not None and len(households):
-        summary["market"] = market_figures(df, scenario, households, batteries)[0]
+        summary["market"], market_table = market_figures(df, scenario, households, batteries)
+        if tables is not None:
+            tables["market"] = market_table
         hh_summary = summary["households"]
         bills = summary["market"].pop("bills_per_household")
         for name, bill in bills.items():
@@ -140,8 +145,10 @@ def summarize(df: pd.DataFrame, scenario: Scenario, households: pd.DataFrame, ba
     return summary
 
 
-def plot_all(df: pd.DataFrame, scenario: Scenario, out_dir: str | Path) -> list[Path]:
-    """Write the run's PNG plots (from its recorded rows) to ``out_dir``; returns their paths."""
+def plot_all(df: pd.DataFrame, scenario: Scenario, out_dir: str | Path,
+             tables: dict[str, pd.DataFrame] | None = None) -> list[Path]:
+    """Write the run's PNG plots (from its recorded rows) to ``out_dir``; returns their paths. ``tables``: what
+    :func:`summarize` already computed (else computed here)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -209,7 +216,7 @@ def plot_all(df: pd.DataFrame, scenario: Scenario, out_dir: str | Path) -> list[
     if scenario.planner is not None and (df.kind == "plan").any():
         paths.append(_plot_plan(df, scenario, out_dir, t))
     if scenario.market is not None and (df.kind == "market").any():
-        paths.append(_plot_market(df, scenario, out_dir))
+        paths.append(_plot_market(df, scenario, out_dir, (tables or {}).get("market")))
         if len(bat):
             paths.append(_plot_three_households(df, scenario, out_dir))
     if "evm_round_gas" in df.columns and (df.kind == "contract").any():
@@ -286,13 +293,14 @@ def _plot_three_households(df: pd.DataFrame, scenario: Scenario, out_dir: Path) 
     return _save(fig, out_dir / "soc_three_households.png")
 
 
-def _plot_market(df: pd.DataFrame, scenario: Scenario, out_dir: Path) -> Path:
+def _plot_market(df: pd.DataFrame, scenario: Scenario, out_dir: Path, table: pd.DataFrame | None = None) -> Path:
     """Committed vs delivered export per interval (Couraud et al. 2022, Fig. 5c) and the prices; writes market.csv."""
     import matplotlib.pyplot as plt
 
-    households = pd.read_csv(out_dir / "households.csv")
-    batteries = pd.read_csv(out_dir / "batteries.csv", keep_default_na=False)
-    _, table = market_figures(df, scenario, households, batteries)
+    if table is None:
+        households = pd.read_csv(out_dir / "households.csv")
+        batteries = pd.read_csv(out_dir / "batteries.csv", keep_default_na=False)
+        _, table = market_figures(df, scenario, households, batteries)
     table.to_csv(out_dir / "market.csv", index=False)
     if table.empty:
         return out_dir / "market.csv"

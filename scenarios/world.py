@@ -184,15 +184,16 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
         raise RunInterrupted(_signal_of(interrupted), out_dir) from None
 
     recorded = pd.read_parquet(parquet)
+    tables: dict[str, pd.DataFrame] = {}
     summary = report.summarize(recorded, scenario, table, batteries, wall_time_s=time.perf_counter() - wall_start,
-                               run_wall_s=run_wall_s)
+                               run_wall_s=run_wall_s, tables=tables)
     if "contract" in summary and scenario.contract.engine == "evm":
         summary["contract"]["evm"] = report.evm_figures(recorded, out_dir / "contract_gas.json")
     if interrupted is not None:
         summary["interrupted"] = {"signal": _signal_of(interrupted),
                                   "steps_recorded": summary["steps"], "steps_planned": n_steps}
     write_text_atomically(out_dir / "summary.json", strict_json(summary))
-    report.plot_all(recorded, scenario, out_dir)
+    report.plot_all(recorded, scenario, out_dir, tables)
     if interrupted is not None:
         raise RunInterrupted(_signal_of(interrupted), out_dir) from None
     return RunResult(out_dir=out_dir, parquet=parquet, summary=summary)
