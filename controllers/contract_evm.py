@@ -157,6 +157,7 @@ class EVMContract:
         self._round_gas = 0
         self._round_wall_s = 0.0
         self.rejected = 0  #: batched: reports the contract skipped (logged Rejected)
+        self.failed_rounds = 0  #: rounds whose transaction reverted (counted by the caller, which falls back)
         self.rounds = 0
 
     # ------------------------------------------------------------ transactions
@@ -230,12 +231,17 @@ class EVMContract:
         """One round: the transaction(s) of the mode; the replies from the Round event."""
         from web3.logs import DISCARD
 
-        if self.mode == "per_household":
-            receipt = self._round_tx(self.c.functions.compute(), self.aggregator)
-        else:
-            cols = list(zip(*self._pending)) if self._pending else [(), (), (), ()]
-            self._pending = []
-            receipt = self._round_tx(self.c.functions.update_and_compute(*(list(c) for c in cols)), self.aggregator)
+        try:
+            if self.mode == "per_household":
+                receipt = self._round_tx(self.c.functions.compute(), self.aggregator)
+            else:
+                cols = list(zip(*self._pending)) if self._pending else [(), (), (), ()]
+                self._pending = []
+                receipt = self._round_tx(self.c.functions.update_and_compute(*(list(c) for c in cols)),
+                                         self.aggregator)
+        except ContractError:
+            self._round_gas, self._round_wall_s = 0, 0.0  # a round that did not happen on chain
+            raise
             self.rejected += len(self.c.events.Rejected().process_receipt(receipt, errors=DISCARD))
         (event,) = self.c.events.Round().process_receipt(receipt, errors=DISCARD)
         args = event["args"]
@@ -270,4 +276,4 @@ class EVMContract:
                 "round_gas": stats(g.round_gas, ("median", "max")),
                 "round_wall_ms": {k: (None if v is None else 1000.0 * v)
                                   for k, v in stats(g.round_wall_s, ("median", "max")).items()},
-                "rejected_on_chain": self.rejected}
+                "rejected_on_chain": self.rejected, "failed_rounds": self.failed_rounds}

@@ -235,13 +235,14 @@ def evm_figures(df: pd.DataFrame, gas_log: Path) -> dict[str, Any]:
     try:
         log = json.loads(Path(gas_log).read_text(encoding="utf-8"))["summary"]
         figures.update({k: log[k] for k in ("fork", "mode", "deploy_gas", "register_gas_median", "household_tx_gas",
-                                            "round_gas", "round_wall_ms", "rejected_on_chain")})
+                                            "round_gas", "round_wall_ms", "rejected_on_chain", "failed_rounds")})
     except (OSError, ValueError, KeyError) as exc:
         figures["gas_log_error"] = f"{gas_log}: {exc}"
     figures["weight_diff_max_vs_python"] = _num(c["evm_weight_diff_max"].max()) if len(c) else None
     figures["re_diff_max_vs_python_kwh"] = _num(c["evm_re_diff_kwh"].max()) if len(c) else None
     figures["paper_gas_per_household_tx"] = PAPER_GAS_PER_HOUSEHOLD_TX
-    figures["note"] = ("round_gas: every transaction of a round (the households' updates and the aggregator's "
+    figures["note"] = ("failed_rounds: the round's transaction reverted and the Python rules' replies were sent; "
+                       "round_gas: every transaction of a round (the households' updates and the aggregator's "
                        "compute, or the one batch; the first round of an interval also carries start_interval and "
                        "set_series); differences vs python: the Python rules on the same rounded inputs "
                        "(SoC and weights in ppm, energy in mWh)")

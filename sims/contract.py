@@ -182,7 +182,11 @@ class ContractSim(mosaik_api_v3.Simulator):
     def _evm_round(self, reference: dict[str, Reply]) -> dict[str, Reply]:
         """The round on chain; its replies are what the members get. Gas and the gap to the Python rules are
         kept for this minute's record."""
-        replies = self.evm.compute()
+        try:
+            replies = self.evm.compute()
+        except ContractError:  # the round's transaction reverted: counted; this round's Python replies go out
+            self.evm.failed_rounds += 1
+            return reference
         gap_w = max((max(abs(replies[n].w_export - r.w_export), abs(replies[n].w_import - r.w_import))
                      for n, r in reference.items()), default=0.0)
         gap_re = max((abs(replies[n].re_fleet_kwh - r.re_fleet_kwh) for n, r in reference.items()), default=0.0)

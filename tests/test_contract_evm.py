@@ -182,3 +182,24 @@ def test_a_closed_loop_run_on_the_evm_matches_the_python_rules_every_round(tmp_p
     rows = pd.read_parquet(result.parquet, filters=[("kind", "==", "contract")])
     assert rows["evm_round_gas"].notna().sum() == 12  # one round closes in each of 12 minutes
     assert (tmp_path / "evm" / "contract_gas.png").exists()
+
+
+def test_a_reverted_round_is_counted_and_the_python_rules_answer_that_round():
+    sim = ContractSim()
+    sim.init("Contract-0", round_s=60, window_s=1.0, households=["a", "b"], engine="evm", evm_mode="batched",
+             evm_fork="prague")
+    sim.create(1, "Contract")
+    sim.create(2, "Member")
+    inputs = {"contract": {"committed_kwh": {"x": 1.0}, "soc_target_frac": {"x": 0.2}, "mode_s": {"x": 1.0}},
+              "sc_a": {"meter_kw": {"x": -3.0}, "soc_frac": {"x": 0.5}},
+              "sc_b": {"meter_kw": {"x": -1.0}, "soc_frac": {"x": 0.7}}}
+    sim.step(0, inputs, 10 ** 9)
+    sim.step(60, inputs, 10 ** 9)  # round 0 closed on chain
+    assert sim.evm.failed_rounds == 0
+    sim.evm.aggregator = sim.evm.account["a"]  # the next round is sent from an account the contract refuses
+    sim.step(120, inputs, 10 ** 9)
+    data = sim.get_data({"contract": ["contract_rounds", "evm_round_gas"], "sc_a": ["w_export"], "sc_b": ["w_export"]})
+    assert sim.evm.failed_rounds == 1 and data["contract"]["contract_rounds"] == 2  # the run went on
+    assert math.isnan(data["contract"]["evm_round_gas"])  # no gas is reported for a round that did not happen
+    assert data["sc_a"]["w_export"] == pytest.approx(0.5 / 1.2) and data["sc_b"]["w_export"] == pytest.approx(0.7 / 1.2)
+    assert sim.evm.gas_summary()["failed_rounds"] == 1
