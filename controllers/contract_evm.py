@@ -242,6 +242,7 @@ class EVMContract:
         except ContractError:
             self._round_gas, self._round_wall_s = 0, 0.0  # a round that did not happen on chain
             raise
+        if self.mode == "batched":
             self.rejected += len(self.c.events.Rejected().process_receipt(receipt, errors=DISCARD))
         (event,) = self.c.events.Round().process_receipt(receipt, errors=DISCARD)
         args = event["args"]
