@@ -151,15 +151,21 @@ def test_one_household_transaction_costs_what_storing_its_report_costs():
     assert 21_000 + 3 * 5_000 + 800 < second < 21_000 + 3 * 5_000 + 800 + 5_000  # + calldata and logic
 
 
-def test_an_invalid_report_in_the_simulator_is_counted_and_the_round_goes_on():
+def contract_sim(mode: str, soc_b: float) -> tuple[ContractSim, dict]:
+    """A contract simulator on the EVM with households a and b, and one minute's inputs for it."""
     sim = ContractSim()
-    sim.init("Contract-0", round_s=60, window_s=1.0, households=["a", "b"], engine="evm", evm_mode="per_household",
+    sim.init("Contract-0", round_s=60, window_s=1.0, households=["a", "b"], engine="evm", evm_mode=mode,
              evm_fork="prague")
     sim.create(1, "Contract")
     sim.create(2, "Member")
     inputs = {"contract": {"committed_kwh": {"x": 1.0}, "soc_target_frac": {"x": 0.2}, "mode_s": {"x": 1.0}},
               "sc_a": {"meter_kw": {"x": -3.0}, "soc_frac": {"x": 0.5}},
-              "sc_b": {"meter_kw": {"x": -1.0}, "soc_frac": {"x": 1.5}}}  # a broken SoC sensor
+              "sc_b": {"meter_kw": {"x": -1.0}, "soc_frac": {"x": soc_b}}}
+    return sim, inputs
+
+
+def test_an_invalid_report_in_the_simulator_is_counted_and_the_round_goes_on():
+    sim, inputs = contract_sim("per_household", soc_b=1.5)  # b: a broken SoC sensor
     for t in (0, 60, 120):
         sim.step(t, inputs, 10 ** 9)
     data = sim.get_data({"contract": ["contract_rejected", "contract_rounds", "evm_weight_diff_max"],
@@ -185,14 +191,7 @@ def test_a_closed_loop_run_on_the_evm_matches_the_python_rules_every_round(tmp_p
 
 
 def test_a_reverted_round_is_counted_and_the_python_rules_answer_that_round():
-    sim = ContractSim()
-    sim.init("Contract-0", round_s=60, window_s=1.0, households=["a", "b"], engine="evm", evm_mode="batched",
-             evm_fork="prague")
-    sim.create(1, "Contract")
-    sim.create(2, "Member")
-    inputs = {"contract": {"committed_kwh": {"x": 1.0}, "soc_target_frac": {"x": 0.2}, "mode_s": {"x": 1.0}},
-              "sc_a": {"meter_kw": {"x": -3.0}, "soc_frac": {"x": 0.5}},
-              "sc_b": {"meter_kw": {"x": -1.0}, "soc_frac": {"x": 0.7}}}
+    sim, inputs = contract_sim("batched", soc_b=0.7)
     sim.step(0, inputs, 10 ** 9)
     sim.step(60, inputs, 10 ** 9)  # round 0 closed on chain
     assert sim.evm.failed_rounds == 0
