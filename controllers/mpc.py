@@ -517,6 +517,8 @@ class HouseholdMPC:
         self.use_contract = bool(use_contract)
         if self.use_contract:
             self.inputs = (*type(self).inputs, "re_kwh", "s_mode", "soc_target_frac")
+        if qp_solver == "opti_rebuilt" and formulation != "qp":
+            raise ValueError("qp_solver = 'opti_rebuilt' writes the qp formulation; it cannot solve the milp")
         self.formulation, self.qp_solver = formulation, qp_solver
         self.forecaster_kind = forecaster
         self.forecast_window, self.forecast_accuracy = int(forecast_window), float(forecast_accuracy)

@@ -211,3 +211,9 @@ def test_noisy_forecast_has_the_set_accuracy_and_is_seeded():
     assert np.std(grid_points) == pytest.approx(0.25, rel=0.1)
     again = Noisy(truth, 0.25, 120, np.random.default_rng(1)).forecast(0, truth[:1], 100)
     np.testing.assert_array_equal(noisy.forecast(0, truth[:1], 100), again)
+
+
+def test_the_naive_opti_path_refuses_the_milp_at_construction():
+    with pytest.raises(ValueError, match="opti_rebuilt"):
+        HouseholdMPC(formulation="milp", qp_solver="opti_rebuilt")
+    assert HouseholdMPC(qp_solver="opti_rebuilt").qp_solver == "opti_rebuilt"
