@@ -142,7 +142,8 @@ class EVMContract:
         accounts = self.w3.eth.accounts
         self.aggregator = accounts[0]
         self.account = dict(zip(self.names, accounts[1:]))
-        self.index: dict[str, int] = {}
+        self.index: dict[str, int] = {}  #: the member's index on chain, in the order they registered
+        self.registered: list[str] = []  #: the same, by index
         self.storage: dict[str, bool] = {}
         # Istanbul predates EIP-1559: legacy transactions with a gas price
         self._tx = {"gas": GAS_LIMIT_TX, **({"gasPrice": 10 ** 9} if fork == "istanbul" else {})}
@@ -158,7 +159,6 @@ class EVMContract:
         self._round_wall_s = 0.0
         self.rejected = 0  #: batched: reports the contract skipped (logged Rejected)
         self.failed_rounds = 0  #: rounds whose transaction reverted (counted by the caller, which falls back)
-        self.rounds = 0
 
     # ------------------------------------------------------------ transactions
 
@@ -191,7 +191,8 @@ class EVMContract:
         if household not in self.account:
             raise ContractError(f"household {household!r} has no account on this chain")
         receipt = self._send(self.c.functions.register(bool(storage)), self.account[household])
-        self.index[household] = len(self.index)
+        self.index[household] = len(self.registered)
+        self.registered.append(household)
         self.storage[household] = bool(storage)
         self.gas.register_gas.append(receipt.gasUsed)
 
@@ -249,15 +250,13 @@ class EVMContract:
         self.gas.round_gas.append(self._round_gas)
         self.gas.round_wall_s.append(self._round_wall_s)
         self._round_gas, self._round_wall_s = 0, 0.0
-        self.rounds += 1
         re = args["re_mwh"] / MWH_PER_KWH
         target, mode = args["soc_target_ppm"] / PPM, float(args["mode_s"])
-        by_index = {i: name for name, i in self.index.items()}
         replies = {}
-        for i, (we, wi) in enumerate(zip(args["w_export_ppm"], args["w_import_ppm"])):
-            if not self.storage[by_index[i]]:
+        for name, we, wi in zip(self.registered, args["w_export_ppm"], args["w_import_ppm"]):
+            if not self.storage[name]:
                 continue  # a meter gets no reply
-            replies[by_index[i]] = Reply(re, we / PPM, wi / PPM, target, mode, int(args["interval"]))
+            replies[name] = Reply(re, we / PPM, wi / PPM, target, mode, int(args["interval"]))
         return replies
 
     def gas_summary(self) -> dict[str, Any]:
