@@ -30,6 +30,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/admm.py
 	$(BIN)/python benchmarks/aggregator.py
 	$(BIN)/python benchmarks/contract.py
+	$(BIN)/python benchmarks/fullstack.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache *.egg-info
