@@ -5,7 +5,8 @@
 The sparsity of H and A is fixed at construction; every solve passes new
 values (H changes only when ρ does), so no problem is rebuilt per ADMM
 iteration. Solvers: ``"highs"`` (default, active set: exact vertices, which
-ADMM's stopping test likes), ``"osqp"`` and ``"qpoases"``.
+ADMM's stopping test likes), ``"piqp"`` (interior point; HiGHS's QP solver can
+stall when only a few variables carry curvature), ``"osqp"`` and ``"qpoases"``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import casadi as ca
 import numpy as np
 import scipy.sparse as sp
 
-SOLVERS = ("highs", "osqp", "qpoases", "daqp", "qrqp", "ipopt")
+SOLVERS = ("highs", "osqp", "qpoases", "daqp", "qrqp", "ipopt", "piqp")
 
 
 def to_dm(m: sp.spmatrix) -> ca.DM:
