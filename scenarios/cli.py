@@ -5,6 +5,7 @@
     dercosim list
     dercosim study modes SCENARIO [--max-iter N] [--out runs/]
     dercosim study streams SCENARIO [SCENARIO ...] [--central-only] [--milp] [--out runs/]
+    dercosim study shared-storage | cluster-sizing | price-maker [--seed N] [--out runs/]
 
 SCENARIO is a path to a TOML file or the name of a bundled scenario.
 """
@@ -235,6 +236,8 @@ def cmd_study(args: argparse.Namespace) -> int:
         return _study_fleet(args, say)
     if args.what in ("contract-interval", "forecast"):
         return _study_sensitivity(args, say)
+    if args.what in ("shared-storage", "cluster-sizing", "price-maker"):
+        return _study_sharing(args, say)
     if not args.scenario:
         raise ScenarioError(f"study {args.what}: give a value-stacking scenario (e.g. value_stacking_tou)")
     loaded = [_load(arg) for arg in args.scenario]
@@ -317,6 +320,70 @@ def _until_s(until: str, scenario: Scenario) -> int:
     if until_s % scenario.clock.step_s:
         raise ScenarioError(f"--until: {until_s} s is not a whole number of {scenario.clock.step_s}-s steps")
     return until_s
+
+
+def _study_sharing(args: argparse.Namespace, say: Callable[[str], None]) -> int:
+    """Shared storage (Zhao et al. 2024), the microgrid cluster (Feng et al. 2025), price-maker storage
+    (Solà Vilalta et al. 2022): ADMM against centralised solves, no co-simulation."""
+    import json
+
+    from dercosim.scenarios import sharing_study as ss
+    from dercosim.scenarios.studies import format_table
+
+    if args.scenario:
+        raise ScenarioError(f"study {args.what} takes no scenario: its case is built from the seed (--seed)")
+    out_dir = make_run_dir(Path(args.out), args.what)
+    say(f"dercosim: {args.what} study (seed {args.seed}) -> {out_dir}")
+    if args.what == "shared-storage":
+        st = ss.shared_storage_study(seed=args.seed)
+        st.runs.to_csv(out_dir / "iterations.csv", index=False)
+        ss.plot_iterations(st, out_dir / "iterations.png")
+        cases = {"alone": st.alone, "shared (centralised)": st.central, "shared, E = 0.3 P (literal)": st.literal_gamma}
+        summary = {name: {"cost_cny": o.total_cost, "self_sufficiency": o.self_sufficiency, "station_kwh": o.e_kwh,
+                          "station_kw": o.p_kw} for name, o in cases.items()}
+        (out_dir / "shared_storage.json").write_text(json.dumps(
+            {"cases": summary, "paper": {k: v for k, v in ss.PAPER_PROSUMERS.items() if k != "iterations"},
+             "runs": json.loads(st.runs.to_json(orient="records"))}, indent=2), encoding="utf-8")
+        for name, v in summary.items():
+            print(f"{name:28s} cost {v['cost_cny']:9.2f} CNY  self-sufficiency {100 * v['self_sufficiency']:5.1f} %  "
+                  f"station {v['station_kwh']:7.1f} kWh / {v['station_kw']:6.1f} kW")
+        print(f"{'paper (Zhao et al. 2024)':28s} cost {1090.78:9.2f} -> {1042.82:.2f} CNY  self-sufficiency "
+              f"71.05 -> 92.91 %  station 333.50 kWh")
+        table = st.runs.pivot(index="rho0", columns="variant", values="iterations")[list(ss.VARIANTS)].reset_index()
+        table["paper_admm"] = [ss.PAPER_PROSUMERS["iterations"].get(r, (None, None))[0] for r in table.rho0]
+        table["paper_aadmm"] = [ss.PAPER_PROSUMERS["iterations"].get(r, (None, None))[1] for r in table.rho0]
+        print("iterations (fixed ρ; adaptive, engine defaults; adaptive, factor 3 / ratio 1.25):")
+        print(format_table(table))
+        print(f"largest |gap| to the centralised optimum: {st.runs.gap.abs().max():.2e}")
+    elif args.what == "cluster-sizing":
+        st = ss.cluster_sizing_study(seed=args.seed)
+        st.table.to_csv(out_dir / "cluster.csv", index=False)
+        st.admm.admm.history.to_csv(out_dir / "admm_history.csv", index=False)
+        ss.plot_cluster(st, out_dir / "cluster.png")
+        gap = (st.admm.total_cost - st.central.total_cost) / st.central.total_cost
+        (out_dir / "cluster.json").write_text(json.dumps({
+            "station_kwh": st.admm.e_kwh, "station_kw": st.admm.p_kw, "central_station_kwh": st.central.e_kwh,
+            "central_station_kw": st.central.p_kw, "cost_alone_cny": st.alone.total_cost,
+            "cost_shared_cny": st.admm.total_cost, "central_cost_cny": st.central.total_cost, "gap": gap,
+            "iterations": st.admm.admm.iterations, "converged": st.admm.admm.converged,
+            "paper": ss.PAPER_CLUSTER, "table": json.loads(st.table.to_json(orient="records"))}, indent=2),
+            encoding="utf-8")
+        print(f"station {st.admm.e_kwh:,.1f} kWh, {st.admm.p_kw:,.1f} kW (centralised {st.central.e_kwh:,.1f} kWh, "
+              f"{st.central.p_kw:,.1f} kW; paper 13,898.72 kWh, 2,869.35 kW)")
+        print(format_table(st.table, "{:,.2f}"))
+        print(f"ADMM: {st.admm.admm.iterations} iterations, converged {st.admm.admm.converged}, gap to the "
+              f"centralised optimum {gap:+.2e}; self-sufficiency {100 * st.alone.self_sufficiency:.1f} % alone, "
+              f"{100 * st.admm.self_sufficiency:.1f} % shared")
+    else:
+        units = tuple(int(u) for u in args.units.split(","))
+        table = ss.price_maker_study(units=units, days=args.days, seed=args.seed, log=say)
+        table.to_csv(out_dir / "price_maker.csv", index=False)
+        shown = [c for c in ("units", "central_cost", "admm_cost", "admm_gap", "admm_iterations", "central_s",
+                             "admm_s", "rolling_gap", "rolling_s", "traded_mwh", "price_taker_traded_mwh")
+                 if c in table]
+        print(format_table(table[shown]))
+    print(f"results in {out_dir}")
+    return 0
 
 
 def _study_sensitivity(args: argparse.Namespace, say: Callable[[str], None]) -> int:
@@ -439,10 +506,17 @@ def build_parser() -> argparse.ArgumentParser:
                                        "async + adaptive rho) against the centralised optimum; convergence figure "
                                        "and table. streams: cost without B2B, B2G, local trading, and without "
                                        "the battery; marginal contribution of each stream. fleet: the fleet_market scenarios 0-5 of "
-                                       "Couraud et al. 2022 in parallel processes, as their Table II.")
-    study.add_argument("what", choices=["modes", "streams", "fleet", "contract-interval", "forecast"])
+                                       "Couraud et al. 2022 in parallel processes, as their Table II. "
+                                       "shared-storage, cluster-sizing, price-maker: shared and price-maker "
+                                       "storage by ADMM against centralised solves (no co-simulation).")
+    study.add_argument("what", choices=["modes", "streams", "fleet", "contract-interval", "forecast",
+                                        "shared-storage", "cluster-sizing", "price-maker"])
     study.add_argument("scenario", nargs="*", help="modes/streams: value-stacking scenario(s), file or bundled name")
-    study.add_argument("--days", type=int, default=7, help="fleet: days from 1 June 2016 (default 7; 30 = the paper)")
+    study.add_argument("--days", type=int, default=7, help="fleet and price-maker: days from 1 June 2016 "
+                                                           "(default 7; 30 = the papers' month)")
+    study.add_argument("--seed", type=int, default=0, help="shared-storage, cluster-sizing, price-maker: the "
+                                                           "seed of the generated case (default 0)")
+    study.add_argument("--units", default="2,10,100", help="price-maker: fleet sizes (default 2,10,100)")
     study.add_argument("--until", help="fleet: a period shorter than a day instead, e.g. 6h")
     study.add_argument("--cases", help="fleet: comma-separated subset of s0,s1,s2,s3,s4,s5 (default all)")
     study.add_argument("--workers", type=int, default=None, help="fleet and sensitivity studies: processes "

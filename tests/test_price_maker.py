@@ -81,9 +81,12 @@ def test_time_decomposition_keeps_the_optimum_with_a_long_enough_window():
     rolled = solve_rolling(units, market, price_maker_settings(), dt_h=0.5, window=96, commit=48)
     assert rolled.converged and len(rolled.admm) == 3  # days 1, 2, then the last window covers days 3–4
     assert abs(rolled.cost - central.cost) / abs(central.cost) < GAP
-    # a window of a single step cannot arbitrage: it must be worse
-    myopic = solve_rolling(units, market, price_maker_settings(), dt_h=0.5, window=2, commit=1)
-    assert myopic.cost > central.cost + 0.05 * abs(central.cost)
+    # windows of 2 h keeping 1 h cannot see the evening peak from the night: clearly worse
+    two = fleet_units(2)
+    full = solve_central(two, ResidualDemand(prices[:96], PRICE_MAKER_SLOPE), dt_h=0.5)
+    myopic = solve_rolling(two, ResidualDemand(prices[:96], PRICE_MAKER_SLOPE), price_maker_settings(), dt_h=0.5,
+                           window=4, commit=2)
+    assert myopic.cost > full.cost + 0.05 * abs(full.cost)
 
 
 def test_bad_units_and_slopes_are_refused():
