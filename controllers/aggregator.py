@@ -109,13 +109,22 @@ class DayAheadMILP:
     """
 
     #: column blocks, in this order
-    BLOCKS = ("import", "export", "charge", "discharge", "soc", "u_import", "b_charge")
+    BLOCKS = ("import", "export", "charge", "discharge", "soc", "u_import", "b_charge", "impact")
+    #: tangents of k e² per interval (price-maker clearing): the approximation is exact at the breakpoints
+    IMPACT_BREAKPOINTS = 24
 
     def __init__(self, battery: VirtualBattery, n: int = 48, dt_h: float = 0.5, big_m_kwh: float | None = None,
-                 time_limit_s: float = 10.0, mip_rel_gap: float = 1e-6) -> None:
+                 time_limit_s: float = 10.0, mip_rel_gap: float = 1e-6, impact_slope: float = 0.0,
+                 export_max_kwh: float | None = None) -> None:
+        """``impact_slope`` k (currency/kWh per kWh): a price-maker's export e depresses the price to π − k e,
+        so the revenue is π e − k e², with k e² as the upper envelope of :attr:`IMPACT_BREAKPOINTS` tangents
+        on [0, ``export_max_kwh``] (default: the battery's energy per interval, doubled)."""
         import highspy
 
+        if impact_slope < 0:
+            raise ValueError(f"impact_slope must be ≥ 0, got {impact_slope}")
         self.battery, self.n, self.dt_h = battery, int(n), float(dt_h)
+        self.impact_slope = float(impact_slope)
         self.e_step_kwh = battery.p_max_kw * self.dt_h
         self.big_m_kwh = big_m_kwh
         n = self.n
@@ -145,6 +154,12 @@ class DayAheadMILP:
             rows.append(({c["import"][t]: 1.0, c["u_import"][t]: -1.0}, -np.inf, 0.0))
             self.row_export_m.append(len(rows))
             rows.append(({c["export"][t]: 1.0, c["u_import"][t]: 1.0}, -np.inf, 1.0))
+        if self.impact_slope > 0:  # w_t ≥ k (2 a e_t − a²) for each breakpoint a: w_t ≥ k e_t² at the breakpoints
+            e_max = export_max_kwh if export_max_kwh is not None else 2.0 * self.e_step_kwh
+            for a in np.linspace(0.0, max(e_max, 1e-9), self.IMPACT_BREAKPOINTS):
+                for t in range(n):
+                    rows.append(({c["impact"][t]: 1.0, c["export"][t]: -2.0 * self.impact_slope * a},
+                                 -self.impact_slope * a * a, np.inf))
         h = highspy.Highs()
         h.setOptionValue("output_flag", False)
         h.setOptionValue("time_limit", float(time_limit_s))
@@ -156,6 +171,8 @@ class DayAheadMILP:
         lower[c["soc"]] = battery.soc_min_kwh
         upper[c["soc"]] = battery.soc_upper_kwh
         upper[c["u_import"]] = upper[c["b_charge"]] = 1.0
+        if self.impact_slope == 0:
+            upper[c["impact"]] = 0.0
         self._lower0, self._upper0 = lower, upper
         h.addVars(n_cols, lower, upper)
         integrality = np.zeros(n_cols, dtype=np.int32)
@@ -191,6 +208,7 @@ class DayAheadMILP:
         cost = np.zeros(self.n_cols)
         cost[c["import"]] = import_price
         cost[c["export"]] = -np.asarray(export_price, float)
+        cost[c["impact"]] = 1.0  # k e²: what the export's own price impact takes off the revenue
         h.changeColsCost(self.n_cols, np.arange(self.n_cols, dtype=np.int32), cost)
         # rows: balance = residual; soc start; big-M
         h.changeRowsBounds(n, np.asarray(self.row_balance, np.int32), residual, residual)
@@ -221,7 +239,8 @@ class DayAheadMILP:
         charge, discharge = x[c["charge"]], x[c["discharge"]]
         soc = x[c["soc"]]
         return DayAheadPlan(True, status, time.perf_counter() - started, imp, exp, charge, discharge, soc,
-                            float(np.dot(import_price, imp) - np.dot(export_price, exp)),
+                            float(np.dot(import_price, imp) - np.dot(export_price, exp)
+                                  + self.impact_slope * np.dot(exp, exp)),
                             mode_s(residual, charge, discharge, self.e_step_kwh))
 
 

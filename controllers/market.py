@@ -1,8 +1,11 @@
-"""Wholesale market clearing for a price-taking aggregator, and the settlement of a fleet's intervals.
+"""Wholesale market clearing for the aggregator, and the settlement of a fleet's intervals.
 
-Clearing (Couraud et al. 2022, phase 2): the aggregator is a price taker;
-every export bid is accepted, or with a limit price only where the market
-price reaches it.
+Clearing (Couraud et al. 2022, phase 2): every export bid is accepted, or
+with a limit price only where the market price reaches it. A price taker is
+paid the market price; a price maker (``clearing = "price_maker"``) moves
+it along a linear residual-demand curve, π − k E for an awarded export E
+(:func:`clearing_price`), and plans for that (the aggregator's MILP counts
+k E² off its revenue).
 
 Settlement per market interval (energies in kWh, prices in currency/kWh):
 
@@ -40,6 +43,16 @@ def clear(bids_kwh: np.ndarray, price: np.ndarray, limit_price: float | None = N
     if limit_price is None:
         return bids
     return np.where(np.asarray(price, float) >= limit_price, bids, 0.0)
+
+
+def clearing_price(price: np.ndarray, awarded_kwh: np.ndarray, slope: float = 0.0) -> np.ndarray:
+    """The price the fleet is paid for ``awarded_kwh``: π − k E on a linear residual-demand curve (k = 0: price taker).
+
+    References: Solà Vilalta, Anjos and Cruise, "ADMM-based Unit and Time
+    Decomposition for Price Arbitrage by Cooperative Price-Maker Electricity
+    Storage Units," 2022 (a convex cost of the fleet's aggregate action).
+    """
+    return np.asarray(price, float) - float(slope) * np.clip(np.asarray(awarded_kwh, float), 0.0, None)
 
 
 def vpw_covered_kwh(import_kwh: np.ndarray, fleet_export_kwh: np.ndarray) -> np.ndarray:

@@ -429,7 +429,11 @@ class MarketConfig(_Model):
     imbalance: Literal[tuple(MARKETS)] = "gb_ssp"  # type: ignore[valid-type]
     interval_s: Annotated[int, Field(ge=300, le=86400)] = 1800  #: market interval; must divide a day
     bid_limit_per_kwh: Bounded(-100, 100) = 0.0  #: bid only where the forecast price is above this
-    clearing_limit_per_kwh: Bounded(-100, 100) | None = None  #: None: price taker, every bid accepted
+    clearing_limit_per_kwh: Bounded(-100, 100) | None = None  #: None: every bid accepted
+    #: price_taker: paid the market price; price_maker: the fleet's export E moves it to π − k E
+    clearing: Literal["price_taker", "price_maker"] = "price_taker"
+    #: k of the linear residual-demand curve (currency/kWh per kWh exported in an interval), price_maker only
+    residual_demand_slope: Annotated[float, Field(ge=0, le=1)] = 0.0
     imbalance_rule: Literal["absolute", "gb_single_price"] = "absolute"  #: |X − E_c| × price, or (E_c − X) × price
     vpw_share: Fraction = 0.48  #: virtual private wire: share of the import price for fleet-covered energy
     #: household groups that are the aggregator's own plants (not billed; their export is the portfolio's)
@@ -438,6 +442,15 @@ class MarketConfig(_Model):
     #: virtual private wire); None: every group that is not central. [] : the households are outside it
     portfolio_groups: list[Name] | None = None
     forecast: MarketForecastConfig = MarketForecastConfig()
+
+    @model_validator(mode="after")
+    def _clearing(self) -> MarketConfig:
+        if self.clearing == "price_maker" and self.residual_demand_slope <= 0:
+            raise ValueError("clearing = 'price_maker' needs residual_demand_slope > 0 (currency/kWh per kWh, "
+                             "e.g. 5e-5: 5 p/kWh lower for 1,000 kWh exported in an interval)")
+        if self.clearing == "price_taker" and self.residual_demand_slope != 0:
+            raise ValueError("residual_demand_slope is used only with clearing = 'price_maker'")
+        return self
 
     @model_validator(mode="after")
     def _interval(self) -> MarketConfig:

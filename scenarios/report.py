@@ -548,6 +548,7 @@ def market_figures(df: pd.DataFrame, scenario: Scenario, households: pd.DataFram
     self_consumed = consumed_kwh - float(imports.sum().sum() * step_h)  # met by own generation and battery
     summary = {
         "wholesale": m.wholesale, "imbalance": m.imbalance, "imbalance_rule": m.imbalance_rule,
+        "clearing": m.clearing, "residual_demand_slope": m.residual_demand_slope,
         "interval_s": m.interval_s, "intervals": int(n_int), "currency": tariff.currency,
         "milp_failures": int(agg["milp_failures"].max()) if len(agg) else 0,
         "bid_kwh": float(table["bid_kwh"].sum()), "committed_kwh": float(st.committed_kwh.sum()),

@@ -416,6 +416,7 @@ def _connect_market(world: mosaik.World, run: RunInputs, battery_entities: list[
     sim = world.start("Market", step_s=scenario.clock.step_s, interval_s=m.interval_s,
                       battery=vb.__dict__, soc_init_kwh=float(bats["soc_init_kwh"].sum()),
                       bid_limit_per_kwh=m.bid_limit_per_kwh, clearing_limit_per_kwh=m.clearing_limit_per_kwh,
+                      residual_demand_slope=m.residual_demand_slope if m.clearing == "price_maker" else 0.0,
                       **market_inputs(run))
     aggregator = sim.Aggregator()
     soc0 = dict(zip(bats["name"], bats["soc_init_kwh"]))

@@ -25,7 +25,7 @@ import mosaik_api_v3
 import numpy as np
 
 from dercosim.controllers.aggregator import DayAheadMILP, VirtualBattery, bids_kwh
-from dercosim.controllers.market import clear
+from dercosim.controllers.market import clear, clearing_price
 
 OUTPUTS = ["bid_kwh", "committed_kwh", "soc_target_frac", "mode_s", "wholesale_per_kwh", "imbalance_per_kwh",
            "forecast_net_export_kwh", "planned_battery_kwh", "milp_failures", "milp_solve_ms"]
@@ -45,16 +45,20 @@ class MarketSim(mosaik_api_v3.Simulator):
              first_interval: int = 0, demand_forecast_kwh: Any = None, production_forecast_kwh: Any = None,
              import_price: Any = None, wholesale_price: Any = None, imbalance_price: Any = None,
              battery: dict[str, float] | None = None, soc_init_kwh: float = 0.0, bid_limit_per_kwh: float = 0.0,
-             clearing_limit_per_kwh: float | None = None, time_limit_s: float = 10.0) -> dict:
+             clearing_limit_per_kwh: float | None = None, time_limit_s: float = 10.0,
+             residual_demand_slope: float = 0.0) -> dict:
         """Arrays are per market interval of the whole days the run touches (forecasts in kWh, prices in
         currency/kWh); the run starts at interval ``first_interval``; ``battery``: the :class:`VirtualBattery`
-        fields."""
+        fields; ``residual_demand_slope`` > 0: a price maker, whose awarded export E depresses the price it is
+        paid to π − k E (and ``wholesale_per_kwh`` is that cleared price)."""
         self.step_s, self.interval_s = int(step_s), int(interval_s)
         self.first = int(first_interval)
         self.demand = np.asarray(demand_forecast_kwh, float)
         self.production = np.asarray(production_forecast_kwh, float)
         self.import_price = np.asarray(import_price, float)
         self.wholesale = np.asarray(wholesale_price, float)
+        self.slope = float(residual_demand_slope)
+        self.cleared = self.wholesale.copy()  #: the price the fleet is paid (= wholesale for a price taker)
         self.imbalance = np.asarray(imbalance_price, float)
         self.battery = VirtualBattery(**(battery or {}))
         self.soc_now_kwh = float(soc_init_kwh)
@@ -87,8 +91,10 @@ class MarketSim(mosaik_api_v3.Simulator):
         sl = slice(first, last)
         milp = self.milps.get(n)
         if milp is None:
-            milp = self.milps[n] = DayAheadMILP(self.battery, n=n, dt_h=self.interval_s / 3600.0,
-                                                time_limit_s=self.time_limit_s)
+            milp = self.milps[n] = DayAheadMILP(
+                self.battery, n=n, dt_h=self.interval_s / 3600.0, time_limit_s=self.time_limit_s,
+                impact_slope=self.slope,
+                export_max_kwh=float(np.max(self.production, initial=0.0)) + self.battery.p_max_kw * self.interval_s / 3600)
         args = (self.demand[sl], self.production[sl], self.import_price[sl])
         plan = milp.solve(*args, self.wholesale[sl], self.soc_now_kwh)
         solve_s = plan.solve_s
@@ -101,6 +107,7 @@ class MarketSim(mosaik_api_v3.Simulator):
             solve_s += final.solve_s
             if final.success:
                 self.bids[sl], self.committed[sl] = bids, awarded
+                self.cleared[sl] = clearing_price(self.wholesale[sl], awarded, self.slope)
                 self.target[sl] = final.soc_target_frac(self.battery.capacity_kwh)
                 self.mode[sl] = final.mode_s
                 self.forecast_export[sl] = final.export_kwh - final.import_kwh
@@ -124,7 +131,7 @@ class MarketSim(mosaik_api_v3.Simulator):
         k = self.k
         values = {"bid_kwh": float(self.bids[k]), "committed_kwh": float(self.committed[k]),
                   "soc_target_frac": float(self.target[k]), "mode_s": float(self.mode[k]),
-                  "wholesale_per_kwh": float(self.wholesale[k]), "imbalance_per_kwh": float(self.imbalance[k]),
+                  "wholesale_per_kwh": float(self.cleared[k]), "imbalance_per_kwh": float(self.imbalance[k]),
                   "forecast_net_export_kwh": float(self.forecast_export[k]),
                   "planned_battery_kwh": float(self.planned_battery[k]), "milp_failures": float(self.failures),
                   "milp_solve_ms": float(self.solve_ms)}

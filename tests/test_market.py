@@ -138,3 +138,51 @@ def test_a_failed_milp_is_counted_and_the_day_bids_nothing():
     assert good["milp_failures"] == 0 and ok.committed.sum() > 0
     assert bad["aggregator"]["milp_failures"] == 2  # both days, counted
     assert failing.committed.sum() == 0 and np.all(failing.mode == 0) and np.all(np.isnan(failing.target))
+
+
+def test_a_price_maker_exports_where_marginal_revenue_is_zero():
+    """Revenue π e − k e² peaks at e = π / (2k): 0.2 / 0.04 = 5 kWh of the 10 a price taker would sell."""
+    vb = VirtualBattery(capacity_kwh=10.0, p_max_kw=20.0, eta_charge=1.0, eta_discharge=1.0)
+    args = dict(demand_kwh=[0, 0], production_kwh=[0, 0], import_price=[0.3, 0.3], export_price=[0.2, 0.0],
+                soc_init_kwh=10.0, soc_end_min_kwh=0.0)
+    taker = DayAheadMILP(vb, n=2, dt_h=0.5).solve(**args)
+    maker = DayAheadMILP(vb, n=2, dt_h=0.5, impact_slope=0.02, export_max_kwh=10.0).solve(**args)
+    assert taker.export_kwh[0] == pytest.approx(10.0) and taker.cost == pytest.approx(-2.0)
+    spacing = 10.0 / (DayAheadMILP.IMPACT_BREAKPOINTS - 1)
+    assert maker.export_kwh[0] == pytest.approx(5.0, abs=spacing / 2)  # the tangents are exact at breakpoints
+    assert maker.cost == pytest.approx(-0.5, abs=0.02 * (spacing / 2) ** 2 + 1e-9)
+    with pytest.raises(ValueError, match="impact_slope"):
+        DayAheadMILP(vb, n=2, impact_slope=-1.0)
+
+
+def test_the_price_maker_is_paid_the_depressed_price():
+    from dercosim.controllers.market import clearing_price
+
+    np.testing.assert_allclose(clearing_price([0.05, 0.05], [0.0, 100.0], 1e-4), [0.05, 0.04])
+    np.testing.assert_allclose(clearing_price([0.05], [100.0]), [0.05])  # a price taker
+
+
+def test_the_market_sim_reports_the_cleared_price_of_a_price_maker():
+    from dercosim.sims.market import MarketSim
+
+    n = 48
+    rng = np.random.default_rng(2)
+    kw = dict(demand_forecast_kwh=rng.uniform(5, 20, n), production_forecast_kwh=rng.uniform(0, 40, n),
+              import_price=np.full(n, 0.15), wholesale_price=rng.uniform(0.03, 0.08, n),
+              imbalance_price=np.full(n, 0.05), battery=VirtualBattery(700.0, 370.0, 0.9, 0.9).__dict__,
+              soc_init_kwh=350.0)
+    taker, maker = MarketSim(), MarketSim()
+    taker.init("M", **kw)
+    maker.init("M", residual_demand_slope=2e-4, **kw)
+    for sim in (taker, maker):
+        sim.create(1, "Aggregator")
+        sim.step(0, {}, 10 ** 9)
+    # it spreads its sales: no interval as large as the price taker's largest (which would depress the price most)
+    assert maker.committed.max() < taker.committed.max()
+    # and what it is paid beats the price taker's plan once the impact is charged on it
+    paid = lambda c: float(np.dot(maker.wholesale - 2e-4 * c, c))  # noqa: E731
+    assert paid(maker.committed) > paid(taker.committed)
+    np.testing.assert_allclose(maker.cleared, maker.wholesale - 2e-4 * maker.committed)
+    np.testing.assert_allclose(taker.cleared, taker.wholesale)
+    assert maker.get_data({"aggregator": ["wholesale_per_kwh"]})["aggregator"]["wholesale_per_kwh"] == \
+        pytest.approx(maker.cleared[0])

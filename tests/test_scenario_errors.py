@@ -32,6 +32,7 @@ CASES = [
     (GOOD + "[grid]\nv_min_pu = 1.2\n", "grid.v_min_pu", ["less than or equal to 1", "got 1.2"]),
     (GOOD + "[grid]\nengine = 'matpower'\n", "grid.engine", ["'fast'", "'pandapower'"]),
     (GOOD.replace('name = "t"\n', ""), "name", ["required key is missing"]),
+    (GOOD + "[market]\nclearing = 'price_maker'\n", "market", ["needs residual_demand_slope > 0"]),
 ]
 
 
