@@ -31,6 +31,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/aggregator.py
 	$(BIN)/python benchmarks/contract.py
 	$(BIN)/python benchmarks/fullstack.py
+	$(BIN)/python benchmarks/pricemaker.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache *.egg-info
