@@ -6,6 +6,7 @@
     dercosim study modes SCENARIO [--max-iter N] [--out runs/]
     dercosim study streams SCENARIO [SCENARIO ...] [--central-only] [--milp] [--out runs/]
     dercosim study shared-storage | cluster-sizing | price-maker [--seed N] [--out runs/]
+    dercosim sweep SCENARIO --set KEY=V1,V2 [--set ...] [--seeds N] [--workers N | --scheduler ADDR] [--resume DIR]
 
 SCENARIO is a path to a TOML file or the name of a bundled scenario.
 """
@@ -283,6 +284,34 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from dercosim.scenarios import sweep
+
+    say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    path, scenario = _load(args.scenario)
+    if not args.set:
+        raise ScenarioError("sweep: give at least one --set KEY=V1,V2 (e.g. --set contract.interval_s=60,300)")
+    sets = [sweep.parse_set(text) for text in args.set]
+    until_s = _until_s(args.until, scenario) if args.until is not None else None
+    if args.workers is not None and args.workers < 1:
+        raise ScenarioError(f"--workers must be at least 1, got {args.workers}")
+    cases = sweep.plan_cases(path, sets, seeds=args.seeds, until_s=until_s)
+    if all(c.error is not None for c in cases):
+        raise ScenarioError("sweep: no valid case; nothing was run or written:\n" + "\n".join(
+            f"  {c.case}: {c.error}" for c in cases))
+    if args.resume:
+        out_dir = Path(args.resume)
+        if not (out_dir / "sweep.parquet").exists():
+            raise ScenarioError(f"--resume {out_dir}: no sweep.parquet there (not a sweep folder)")
+    else:
+        out_dir = make_run_dir(Path(args.out), f"{scenario.name}-sweep")
+    table = sweep.run_sweep(path, cases, out_dir, workers=args.workers, scheduler=args.scheduler, log=say)
+    counts = table.status.value_counts().to_dict()
+    print(f"{len(table)} cases: " + ", ".join(f"{n} {status}" for status, n in counts.items()))
+    print(f"results in {out_dir} (sweep.parquet, sweep.md)")
+    return 0 if counts.get("failed", 0) == 0 and counts.get("invalid", 0) == 0 else 1
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from dercosim.scenarios.validate import validate
 
@@ -531,6 +560,23 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--out", default="runs", help="parent folder of the study folder (default: runs)")
     study.add_argument("--quiet", action="store_true", help="no progress output")
     study.set_defaults(func=cmd_study)
+    sw = sub.add_parser("sweep", help="the cross product of scenario values (and seeds) on dask.distributed",
+                        description="Each --set KEY=V1,V2 names a key path of the scenario (as in its error "
+                                    "messages, e.g. households.groups[0].per_bus) and the values to try (read as "
+                                    "TOML). One mosaik world per case on a LocalCluster (one worker per core) or "
+                                    "an existing scheduler. Writes sweep.parquet, sweep.md, a plot per swept "
+                                    "parameter and each case's run folder under cases/.")
+    sw.add_argument("scenario", help="scenario TOML file or bundled scenario name")
+    sw.add_argument("--set", action="append", metavar="KEY=V1,V2", help="a swept key and its values (repeatable)")
+    sw.add_argument("--seeds", type=int, default=1, help="run each combination with this many seeds, from the "
+                                                        "scenario's (default 1)")
+    sw.add_argument("--until", help="run length of every case from the start, e.g. 6h")
+    sw.add_argument("--workers", type=int, default=None, help="LocalCluster worker processes (default: one per core)")
+    sw.add_argument("--scheduler", help="address of an existing dask scheduler, e.g. tcp://10.0.0.5:8786")
+    sw.add_argument("--resume", metavar="DIR", help="an earlier sweep folder: cases finished there are not re-run")
+    sw.add_argument("--out", default="runs", help="parent folder of the sweep folder (default: runs)")
+    sw.add_argument("--quiet", action="store_true", help="no progress output")
+    sw.set_defaults(func=cmd_sweep)
     val = sub.add_parser("validate", help="hold linear grid models and the controllers' beliefs against AC power flow",
                          description="TARGET: a finished run folder, or a scenario (run first). Writes "
                                      "TARGET/validation/: validation.json, validation.md and plots.")
