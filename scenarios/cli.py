@@ -474,9 +474,11 @@ def _study_sensitivity(args: argparse.Namespace, say: Callable[[str], None]) -> 
     fig.tight_layout()
     fig.savefig(out_dir / f"{args.what}.png", dpi=110)
     plt.close(fig)
-    print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    print(table.drop(columns=["error"]).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    for _, r in table[table.status != "ok"].iterrows():
+        print(f"{r['case']}: {r['status']}: {r['error']}", file=sys.stderr)
     print(f"results in {out_dir}")
-    return 0
+    return 0 if (table.status == "ok").all() else 1
 
 
 def _study_fleet(args: argparse.Namespace, say: Callable[[str], None]) -> int:

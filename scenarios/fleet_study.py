@@ -165,45 +165,46 @@ def _merge(base: dict, updates: dict) -> dict:
     return out
 
 
-def _run_variant(path: str, label: str, updates: dict, duration_s: int, out_dir: str) -> tuple[str, dict, float]:
-    """One variant of a scenario file in a worker process (same seed: only the varied keys differ)."""
-    from dercosim.scenarios.config import Scenario, load_scenario
-    from dercosim.scenarios.world import run_scenario, with_duration
-
-    started = time.perf_counter()
-    base = load_scenario(path)
-    scenario = Scenario.model_validate(_merge(base.model_dump(), updates))
-    scenario._source_dir = base._source_dir
-    scenario = with_duration(scenario, duration_s)
-    result = run_scenario(scenario, Path(out_dir) / label, progress=False)
-    return label, result.summary, time.perf_counter() - started
-
-
 def sensitivity(path: Path, variants: list[tuple[str, dict]], duration_s: int, out_dir: Path,
                 workers: int | None = None, log: Callable[[str], None] = print) -> pd.DataFrame:
-    """Run ``variants`` (label, scenario updates) of the scenario at ``path`` in parallel processes.
+    """Run ``variants`` (label, scenario updates) of the scenario at ``path`` as a sweep on dask.distributed.
 
-    Per variant: market revenue, imbalance cost, household bills, ``revenue_minus_bills`` (market revenue −
-    imbalance − bills: the total revenue up to the s0 bill, which is the same for every variant), the mean
-    |delivered − committed| / committed, and the contract's late and lost messages.
+    The same machinery as ``dercosim sweep`` (:mod:`.sweep`): one world per
+    case on a LocalCluster, each case's run folder under ``out_dir/cases/``,
+    ``sweep.parquet`` rewritten per finished case. Per variant: market
+    revenue, imbalance cost, household bills, ``revenue_minus_bills`` (market
+    revenue − imbalance − bills: the total revenue up to the s0 bill, which is
+    the same for every variant), the mean |delivered − committed| /
+    committed, the contract's late and lost messages, and ``status``/``error``
+    (a failed case is recorded and the others go on).
     """
-    workers = workers or os.cpu_count() or 1
-    rows: dict[str, dict[str, Any]] = {}
-    with ProcessPoolExecutor(max_workers=min(workers, len(variants))) as pool:
-        futures = [pool.submit(_run_variant, str(path), label, upd, duration_s, str(out_dir))
-                   for label, upd in variants]
-        for k, future in enumerate(as_completed(futures), 1):
-            label, s, wall_s = future.result()
-            m, c = s.get("market", {}), s.get("contract", {})
-            bills = s["households"].get("bill_total") or 0.0
-            rows[label] = {"case": label, "market_revenue": m.get("wholesale_revenue"),
-                           "imbalance_cost": m.get("imbalance_cost"), "bill_total": bills,
-                           "revenue_minus_bills": (m.get("wholesale_revenue") or 0.0)
-                           - (m.get("imbalance_cost") or 0.0) - bills,
-                           "mean_abs_deviation_of_committed": m.get("mean_abs_deviation_of_committed"),
-                           "reports_late": c.get("reports_late"),
-                           "messages_lost": (c.get("reports_lost") or 0) + (c.get("replies_lost") or 0),
-                           "wall_s": round(wall_s, 1)}
-            log(f"[{k}/{len(variants)}] {label} done in {wall_s:.0f} s")
-    table = pd.DataFrame([rows[label] for label, _ in variants])
-    return table
+    from dercosim.scenarios.config import Scenario, load_scenario
+    from dercosim.scenarios.sweep import Case, run_sweep
+    from dercosim.scenarios.world import with_duration
+
+    base = load_scenario(path)
+    cases = []
+    for label, upd in variants:
+        scenario = Scenario.model_validate(_merge(base.model_dump(), upd))
+        scenario._source_dir = base._source_dir
+        scenario = with_duration(scenario, duration_s)
+        cases.append(Case(label, {"variant": label}, scenario.seed, scenario.model_dump_json(), None))
+    swept = run_sweep(Path(path), cases, Path(out_dir), workers=workers or os.cpu_count() or 1, log=log)
+
+    def num(row: Any, col: str) -> float | None:
+        v = row[col]
+        return None if v is None or pd.isna(v) else float(v)
+
+    rows = []
+    for _, r in swept.iterrows():
+        revenue, imbalance, bills = num(r, "wholesale_revenue"), num(r, "imbalance_cost"), num(r, "bill_total")
+        lost = [num(r, "contract_reports_lost"), num(r, "contract_replies_lost")]
+        rows.append({"case": r["case"], "status": r["status"], "market_revenue": revenue,
+                     "imbalance_cost": imbalance, "bill_total": bills,
+                     "revenue_minus_bills": None if r["status"] != "ok" else
+                     (revenue or 0.0) - (imbalance or 0.0) - (bills or 0.0),
+                     "mean_abs_deviation_of_committed": num(r, "mean_abs_deviation_of_committed"),
+                     "reports_late": num(r, "contract_reports_late"),
+                     "messages_lost": None if r["status"] != "ok" else sum(v or 0.0 for v in lost),
+                     "wall_s": num(r, "wall_s"), "error": r["error"]})
+    return pd.DataFrame(rows)

@@ -81,7 +81,7 @@ def test_same_seed_same_contract_messages_and_settlement(tmp_path):
     pd.testing.assert_frame_equal(pd.read_csv(a.out_dir / "market.csv"), pd.read_csv(b.out_dir / "market.csv"))
 
 
-def test_sensitivity_studies_vary_one_key_per_run_in_processes(tmp_path, capsys):
+def test_sensitivity_studies_vary_one_key_per_run_as_a_sweep(tmp_path, capsys):
     from dercosim.scenarios import cli
     from dercosim.scenarios.config import scenario_to_toml
 
@@ -95,7 +95,8 @@ def test_sensitivity_studies_vary_one_key_per_run_in_processes(tmp_path, capsys)
     (folder,) = (tmp_path / "ci").iterdir()
     table = pd.read_csv(folder / "contract-interval.csv")
     assert list(table.case) == ["t_sc=1min", "t_sc=15min"] and (folder / "contract-interval.png").exists()
-    runs = {c: json_summary(folder / c) for c in table.case}
+    runs = {c: json_summary(folder / "cases" / c) for c in table.case}
+    assert list(table.status) == ["ok", "ok"] and (folder / "sweep.parquet").exists()  # the sweep machinery
     assert runs["t_sc=1min"]["contract"]["interval_s"] == 60 and runs["t_sc=15min"]["contract"]["interval_s"] == 900
     assert runs["t_sc=1min"]["contract"]["contract_rounds"] > runs["t_sc=15min"]["contract"]["contract_rounds"]
     assert cli.main(["study", "forecast", str(path), "--until", "1h", "--accuracy", "0,0.5", "--steps", "120",
