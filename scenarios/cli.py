@@ -133,6 +133,18 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise ScenarioError(f"--until: {until_s} s is not a whole number of {scenario.clock.step_s}-s steps")
         scenario = with_duration(scenario, until_s)
     baseline = _baseline_bills(args.baseline) if args.baseline else None
+    pacer = None
+    if args.realtime is not None:
+        from dercosim.sims.pacing import Pacer
+
+        try:
+            pacer = Pacer(factor=args.realtime, step_s=scenario.clock.step_s, deadline_ms=args.deadline_ms,
+                          abort_after=args.realtime_abort_after,
+                          say=lambda msg: print(msg, file=sys.stderr, flush=True))
+        except ValueError as exc:
+            raise ScenarioError(f"--realtime: {exc}") from None
+    elif args.realtime_abort_after is not None or args.deadline_ms != 0.0:
+        raise ScenarioError("--deadline-ms and --realtime-abort-after need --realtime")
     out_dir = make_run_dir(Path(args.out), scenario.name)
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     say(f"dercosim: {path} -> {out_dir}")
@@ -144,12 +156,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         with _StopOnSignals():
-            result = run_scenario(scenario, out_dir, progress=not args.quiet, log=say)
+            result = run_scenario(scenario, out_dir, progress=not args.quiet, log=say, realtime=pacer)
     except RunInterrupted as exc:
         summary = out_dir / "summary.json"
         print(f"stopped by {exc.signal_name}" + (f"; what was recorded is joined in {out_dir / 'timeseries.parquet'}"
                                                   f" and summarised in {summary}" if summary.exists() else kept()),
               file=sys.stderr)
+        if exc.signal_name.startswith("realtime"):
+            return 4
         return 130 if exc.signal_name == "SIGINT" else 143
     except ControllerError as exc:
         raise ControllerError(f"{exc}{kept()}") from None
@@ -523,6 +537,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--until", help="run length from the start, e.g. 6h, 90min, 3600 (replaces clock.duration)")
     run.add_argument("--out", default="runs", help="parent folder of the run folder (default: runs)")
     run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.add_argument("--realtime", nargs="?", type=float, const=1.0, default=None, metavar="FACTOR",
+                     help="pace every step to the wall clock: FACTOR simulated seconds per wall second (default 1; "
+                          "60 = a simulated minute per second); deadline report in summary.json -> realtime")
+    run.add_argument("--deadline-ms", type=float, default=0.0,
+                     help="real time: lateness tolerated before a step counts as late (default 0 ms)")
+    run.add_argument("--realtime-abort-after", type=int, default=None, metavar="N",
+                     help="real time: stop cleanly after N late slots in a row of one simulator (exit code 4)")
     run.add_argument("--baseline", help="a finished run folder (e.g. of fleet_market_s0): report the bill "
                                         "reduction against its household bills")
     run.set_defaults(func=cmd_run)

@@ -41,7 +41,9 @@ from dercosim.sims.planner import COMMUNITY_OUT, OPERATOR_OUT
 from dercosim.sims.controller import HOST_DIAGNOSTICS
 from dercosim.sims.contract import CONTRACT_OUT, EVM_OUT, MEMBER_OUT
 from dercosim.sims.market import OUTPUTS as MARKET_OUTPUTS
-from dercosim.sims.recorder import STOP_REASON, StopRequested
+from dercosim.sims import pacing
+from dercosim.sims.pacing import Pacer
+from dercosim.sims.recorder import STOP, STOP_REASON, StopRequested
 from dercosim.sims.grid import FEEDER_ATTRS
 from dercosim.timeseries import weather
 
@@ -136,13 +138,16 @@ def strict_json(data: Any) -> str:
 
 
 def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
-                 log: Callable[[str], None] = lambda msg: None) -> RunResult:
+                 log: Callable[[str], None] = lambda msg: None, realtime: Pacer | None = None) -> RunResult:
     """Run ``scenario`` and write its results to ``out_dir`` (created; must not hold files yet).
 
     Everything is checked before anything is written (:func:`check_scenario`).
     On SIGINT (or SIGTERM, when the CLI installed its handler) the run stops,
     what was recorded is joined and summarised (``summary.json`` →
-    ``interrupted``), and :class:`RunInterrupted` is raised.
+    ``interrupted``), and :class:`RunInterrupted` is raised. ``realtime``: pace
+    every step to the wall clock and report deadlines (:mod:`dercosim.sims.pacing`;
+    ``summary.json`` → ``realtime``, ``realtime.parquet``, ``realtime_lateness.png``);
+    its abort stops the run like a signal, with its reason.
     """
     wall_start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -170,15 +175,23 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
     run_start = time.perf_counter()
     try:
         parquet = _build(world, run, out_dir, log)
-        log(f"running {n_steps} steps of {step_s} s from {times[0]:%Y-%m-%d %H:%M} ({site.tz})")
+        log(f"running {n_steps} steps of {step_s} s from {times[0]:%Y-%m-%d %H:%M} ({site.tz})"
+            + (f" in real time x{realtime.factor:g}" if realtime is not None else ""))
         run_start = time.perf_counter()
-        world.run(until=n_steps * step_s, print_progress=progress)
+        if realtime is not None:
+            realtime.stop = _stop_for
+            pacing.PACER = realtime
+        world.run(until=n_steps * step_s, print_progress=progress and realtime is None)
     except (KeyboardInterrupt, StopRequested) as exc:
         interrupted = exc
         _shutdown_quietly(world)  # the recorder joins what it has
     except BaseException:
         _shutdown_quietly(world)  # lets the recorder join what it has
         raise
+    finally:
+        pacing.PACER = None
+        if realtime is not None and realtime.aborted is not None:  # our stop, not the user's: leave no flag set
+            STOP.clear()
     run_wall_s = time.perf_counter() - run_start
     if interrupted is not None and not parquet.exists():
         raise RunInterrupted(_signal_of(interrupted), out_dir) from None
@@ -189,14 +202,25 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
                                run_wall_s=run_wall_s, tables=tables)
     if "contract" in summary and scenario.contract.engine == "evm":
         summary["contract"]["evm"] = report.evm_figures(recorded, out_dir / "contract_gas.json")
+    if realtime is not None:
+        summary["realtime"] = realtime.summary()
+        realtime.table().to_parquet(out_dir / "realtime.parquet", index=False)
+        if realtime.rows:
+            pacing.plot_lateness(realtime.table(), realtime.deadline_ms, out_dir / "realtime_lateness.png")
     if interrupted is not None:
-        summary["interrupted"] = {"signal": _signal_of(interrupted),
-                                  "steps_recorded": summary["steps"], "steps_planned": n_steps}
+        reason = realtime.aborted if realtime is not None and realtime.aborted else _signal_of(interrupted)
+        summary["interrupted"] = {"signal": reason, "steps_recorded": summary["steps"], "steps_planned": n_steps}
     write_text_atomically(out_dir / "summary.json", strict_json(summary))
     report.plot_all(recorded, scenario, out_dir, tables)
     if interrupted is not None:
-        raise RunInterrupted(_signal_of(interrupted), out_dir) from None
+        raise RunInterrupted(summary["interrupted"]["signal"], out_dir) from None
     return RunResult(out_dir=out_dir, parquet=parquet, summary=summary)
+
+
+def _stop_for(reason: str) -> None:
+    """Ask the running world to stop cleanly (the recorder raises at its next step), giving ``reason``."""
+    STOP_REASON["signal"] = reason
+    STOP.set()
 
 
 def _signal_of(exc: BaseException) -> str:

@@ -36,6 +36,7 @@ import mosaik_api_v3
 
 from dercosim.controllers.base import OBSERVATIONS, SETPOINTS
 from dercosim.controllers.registry import ControllerError, load_controller_class, make_controller
+from dercosim.sims.pacing import paced
 
 META = {
     "api_version": "3.0",
@@ -56,6 +57,7 @@ class ControllerFault(Exception):
     """A controller call that faulted (see the module doc); the message says how."""
 
 
+@paced
 class ControllerSim(mosaik_api_v3.Simulator):
     def __init__(self) -> None:
         super().__init__(copy.deepcopy(META))  # init() adds this run's diagnostics to the attributes

@@ -19,6 +19,7 @@ import numpy as np
 
 from dercosim.devices.thermal import indoor_temperature_next, thermostat
 from dercosim.sims.entities import hand_out
+from dercosim.sims.pacing import paced
 
 ATTRS = ["load_kw", "pv_kw", "wind_kw", "hvac_kw", "net_kw", "q_kvar", "t_indoor_c", "t_outdoor_c", "bus", "hvac_set_kw"]
 META = {
@@ -28,6 +29,7 @@ META = {
 }
 
 
+@paced
 class HouseholdSim(mosaik_api_v3.Simulator):
     def __init__(self) -> None:
         super().__init__(META)

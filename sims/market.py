@@ -26,6 +26,7 @@ import numpy as np
 
 from dercosim.controllers.aggregator import DayAheadMILP, VirtualBattery, bids_kwh
 from dercosim.controllers.market import clear, clearing_price
+from dercosim.sims.pacing import paced
 
 OUTPUTS = ["bid_kwh", "committed_kwh", "soc_target_frac", "mode_s", "wholesale_per_kwh", "imbalance_per_kwh",
            "forecast_net_export_kwh", "planned_battery_kwh", "milp_failures", "milp_solve_ms"]
@@ -36,6 +37,7 @@ META = {
 }
 
 
+@paced
 class MarketSim(mosaik_api_v3.Simulator):
     def __init__(self) -> None:
         super().__init__(META)

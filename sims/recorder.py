@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import mosaik_api_v3
+from dercosim.sims.pacing import paced
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -99,6 +100,7 @@ def join_parts(parts_dir: Path, path: Path) -> int:
     return rows
 
 
+@paced
 class RecorderSim(mosaik_api_v3.Simulator):
     def __init__(self) -> None:
         super().__init__(META)
