@@ -6,6 +6,7 @@
     dercosim study modes SCENARIO [--max-iter N] [--out runs/]
     dercosim study streams SCENARIO [SCENARIO ...] [--central-only] [--milp] [--out runs/]
     dercosim study shared-storage | cluster-sizing | price-maker [--seed N] [--out runs/]
+    dercosim serve controllers|grid [--addr HOST:PORT] [--controller file.py:Class]
     dercosim sweep SCENARIO --set KEY=V1,V2 [--set ...] [--seeds N] [--workers N | --scheduler ADDR] [--resume DIR]
 
 SCENARIO is a path to a TOML file or the name of a bundled scenario.
@@ -164,6 +165,8 @@ def cmd_run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         if exc.signal_name.startswith("realtime"):
             return 4
+        if exc.signal_name.startswith("connection lost"):
+            return 1
         return 130 if exc.signal_name == "SIGINT" else 143
     except ControllerError as exc:
         raise ControllerError(f"{exc}{kept()}") from None
@@ -324,6 +327,36 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(f"{len(table)} cases: " + ", ".join(f"{n} {status}" for status, n in counts.items()))
     print(f"results in {out_dir} (sweep.parquet, sweep.md)")
     return 0 if counts.get("failed", 0) == 0 and counts.get("invalid", 0) == 0 else 1
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve a simulator (controllers or grid) for runs whose ``[processes]`` say ``connect:HOST:PORT``."""
+    from dercosim.sims.serve import parse_addr, serve
+
+    kind = {"controllers": "Controllers", "grid": "Grid"}[args.kind]
+    try:
+        parse_addr(args.addr)
+    except ValueError as exc:
+        raise ScenarioError(f"--addr: {exc}") from None
+    if args.controller is not None:
+        if kind != "Controllers":
+            raise ScenarioError("--controller is for `dercosim serve controllers`")
+        from dercosim.controllers.registry import load_controller_class
+
+        load_controller_class(args.controller, Path.cwd())  # a wrong file or class is said now, not mid-run
+    def ready() -> None:
+        print(f"dercosim: serving {args.kind} at {args.addr}"
+              + (f" with {args.controller}" if args.controller else "") + "; waiting for a run to connect",
+              file=sys.stderr, flush=True)
+
+    try:
+        serve(kind, args.addr, server=True, controller=args.controller, start_timeout_s=args.timeout_s, ready=ready)
+    except OSError as exc:
+        raise RunError(f"cannot serve at {args.addr}: {exc.strerror or exc}") from None
+    except RuntimeError as exc:
+        raise RunError(f"{args.addr}: {exc}") from None
+    print(f"dercosim: the run at {args.addr} has ended", file=sys.stderr)
+    return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -600,6 +633,17 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", default="runs", help="parent folder of the sweep folder (default: runs)")
     sw.add_argument("--quiet", action="store_true", help="no progress output")
     sw.set_defaults(func=cmd_sweep)
+    srv = sub.add_parser("serve", help="serve controllers (or the grid) for a run in another process or machine",
+                         description="Waits at --addr for one run whose scenario says [processes] controllers = "
+                                     "\"connect:HOST:PORT\", serves it with mosaik's protocol, and exits when "
+                                     "the run ends.")
+    srv.add_argument("kind", choices=["controllers", "grid"])
+    srv.add_argument("--addr", default="127.0.0.1:5678", help="HOST:PORT to listen at (default 127.0.0.1:5678)")
+    srv.add_argument("--controller", help="controllers: the controller this host runs, from its own folder "
+                                          "(file.py:Class or module:Class); the run's [hems] controller must name "
+                                          "the same class")
+    srv.add_argument("--timeout-s", type=int, default=3600, help="give up if no run connects within this long")
+    srv.set_defaults(func=cmd_serve)
     val = sub.add_parser("validate", help="hold linear grid models and the controllers' beliefs against AC power flow",
                          description="TARGET: a finished run folder, or a scenario (run first). Writes "
                                      "TARGET/validation/: validation.json, validation.md and plots.")

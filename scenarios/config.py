@@ -482,6 +482,29 @@ class RecorderConfig(_Model):
     flush_every_s: Annotated[int, Field(ge=60, le=86_400)] = 3600  #: write a row group this often (simulated s)
 
 
+#: where a simulator runs: in this process, in a subprocess mosaik starts, or on a host served at HOST:PORT
+Placement = Annotated[str, Field(pattern=r"^(inprocess|subprocess|connect:[A-Za-z0-9_.\-]+:[0-9]{1,5})$")]
+#: the kinds whose init and create arguments are JSON (only those can leave the process for now)
+InProcessOnly = Literal["inprocess"]
+
+
+class ProcessesConfig(_Model):
+    """Where each simulator runs ("inprocess", "subprocess" or "connect:HOST:PORT" of ``dercosim serve``).
+
+    Grid and controllers can leave the process: their init and create
+    arguments travel as JSON through mosaik's protocol. Households,
+    batteries, market and contract carry their profiles as arrays and stay
+    in-process for now.
+    """
+
+    grid: Placement = "inprocess"
+    controllers: Placement = "inprocess"
+    households: InProcessOnly = "inprocess"
+    batteries: InProcessOnly = "inprocess"
+    market: InProcessOnly = "inprocess"
+    contract: InProcessOnly = "inprocess"
+
+
 class Scenario(_Model):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)]
     description: Annotated[str, Field(max_length=2000)] = ""
@@ -497,6 +520,7 @@ class Scenario(_Model):
     market: MarketConfig | None = None
     contract: ContractConfig | None = None
     recorder: RecorderConfig = RecorderConfig()
+    processes: ProcessesConfig = ProcessesConfig()
     _source_dir: Path | None = PrivateAttr(default=None)
     #: the scenario (as JSON) that :func:`check_scenario` passed, so a run need not check it again
     _checked_as: str | None = PrivateAttr(default=None)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import mosaik
+from mosaik.exceptions import ConnectionClosedError
 import numpy as np
 import pandas as pd
 
@@ -169,9 +170,10 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
     table.assign(hvac_p_max_kw=hvac["p_max_kw"]).to_csv(out_dir / "households.csv", index=False)
     batteries.to_csv(out_dir / "batteries.csv", index=False)
 
-    world = mosaik.World(SIM_CONFIG, time_resolution=1.0, skip_greetings=True, configure_logging=False)
+    world = mosaik.World(sim_config(scenario), time_resolution=1.0, skip_greetings=True, configure_logging=False)
     parquet = out_dir / "timeseries.parquet"
     interrupted: KeyboardInterrupt | None = None
+    lost: str | None = None
     run_start = time.perf_counter()
     try:
         parquet = _build(world, run, out_dir, log)
@@ -185,6 +187,10 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
     except (KeyboardInterrupt, StopRequested) as exc:
         interrupted = exc
         _shutdown_quietly(world)  # the recorder joins what it has
+    except ConnectionClosedError as exc:  # a simulator in another process or on another machine went away
+        interrupted = KeyboardInterrupt()
+        lost = f"connection lost: {exc} ([processes] {_placements(scenario)})"
+        _shutdown_quietly(world)
     except BaseException:
         _shutdown_quietly(world)  # lets the recorder join what it has
         raise
@@ -194,7 +200,7 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
             STOP.clear()
     run_wall_s = time.perf_counter() - run_start
     if interrupted is not None and not parquet.exists():
-        raise RunInterrupted(_signal_of(interrupted), out_dir) from None
+        raise RunInterrupted(lost or _signal_of(interrupted), out_dir) from None
 
     recorded = pd.read_parquet(parquet)
     tables: dict[str, pd.DataFrame] = {}
@@ -208,13 +214,32 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
         if realtime.rows:
             pacing.plot_lateness(realtime.table(), realtime.deadline_ms, out_dir / "realtime_lateness.png")
     if interrupted is not None:
-        reason = realtime.aborted if realtime is not None and realtime.aborted else _signal_of(interrupted)
+        reason = (lost if lost is not None else realtime.aborted if realtime is not None and realtime.aborted
+                  else _signal_of(interrupted))
         summary["interrupted"] = {"signal": reason, "steps_recorded": summary["steps"], "steps_planned": n_steps}
     write_text_atomically(out_dir / "summary.json", strict_json(summary))
     report.plot_all(recorded, scenario, out_dir, tables)
     if interrupted is not None:
         raise RunInterrupted(summary["interrupted"]["signal"], out_dir) from None
     return RunResult(out_dir=out_dir, parquet=parquet, summary=summary)
+
+
+def _placements(scenario: Scenario) -> str:
+    p = scenario.processes
+    return ", ".join(f"{k} = {v!r}" for k, v in (("grid", p.grid), ("controllers", p.controllers)) if v != "inprocess")
+
+
+def sim_config(scenario: Scenario) -> dict[str, dict[str, str]]:
+    """mosaik's sim config for this scenario: :data:`SIM_CONFIG` with ``[processes]`` applied."""
+    import sys
+
+    config = {k: dict(v) for k, v in SIM_CONFIG.items()}
+    for kind, placement in (("Grid", scenario.processes.grid), ("Controllers", scenario.processes.controllers)):
+        if placement == "subprocess":
+            config[kind] = {"cmd": f"{sys.executable} -m dercosim.sims.serve {kind} %(addr)s"}
+        elif placement.startswith("connect:"):
+            config[kind] = {"connect": placement.removeprefix("connect:")}
+    return config
 
 
 def _stop_for(reason: str) -> None:
@@ -495,6 +520,8 @@ def _connect_controllers(world: mosaik.World, scenario: Scenario, table: Any, ho
                            threads=hems.threads or (os.cpu_count() or 1))
     diagnostics = diagnostics + HOST_DIAGNOSTICS
     contexts = [_context(scenario, context, n, hh_bus[n], batteries) for n in names]
+    if scenario.processes.controllers != "inprocess":  # mosaik's protocol is JSON: arrays travel as lists
+        contexts = [{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in c.items()} for c in contexts]
     ctrls = ctrl_sim.Controller.create(len(names), spec=hems.controller, params=dict(hems.params), labels=names,
                                        available=available, writable=writable, base_dir=str(scenario.source_dir),
                                        contexts=contexts)

@@ -33,6 +33,7 @@ import time as _time
 from typing import Any
 
 import mosaik_api_v3
+import numpy as np
 
 from dercosim.controllers.base import OBSERVATIONS, SETPOINTS
 from dercosim.controllers.registry import ControllerError, load_controller_class, make_controller
@@ -94,9 +95,16 @@ class ControllerSim(mosaik_api_v3.Simulator):
         """
         if not (len(labels) == len(available) == len(writable) == num):
             raise ValueError("one label, one 'available' and one 'writable' list per entity")
+        served = getattr(self, "served_controller", None)
+        if served is not None:  # a host of its own (``dercosim serve controllers --controller``): its file, its cwd
+            if served.rpartition(":")[2] != spec.rpartition(":")[2]:
+                raise ControllerError(f"this host serves {served!r}; the run asks for {spec!r}")
+            spec, base_dir = served, None
         cls = load_controller_class(spec, base_dir)
         out = []
-        contexts = contexts or [{} for _ in labels]
+        # a context that came through mosaik's JSON protocol carries its series as lists: numpy again
+        contexts = [{k: (np.asarray(v, float) if isinstance(v, list) and v and isinstance(v[0], (int, float))
+                         else v) for k, v in c.items()} for c in (contexts or [{} for _ in labels])]
         for label, avail, write, context in zip(labels, available, writable, contexts):
             ctrl = make_controller(cls, spec, dict(params), label, set(avail), set(write))
             diagnostics = tuple(getattr(ctrl, "diagnostics", ()))

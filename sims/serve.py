@@ -1,0 +1,94 @@
+"""Run one of dercosim's simulators in its own process: started by mosaik, or served for a run to connect to.
+
+    python -m dercosim.sims.serve KIND HOST:PORT             # mosaik's "cmd": connect back to mosaik at HOST:PORT
+    python -m dercosim.sims.serve KIND HOST:PORT --server    # mosaik's "connect": wait for a run at HOST:PORT
+
+KIND is ``Grid`` or ``Controllers`` (the simulators whose init and create
+arguments are JSON; see the scenario's ``[processes]`` table). ``dercosim
+serve`` is the user-facing form of the second line. The protocol is mosaik's
+own (JSON over TCP), so the host may be another Python or another machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Callable
+
+#: the simulators that can run in another process, and their classes
+REMOTE_KINDS = {"Grid": "dercosim.sims.grid:GridSim", "Controllers": "dercosim.sims.controller:ControllerSim"}
+
+
+def make_simulator(kind: str, controller: str | None = None):  # noqa: ANN201 - a mosaik_api_v3.Simulator
+    import importlib
+
+    if kind not in REMOTE_KINDS:
+        raise ValueError(f"cannot serve {kind!r}; servable: {', '.join(REMOTE_KINDS)}")
+    module, cls = REMOTE_KINDS[kind].split(":")
+    sim = getattr(importlib.import_module(module), cls)()
+    if controller is not None:
+        if kind != "Controllers":
+            raise ValueError("--controller is for a Controllers host")
+        sim.served_controller = controller
+    return sim
+
+
+def parse_addr(addr: str) -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:5678), got {addr!r}")
+    return host, int(port)
+
+
+async def _serve_once(sim: object, host: str, port: int, timeout_s: float, ready: Callable[[], None]) -> None:
+    """mosaik_api_v3's ``run_as_server``, saying when the port is bound (so a caller knows it may connect)."""
+    import mosaik_api_v3
+    from mosaik_api_v3.connection import Channel
+
+    got: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not got.done():
+            got.set_result(Channel(reader, writer))
+
+    server = await asyncio.start_server(connected, host, port)
+    ready()
+    try:
+        channel = await asyncio.wait_for(got, timeout_s)
+    except asyncio.TimeoutError:
+        raise RuntimeError(f"no run connected within {timeout_s:g} s") from None
+    finally:
+        server.close()
+    try:
+        await mosaik_api_v3.run_simulator(channel, sim, api_compliant=mosaik_api_v3.check_api_compliance(sim))
+    finally:
+        await channel.close()
+
+
+def serve(kind: str, addr: str, server: bool, controller: str | None = None, start_timeout_s: int = 3600,
+          ready: Callable[[], None] = lambda: None) -> int:
+    """Run the simulator until the run it belongs to ends (or its connection drops); ``ready()`` once listening."""
+    import mosaik_api_v3
+
+    sim = make_simulator(kind, controller)
+    host, port = parse_addr(addr)
+    if server:
+        asyncio.run(_serve_once(sim, host, port, start_timeout_s, ready))
+    else:
+        asyncio.run(mosaik_api_v3.run_as_client(sim, host, port))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("kind", choices=sorted(REMOTE_KINDS))
+    ap.add_argument("addr", help="HOST:PORT")
+    ap.add_argument("--server", action="store_true", help="wait for mosaik to connect (default: connect to it)")
+    ap.add_argument("--controller", help="Controllers only: the controller this host runs (file.py:Class)")
+    args = ap.parse_args(argv)
+    return serve(args.kind, args.addr, args.server, args.controller)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

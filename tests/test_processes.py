@@ -1,0 +1,108 @@
+"""Simulators in another process or on another host: same numbers, a clear error when the host goes away."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from dercosim.scenarios import cli
+from dercosim.scenarios.config import load_scenario
+from dercosim.scenarios.world import RunInterrupted, run_scenario, with_duration
+
+BASE = cli.bundled_scenarios()["households_pv_battery"]
+#: the controllers' own wall time per call: the one column that may differ between placements
+TIMING = ["step_ms"]
+
+DYING = '''
+import os
+
+
+class Dying:
+    """Follows the residual; in a host with DIE_AT set, the host process dies at that simulated time."""
+    period_s = 60
+    inputs = ("net_kw",)
+    outputs = ("p_set_kw", "follow_residual")
+
+    def step(self, t, obs):
+        if os.environ.get("DIE_AT") and t >= int(os.environ["DIE_AT"]):
+            os._exit(3)
+        return {"p_set_kw": 0.0, "follow_residual": 1.0}
+'''
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _scenario(tmp_path: Path, processes: str, text: str | None = None, name: str = "s.toml"):
+    path = tmp_path / name
+    path.write_text((text or BASE.read_text()) + "\n[processes]\n" + processes + "\n")
+    return with_duration(load_scenario(path), 1800)
+
+
+def _serve(tmp_path: Path, port: int, env: dict | None = None) -> subprocess.Popen:
+    host = subprocess.Popen([sys.executable, "-m", "dercosim.scenarios.cli", "serve", "controllers", "--addr",
+                             f"127.0.0.1:{port}", "--timeout-s", "60"], cwd=tmp_path, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, **(env or {})})
+    assert "waiting for a run to connect" in host.stderr.readline()  # printed once the port is bound
+    return host
+
+
+def test_controllers_in_a_subprocess_and_on_a_served_host_give_the_same_parquet(tmp_path: Path):
+    inproc = run_scenario(_scenario(tmp_path, 'controllers = "inprocess"', name="a.toml"), tmp_path / "a",
+                          progress=False)
+    sub = run_scenario(_scenario(tmp_path, 'controllers = "subprocess"\ngrid = "subprocess"', name="b.toml"),
+                       tmp_path / "b", progress=False)
+    port = _free_port()
+    host = _serve(tmp_path, port)
+    try:
+        served = run_scenario(_scenario(tmp_path, f'controllers = "connect:127.0.0.1:{port}"', name="c.toml"),
+                              tmp_path / "c", progress=False)
+        assert host.wait(timeout=30) == 0  # the host ends with the run
+    finally:
+        host.kill()
+    a = pd.read_parquet(inproc.parquet).drop(columns=TIMING)
+    for other in (sub, served):
+        pd.testing.assert_frame_equal(pd.read_parquet(other.parquet).drop(columns=TIMING), a)
+        assert other.summary["households"]["bill_total"] == inproc.summary["households"]["bill_total"]
+
+
+def test_a_served_host_that_dies_mid_run_gives_a_clear_error_and_keeps_the_record(tmp_path: Path):
+    (tmp_path / "dying.py").write_text(DYING)
+    port = _free_port()
+    host = _serve(tmp_path, port, env={"DIE_AT": "900"})
+    text = BASE.read_text().replace('controller = "rule_based"', 'controller = "dying.py:Dying"')
+    scenario = _scenario(tmp_path, f'controllers = "connect:127.0.0.1:{port}"', text=text)
+    try:
+        with pytest.raises(RunInterrupted) as err:
+            run_scenario(scenario, tmp_path / "run", progress=False)
+    finally:
+        host.kill()
+    assert err.value.signal_name.startswith("connection lost")
+    assert f"connect:127.0.0.1:{port}" in err.value.signal_name and "Controllers" in err.value.signal_name
+    recorded = pd.read_parquet(tmp_path / "run" / "timeseries.parquet")
+    assert recorded.time_s.max() == 840  # every minute before the host died is kept
+    summary = (tmp_path / "run" / "summary.json").read_text()
+    assert "connection lost" in summary
+
+
+@pytest.mark.parametrize("line,key,words", [
+    ('households = "subprocess"', "processes.households", ["'inprocess'"]),
+    ('controllers = "connect:nohost"', "processes.controllers", ["pattern"]),
+])
+def test_placements_that_cannot_work_are_refused_before_anything_runs(tmp_path: Path, capsys, line, key, words):
+    path = tmp_path / "bad.toml"
+    path.write_text(BASE.read_text() + "\n[processes]\n" + line + "\n")
+    assert cli.main(["run", str(path), "--out", str(tmp_path / "runs"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: {key}:" in err and all(w in err for w in words)
+    assert not (tmp_path / "runs").exists()
