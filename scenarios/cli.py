@@ -1,6 +1,6 @@
 """``dercosim`` command line: run, show and list scenarios; studies of value-stacking scenarios.
 
-    dercosim run SCENARIO [--until 6h] [--out runs/] [--quiet]
+    dercosim run SCENARIO [--until 6h] [--out runs/] [--quiet] [--realtime [FACTOR] [--deadline-ms MS] [--realtime-abort-after N]]
     dercosim show SCENARIO
     dercosim list
     dercosim study modes SCENARIO [--max-iter N] [--out runs/]

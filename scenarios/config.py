@@ -690,6 +690,8 @@ def load_scenario(path: str | Path) -> Scenario:
         raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
     except RecursionError:
         raise ScenarioError(f"{path}: nested too deeply to be a scenario") from None
+    if _depth(data) > MAX_DEPTH:  # also when a library has raised the recursion limit (py-evm does)
+        raise ScenarioError(f"{path}: nested too deeply to be a scenario (more than {MAX_DEPTH} levels)")
     try:
         scenario = Scenario.model_validate(data, strict=True)
     except ValidationError as exc:
@@ -700,6 +702,23 @@ def load_scenario(path: str | Path) -> Scenario:
     check_scenario(scenario, path)
     scenario._checked_as = scenario.model_dump_json()
     return scenario
+
+
+#: deepest nesting of tables and arrays a scenario may have (the schema needs 5)
+MAX_DEPTH = 32
+
+
+def _depth(data: Any) -> int:
+    """Nesting depth of tables and arrays, without recursion."""
+    deepest, stack = 0, [(data, 0)]
+    while stack:
+        node, d = stack.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, d + 1)
+            if deepest > MAX_DEPTH:
+                return deepest
+            stack.extend((v, d + 1) for v in (node.values() if isinstance(node, dict) else node))
+    return deepest
 
 
 def _short(path: Path | str, limit: int = 200) -> str:
