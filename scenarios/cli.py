@@ -6,7 +6,7 @@
     dercosim study modes SCENARIO [--max-iter N] [--out runs/]
     dercosim study streams SCENARIO [SCENARIO ...] [--central-only] [--milp] [--out runs/]
     dercosim study shared-storage | cluster-sizing | price-maker [--seed N] [--out runs/]
-    dercosim serve controllers|grid [--addr HOST:PORT] [--controller file.py:Class]
+    dercosim serve controllers|grid|households|batteries|market|contract [--addr HOST:PORT] [--controller file.py:Class]
     dercosim sweep SCENARIO --set KEY=V1,V2 [--set ...] [--seeds N] [--workers N | --scheduler ADDR] [--resume DIR]
 
 SCENARIO is a path to a TOML file or the name of a bundled scenario.
@@ -333,7 +333,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Serve a simulator (controllers or grid) for runs whose ``[processes]`` say ``connect:HOST:PORT``."""
     from dercosim.sims.serve import parse_addr, serve
 
-    kind = {"controllers": "Controllers", "grid": "Grid"}[args.kind]
+    kind = {"controllers": "Controllers", "grid": "Grid", "households": "Households", "batteries": "Batteries",
+            "market": "Market", "contract": "Contract"}[args.kind]
     try:
         parse_addr(args.addr)
     except ValueError as exc:
@@ -637,7 +638,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Waits at --addr for one run whose scenario says [processes] controllers = "
                                      "\"connect:HOST:PORT\", serves it with mosaik's protocol, and exits when "
                                      "the run ends.")
-    srv.add_argument("kind", choices=["controllers", "grid"])
+    srv.add_argument("kind", choices=["controllers", "grid", "households", "batteries", "market", "contract"])
     srv.add_argument("--addr", default="127.0.0.1:5678", help="HOST:PORT to listen at (default 127.0.0.1:5678)")
     srv.add_argument("--controller", help="controllers: the controller this host runs, from its own folder "
                                           "(file.py:Class or module:Class); the run's [hems] controller must name "

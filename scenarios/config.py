@@ -484,25 +484,20 @@ class RecorderConfig(_Model):
 
 #: where a simulator runs: in this process, in a subprocess mosaik starts, or on a host served at HOST:PORT
 Placement = Annotated[str, Field(pattern=r"^(inprocess|subprocess|connect:[A-Za-z0-9_.\-]+:[0-9]{1,5})$")]
-#: the kinds whose init and create arguments are JSON (only those can leave the process for now)
-InProcessOnly = Literal["inprocess"]
-
-
 class ProcessesConfig(_Model):
     """Where each simulator runs ("inprocess", "subprocess" or "connect:HOST:PORT" of ``dercosim serve``).
 
-    Grid and controllers can leave the process: their init and create
-    arguments travel as JSON through mosaik's protocol. Households,
-    batteries, market and contract carry their profiles as arrays and stay
-    in-process for now.
+    Their init and create arguments travel as JSON through mosaik's protocol
+    (profiles as lists). The recorder (it writes the run folder) and the
+    value-stacking planner stay in-process.
     """
 
     grid: Placement = "inprocess"
+    households: Placement = "inprocess"
+    batteries: Placement = "inprocess"
     controllers: Placement = "inprocess"
-    households: InProcessOnly = "inprocess"
-    batteries: InProcessOnly = "inprocess"
-    market: InProcessOnly = "inprocess"
-    contract: InProcessOnly = "inprocess"
+    market: Placement = "inprocess"
+    contract: Placement = "inprocess"
 
 
 class Scenario(_Model):

@@ -224,9 +224,18 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
     return RunResult(out_dir=out_dir, parquet=parquet, summary=summary)
 
 
+#: ``[processes]`` key of each simulator kind that may run outside this process
+PLACED = {"Grid": "grid", "Households": "households", "Batteries": "batteries", "Controllers": "controllers",
+          "Market": "market", "Contract": "contract"}
+
+
+def _placement(scenario: Scenario, kind: str) -> str:
+    return getattr(scenario.processes, PLACED[kind]) if kind in PLACED else "inprocess"
+
+
 def _placements(scenario: Scenario) -> str:
-    p = scenario.processes
-    return ", ".join(f"{k} = {v!r}" for k, v in (("grid", p.grid), ("controllers", p.controllers)) if v != "inprocess")
+    return ", ".join(f"{PLACED[k]} = {_placement(scenario, k)!r}" for k in PLACED
+                     if _placement(scenario, k) != "inprocess")
 
 
 def sim_config(scenario: Scenario) -> dict[str, dict[str, str]]:
@@ -234,12 +243,31 @@ def sim_config(scenario: Scenario) -> dict[str, dict[str, str]]:
     import sys
 
     config = {k: dict(v) for k, v in SIM_CONFIG.items()}
-    for kind, placement in (("Grid", scenario.processes.grid), ("Controllers", scenario.processes.controllers)):
+    for kind in PLACED:
+        placement = _placement(scenario, kind)
         if placement == "subprocess":
             config[kind] = {"cmd": f"{sys.executable} -m dercosim.sims.serve {kind} %(addr)s"}
         elif placement.startswith("connect:"):
             config[kind] = {"connect": placement.removeprefix("connect:")}
     return config
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with numpy arrays and scalars as lists and Python numbers (mosaik's protocol is JSON)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _start(world: mosaik.World, scenario: Scenario, kind: str, **params: Any) -> Any:
+    """``world.start``; for a simulator outside this process its init arguments go as JSON."""
+    return world.start(kind, **(params if _placement(scenario, kind) == "inprocess" else jsonable(params)))
 
 
 def _stop_for(reason: str) -> None:
@@ -278,7 +306,7 @@ def _build(world: mosaik.World, run: RunInputs, out_dir: Path, log: Callable[[st
     load_kw, pv_kw, base_shape = run.load_kw, run.pv_kw, run.base_shape
     step_s = scenario.clock.step_s
 
-    grid_sim = world.start("Grid", step_s=step_s)
+    grid_sim = _start(world, scenario, "Grid", step_s=step_s)
     feeder = grid_sim.Feeder(feeder=scenario.grid.feeder, engine=scenario.grid.engine,
                              base_shape=base_shape.tolist(), line_max_i_ka=scenario.grid.line_max_i_ka)
     buses = {int(child.eid.removeprefix("bus_")): child for child in feeder.children}
@@ -287,7 +315,7 @@ def _build(world: mosaik.World, run: RunInputs, out_dir: Path, log: Callable[[st
 
     households: dict[str, Any] = {}
     if len(table):
-        hh_sim = world.start("Households", step_s=step_s, names=table["name"].tolist(),
+        hh_sim = _start(world, scenario, "Households", step_s=step_s, names=table["name"].tolist(),
                              bus=table["bus"].tolist(), load_kw=load_kw, pv_kw=pv_kw,
                              power_factor=table["power_factor"].tolist(),
                              t_outdoor_c=weather.outdoor_temperature_c(site, times),
@@ -301,7 +329,7 @@ def _build(world: mosaik.World, run: RunInputs, out_dir: Path, log: Callable[[st
     if len(batteries):
         params = {f: batteries[f].astype(float).tolist() for f in BatteryParams.__dataclass_fields__}
         sigma = np.where(batteries["household"] != "", scenario.batteries.subminute_sigma_kw, 0.0)
-        bat_sim = world.start("Batteries", step_s=step_s, pms_cycle_s=scenario.batteries.pms_cycle_s,
+        bat_sim = _start(world, scenario, "Batteries", step_s=step_s, pms_cycle_s=scenario.batteries.pms_cycle_s,
                               names=batteries["name"].tolist(), params=params,
                               soc_init_kwh=batteries["soc_init_kwh"].tolist(),
                               default_follow=batteries["default_follow"].tolist(),
@@ -397,7 +425,7 @@ def _connect_contract(world: mosaik.World, run: RunInputs, aggregator: Any, batt
     names = fleet.contract_members(scenario, run.fleet.households, run.fleet.batteries)
     meters = fleet.contract_meters(scenario, run.fleet.households, run.fleet.batteries)
     times = run.times
-    sim = world.start("Contract", step_s=scenario.clock.step_s, round_s=c.interval_s, window_s=c.window_s,
+    sim = _start(world, scenario, "Contract", step_s=scenario.clock.step_s, round_s=c.interval_s, window_s=c.window_s,
                       interval_s=scenario.market.interval_s,
                       start_s_of_day=int((times[0] - times[0].normalize()).total_seconds()), households=names,
                       latency=c.latency.model_dump(), loss_prob=c.loss_prob, seed=scenario.seed, engine=c.engine,
@@ -462,7 +490,7 @@ def _connect_market(world: mosaik.World, run: RunInputs, battery_entities: list[
     m = scenario.market
     vb = VirtualBattery.of_fleet(bats["capacity_kwh"], bats["p_charge_max_kw"], bats["p_discharge_max_kw"],
                                  bats["eta_charge"], bats["eta_discharge"], bats["soc_min_frac"], bats["soc_max_frac"])
-    sim = world.start("Market", step_s=scenario.clock.step_s, interval_s=m.interval_s,
+    sim = _start(world, scenario, "Market", step_s=scenario.clock.step_s, interval_s=m.interval_s,
                       battery=vb.__dict__, soc_init_kwh=float(bats["soc_init_kwh"].sum()),
                       bid_limit_per_kwh=m.bid_limit_per_kwh, clearing_limit_per_kwh=m.clearing_limit_per_kwh,
                       residual_demand_slope=m.residual_demand_slope if m.clearing == "price_maker" else 0.0,
@@ -515,13 +543,13 @@ def _connect_controllers(world: mosaik.World, scenario: Scenario, table: Any, ho
     available, writable = [a for a, _ in io], [w for _, w in io]
     cls = load_controller_class(hems.controller, scenario.source_dir)
     diagnostics = [str(d) for d in getattr(cls, "diagnostics", ())]
-    ctrl_sim = world.start("Controllers", step_s=scenario.clock.step_s, diagnostics=diagnostics,
+    ctrl_sim = _start(world, scenario, "Controllers", step_s=scenario.clock.step_s, diagnostics=diagnostics,
                            on_fault=hems.on_fault, step_timeout_s=hems.step_timeout_s,
                            threads=hems.threads or (os.cpu_count() or 1))
     diagnostics = diagnostics + HOST_DIAGNOSTICS
     contexts = [_context(scenario, context, n, hh_bus[n], batteries) for n in names]
     if scenario.processes.controllers != "inprocess":  # mosaik's protocol is JSON: arrays travel as lists
-        contexts = [{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in c.items()} for c in contexts]
+        contexts = jsonable(contexts)
     ctrls = ctrl_sim.Controller.create(len(names), spec=hems.controller, params=dict(hems.params), labels=names,
                                        available=available, writable=writable, base_dir=str(scenario.source_dir),
                                        contexts=contexts)

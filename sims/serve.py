@@ -3,8 +3,9 @@
     python -m dercosim.sims.serve KIND HOST:PORT             # mosaik's "cmd": connect back to mosaik at HOST:PORT
     python -m dercosim.sims.serve KIND HOST:PORT --server    # mosaik's "connect": wait for a run at HOST:PORT
 
-KIND is ``Grid`` or ``Controllers`` (the simulators whose init and create
-arguments are JSON; see the scenario's ``[processes]`` table). ``dercosim
+KIND is ``Grid``, ``Households``, ``Batteries``, ``Controllers``, ``Market``
+or ``Contract`` (see the scenario's ``[processes]`` table; the recorder and
+the planner stay in the run's process). ``dercosim
 serve`` is the user-facing form of the second line. The protocol is mosaik's
 own (JSON over TCP), so the host may be another Python or another machine.
 """
@@ -17,7 +18,9 @@ import sys
 from typing import Callable
 
 #: the simulators that can run in another process, and their classes
-REMOTE_KINDS = {"Grid": "dercosim.sims.grid:GridSim", "Controllers": "dercosim.sims.controller:ControllerSim"}
+REMOTE_KINDS = {"Grid": "dercosim.sims.grid:GridSim", "Households": "dercosim.sims.household:HouseholdSim",
+                "Batteries": "dercosim.sims.battery:BatterySim", "Controllers": "dercosim.sims.controller:ControllerSim",
+                "Market": "dercosim.sims.market:MarketSim", "Contract": "dercosim.sims.contract:ContractSim"}
 
 
 def make_simulator(kind: str, controller: str | None = None):  # noqa: ANN201 - a mosaik_api_v3.Simulator

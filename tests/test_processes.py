@@ -17,8 +17,11 @@ from dercosim.scenarios.config import load_scenario
 from dercosim.scenarios.world import RunInterrupted, run_scenario, with_duration
 
 BASE = cli.bundled_scenarios()["households_pv_battery"]
-#: the controllers' own wall time per call: the one column that may differ between placements
+#: the simulators' own wall times: the only columns that may differ between placements
 TIMING = ["step_ms"]
+S4_TIMING = ["milp_solve_ms", "solve_ms", "step_ms"]
+EVERY_KIND = "\n".join(f'{k} = "subprocess"' for k in ("grid", "households", "batteries", "controllers", "market",
+                                                       "contract"))
 
 DYING = '''
 import os
@@ -76,6 +79,18 @@ def test_controllers_in_a_subprocess_and_on_a_served_host_give_the_same_parquet(
         assert other.summary["households"]["bill_total"] == inproc.summary["households"]["bill_total"]
 
 
+def test_the_market_fleet_with_every_movable_simulator_in_its_own_process_gives_the_same_parquet(tmp_path: Path):
+    """fleet_market_s4 (market, contract, MPC): six simulators in subprocesses, profiles sent as JSON lists."""
+    s4 = cli.bundled_scenarios()["fleet_market_s4"].read_text()
+    inproc = run_scenario(_scenario(tmp_path, 'grid = "inprocess"', text=s4, name="a.toml"), tmp_path / "a",
+                          progress=False)
+    moved = run_scenario(_scenario(tmp_path, EVERY_KIND, text=s4, name="b.toml"), tmp_path / "b", progress=False)
+    pd.testing.assert_frame_equal(pd.read_parquet(moved.parquet).drop(columns=S4_TIMING),
+                                  pd.read_parquet(inproc.parquet).drop(columns=S4_TIMING))
+    assert moved.summary["market"]["wholesale_revenue"] == inproc.summary["market"]["wholesale_revenue"]
+    assert moved.summary["contract"]["contract_rounds"] == inproc.summary["contract"]["contract_rounds"] > 0
+
+
 def test_a_served_host_that_dies_mid_run_gives_a_clear_error_and_keeps_the_record(tmp_path: Path):
     (tmp_path / "dying.py").write_text(DYING)
     port = _free_port()
@@ -96,7 +111,7 @@ def test_a_served_host_that_dies_mid_run_gives_a_clear_error_and_keeps_the_recor
 
 
 @pytest.mark.parametrize("line,key,words", [
-    ('households = "subprocess"', "processes.households", ["'inprocess'"]),
+    ('recorder = "subprocess"', "processes.recorder", ["unknown key"]),
     ('controllers = "connect:nohost"', "processes.controllers", ["pattern"]),
 ])
 def test_placements_that_cannot_work_are_refused_before_anything_runs(tmp_path: Path, capsys, line, key, words):
