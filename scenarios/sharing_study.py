@@ -8,12 +8,13 @@ for the day, 0.1 CNY/kWh of O&M, efficiencies 0.94 and 1/1.05, SoC in
 [0.2, 1], cyclic). The paper's load and PV curves exist only as figures, so
 they are generated from dercosim's profiles (BDEW H25 load shape scaled to
 small commercial prosumers, pvlib PV on the bundled TMY3 weather, both from
-the seed). Two readings of the paper need stating:
+the seed). Three readings of the paper need stating:
 
 - its "energy rate coefficient 0.3" is read as P = 0.3 E (γ = E/P = 3.33 h).
   Read literally as E = 0.3 P, a kWh of rating would cost 0.65 + 0.245/0.3 =
-  1.47 CNY a day, more than a daily cycle earns (the study reports that case
-  too: it builds no station);
+  1.47 CNY a day, more than storing PV for the peak earns in a day; the study
+  reports that case too (on the default case it builds a small station,
+  81 kWh / 271 kW, for the demand charge, and the total is worse);
 - its discharge efficiency 1.05 is read as "1.05 kWh drawn per kWh
   delivered", i.e. η_d = 1/1.05;
 - the monthly demand charge is applied per day as 38/30 CNY per kW of peak.

@@ -116,16 +116,20 @@ def test_with_no_commitment_the_imbalance_cost_is_the_export_times_the_imbalance
     np.testing.assert_allclose(gb.imbalance_cost, -exported * [0.07, 0.09])  # long: paid the imbalance price
 
 
+def _market_inputs(n: int) -> dict:
+    """A MarketSim's init arguments for ``n`` half-hours of seeded forecasts and prices (a 700-kWh fleet)."""
+    rng = np.random.default_rng(2)
+    return dict(demand_forecast_kwh=rng.uniform(5, 20, n), production_forecast_kwh=rng.uniform(0, 40, n),
+                import_price=np.full(n, 0.15), wholesale_price=rng.uniform(0.03, 0.08, n),
+                imbalance_price=np.full(n, 0.05), battery=VirtualBattery(700.0, 370.0, 0.9, 0.9).__dict__,
+                soc_init_kwh=350.0)
+
+
 def test_a_failed_milp_is_counted_and_the_day_bids_nothing():
     """HiGHS given no time at all: the day's plan fails, is counted, and the market sim carries on without bids."""
     from dercosim.sims.market import MarketSim
 
-    n = 48
-    rng = np.random.default_rng(2)
-    kw = dict(demand_forecast_kwh=rng.uniform(5, 20, 2 * n), production_forecast_kwh=rng.uniform(0, 40, 2 * n),
-              import_price=np.full(2 * n, 0.15), wholesale_price=rng.uniform(0.03, 0.08, 2 * n),
-              imbalance_price=np.full(2 * n, 0.05), battery=VirtualBattery(700.0, 370.0, 0.9, 0.9).__dict__,
-              soc_init_kwh=350.0)
+    kw = _market_inputs(2 * 48)
     ok, failing = MarketSim(), MarketSim()
     ok.init("M", **kw)
     failing.init("M", time_limit_s=1e-9, **kw)
@@ -165,12 +169,7 @@ def test_the_price_maker_is_paid_the_depressed_price():
 def test_the_market_sim_reports_the_cleared_price_of_a_price_maker():
     from dercosim.sims.market import MarketSim
 
-    n = 48
-    rng = np.random.default_rng(2)
-    kw = dict(demand_forecast_kwh=rng.uniform(5, 20, n), production_forecast_kwh=rng.uniform(0, 40, n),
-              import_price=np.full(n, 0.15), wholesale_price=rng.uniform(0.03, 0.08, n),
-              imbalance_price=np.full(n, 0.05), battery=VirtualBattery(700.0, 370.0, 0.9, 0.9).__dict__,
-              soc_init_kwh=350.0)
+    kw = _market_inputs(48)
     taker, maker = MarketSim(), MarketSim()
     taker.init("M", **kw)
     maker.init("M", residual_demand_slope=2e-4, **kw)

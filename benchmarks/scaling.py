@@ -1,0 +1,72 @@
+"""Where a simulated minute goes at 70, 500 and 2,000 households: mosaik, power flow, MPC, PMS, recorder.
+
+    python benchmarks/scaling.py [--sizes 2,16,62] [--minutes 30]
+
+``households_mpc`` with every household given PV and a battery (so every one
+runs the MPC, every 120 s), ``per_bus`` households on each of the 32 load
+buses of IEEE-33 (2, 16, 62 → 64, 512, 1,984 households), from 11:00 on
+21 June. Each simulator's steps are timed by the real-time pacer
+(``dercosim.sims.pacing``) at a factor so large that it never waits; the
+rest of the loop's wall time is mosaik's own (scheduling, the input and
+output dicts between simulators). Printed: ms per simulated minute, split
+by simulator, and the growth against the smallest size per household.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+from dercosim.scenarios.cli import bundled_scenarios
+from dercosim.scenarios.config import Scenario
+from dercosim.scenarios.world import run_scenario
+from dercosim.sims.pacing import Pacer
+
+COLUMNS = {"Grid": "power flow", "Controller": "MPC", "Battery": "PMS", "Recorder": "recorder",
+           "Household": "households"}
+
+
+def scenario(per_bus: int, minutes: int) -> Scenario:
+    data = tomllib.loads(bundled_scenarios()["households_mpc"].read_text())
+    data["name"] = f"scaling_{per_bus}"
+    data["clock"]["start"] = data["clock"]["start"].replace(hour=11)
+    data["clock"]["duration"] = f"{minutes}min"
+    data["households"]["groups"][0].update(per_bus=per_bus, pv_share=1.0)
+    s = Scenario.model_validate(data, strict=True)
+    s._source_dir = bundled_scenarios()["households_mpc"].parent
+    return s
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="2,16,62", help="households per bus (default 2,16,62)")
+    ap.add_argument("--minutes", type=int, default=30)
+    args = ap.parse_args(argv)
+    print(f"{'households':>10} {'total':>8} {'mosaik':>8} " + " ".join(f"{c:>10}" for c in COLUMNS.values())
+          + f" {'per hh':>8}   (ms per simulated minute; {args.minutes} min from 11:00)")
+    first = None
+    for per_bus in (int(v) for v in args.sizes.split(",")):
+        sc = scenario(per_bus, args.minutes)
+        pacer = Pacer(factor=1e12, step_s=60, deadline_ms=1e12, say=lambda msg: None)
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            res = run_scenario(sc, Path(tmp) / "run", progress=False, realtime=pacer)
+            wall = time.perf_counter() - t0
+        n_hh = res.summary["households"]["count"]
+        loop_ms = 1000.0 * res.summary["run_wall_time_s"] / args.minutes
+        per_sim = pacer.table().groupby("simulator").compute_ms.sum() / args.minutes
+        parts = {c: float(per_sim.get(k, 0.0)) for k, c in COLUMNS.items()}
+        mosaik_ms = loop_ms - sum(parts.values())
+        per_hh = loop_ms / n_hh
+        first = first or per_hh
+        print(f"{n_hh:10d} {loop_ms:8.1f} {mosaik_ms:8.1f} " + " ".join(f"{v:10.1f}" for v in parts.values())
+              + f" {per_hh:8.3f}   (set-up and report {wall - res.summary['run_wall_time_s']:.0f} s; "
+              f"per household {per_hh / first:.2f}x the smallest)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
