@@ -409,6 +409,17 @@ def _study_sharing(args: argparse.Namespace, say: Callable[[str], None]) -> int:
 
     if args.scenario:
         raise ScenarioError(f"study {args.what} takes no scenario: its case is built from the seed (--seed)")
+    if args.what == "price-maker":  # checked before the study folder is made
+        try:
+            units = tuple(int(u) for u in args.units.split(","))
+        except ValueError:
+            raise ScenarioError(f"--units: expected comma-separated whole numbers, got {args.units!r}") from None
+        if any(u < 1 for u in units):
+            raise ScenarioError(f"--units: every fleet needs at least 1 unit, got {args.units!r}")
+        try:
+            ss.gb_prices(args.days)
+        except ValueError as exc:
+            raise ScenarioError(f"--days: {exc}") from None
     out_dir = make_run_dir(Path(args.out), args.what)
     say(f"dercosim: {args.what} study (seed {args.seed}) -> {out_dir}")
     if args.what == "shared-storage":
@@ -452,7 +463,6 @@ def _study_sharing(args: argparse.Namespace, say: Callable[[str], None]) -> int:
               f"centralised optimum {gap:+.2e}; self-sufficiency {100 * st.alone.self_sufficiency:.1f} % alone, "
               f"{100 * st.admm.self_sufficiency:.1f} % shared")
     else:
-        units = tuple(int(u) for u in args.units.split(","))
         table = ss.price_maker_study(units=units, days=args.days, seed=args.seed, log=say)
         table.to_csv(out_dir / "price_maker.csv", index=False)
         shown = [c for c in ("units", "central_cost", "admm_cost", "admm_gap", "admm_iterations", "central_s",

@@ -94,3 +94,12 @@ def test_bad_units_and_slopes_are_refused():
         ResidualDemand(np.ones(4), -1.0)
     with pytest.raises(ValueError, match="unit 0"):
         solve_central([StorageUnit(1.0, 1.0, 2.0)], ResidualDemand(np.ones(4)))
+
+
+@pytest.mark.parametrize("flags,words", [(["--units", "0"], "at least 1 unit"), (["--units", "a"], "whole numbers"),
+                                         (["--days", "99"], "1..61")])
+def test_the_study_refuses_bad_flags_before_writing(tmp_path, capsys, flags, words):
+    from dercosim.scenarios import cli
+
+    assert cli.main(["study", "price-maker", *flags, "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert words in capsys.readouterr().err and not (tmp_path / "out").exists()
