@@ -687,6 +687,9 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except (Exception, RecursionError) as exc:  # noqa: BLE001 - a bug of ours: one line, the traceback on request
+        if type(exc).__name__ == "RemoteSimulatorError":  # a simulator in another process failed (not our bug)
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         if os.environ.get("DERCOSIM_DEBUG"):
             raise
         print(f"error: {type(exc).__name__}: {str(exc)[:500]} (a dercosim bug: set DERCOSIM_DEBUG=1 for the "

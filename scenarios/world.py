@@ -29,12 +29,13 @@ from typing import Any, Callable
 
 import mosaik
 from mosaik.exceptions import ConnectionClosedError
+from mosaik_api_v3.connection import RemoteException
 import numpy as np
 import pandas as pd
 
 from dercosim.devices.battery import BatteryParams
 from dercosim.controllers.base import household_io
-from dercosim.controllers.registry import load_controller_class
+from dercosim.controllers.registry import ControllerError, load_controller_class
 from dercosim.scenarios import fleet, report
 from dercosim.scenarios.fleet import Fleet, RunInputs
 from dercosim.scenarios.config import Scenario, ScenarioError, check_scenario, scenario_to_toml
@@ -83,6 +84,10 @@ def with_duration(scenario: Scenario, duration_s: int) -> Scenario:
     new = Scenario.model_validate({**scenario.model_dump(), "clock": clock.model_dump()})
     new._source_dir = scenario._source_dir
     return new
+
+
+class RemoteSimulatorError(RuntimeError):
+    """A simulator in another process (``[processes]``) raised; the message is its own and names it."""
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -191,6 +196,13 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
         interrupted = KeyboardInterrupt()
         lost = f"connection lost: {exc} ([processes] {_placements(scenario)})"
         _shutdown_quietly(world)
+    except RemoteException as exc:  # a simulator in another process raised: its own message, not mosaik's plumbing
+        _shutdown_quietly(world)
+        kind, message, sim_id = (exc.args[0], exc.args[1], exc.args[-1]) if len(exc.args) >= 3 else ("", str(exc), "")
+        if kind == "ControllerError":
+            raise ControllerError(f"{message} (simulator {sim_id}; [processes] {_placements(scenario)})") from None
+        raise RemoteSimulatorError(f"simulator {sim_id} in another process failed: {kind}: {message} "
+                                   f"([processes] {_placements(scenario)})") from None
     except BaseException:
         _shutdown_quietly(world)  # lets the recorder join what it has
         raise
@@ -291,7 +303,7 @@ def _shutdown_quietly(world: mosaik.World) -> None:
         if pending:
             world.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         world.shutdown()
-    except Exception:  # noqa: BLE001 - the original error matters more
+    except (Exception, asyncio.CancelledError):  # noqa: BLE001 - the original error matters more
         pass
     finally:
         # shutdown was attempted: no "never shut down" warning at exit on top of the real error

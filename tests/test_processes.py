@@ -52,9 +52,9 @@ def _scenario(tmp_path: Path, processes: str, text: str | None = None, name: str
     return with_duration(load_scenario(path), 1800)
 
 
-def _serve(tmp_path: Path, port: int, env: dict | None = None) -> subprocess.Popen:
+def _serve(tmp_path: Path, port: int, env: dict | None = None, extra: tuple[str, ...] = ()) -> subprocess.Popen:
     host = subprocess.Popen([sys.executable, "-m", "dercosim.scenarios.cli", "serve", "controllers", "--addr",
-                             f"127.0.0.1:{port}", "--timeout-s", "60"], cwd=tmp_path, stderr=subprocess.PIPE,
+                             f"127.0.0.1:{port}", "--timeout-s", "60", *extra], cwd=tmp_path, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, **(env or {})})
     assert "waiting for a run to connect" in host.stderr.readline()  # printed once the port is bound
     return host
@@ -108,6 +108,30 @@ def test_a_served_host_that_dies_mid_run_gives_a_clear_error_and_keeps_the_recor
     assert recorded.time_s.max() == 840  # every minute before the host died is kept
     summary = (tmp_path / "run" / "summary.json").read_text()
     assert "connection lost" in summary
+
+
+def test_a_host_serving_its_own_controller_runs_it_and_refuses_another(tmp_path: Path):
+    from dercosim.controllers.registry import ControllerError
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    host_dir = tmp_path / "host"
+    host_dir.mkdir()
+    (host_dir / "my_controller.py").write_text((examples / "my_controller.py").read_text())
+    (tmp_path / "my_controller.py").write_text((examples / "my_controller.py").read_text())
+    mine = BASE.read_text().replace('controller = "rule_based"', 'controller = "my_controller.py:MyController"')
+    for text, ok in ((mine, True), (BASE.read_text(), False)):
+        port = _free_port()
+        host = _serve(host_dir, port, extra=("--controller", "my_controller.py:MyController"))
+        scenario = _scenario(tmp_path, f'controllers = "connect:127.0.0.1:{port}"', text=text, name=f"{ok}.toml")
+        try:
+            if ok:
+                result = run_scenario(scenario, tmp_path / "ok", progress=False)
+                assert result.summary["hems"]["faults"] == 0
+            else:
+                with pytest.raises(ControllerError, match="this host serves 'my_controller.py:MyController'"):
+                    run_scenario(scenario, tmp_path / "refused", progress=False)
+        finally:
+            host.kill()
 
 
 @pytest.mark.parametrize("line,key,words", [
