@@ -31,8 +31,8 @@ parameters and seed) are not run again.
 
 from __future__ import annotations
 
+import copy
 import itertools
-import json
 import os
 import re
 import time
@@ -104,7 +104,7 @@ def parse_set(text: str) -> tuple[str, list[Any]]:
 
 def set_path(data: dict, key: str, value: Any) -> dict:
     """A copy of ``data`` with ``key`` (``a.b[0].c``) set to ``value``; missing tables are created."""
-    out = _deep_copy(data)
+    out = copy.deepcopy(data)
     node: Any = out
     parts = key.split(".")
     for k, part in enumerate(parts):
@@ -130,14 +130,6 @@ def set_path(data: dict, key: str, value: Any) -> dict:
                 seq = seq[i]
         node = seq[indices[-1]]
     return out
-
-
-def _deep_copy(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _deep_copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_deep_copy(v) for v in value]
-    return value
 
 
 @dataclass

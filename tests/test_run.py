@@ -175,7 +175,7 @@ def test_recorder_rows_follow_registration_order_and_keep_gaps_and_booleans(tmp_
 def test_a_run_where_nothing_converges_still_reports(tmp_path: Path):
     scenario = Scenario.model_validate({"name": "allfail", "clock": {"duration": "10min"},
                                         "grid": {"base_load": {"scale": 6.0, "shape": "flat"}}})
-    result = run_scenario(scenario, tmp_path / "allfail", progress=False)
+    run_scenario(scenario, tmp_path / "allfail", progress=False)
     s = strict_json(tmp_path / "allfail" / "summary.json")
     assert s["powerflow"]["failures"] == s["steps"] == 10
     assert s["voltage"]["min_pu"] is None and s["voltage"]["per_bus"]["18"]["min_pu"] is None

@@ -74,74 +74,68 @@ class Block:
         return sol.u
 
 
-class BlockAgent:
-    """ADMM x-update of one block: argmin f(u) + λᵀ(u_e − z) + ρ/2 ‖u_e − z‖², u_e the exchanged part.
+class _ProximalQP:
+    """A block's QP plus ρ/2 on the squares of ``prox`` (its exchanged variables), built once.
 
-    On a solver failure the previous answer is kept and counted in
-    ``failures`` (the engine's residuals then show it too).
+    ``_solve(g_extra)`` adds ``g_extra`` to the linear term; the Hessian is
+    rebuilt only when ρ changes. On a solver failure the previous answer is
+    kept and counted in ``failures`` (the engine's residuals then show it too).
     """
 
-    def __init__(self, block: Block, solver: str = "highs") -> None:
+    def __init__(self, block: Block, prox: np.ndarray, solver: str) -> None:
         self.block = block
-        self.size = len(block.exchanged)
         self._mask = np.zeros(block.n)
-        self._mask[block.exchanged] = 1.0
+        self._mask[prox] = 1.0
         self.qp = SparseQP(sp.diags(block.hess() + self._mask), block.a, solver)
         self._rho: float | None = None
         self._h = None
         self.u = np.zeros(block.n)
         self.failures = 0
 
-    def solve(self, z: np.ndarray, lam: np.ndarray, rho: float) -> np.ndarray:
+    def _solve(self, rho: float, g_extra: np.ndarray) -> np.ndarray:
         b = self.block
         if rho != self._rho:
             self._rho, self._h = rho, self.qp.hessian(sp.diags(b.hess() + rho * self._mask))
-        g = b.c.copy()
-        g[b.exchanged] += lam - rho * z
-        sol = self.qp.solve(self._h, g, b.lba, b.uba, b.lbx, b.ubx)
+        sol = self.qp.solve(self._h, b.c + g_extra, b.lba, b.uba, b.lbx, b.ubx)
         if sol.success:
             self.u = sol.u
         else:
             self.failures += 1
-        return self.u[b.exchanged].copy()
+        return self.u
 
     def cost(self) -> float:
         return self.block.cost(self.u)
 
 
-class BlockCoupling:
+class BlockAgent(_ProximalQP):
+    """ADMM x-update of one block: argmin f(u) + λᵀ(u_e − z) + ρ/2 ‖u_e − z‖², u_e the exchanged part."""
+
+    def __init__(self, block: Block, solver: str = "highs") -> None:
+        super().__init__(block, block.exchanged, solver)
+        self.size = len(block.exchanged)
+
+    def solve(self, z: np.ndarray, lam: np.ndarray, rho: float) -> np.ndarray:
+        g = np.zeros(self.block.n)
+        g[self.block.exchanged] = lam - rho * z
+        return self._solve(rho, g)[self.block.exchanged].copy()
+
+
+class BlockCoupling(_ProximalQP):
     """ADMM z-update of the coupling party's block: argmin f_0(u) + Σ_i λ_iᵀ(x_i − u_i) + ρ/2 ‖x_i − u_i‖².
 
     ``exchange_slices[i]`` are the coupling block's variables that mirror agent i's exchanged ones.
     """
 
     def __init__(self, block: Block, exchange_slices: list[np.ndarray], solver: str = "highs") -> None:
-        self.block, self.slices = block, [np.asarray(s, int) for s in exchange_slices]
-        self._mask = np.zeros(block.n)
-        for s in self.slices:
-            self._mask[s] = 1.0
-        self.qp = SparseQP(sp.diags(block.hess() + self._mask), block.a, solver)
-        self._rho: float | None = None
-        self._h = None
-        self.u = np.zeros(block.n)
-        self.failures = 0
+        self.slices = [np.asarray(s, int) for s in exchange_slices]
+        super().__init__(block, np.concatenate(self.slices), solver)
 
     def solve(self, x: list[np.ndarray], lam: list[np.ndarray], rho: float) -> list[np.ndarray]:
-        b = self.block
-        if rho != self._rho:
-            self._rho, self._h = rho, self.qp.hessian(sp.diags(b.hess() + rho * self._mask))
-        g = b.c.copy()
+        g = np.zeros(self.block.n)
         for s, x_i, l_i in zip(self.slices, x, lam):
-            g[s] += -l_i - rho * x_i
-        sol = self.qp.solve(self._h, g, b.lba, b.uba, b.lbx, b.ubx)
-        if sol.success:
-            self.u = sol.u
-        else:
-            self.failures += 1
-        return [self.u[s].copy() for s in self.slices]
-
-    def cost(self) -> float:
-        return self.block.cost(self.u)
+            g[s] = -l_i - rho * x_i
+        u = self._solve(rho, g)
+        return [u[s].copy() for s in self.slices]
 
 
 @dataclass

@@ -42,7 +42,7 @@ import scipy.sparse as sp
 
 from dercosim.controllers.admm import ADMMResult, ADMMSettings, run_admm
 from dercosim.controllers.admm.qp import SparseQP
-from dercosim.controllers.sharing.blocks import InfeasibleBlock
+from dercosim.controllers.sharing.blocks import Block, BlockAgent, InfeasibleBlock
 
 
 @dataclass(frozen=True)
@@ -80,43 +80,20 @@ class ResidualDemand:
         return self.price[:len(z)] + self.slope * np.asarray(z, float)
 
 
-def _unit_matrices(n_t: int) -> sp.csr_matrix:
-    """Rows s_t − s_{t−1} − x_t = 0 on variables [x (n_t), s (n_t)], s_{−1} given on the right-hand side."""
+def unit_block(unit: StorageUnit, n_t: int, dt_h: float, s_end: float | None) -> Block:
+    """A unit's limits as a block on [x (n_t), s (n_t)]: s_t − s_{t−1} − x_t = 0 (s_{−1} = S_0),
+    |x| ≤ P Δ, 0 ≤ s ≤ E, s at the end = ``s_end`` (None: free). Its exchanged variables are x."""
     eye = sp.identity(n_t, format="csr")
-    shift = sp.eye(n_t, k=-1, format="csr")
-    return sp.hstack([-eye, eye - shift], format="csr")
-
-
-class UnitAgent:
-    """A unit's ADMM subproblem: the projection of z − λ/ρ onto its limits, a sparse QP built once."""
-
-    def __init__(self, unit: StorageUnit, n_t: int, dt_h: float, s_end: float | None, solver: str = "piqp") -> None:
-        self.size = n_t
-        a = _unit_matrices(n_t)
-        self.qp = SparseQP(sp.diags(np.r_[np.ones(n_t), np.zeros(n_t)]), a, solver)
-        e = unit.p_max_kw * dt_h
-        self.lbx = np.r_[np.full(n_t, -e), np.zeros(n_t)]
-        self.ubx = np.r_[np.full(n_t, e), np.full(n_t, unit.e_max_kwh)]
-        if s_end is not None:
-            self.lbx[-1] = self.ubx[-1] = s_end
-        self.rhs = np.zeros(n_t)
-        self.rhs[0] = unit.s0_kwh
-        self._rho: float | None = None
-        self._h = None
-        self.x = np.zeros(n_t)
-        self.failures = 0
-
-    def solve(self, z: np.ndarray, lam: np.ndarray, rho: float) -> np.ndarray:
-        n = self.size
-        if rho != self._rho:
-            self._rho, self._h = rho, self.qp.hessian(sp.diags(np.r_[np.full(n, rho), np.zeros(n)]))
-        g = np.r_[lam - rho * z, np.zeros(n)]
-        sol = self.qp.solve(self._h, g, self.rhs, self.rhs, self.lbx, self.ubx)
-        if sol.success:
-            self.x = sol.u[:n]
-        else:
-            self.failures += 1
-        return self.x.copy()
+    a = sp.hstack([-eye, eye - sp.eye(n_t, k=-1, format="csr")], format="csr")
+    e = unit.p_max_kw * dt_h
+    lbx = np.r_[np.full(n_t, -e), np.zeros(n_t)]
+    ubx = np.r_[np.full(n_t, e), np.full(n_t, unit.e_max_kwh)]
+    if s_end is not None:
+        lbx[-1] = ubx[-1] = s_end
+    rhs = np.zeros(n_t)
+    rhs[0] = unit.s0_kwh
+    return Block("unit", c=np.zeros(2 * n_t), a=a, lba=rhs, uba=rhs.copy(), lbx=lbx, ubx=ubx,
+                 exchanged=np.arange(n_t), index={"x": slice(0, n_t), "s": slice(n_t, 2 * n_t)})
 
 
 class MarketCoupling:
@@ -158,23 +135,17 @@ def solve_central(units: list[StorageUnit], market: ResidualDemand, dt_h: float 
     _check(units, market)
     t0 = time.perf_counter()
     n_t, n_u = len(market.price), len(units)
-    a_unit = _unit_matrices(n_t)
-    # variables: [x_1, s_1, …, x_N, s_N, z]
-    blocks = sp.block_diag([a_unit] * n_u, format="csr")
+    blocks = [unit_block(u, n_t, dt_h, u.s_end) for u in units]
+    # variables: [x_1, s_1, …, x_N, s_N, z]; rows: each unit's, then z_t = Σ_j x_j,t
     n_var = 2 * n_t * n_u + n_t
-    a = sp.hstack([blocks, sp.csr_matrix((n_t * n_u, n_t))], format="csr")
+    a = sp.hstack([sp.block_diag([b.a for b in blocks], format="csr"), sp.csr_matrix((n_t * n_u, n_t))],
+                  format="csr")
     sum_rows = sp.hstack([sp.hstack([sp.identity(n_t), sp.csr_matrix((n_t, n_t))])] * n_u + [-sp.identity(n_t)],
                          format="csr")
     a = sp.vstack([a, sum_rows], format="csr")
-    rhs = np.zeros(n_t * n_u + n_t)
-    lbx, ubx = np.zeros(n_var), np.zeros(n_var)
-    for j, u in enumerate(units):
-        rhs[j * n_t] = u.s0_kwh
-        o = 2 * n_t * j
-        lbx[o:o + n_t], ubx[o:o + n_t] = -u.p_max_kw * dt_h, u.p_max_kw * dt_h
-        lbx[o + n_t:o + 2 * n_t], ubx[o + n_t:o + 2 * n_t] = 0.0, u.e_max_kwh
-        lbx[o + 2 * n_t - 1] = ubx[o + 2 * n_t - 1] = u.s_end
-    lbx[-n_t:], ubx[-n_t:] = -np.inf, np.inf
+    rhs = np.concatenate([b.lba for b in blocks] + [np.zeros(n_t)])
+    lbx = np.concatenate([b.lbx for b in blocks] + [np.full(n_t, -np.inf)])
+    ubx = np.concatenate([b.ubx for b in blocks] + [np.full(n_t, np.inf)])
     g = np.zeros(n_var)
     g[-n_t:] = market.price
     h = np.zeros(n_var)
@@ -215,13 +186,13 @@ def solve_rolling(units: list[StorageUnit], market: ResidualDemand, settings: AD
         last = t0 + window >= n_t
         n_w = n_t - t0 if last else window
         keep = n_w if last else commit
-        agents = [UnitAgent(replace(u, s0_kwh=float(s[j])), n_w, dt_h, u.s_end if last else None)
-                  for j, u in enumerate(units)]
+        agents = [BlockAgent(unit_block(replace(u, s0_kwh=float(s[j])), n_w, dt_h, u.s_end if last else None),
+                             solver="piqp") for j, u in enumerate(units)]
         res = run_admm(agents, MarketCoupling(market, t0, n_w), settings)
         iterations += res.iterations
         converged &= res.converged
         results.append(res)
-        xw = np.array([a.x for a in agents])
+        xw = np.array([a.u[:n_w] for a in agents])
         x[:, t0:t0 + keep] = xw[:, :keep]
         s = s + xw[:, :keep].sum(axis=1)
         t0 += keep

@@ -118,12 +118,11 @@ class _LP:
         self.rows.append((coef, lo, hi))
 
     def block(self, name: str, exchanged: np.ndarray | None = None) -> Block:
-        a = sp.lil_matrix((len(self.rows), self.n))
-        for r, (coef, _, _) in enumerate(self.rows):
-            for j, v in coef.items():
-                a[r, j] = a[r, j] + v
+        entries = [(r, j, v) for r, (coef, _, _) in enumerate(self.rows) for j, v in coef.items()]
+        r, j, v = zip(*entries) if entries else ((), (), ())
+        a = sp.coo_matrix((v, (r, j)), shape=(len(self.rows), self.n)).tocsr()  # repeated entries add up
         h = np.concatenate(self.h)
-        return Block(name=name, c=np.concatenate(self.c), a=a.tocsr(),
+        return Block(name=name, c=np.concatenate(self.c), a=a,
                      lba=np.array([lo for _, lo, _ in self.rows]), uba=np.array([hi for _, _, hi in self.rows]),
                      lbx=np.concatenate(self.lb), ubx=np.concatenate(self.ub), h=h if np.any(h) else None,
                      exchanged=np.zeros(0, int) if exchanged is None else exchanged, index=dict(self.index))
