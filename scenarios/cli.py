@@ -25,6 +25,7 @@ from pathlib import Path
 
 from dercosim.controllers.registry import ControllerError
 from dercosim.scenarios.config import ScenarioError, Scenario, load_scenario, parse_duration_s, scenario_to_toml
+from dercosim.sims import MOVABLE
 
 
 def bundled_scenarios() -> dict[str, Path]:
@@ -333,8 +334,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Serve a simulator (controllers or grid) for runs whose ``[processes]`` say ``connect:HOST:PORT``."""
     from dercosim.sims.serve import parse_addr, serve
 
-    kind = {"controllers": "Controllers", "grid": "Grid", "households": "Households", "batteries": "Batteries",
-            "market": "Market", "contract": "Contract"}[args.kind]
+    kind = {k.lower(): k for k in MOVABLE}[args.kind]
     try:
         parse_addr(args.addr)
     except ValueError as exc:
@@ -480,7 +480,7 @@ def _study_sensitivity(args: argparse.Namespace, say: Callable[[str], None]) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from dercosim.scenarios.fleet_study import sensitivity
+    from dercosim.scenarios.fleet_study import sensitivity, sensitivity_cases
 
     path, scenario = _load(args.scenario[0] if args.scenario else "fleet_market_s4")
     if scenario.contract is None or scenario.market is None:
@@ -502,20 +502,10 @@ def _study_sensitivity(args: argparse.Namespace, say: Callable[[str], None]) -> 
         variants = [(f"acc={a:g}_step={st}min", {"market": {"forecast": {"kind": "noisy", "accuracy": a,
                                                                           "step_min": st}}})
                     for a in acc for st in steps]
-    for label, upd in variants:  # every variant is checked before anything runs
-        from dercosim.scenarios.config import Scenario, check_scenario
-        from dercosim.scenarios.fleet_study import _merge
-        from pydantic import ValidationError
-
-        try:
-            check_scenario(Scenario.model_validate(_merge(scenario.model_dump(), upd)), f"{path} ({label})")
-        except ValidationError as exc:
-            from dercosim.scenarios.config import format_validation_error
-
-            raise ScenarioError(format_validation_error(f"{path} ({label})", exc)) from None
+    cases = sensitivity_cases(path, scenario, variants, duration_s)  # every variant is checked before anything runs
     out_dir = make_run_dir(Path(args.out), f"{scenario.name}-{args.what}")
     say(f"dercosim: {args.what} study of {path}: {len(variants)} runs of {duration_s / 3600:g} h -> {out_dir}")
-    table = sensitivity(path, variants, duration_s, out_dir, args.workers, log=say)
+    table = sensitivity(path, cases, out_dir, args.workers, log=say)
     table.to_csv(out_dir / f"{args.what}.csv", index=False)
     fig, ax = plt.subplots(figsize=(8, 4))
     if args.what == "contract-interval":
@@ -648,7 +638,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Waits at --addr for one run whose scenario says [processes] controllers = "
                                      "\"connect:HOST:PORT\", serves it with mosaik's protocol, and exits when "
                                      "the run ends.")
-    srv.add_argument("kind", choices=["controllers", "grid", "households", "batteries", "market", "contract"])
+    srv.add_argument("kind", choices=[k.lower() for k in MOVABLE])
     srv.add_argument("--addr", default="127.0.0.1:5678", help="HOST:PORT to listen at (default 127.0.0.1:5678)")
     srv.add_argument("--controller", help="controllers: the controller this host runs, from its own folder "
                                           "(file.py:Class or module:Class); the run's [hems] controller must name "

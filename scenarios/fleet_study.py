@@ -23,6 +23,8 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from dercosim.scenarios.config import ScenarioError
+
 CASES = ("s0", "s1", "s2", "s3", "s4", "s5")
 #: Couraud et al. 2022, Table II (monthly, GBP; self-consumption rate)
 PAPER = {"s0": {}, "s1": {"total_revenue": 2032.0}, "s2": {"total_revenue": 2722.0},
@@ -165,9 +167,32 @@ def _merge(base: dict, updates: dict) -> dict:
     return out
 
 
-def sensitivity(path: Path, variants: list[tuple[str, dict]], duration_s: int, out_dir: Path,
-                workers: int | None = None, log: Callable[[str], None] = print) -> pd.DataFrame:
-    """Run ``variants`` (label, scenario updates) of the scenario at ``path`` as a sweep on dask.distributed.
+def sensitivity_cases(path: Path, base: Any, variants: list[tuple[str, dict]], duration_s: int) -> list:
+    """The variants (label, scenario updates) of ``base`` (loaded from ``path``) as sweep cases, each validated
+    and checked; :class:`ScenarioError` names the file, the variant and the key (nothing is written)."""
+    from pydantic import ValidationError
+
+    from dercosim.scenarios.config import Scenario, check_scenario, format_validation_error
+    from dercosim.scenarios.sweep import Case
+    from dercosim.scenarios.world import with_duration
+
+    cases = []
+    for label, upd in variants:
+        where = f"{path} ({label})"
+        try:
+            scenario = Scenario.model_validate(_merge(base.model_dump(), upd))
+        except ValidationError as exc:
+            raise ScenarioError(format_validation_error(where, exc)) from None
+        scenario._source_dir = base._source_dir
+        check_scenario(scenario, where)
+        scenario = with_duration(scenario, duration_s)
+        cases.append(Case(label, {"variant": label}, scenario.seed, scenario.model_dump_json(), None))
+    return cases
+
+
+def sensitivity(path: Path, cases: list, out_dir: Path, workers: int | None = None,
+                log: Callable[[str], None] = print) -> pd.DataFrame:
+    """Run the cases of :func:`sensitivity_cases` as a sweep on dask.distributed.
 
     The same machinery as ``dercosim sweep`` (:mod:`.sweep`): one world per
     case on a LocalCluster, each case's run folder under ``out_dir/cases/``,
@@ -178,17 +203,8 @@ def sensitivity(path: Path, variants: list[tuple[str, dict]], duration_s: int, o
     committed, the contract's late and lost messages, and ``status``/``error``
     (a failed case is recorded and the others go on).
     """
-    from dercosim.scenarios.config import Scenario, load_scenario
-    from dercosim.scenarios.sweep import Case, run_sweep
-    from dercosim.scenarios.world import with_duration
+    from dercosim.scenarios.sweep import run_sweep
 
-    base = load_scenario(path)
-    cases = []
-    for label, upd in variants:
-        scenario = Scenario.model_validate(_merge(base.model_dump(), upd))
-        scenario._source_dir = base._source_dir
-        scenario = with_duration(scenario, duration_s)
-        cases.append(Case(label, {"variant": label}, scenario.seed, scenario.model_dump_json(), None))
     swept = run_sweep(Path(path), cases, Path(out_dir), workers=workers or os.cpu_count() or 1, log=log)
 
     def num(row: Any, col: str) -> float | None:

@@ -43,22 +43,13 @@ from dercosim.sims.planner import COMMUNITY_OUT, OPERATOR_OUT
 from dercosim.sims.controller import HOST_DIAGNOSTICS
 from dercosim.sims.contract import CONTRACT_OUT, EVM_OUT, MEMBER_OUT
 from dercosim.sims.market import OUTPUTS as MARKET_OUTPUTS
-from dercosim.sims import pacing
+from dercosim.sims import MOVABLE, SIMULATORS, pacing
 from dercosim.sims.pacing import Pacer
 from dercosim.sims.recorder import STOP, STOP_REASON, StopRequested
 from dercosim.sims.grid import FEEDER_ATTRS
 from dercosim.timeseries import weather
 
-SIM_CONFIG = {
-    "Grid": {"python": "dercosim.sims.grid:GridSim"},
-    "Households": {"python": "dercosim.sims.household:HouseholdSim"},
-    "Batteries": {"python": "dercosim.sims.battery:BatterySim"},
-    "Controllers": {"python": "dercosim.sims.controller:ControllerSim"},
-    "Recorder": {"python": "dercosim.sims.recorder:RecorderSim"},
-    "Planner": {"python": "dercosim.sims.planner:PlannerSim"},
-    "Market": {"python": "dercosim.sims.market:MarketSim"},
-    "Contract": {"python": "dercosim.sims.contract:ContractSim"},
-}
+SIM_CONFIG = {kind: {"python": target} for kind, target in SIMULATORS.items()}
 BUS_RECORDED = ["vm_pu", "va_degree", "p_net_kw", "q_net_kvar"]
 HOUSEHOLD_RECORDED = ["load_kw", "pv_kw", "wind_kw", "hvac_kw", "net_kw", "q_kvar", "t_indoor_c", "t_outdoor_c"]
 BATTERY_RECORDED = ["p_kw", "soc_kwh", "soc_frac", "e_charge_kwh", "e_discharge_kwh", "e_self_discharge_kwh",
@@ -236,17 +227,13 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
     return RunResult(out_dir=out_dir, parquet=parquet, summary=summary)
 
 
-#: ``[processes]`` key of each simulator kind that may run outside this process
-PLACED = {"Grid": "grid", "Households": "households", "Batteries": "batteries", "Controllers": "controllers",
-          "Market": "market", "Contract": "contract"}
-
-
 def _placement(scenario: Scenario, kind: str) -> str:
-    return getattr(scenario.processes, PLACED[kind]) if kind in PLACED else "inprocess"
+    """Where ``kind`` runs: its ``[processes]`` key (the kind in lower case), or in-process if it cannot move."""
+    return getattr(scenario.processes, kind.lower()) if kind in MOVABLE else "inprocess"
 
 
 def _placements(scenario: Scenario) -> str:
-    return ", ".join(f"{PLACED[k]} = {_placement(scenario, k)!r}" for k in PLACED
+    return ", ".join(f"{k.lower()} = {_placement(scenario, k)!r}" for k in MOVABLE
                      if _placement(scenario, k) != "inprocess")
 
 
@@ -255,7 +242,7 @@ def sim_config(scenario: Scenario) -> dict[str, dict[str, str]]:
     import sys
 
     config = {k: dict(v) for k, v in SIM_CONFIG.items()}
-    for kind in PLACED:
+    for kind in MOVABLE:
         placement = _placement(scenario, kind)
         if placement == "subprocess":
             config[kind] = {"cmd": f"{sys.executable} -m dercosim.sims.serve {kind} %(addr)s"}

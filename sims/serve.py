@@ -17,18 +17,15 @@ import asyncio
 import sys
 from typing import Callable
 
-#: the simulators that can run in another process, and their classes
-REMOTE_KINDS = {"Grid": "dercosim.sims.grid:GridSim", "Households": "dercosim.sims.household:HouseholdSim",
-                "Batteries": "dercosim.sims.battery:BatterySim", "Controllers": "dercosim.sims.controller:ControllerSim",
-                "Market": "dercosim.sims.market:MarketSim", "Contract": "dercosim.sims.contract:ContractSim"}
+from dercosim.sims import MOVABLE, SIMULATORS
 
 
 def make_simulator(kind: str, controller: str | None = None):  # noqa: ANN201 - a mosaik_api_v3.Simulator
     import importlib
 
-    if kind not in REMOTE_KINDS:
-        raise ValueError(f"cannot serve {kind!r}; servable: {', '.join(REMOTE_KINDS)}")
-    module, cls = REMOTE_KINDS[kind].split(":")
+    if kind not in MOVABLE:
+        raise ValueError(f"cannot serve {kind!r}; servable: {', '.join(MOVABLE)}")
+    module, cls = SIMULATORS[kind].split(":")
     sim = getattr(importlib.import_module(module), cls)()
     if controller is not None:
         if kind != "Controllers":
@@ -85,7 +82,7 @@ def serve(kind: str, addr: str, server: bool, controller: str | None = None, sta
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("kind", choices=sorted(REMOTE_KINDS))
+    ap.add_argument("kind", choices=MOVABLE)
     ap.add_argument("addr", help="HOST:PORT")
     ap.add_argument("--server", action="store_true", help="wait for mosaik to connect (default: connect to it)")
     ap.add_argument("--controller", help="Controllers only: the controller this host runs (file.py:Class)")

@@ -144,3 +144,10 @@ def test_placements_that_cannot_work_are_refused_before_anything_runs(tmp_path: 
     err = capsys.readouterr().err
     assert f"{path}: {key}:" in err and all(w in err for w in words)
     assert not (tmp_path / "runs").exists()
+
+
+def test_every_movable_simulator_has_a_processes_key():
+    from dercosim.scenarios.config import ProcessesConfig
+    from dercosim.sims import MOVABLE
+
+    assert set(ProcessesConfig.model_fields) == {k.lower() for k in MOVABLE}
