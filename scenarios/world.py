@@ -212,10 +212,11 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
     if "contract" in summary and scenario.contract.engine == "evm":
         summary["contract"]["evm"] = report.evm_figures(recorded, out_dir / "contract_gas.json")
     if realtime is not None:
-        summary["realtime"] = realtime.summary()
-        realtime.table().to_parquet(out_dir / "realtime.parquet", index=False)
-        if realtime.rows:
-            pacing.plot_lateness(realtime.table(), realtime.deadline_ms, out_dir / "realtime_lateness.png")
+        steps = realtime.table()
+        summary["realtime"] = realtime.summary(steps)
+        steps.to_parquet(out_dir / "realtime.parquet", index=False)
+        if len(steps):
+            pacing.plot_lateness(steps, realtime.deadline_ms, out_dir / "realtime_lateness.png")
     if interrupted is not None:
         reason = (lost if lost is not None else realtime.aborted if realtime is not None and realtime.aborted
                   else _signal_of(interrupted))

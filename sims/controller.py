@@ -104,6 +104,7 @@ class ControllerSim(mosaik_api_v3.Simulator):
         out = []
         # a context that came through mosaik's JSON protocol carries its series as lists: numpy again
         contexts = [{k: (np.asarray(v, float) if isinstance(v, list) and v and isinstance(v[0], (int, float))
+                         and not isinstance(v[0], bool)
                          else v) for k, v in c.items()} for c in (contexts or [{} for _ in labels])]
         for label, avail, write, context in zip(labels, available, writable, contexts):
             ctrl = make_controller(cls, spec, dict(params), label, set(avail), set(write))

@@ -47,7 +47,7 @@ class Pacer:
     say: Callable[[str], None] = print
     stop: Callable[[str], None] | None = None  #: asks the run to stop cleanly, with a reason
     epoch: float | None = None  #: wall clock (perf_counter) of simulated t = 0
-    rows: list[tuple[str, int, float, float, float, float]] = field(default_factory=list)
+    rows: list[tuple[str, int, float, float, float]] = field(default_factory=list)  #: see :meth:`table`
     in_a_row: dict[str, int] = field(default_factory=dict)
     aborted: str | None = None
 
@@ -72,8 +72,7 @@ class Pacer:
         t_next = nxt if isinstance(nxt, (int, float)) and nxt > t else t + self.step_s
         slot_end = self.epoch + t_next / self.factor
         lateness_ms = 1000.0 * (ended - slot_end)
-        self.rows.append((name, int(t), 1000.0 * (began - slot_start), 1000.0 * max(0.0, began - slot_start),
-                          1000.0 * (ended - began), lateness_ms))
+        self.rows.append((name, int(t), 1000.0 * (began - slot_start), 1000.0 * (ended - began), lateness_ms))
         if lateness_ms > self.deadline_ms:
             n = self.in_a_row[name] = self.in_a_row.get(name, 0) + 1
             self.say(f"realtime: {name} late by {lateness_ms:.1f} ms at t = {t} s (slot of "
@@ -90,12 +89,14 @@ class Pacer:
     def table(self) -> pd.DataFrame:
         """One row per simulator step: simulator, t_s, start_offset_ms (begin − slot start; < 0 never),
         wait_ms, compute_ms, lateness_ms."""
-        return pd.DataFrame(self.rows, columns=["simulator", "t_s", "start_offset_ms", "wait_ms", "compute_ms",
-                                                "lateness_ms"])
+        df = pd.DataFrame(self.rows, columns=["simulator", "t_s", "start_offset_ms", "compute_ms", "lateness_ms"])
+        df.insert(3, "wait_ms", df.start_offset_ms.clip(lower=0.0))  # before the slot began it was pacing
+        return df
 
-    def summary(self) -> dict[str, Any]:
-        """Per simulator: steps, late steps, lateness p50/p99/max, mean compute and wait; and the totals."""
-        df = self.table()
+    def summary(self, df: pd.DataFrame | None = None) -> dict[str, Any]:
+        """Per simulator: steps, late steps, lateness p50/p99/max, mean compute and wait; and the totals
+        (``df``: :meth:`table`, if the caller has it already)."""
+        df = self.table() if df is None else df
         per: dict[str, Any] = {}
         for name, g in df.groupby("simulator", sort=True):
             lat = g.lateness_ms.to_numpy()
