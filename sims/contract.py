@@ -93,7 +93,8 @@ class ContractSim(mosaik_api_v3.Simulator):
         self.step_s, self.round_s, self.window_s = int(step_s), int(round_s), float(window_s)
         self.interval_s, self.start_s_of_day = int(interval_s), int(start_s_of_day)
         self.names = list(households) + list(meters)
-        self.storage = {name: name not in set(meters) for name in self.names}
+        meter_names = set(meters)
+        self.storage = {name: name not in meter_names for name in self.names}
         if engine not in ("python", "evm"):
             raise ValueError(f"engine must be 'python' or 'evm', got {engine!r}")
         self.contract = SmartContract()
