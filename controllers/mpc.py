@@ -147,7 +147,16 @@ class _Layout:
 
 
 class MPCProblem:
-    """The household MPC for one battery, built once; :meth:`solve` re-solves with new numbers."""
+    """The household MPC for one battery, built once; :meth:`solve` re-solves with new numbers.
+
+    Problems with the same battery, horizon, step, formulation and weights
+    share one casadi formulation and, for the solvers that keep no state
+    between calls (PIQP, HiGHS), one compiled solver per thread (building
+    them costs ~3 ms; a fleet of equal batteries builds them once). OSQP (warm
+    start) and qpOASES (hot start) keep one per problem, as before. :meth:`solve_many` solves many
+    problems' calls at once (casadi ``map`` over threads) with the very same
+    numbers as one :meth:`solve` after another.
+    """
 
     def __init__(self, battery: BatteryModel, horizon_max: int = 30, dt_h: float = 1 / 60,
                  formulation: str = "qp", weights: Weights = Weights(), solver: str | None = None) -> None:
@@ -156,34 +165,28 @@ class MPCProblem:
         self.battery, self.h, self.dt_h = battery, int(horizon_max), float(dt_h)
         self.formulation, self.weights = formulation, weights
         self.solver_name = solver or ("piqp" if formulation == "qp" else "highs")
-        self.layout = _Layout(self.h, formulation == "milp")
-        x = ca.SX.sym("x", self.layout.n)
-        p = ca.SX.sym("p", 2 * self.h + 5)  # residual (h), c_imp (h), k_exp, k_sh, k_ab, v1, v2
-        f, g = _formulation(x, p, self.layout, battery, self.h, self.dt_h, weights, formulation)
-        self._problem = {"x": x, "p": p, "f": f, "g": g}
-        self._solver = self._build(self.solver_name)
-        self._second: Any = None  # qpOASES, built on first need (qp only)
+        self.key = (battery, self.h, self.dt_h, formulation, weights)
+        self.layout, self._problem = _shared_formulation(self.key)
+        self._own: dict[str, Any] = {}  # solvers that keep state between calls (OSQP, qpOASES): one per problem
+        self._solver = self._solver_for(self.solver_name)  # built now: a bad option fails here
         self._warm: dict[str, Any] | None = None
 
-    def _build(self, name: str) -> Any:
-        opts: dict[str, Any] = {"error_on_fail": False, "print_time": False}
-        if name == "osqp":
-            opts["osqp"] = OSQP_OPTIONS
-            opts["warm_start_primal"] = True
-            opts["warm_start_dual"] = True
-        elif name == "highs":
-            opts["highs"] = {"output_flag": False}
-        elif name == "qpoases":
-            opts["printLevel"] = "none"
-            opts["enableRegularisation"] = True  # the Hessian is only semi-definite (LP directions)
-        if self.formulation == "milp":
-            discrete = [False] * self.layout.n
-            for part in ("xb", "yb"):
-                for i in range(*self.layout.slices[part].indices(self.layout.n)):
-                    discrete[i] = True
-            opts["discrete"] = discrete
-        with _quiet_stdout():  # qpOASES prints a licence banner when made
-            return ca.qpsol(f"household_mpc_{name}", name, self._problem, opts)
+    def _solver_for(self, name: str) -> Any:
+        """The compiled solver ``name``: shared if it answers from the numbers alone, else this problem's own."""
+        if name in _SUCCESS_STATUS:
+            return _shared_solver(self.key, name)
+        if name not in self._own:
+            self._own[name] = _build_solver(self.key, name)
+        return self._own[name]
+
+    def _build(self, name: str, error_on_fail: bool = False) -> Any:
+        return _build_solver(self.key, name, error_on_fail)
+
+    @property
+    def batchable(self) -> bool:
+        """Whether :meth:`solve_many` can solve this problem's calls in one batch: PIQP and HiGHS answer from the
+        numbers alone; OSQP's warm start and qpOASES's hot start carry state from the previous call."""
+        return self.solver_name in _SUCCESS_STATUS
 
     def arguments(self, inp: MPCInputs) -> dict[str, np.ndarray]:
         """Numeric parameters and bounds for one call (shared with :func:`solve_with_opti`)."""
@@ -194,11 +197,10 @@ class MPCProblem:
         call = {k: args[k] for k in ("p", "lbx", "ubx", "lbg", "ubg")}
         t0 = time.perf_counter()
         warm = self._warm if self.formulation == "qp" and self.solver_name == "osqp" else None
-        ok, status, sol = _call(self._solver, {**call, **(warm or {})}, args)
+        ok, status, sol = _call(self._solver_for(self.solver_name), {**call, **(warm or {})}, args)
         retried = False
         if not ok and self.formulation == "qp" and self.solver_name != "qpoases":
-            if self._second is None:
-                self._second = self._build("qpoases")
+            self._second = self._solver_for("qpoases")  # built on first need
             retried = True
             with _quiet_stdout():  # its licence banner comes with the first solve
                 ok, status2, sol = _call(self._second, call, args)
@@ -212,6 +214,55 @@ class MPCProblem:
         plan = self._plan(np.asarray(sol["x"]).ravel(), float(sol["f"]), inp, status, solve_s)
         plan.retried = retried
         return plan
+
+    @staticmethod
+    def solve_many(problems: list["MPCProblem"], inputs: list[MPCInputs], threads: int = 1) -> list[Plan]:
+        """One plan per (problem, inputs), the same as ``[p.solve(i) for p, i in zip(problems, inputs)]``.
+
+        Calls whose problems share a formulation and solver (PIQP or HiGHS:
+        no state between calls) are solved in one casadi ``map`` over
+        ``threads`` threads, with the same solver on the same numbers, so the
+        plans are identical. If any call of a batch fails, or an answer
+        breaks a bound, those calls are solved again one by one, which gives
+        the solver's own status and the qpOASES retry. ``solve_s`` of a
+        batched plan is the batch's wall time divided by its size.
+        """
+        plans: list[Plan | None] = [None] * len(problems)
+        groups: dict[tuple, list[int]] = {}
+        for i, problem in enumerate(problems):
+            if problem.batchable:
+                groups.setdefault((problem.key, problem.solver_name), []).append(i)
+            else:
+                plans[i] = problem.solve(inputs[i])
+        for (key, name), idx in groups.items():
+            if len(idx) == 1:
+                plans[idx[0]] = problems[idx[0]].solve(inputs[idx[0]])
+                continue
+            args = [problems[i].arguments(inputs[i]) for i in idx]
+            stacked = {k: np.column_stack([a[k] for a in args]) for k in ("p", "lbx", "ubx", "lbg", "ubg")}
+            t0 = time.perf_counter()
+            try:
+                with _quiet_stdout(stderr=True):  # a failing call dumps its QP; it is solved again below
+                    sol = _shared_solver(key, name, batch=(len(idx), max(1, int(threads))))(**stacked)
+            except RuntimeError:  # one call failed ('error_on_fail'): solve them one by one
+                sol = None
+            solve_s = (time.perf_counter() - t0) / len(idx)
+            if sol is None:
+                for i in idx:
+                    plans[i] = problems[i].solve(inputs[i])
+                continue
+            xs, gs = np.asarray(sol["x"]), np.asarray(sol["g"])
+            fs = np.asarray(sol["f"]).ravel()
+            tol = 1e-4  # as :func:`_call`
+            inside = ((xs >= stacked["lbx"] - tol) & (xs <= stacked["ubx"] + tol)).all(axis=0) & (
+                (gs >= stacked["lbg"] - tol) & (gs <= stacked["ubg"] + tol)).all(axis=0)
+            status = _SUCCESS_STATUS[name]
+            for col, i in enumerate(idx):
+                if inside[col]:
+                    plans[i] = problems[i]._plan(xs[:, col], float(fs[col]), inputs[i], status, solve_s)
+                else:  # today's path names the violation and retries
+                    plans[i] = problems[i].solve(inputs[i])
+        return plans  # type: ignore[return-value]
 
     def _plan(self, xv: np.ndarray, objective: float, inp: MPCInputs, status: str, solve_s: float) -> Plan:
         sl = self.layout.slices
@@ -233,6 +284,67 @@ class MPCProblem:
         sl = self.layout.slices
         return objective - self.weights.regularisation * self.dt_h * float(xv[sl["pc"]] @ xv[sl["pc"]]
                                                                            + xv[sl["pd"]] @ xv[sl["pd"]])
+
+
+#: the status a solver reports on success (a batch that did not raise succeeded in every call)
+_SUCCESS_STATUS = {"piqp": "solved", "highs": "Optimal"}
+_BUILD_LOCK = threading.RLock()
+_FORMULATIONS: dict[tuple, tuple[_Layout, dict[str, Any]]] = {}
+_SOLVERS: dict[tuple, Any] = {}
+
+
+def _shared_formulation(key: tuple) -> tuple[_Layout, dict[str, Any]]:
+    """The layout and casadi expressions of the problem ``key`` = (battery, horizon, dt_h, formulation, weights),
+    built once per process."""
+    with _BUILD_LOCK:
+        if key not in _FORMULATIONS:
+            battery, h, dt_h, formulation, weights = key
+            layout = _Layout(h, formulation == "milp")
+            x = ca.SX.sym("x", layout.n)
+            p = ca.SX.sym("p", 2 * h + 5)  # residual (h), c_imp (h), k_exp, k_sh, k_ab, v1, v2
+            f, g = _formulation(x, p, layout, battery, h, dt_h, weights, formulation)
+            _FORMULATIONS[key] = (layout, {"x": x, "p": p, "f": f, "g": g})
+        return _FORMULATIONS[key]
+
+
+def _build_solver(key: tuple, name: str, error_on_fail: bool = False) -> Any:
+    layout, problem = _shared_formulation(key)
+    opts: dict[str, Any] = {"error_on_fail": error_on_fail, "print_time": False}
+    if name == "osqp":
+        opts["osqp"] = OSQP_OPTIONS
+        opts["warm_start_primal"] = True
+        opts["warm_start_dual"] = True
+    elif name == "highs":
+        opts["highs"] = {"output_flag": False}
+    elif name == "qpoases":
+        opts["printLevel"] = "none"
+        opts["enableRegularisation"] = True  # the Hessian is only semi-definite (LP directions)
+    if key[3] == "milp":
+        discrete = [False] * layout.n
+        for part in ("xb", "yb"):
+            for i in range(*layout.slices[part].indices(layout.n)):
+                discrete[i] = True
+        opts["discrete"] = discrete
+    with _quiet_stdout():  # qpOASES prints a licence banner when made
+        return ca.qpsol(f"household_mpc_{name}", name, problem, opts)
+
+
+def _shared_solver(key: tuple, name: str, batch: tuple[int, int] | None = None) -> Any:
+    """The compiled solver ``name`` of problem ``key`` for the calling thread (a casadi Function's stats are
+    those of its last call, so threads do not share one); with ``batch`` = (n, threads), its ``map`` over n
+    calls that raises if any call fails."""
+    ident = (key, name, threading.get_ident(), batch)
+    solver = _SOLVERS.get(ident)
+    if solver is None:
+        with _BUILD_LOCK:
+            if batch is None:
+                solver = _build_solver(key, name)
+            else:
+                n, threads = batch
+                base = _build_solver(key, name, error_on_fail=True)
+                solver = base.map(n, "thread", threads) if threads > 1 else base.map(n)
+            _SOLVERS[ident] = solver
+    return solver
 
 
 def _regularisation(x: Any, layout: _Layout, dt_h: float, w: Weights, formulation: str) -> Any:
@@ -335,24 +447,27 @@ def _call(solver: Any, call: dict[str, Any], args: dict[str, np.ndarray]) -> tup
 
 
 @contextlib.contextmanager
-def _quiet_stdout() -> Any:
-    """Silence C-level stdout (file descriptor 1) for the duration (one thread at a time: file descriptor 1 is
-    the process's, and two overlapping redirections would leave it pointing at /dev/null)."""
+def _quiet_stdout(stderr: bool = False) -> Any:
+    """Silence C-level stdout (file descriptor 1), and stderr too if asked, for the duration (one thread at a
+    time: the descriptors are the process's, and two overlapping redirections would leave them at /dev/null)."""
     with _STDOUT_LOCK:
-        try:
-            fd = sys.stdout.fileno()
-        except (AttributeError, OSError, ValueError):  # no real stdout (e.g. captured): nothing to silence
-            yield
-            return
-        sys.stdout.flush()
-        saved = os.dup(fd)
+        fds = []
+        for stream in (sys.stdout, sys.stderr) if stderr else (sys.stdout,):
+            try:
+                fds.append(stream.fileno())
+            except (AttributeError, OSError, ValueError):  # no real stream (e.g. captured): nothing to silence
+                continue
+            stream.flush()
+        saved = [os.dup(fd) for fd in fds]
         with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), fd)
+            for fd in fds:
+                os.dup2(devnull.fileno(), fd)
             try:
                 yield
             finally:
-                os.dup2(saved, fd)
-                os.close(saved)
+                for fd, keep in zip(fds, saved):
+                    os.dup2(keep, fd)
+                    os.close(keep)
 
 
 _STDOUT_LOCK = threading.RLock()
@@ -608,6 +723,37 @@ class HouseholdMPC:
         return (self.market_interval_s - into) // 60
 
     def step(self, t: int, obs: dict[str, float]) -> dict[str, float]:
+        inp, residual = self._inputs(t, obs)
+        solve = ((lambda inp: solve_with_opti(self.problem, inp)) if self.qp_solver == "opti_rebuilt"
+                 else self.problem.solve)
+        return self._answer(solve(inp), obs, residual)
+
+    @classmethod
+    def step_many(cls, calls: list[tuple["HouseholdMPC", dict[str, float]]], t: int,
+                  threads: int = 1) -> list[dict[str, float] | Exception]:
+        """``step`` of many households at once (the controller host's batch form): their QPs are solved in one
+        :meth:`MPCProblem.solve_many` over ``threads`` threads, with the same numbers as one ``step`` after
+        another. One answer per call, in order: the setpoints, or the exception that household's ``step``
+        would have raised."""
+        answers: list[dict[str, float] | Exception | None] = [None] * len(calls)
+        batch = []
+        for i, (ctrl, obs) in enumerate(calls):
+            try:
+                if ctrl.qp_solver == "opti_rebuilt":
+                    answers[i] = ctrl.step(t, obs)
+                else:
+                    batch.append((i, *ctrl._inputs(t, obs)))
+            except Exception as exc:  # noqa: BLE001 - that household's fault, reported by the host
+                answers[i] = exc
+        plans = MPCProblem.solve_many([calls[i][0].problem for i, _, _ in batch], [inp for _, inp, _ in batch],
+                                      threads)
+        for (i, _, residual), plan in zip(batch, plans):
+            ctrl, obs = calls[i]
+            answers[i] = ctrl._answer(plan, obs, residual)
+        return answers  # type: ignore[return-value]
+
+    def _inputs(self, t: int, obs: dict[str, float]) -> tuple[MPCInputs, np.ndarray]:
+        """This call's QP numbers and the residual it plans for (now, then the forecast), kW."""
         if self.problem is None:
             raise RuntimeError("HouseholdMPC.bind() was not called")
         k = t // 60
@@ -628,13 +774,14 @@ class HouseholdMPC:
             target = float(obs.get("soc_target_frac", math.nan))
             soc_target = target if math.isfinite(target) else 0.0
             s_mode = s_mode if math.isfinite(target) else 0.0
-        solve = ((lambda inp: solve_with_opti(self.problem, inp)) if self.qp_solver == "opti_rebuilt"
-                 else self.problem.solve)
-        plan = solve(MPCInputs(
+        return MPCInputs(
             soc_kwh=float(obs["soc_kwh"]), residual_kw=residual, import_price=prices, re_kwh=re_kwh,
             s_mode=s_mode, soc_target_frac=soc_target, export_cap_kw=export_cap,
             import_cap_kw=self.import_cap_kw, soc_value_per_kwh=tiers[0][0], soc_value_cap_kwh=tiers[0][1],
-            soc_value2_per_kwh=tiers[1][0], soc_value2_cap_kwh=tiers[1][1]))
+            soc_value2_per_kwh=tiers[1][0], soc_value2_cap_kwh=tiers[1][1]), residual
+
+    def _answer(self, plan: Plan, obs: dict[str, float], residual: np.ndarray) -> dict[str, float]:
+        """The setpoints and diagnostics of a plan (the rule-based action if it failed)."""
         self.last_plan = plan
         diag = {"solve_ms": plan.solve_s * 1000.0, "retried": float(plan.retried)}
         for step in self.FORECAST_STEPS:

@@ -304,6 +304,9 @@ class HemsConfig(_Model):
     #: threads for controllers that declare ``thread_safe = True`` (the MPC); 0 = one per core; the numbers do not
     #: depend on it
     threads: Annotated[int, Field(ge=0, le=256)] = 0
+    #: step the due households of a controller class with ``step_many`` (the MPC) in one call per minute, their QPs
+    #: solved together; false: one household after another (the same numbers, slower; for checking)
+    batch: bool = True
 
 
 LocalTime = Annotated[time, BeforeValidator(_to_time)]

@@ -545,7 +545,7 @@ def _connect_controllers(world: mosaik.World, scenario: Scenario, table: Any, ho
     diagnostics = [str(d) for d in getattr(cls, "diagnostics", ())]
     ctrl_sim = _start(world, scenario, "Controllers", step_s=scenario.clock.step_s, diagnostics=diagnostics,
                            on_fault=hems.on_fault, step_timeout_s=hems.step_timeout_s,
-                           threads=hems.threads or (os.cpu_count() or 1))
+                           threads=hems.threads or (os.cpu_count() or 1), batch=hems.batch)
     diagnostics = diagnostics + HOST_DIAGNOSTICS
     contexts = [_context(scenario, context, n, hh_bus[n], batteries) for n in names]
     if scenario.processes.controllers != "inprocess":  # mosaik's protocol is JSON: arrays travel as lists

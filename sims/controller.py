@@ -19,7 +19,12 @@ A controller class with ``thread_safe = True`` (no state shared between its
 instances; the MPC is one) is called on a pool of ``threads`` threads, all
 due households of a minute at once (casadi releases the GIL while it
 solves); results are applied in the households' order, so the numbers do not
-depend on the thread count. Every call's wall time is recorded (``step_ms``); a call longer than
+depend on the thread count. A controller class with a ``step_many(calls, t,
+threads)`` class method (the MPC has one) is stepped once per minute for all
+its due households: ``calls`` is a list of (controller, obs), the answer one
+setpoint mapping or exception per call, in order; each answer is checked and
+faults as a single ``step`` would, and ``step_ms`` is the household's equal
+share of the call. Every call's wall time is recorded (``step_ms``); a call longer than
 ``step_timeout_s`` is an *overrun*: counted (``overrun`` = 1) and reported on
 stderr once per household by name (a call cannot be cut short safely).
 """
@@ -66,11 +71,15 @@ class ControllerSim(mosaik_api_v3.Simulator):
         self.pool: Any = None
 
     def init(self, sid: str, time_resolution: float = 1.0, step_s: int = 60, diagnostics: list[str] = (),
-             on_fault: str = "stop", step_timeout_s: float | None = None, threads: int = 1) -> dict:
+             on_fault: str = "stop", step_timeout_s: float | None = None, threads: int = 1,
+             batch: bool = True) -> dict:
         """``diagnostics``: names the hosted controllers may report (added to the model's attributes);
         ``on_fault``: "stop" or "fallback"; ``step_timeout_s``: wall-clock budget of one call (None: none);
-        ``threads``: calls of thread-safe controllers run on this many threads (1: one after the other)."""
+        ``threads``: calls of thread-safe controllers run on this many threads (1: one after the other);
+        ``batch``: step the due households of a class with ``step_many`` in one call (False: one by one)."""
         self.pool = None
+        self.threads = max(1, int(threads))
+        self.batch = bool(batch)
         if int(threads) > 1:
             from concurrent.futures import ThreadPoolExecutor
 
@@ -121,6 +130,7 @@ class ControllerSim(mosaik_api_v3.Simulator):
             eid = f"ctrl_{label}"
             self.entities[eid] = {"ctrl": ctrl, "label": label, "spec": spec, "next_s": 0,
                                   "thread_safe": bool(getattr(ctrl, "thread_safe", False)),
+                                  "batch": callable(getattr(type(ctrl), "step_many", None)),
                                   "observes": hasattr(ctrl, "observe"), "diagnostics": diagnostics,
                                   "faults": 0, "overruns": 0,
                                   "out": {name: math.nan for name in (*ctrl.outputs, *diagnostics,
@@ -145,14 +155,26 @@ class ControllerSim(mosaik_api_v3.Simulator):
             obs = {name: float(sum(given[name].values())) for name in ctrl.inputs if name in given}
             where = f"controller {ent['spec']!r} for {ent['label']} at t = {time} s"
             jobs.append((ent, obs, due, where))
+        # due controllers of a class with ``step_many`` are stepped together, one call per class
+        batches: dict[type, list[tuple[dict[str, Any], dict[str, float], bool, str]]] = {}
+        for job in jobs:
+            if job[2] and job[0]["batch"] and self.batch:
+                batches.setdefault(type(job[0]["ctrl"]), []).append(job)
+        done: dict[int, tuple[dict[str, float], ControllerFault | None, float]] = {}
+        for cls, group in batches.items():
+            done.update(self._batch_call(cls, group, time))
         # thread-safe controllers (``thread_safe = True``: no state shared between instances) are called on the
         # pool; their results are handled below in the entities' order, so the run does not depend on it
-        pooled = [job for job in jobs if job[0]["thread_safe"]] if self.pool is not None else []
+        pooled = ([job for job in jobs if job[0]["thread_safe"] and id(job) not in done]
+                  if self.pool is not None else [])
         futures = {id(job): self.pool.submit(self._timed_call, job, time) for job in pooled}
         for job in jobs:
             ent, obs, due, where = job
             future = futures.get(id(job))
-            setpoints, fault, elapsed_s = future.result() if future is not None else self._timed_call(job, time)
+            if id(job) in done:
+                setpoints, fault, elapsed_s = done[id(job)]
+            else:
+                setpoints, fault, elapsed_s = future.result() if future is not None else self._timed_call(job, time)
             out, ctrl = ent["out"], ent["ctrl"]
             if fault is not None:
                 if self.on_fault == "stop":
@@ -188,6 +210,45 @@ class ControllerSim(mosaik_api_v3.Simulator):
             setpoints, fault = {}, exc
         return setpoints, fault, _time.perf_counter() - started
 
+    def _batch_call(self, cls: type, group: list[tuple[dict[str, Any], dict[str, float], bool, str]],
+                    time: int) -> dict[int, tuple[dict[str, float], ControllerFault | None, float]]:
+        """observe() of each, then one ``cls.step_many`` for all that did not fault: per job (setpoints, the
+        fault or None, wall time in s: its observe plus an equal share of the batch)."""
+        out: dict[int, tuple[dict[str, float], ControllerFault | None, float]] = {}
+        ready = []
+        for job in group:
+            ent, obs = job[0], job[1]
+            started = _time.perf_counter()
+            try:
+                if ent["observes"]:
+                    ent["ctrl"].observe(time, obs)
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - a plug-in may raise or exit anything
+                fault = ControllerFault(f"raised {type(exc).__name__}: {exc}")
+                fault.__cause__ = exc
+                out[id(job)] = ({}, fault, _time.perf_counter() - started)
+                continue
+            ready.append((job, _time.perf_counter() - started))
+        if not ready:
+            return out
+        started = _time.perf_counter()
+        try:
+            answers = list(cls.step_many([(job[0]["ctrl"], job[1]) for job, _ in ready], time, self.threads))
+            if len(answers) != len(ready):
+                raise ValueError(f"step_many returned {len(answers)} answers for {len(ready)} controllers")
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - the whole call failed: a fault of each
+            answers = [exc] * len(ready)
+        share_s = (_time.perf_counter() - started) / len(ready)
+        for (job, observe_s), answer in zip(ready, answers):
+            ent, where = job[0], job[3]
+            try:
+                if isinstance(answer, BaseException):
+                    raise ControllerFault(f"raised {type(answer).__name__}: {answer}") from answer
+                setpoints, fault = self._checked(ent, answer, where), None
+            except ControllerFault as exc:
+                setpoints, fault = {}, exc
+            out[id(job)] = (setpoints, fault, observe_s + share_s)
+        return out
+
     def finalize(self) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True)
@@ -204,6 +265,12 @@ class ControllerSim(mosaik_api_v3.Simulator):
             setpoints = ctrl.step(time, obs)
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - a plug-in may raise or exit anything
             raise ControllerFault(f"raised {type(exc).__name__}: {exc}") from exc
+        return ControllerSim._checked(ent, setpoints, where)
+
+    @staticmethod
+    def _checked(ent: dict[str, Any], setpoints: Any, where: str) -> dict[str, float]:
+        """The setpoints as floats, or :class:`ControllerFault`; undeclared names are a :class:`ControllerError`."""
+        ctrl = ent["ctrl"]
         if not isinstance(setpoints, dict) and not hasattr(setpoints, "items"):
             raise ControllerFault(f"returned {type(setpoints).__name__}, expected a mapping")
         extra = set(setpoints) - set(ctrl.outputs) - set(ent["diagnostics"])

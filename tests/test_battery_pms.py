@@ -104,7 +104,7 @@ def test_following_cycle_by_cycle_differs_from_holding_the_minute_mean():
     noise = SubminuteFluctuation(1, follow.n_cycles, 1.0, 0.6, 10.0, rng)
     for _ in range(30):
         residual = 5.0 + noise.next_step()
-        rf = follow.step(residual, np.array([True]), np.zeros(1))
+        follow.step(residual, np.array([True]), np.zeros(1))
         rh = hold.step(residual, np.array([False]), np.array([-5.0]))
         assert rh.meter_kw[0] == pytest.approx(0.0, abs=1e-12)  # the mean is matched exactly
     assert follow.e_clipped_kwh[0] > 0.01  # peaks above 5.3 kW could not be followed

@@ -114,14 +114,16 @@ def json_summary(folder):
     return json.loads((folder / "summary.json").read_text())
 
 
-def test_the_mpcs_on_two_threads_give_the_same_numbers_as_on_one(tmp_path):
-    """The host calls thread-safe controllers (the MPC) on a pool; results are applied in household order."""
+def test_the_mpcs_batched_or_on_two_threads_give_the_same_numbers_as_one_by_one(tmp_path):
+    """The host solves the due MPCs of a minute in one batch (``step_many``) or calls them on a pool; either way
+    the numbers are those of one household after another."""
     frames = []
-    for threads in (1, 2):
+    for threads, batch in ((1, False), (2, False), (1, True), (2, True)):
         s = loop({"interval_s": 300}, duration="30min").model_dump()
-        s["hems"]["threads"] = threads
-        result = run_scenario(Scenario.model_validate(s), tmp_path / f"t{threads}", progress=False)
+        s["hems"].update(threads=threads, batch=batch)
+        result = run_scenario(Scenario.model_validate(s), tmp_path / f"t{threads}{batch}", progress=False)
         df = pd.read_parquet(result.parquet)
         frames.append(df[[c for c in df.columns if not c.endswith("_ms")]])
     assert (frames[0]["fallback"] == 0).sum() > 50  # the MPCs solved (one row per household and call)
-    pd.testing.assert_frame_equal(frames[0], frames[1], check_exact=True)
+    for other in frames[1:]:
+        pd.testing.assert_frame_equal(frames[0], other, check_exact=True)

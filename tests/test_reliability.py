@@ -414,6 +414,23 @@ class Exits(_Base):
             sys.exit(0)
         return {"p_set_kw": 0.0, "follow_residual": 1.0}
 
+class Batched(_Base):
+    """Stepped by the host in one call per minute (``step_many``); the first household's answer fails for
+    five minutes from 01:00, and the whole call fails at 01:30."""
+    diagnostics = ("batch_size",)
+
+    def step(self, t, obs):
+        return {"p_set_kw": -0.5 * obs["net_kw"], "follow_residual": 0.0}
+
+    @classmethod
+    def step_many(cls, calls, t, threads):
+        if t == 5400:
+            raise RuntimeError("the batch solver is down")
+        answers = [{**c.step(t, obs), "batch_size": len(calls)} for c, obs in calls]
+        if 3600 <= t < 3600 + 5 * 60:
+            answers[0] = ValueError("no forecast")
+        return answers
+
 class Slow(_Base):
     def step(self, t, obs):
         if t == 600:
@@ -463,6 +480,24 @@ def test_with_fallback_a_non_finite_setpoint_is_counted_per_household_and_the_ba
     faulted = bat.loc[3600:3600 + 4 * 60]
     assert (faulted.follow_residual == 1).all()  # the documented fallback: follow the residual
     assert (bat.loc[[3540, 3600 + 5 * 60]].follow_residual == 0).all()  # and back to the controller after
+
+
+def test_a_batched_controller_is_stepped_once_per_minute_and_faults_per_household(tmp_path: Path, capsys):
+    path = _plugin_scenario(tmp_path, "Batched", on_fault="fallback")
+    result = run_scenario(load_scenario(path), tmp_path / "run", progress=False)
+    hems = result.summary["hems"]
+    # hh_001: its own answer failed 5 times; both: the whole call failed once
+    assert {h: v["faults"] for h, v in hems["per_household"].items()} == {"hh_001": 6, "hh_002": 1}
+    ctrl = pd.read_parquet(result.parquet, filters=[("kind", "==", "controller")])
+    ok = ctrl[ctrl.fault == 0]
+    assert (ok.batch_size == 2).all() and len(ok) == 2 * 120 - 7
+    bat = pd.read_parquet(result.parquet, filters=[("kind", "==", "battery")])
+    faulted = bat[bat.entity.str.contains("001") & bat.time_s.between(3600, 3600 + 4 * 60)]
+    assert len(faulted) == 5 and (faulted.follow_residual == 1).all()  # the fallback: follow the residual
+    path = _plugin_scenario(tmp_path, "Batched")  # on_fault = "stop": named like a single step's fault
+    assert cli.main(["run", str(path), "--out", str(tmp_path / "runs"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "controller 'plugins.py:Batched' for hh_001 at t = 3600 s raised ValueError: no forecast" in err
 
 
 def test_an_overrun_is_reported_by_name_and_counted(tmp_path: Path, capsys):
