@@ -45,6 +45,7 @@ from dercosim.sims.contract import CONTRACT_OUT, EVM_OUT, MEMBER_OUT
 from dercosim.sims.market import OUTPUTS as MARKET_OUTPUTS
 from dercosim.sims import MOVABLE, SIMULATORS, pacing
 from dercosim.sims.pacing import Pacer
+from dercosim.sims.tables import TABLE_ATTR
 from dercosim.sims.recorder import STOP, STOP_REASON, StopRequested
 from dercosim.sims.grid import FEEDER_ATTRS
 from dercosim.timeseries import weather
@@ -267,7 +268,9 @@ def jsonable(value: Any) -> Any:
 
 def _start(world: mosaik.World, scenario: Scenario, kind: str, **params: Any) -> Any:
     """``world.start``; for a simulator outside this process its init arguments go as JSON."""
-    return world.start(kind, **(params if _placement(scenario, kind) == "inprocess" else jsonable(params)))
+    factory = world.start(kind, **(params if _placement(scenario, kind) == "inprocess" else jsonable(params)))
+    world.__dict__.setdefault("dercosim_factories", {})[factory._sid] = factory  # for its Table (recorder)
+    return factory
 
 
 def _stop_for(reason: str) -> None:
@@ -391,28 +394,42 @@ def _build(world: mosaik.World, run: RunInputs, out_dir: Path, log: Callable[[st
     if scenario.contract is not None and scenario.contract.engine == "evm":
         columns.update({a: "float64" for a in EVM_OUT})
     columns.update({a: "float64" for a in HOUSEHOLD_RECORDED + BATTERY_RECORDED + diagnostics})
+    # what is recorded, per simulator: {attribute: its entities}; each simulator hands it over as one Table
+    # entity (whole columns, sims/tables.py) instead of one mosaik value per entity and attribute
+    recorded: dict[str, dict[str, list[Any]]] = {}
+
+    def record(ent: Any, attrs: list[str]) -> None:
+        for attr in attrs:
+            recorded.setdefault(ent.sid, {}).setdefault(attr, []).append(ent)
+
+    record(feeder, FEEDER_ATTRS)
+    for bus in buses.values():
+        record(bus, BUS_RECORDED)
+    for hh in households.values():
+        record(hh, HOUSEHOLD_RECORDED)
+    for ent in battery_entities:
+        record(ent, BATTERY_RECORDED)
+    for ctrl in ctrls:
+        record(ctrl, ctrl.extra_info["diagnostics"])
+    for ent in plan_entities:
+        record(ent, OPERATOR_OUT if ent.eid == "operator" else COMMUNITY_OUT)
+    for ent in market_entities:
+        record(ent, MARKET_OUTPUTS)
+    for ent in contract_entities:
+        evm_out = EVM_OUT if scenario.contract.engine == "evm" else []
+        record(ent, CONTRACT_OUT + evm_out if ent.eid == "contract" else MEMBER_OUT)
+    factories = world.__dict__.get("dercosim_factories", {})
+    tables = {sid: factories[sid].Table(columns={a: [e.eid for e in ents] for a, ents in cols.items()})
+              for sid, cols in recorded.items()}
     parquet = out_dir / "timeseries.parquet"
     rec_sim = world.start("Recorder", step_s=step_s)
     recorder = rec_sim.Recorder(path=str(parquet), entities=entities, columns=columns,
                                 start=times[0].tz_localize(None).isoformat(), tz=site.tz,
-                                flush_every_s=scenario.recorder.flush_every_s)
-    world.connect(feeder, recorder, *FEEDER_ATTRS)
-    for bus in buses.values():
-        world.connect(bus, recorder, *BUS_RECORDED)
-    for hh in households.values():
-        world.connect(hh, recorder, *HOUSEHOLD_RECORDED)
-    for ent in battery_entities:
-        world.connect(ent, recorder, *BATTERY_RECORDED)
-    for ctrl in ctrls:
-        if ctrl.extra_info["diagnostics"]:
-            world.connect(ctrl, recorder, *ctrl.extra_info["diagnostics"])
-    for ent in plan_entities:
-        world.connect(ent, recorder, *(OPERATOR_OUT if ent.eid == "operator" else COMMUNITY_OUT))
-    for ent in market_entities:
-        world.connect(ent, recorder, *MARKET_OUTPUTS)
-    for ent in contract_entities:
-        evm_out = EVM_OUT if scenario.contract.engine == "evm" else []
-        world.connect(ent, recorder, *(CONTRACT_OUT + evm_out if ent.eid == "contract" else MEMBER_OUT))
+                                flush_every_s=scenario.recorder.flush_every_s,
+                                tables={tables[sid].full_id: {a: [e.full_id for e in ents] for a, ents in cols.items()}
+                                        for sid, cols in recorded.items()})
+    for table in tables.values():
+        world.connect(table, recorder, TABLE_ATTR)
     return parquet
 
 
@@ -516,9 +533,9 @@ def _connect_planner(world: mosaik.World, run: RunInputs, households: dict[str, 
     if clash:
         raise ScenarioError(f"planner: households {clash} are communities of the planner and also have a HEMS "
                             f"controller; restrict hems.applies_to or use another household group")
-    sim = world.start("Planner", step_s=scenario.clock.step_s, case=case, settings=admm_settings(scenario),
-                      replan=p.replan, binaries=p.binaries, central=p.central,
-                      streams=Streams(p.streams.b2b, p.streams.b2g, p.streams.trading), log=log)
+    sim = _start(world, scenario, "Planner", step_s=scenario.clock.step_s, case=case, settings=admm_settings(scenario),
+                 replan=p.replan, binaries=p.binaries, central=p.central,
+                 streams=Streams(p.streams.b2b, p.streams.b2g, p.streams.trading), log=log)
     plans = sim.Community.create(len(case.names))
     operator = sim.Operator()
     bat_by_name = {e.eid: e for e in battery_entities}

@@ -24,6 +24,7 @@ from dercosim.sims.entities import hand_out
 from dercosim.timeseries.rng import rng_for
 from dercosim.timeseries.subminute import SubminuteFluctuation
 from dercosim.sims.pacing import paced
+from dercosim.sims.tables import tabled
 
 STATIC = ["capacity_kwh", "p_charge_max_kw", "p_discharge_max_kw", "soc_min_frac", "soc_max_frac"]
 OUTPUTS = ["p_kw", "soc_kwh", "soc_frac", "e_charge_kwh", "e_discharge_kwh", "e_self_discharge_kwh",
@@ -36,6 +37,7 @@ META = {
 }
 
 
+@tabled
 @paced
 class BatterySim(mosaik_api_v3.Simulator):
     def __init__(self) -> None:

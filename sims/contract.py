@@ -37,6 +37,7 @@ from dercosim.controllers.contract_evm import MWH_PER_KWH, PPM, to_mwh, to_ppm
 from dercosim.controllers.network import Latency, Network
 from dercosim.sims.entities import hand_out
 from dercosim.sims.pacing import paced
+from dercosim.sims.tables import tabled
 
 CONTRACT_OUT = ["contract_rounds", "reports_late", "reports_lost", "replies_lost", "re_fleet_kwh",
                 "contract_rejected"]
@@ -68,6 +69,7 @@ class _Member:
         self.reply: Reply | None = None
 
 
+@tabled
 @paced
 class ContractSim(mosaik_api_v3.Simulator):
     def __init__(self) -> None:

@@ -43,6 +43,7 @@ import numpy as np
 from dercosim.controllers.base import OBSERVATIONS, SETPOINTS
 from dercosim.controllers.registry import ControllerError, load_controller_class, make_controller
 from dercosim.sims.pacing import paced
+from dercosim.sims.tables import tabled
 
 META = {
     "api_version": "3.0",
@@ -63,6 +64,7 @@ class ControllerFault(Exception):
     """A controller call that faulted (see the module doc); the message says how."""
 
 
+@tabled
 @paced
 class ControllerSim(mosaik_api_v3.Simulator):
     def __init__(self) -> None:

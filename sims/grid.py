@@ -19,6 +19,7 @@ import numpy as np
 from dercosim.grids import ieee33
 from dercosim.grids.powerflow import PowerFlowResult, make_engine
 from dercosim.sims.pacing import paced
+from dercosim.sims.tables import tabled
 
 FEEDER_ATTRS = ["losses_kw", "p_head_kw", "q_head_kvar", "converged", "vm_min_pu", "vm_max_pu",
                 "line_loading_max_pct", "base_p_kw"]
@@ -35,6 +36,7 @@ META = {
 }
 
 
+@tabled
 @paced
 class GridSim(mosaik_api_v3.Simulator):
     def __init__(self) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 from dercosim.devices.thermal import indoor_temperature_next, thermostat
 from dercosim.sims.entities import hand_out
 from dercosim.sims.pacing import paced
+from dercosim.sims.tables import tabled
 
 ATTRS = ["load_kw", "pv_kw", "wind_kw", "hvac_kw", "net_kw", "q_kvar", "t_indoor_c", "t_outdoor_c", "bus", "hvac_set_kw"]
 META = {
@@ -29,6 +30,7 @@ META = {
 }
 
 
+@tabled
 @paced
 class HouseholdSim(mosaik_api_v3.Simulator):
     def __init__(self) -> None:

@@ -27,6 +27,7 @@ import numpy as np
 from dercosim.controllers.aggregator import DayAheadMILP, VirtualBattery, bids_kwh
 from dercosim.controllers.market import clear, clearing_price
 from dercosim.sims.pacing import paced
+from dercosim.sims.tables import tabled
 
 OUTPUTS = ["bid_kwh", "committed_kwh", "soc_target_frac", "mode_s", "wholesale_per_kwh", "imbalance_per_kwh",
            "forecast_net_export_kwh", "planned_battery_kwh", "milp_failures", "milp_solve_ms"]
@@ -37,6 +38,7 @@ META = {
 }
 
 
+@tabled
 @paced
 class MarketSim(mosaik_api_v3.Simulator):
     def __init__(self) -> None:

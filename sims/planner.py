@@ -24,6 +24,7 @@ import numpy as np
 from dercosim.controllers.valuestack import PlanResult, solve_value_stacking, unpack
 from dercosim.sims.entities import hand_out
 from dercosim.sims.pacing import paced
+from dercosim.sims.tables import tabled
 
 COMMUNITY_OUT = ["p_set_kw", "hvac_set_kw", "plan_net_kw", "plan_vm_pu", "plan_soc_kwh", "plan_p_grid_kw",
                  "plan_p_b2b_kw", "plan_p_b2g_kw", "plan_p_ets_kw", "plan_p_etb_kw", "plan_p_feed_kw"]
@@ -40,6 +41,7 @@ META = {
 }
 
 
+@tabled
 @paced
 class PlannerSim(mosaik_api_v3.Simulator):
     def __init__(self) -> None:

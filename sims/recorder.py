@@ -26,6 +26,7 @@ from typing import Any
 
 import mosaik_api_v3
 from dercosim.sims.pacing import paced
+from dercosim.sims.tables import TABLE_ATTR
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -46,7 +47,7 @@ META = {
     "api_version": "3.0",
     "type": "time-based",
     "models": {"Recorder": {"public": True, "any_inputs": True,
-                            "params": ["path", "entities", "columns", "start", "tz", "flush_every_s"],
+                            "params": ["path", "entities", "columns", "start", "tz", "flush_every_s", "tables"],
                             "attrs": []}},
 }
 
@@ -111,8 +112,11 @@ class RecorderSim(mosaik_api_v3.Simulator):
         return self.meta
 
     def create(self, num: int, model: str, path: str, entities: dict[str, dict[str, Any]],
-               columns: dict[str, str], start: str, tz: str, flush_every_s: int = 3600) -> list[dict]:
-        """``entities``: mosaik full id -> {entity, kind, bus}; ``columns``: attribute -> "float64"|"bool"."""
+               columns: dict[str, str], start: str, tz: str, flush_every_s: int = 3600,
+               tables: dict[str, dict[str, list[str]]] | None = None) -> list[dict]:
+        """``entities``: mosaik full id -> {entity, kind, bus}; ``columns``: attribute -> "float64"|"bool";
+        ``tables``: full id of a simulator's ``Table`` entity (:mod:`dercosim.sims.tables`) -> {attribute: the
+        full ids of the entities its values belong to, in order}."""
         if num != 1 or self.eid is not None:
             raise ValueError("RecorderSim holds exactly one Recorder")
         self.eid = "recorder"
@@ -140,7 +144,9 @@ class RecorderSim(mosaik_api_v3.Simulator):
         bus = [entities[src].get("bus") for src in self._order]
         self._bus = np.array([0 if b is None else int(b) for b in bus], dtype=np.int16)
         self._bus_missing = np.array([b is None for b in bus])
-        self._row_cache: dict[frozenset[str], tuple[np.ndarray, dict[str, int]]] = {}
+        self.tables = {tid: {attr: list(srcs) for attr, srcs in cols.items()} for tid, cols in (tables or {}).items()}
+        self._table_entities = {tid: set().union(*cols.values()) & self._known for tid, cols in self.tables.items()}
+        self._row_cache: dict[frozenset[str], tuple[np.ndarray, dict[str, int], dict[tuple[str, str], Any]]] = {}
         self._reset_buffer()
         self.n_parts = 0
         self.last_flush_s = 0
@@ -152,35 +158,54 @@ class RecorderSim(mosaik_api_v3.Simulator):
         self.buffer: list[tuple[int, np.ndarray, dict[str, np.ndarray]]] = []
         self.buffered_rows = 0
 
-    def _rows(self, present: set[str]) -> tuple[np.ndarray, dict[str, int]]:
-        """Positions (in registration order) of the entities that sent data, and each one's row; cached."""
+    def _rows(self, present: set[str]) -> tuple[np.ndarray, dict[str, int], dict[tuple[str, str], Any]]:
+        """Positions (in registration order) of the entities that sent data, each one's row, and a memo of
+        the rows of each table column (filled by :meth:`_table_rows`); cached."""
         key = frozenset(present)
         cached = self._row_cache.get(key)
         if cached is None:
             positions = np.array([i for i, src in enumerate(self._order) if src in key], dtype=np.int64)
-            cached = (positions, {self._order[i]: row for row, i in enumerate(positions)})
+            cached = (positions, {self._order[i]: row for row, i in enumerate(positions)}, {})
             self._row_cache[key] = cached
         return cached
+
+    def _table_rows(self, tid: str, attr: str, row_of: dict[str, int],
+                    memo: dict[tuple[str, str], Any]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Rows of a table column's values, and which of its values to keep (None: all)."""
+        found = memo.get((tid, attr))
+        if found is None:
+            srcs = self.tables[tid][attr]
+            keep = np.array([src in row_of for src in srcs], dtype=bool)
+            rows = np.array([row_of[src] for src in srcs if src in row_of], dtype=np.int64)
+            found = memo[(tid, attr)] = (rows, None if keep.all() else keep)
+        return found
 
     def step(self, time: int, inputs: dict, max_advance: int) -> int:
         if STOP.is_set():
             raise StopRequested(f"stop requested ({STOP_REASON['signal']}) at t = {time} s")
-        given = inputs.get(self.eid, {})
-        present = set().union(*given.values()) & self._known
-        positions, row_of = self._rows(present)
+        given = dict(inputs.get(self.eid, {}))
+        tables = {tid: cols for tid, cols in given.pop(TABLE_ATTR, {}).items() if tid in self.tables}
+        present = set().union(*given.values(), *(self._table_entities[tid] for tid in tables)) & self._known
+        positions, row_of, memo = self._rows(present)
         n = len(positions)
         values: dict[str, np.ndarray] = {}
         if n:
             for attr, sources in given.items():
                 if attr not in self.columns:
                     continue
-                col = np.full(n, np.nan)
+                col = values.setdefault(attr, np.full(n, np.nan))
                 rows = [row_of[src] for src in sources if src in row_of]
                 if len(rows) == len(sources):  # mosaik's None (no value) becomes NaN
                     col[rows] = np.array(list(sources.values()), dtype=np.float64)
                 else:
                     col[rows] = np.array([v for src, v in sources.items() if src in row_of], dtype=np.float64)
-                values[attr] = col
+            for tid, cols in tables.items():  # whole columns from a simulator's Table entity
+                for attr, vals in cols.items():
+                    if attr not in self.columns:
+                        continue
+                    rows, keep = self._table_rows(tid, attr, row_of, memo)
+                    vals = np.asarray(vals, dtype=np.float64)  # None (no value) becomes NaN
+                    values.setdefault(attr, np.full(n, np.nan))[rows] = vals if keep is None else vals[keep]
             self.buffer.append((time, positions, values))
             self.buffered_rows += n
         if time + self.step_s - self.last_flush_s >= self.flush_every_s:
