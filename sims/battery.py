@@ -24,7 +24,7 @@ from dercosim.sims.entities import hand_out
 from dercosim.timeseries.rng import rng_for
 from dercosim.timeseries.subminute import SubminuteFluctuation
 from dercosim.sims.pacing import paced
-from dercosim.sims.tables import tabled
+from dercosim.sims.tables import positions, tabled
 
 STATIC = ["capacity_kwh", "p_charge_max_kw", "p_discharge_max_kw", "soc_min_frac", "soc_max_frac"]
 OUTPUTS = ["p_kw", "soc_kwh", "soc_frac", "e_charge_kwh", "e_discharge_kwh", "e_self_discharge_kwh",
@@ -86,6 +86,21 @@ class BatterySim(mosaik_api_v3.Simulator):
         self.last = self.fleet.step(noisy, follow, p_set)
         self.follow_used = follow
         return time + self.step_s
+
+    def column(self, attr: str, eids: list[str]) -> list[float] | None:
+        """``attr`` of the batteries ``eids`` (the recorder's table; the same numbers as :meth:`get_data`)."""
+        r, n = self.last, len(self.names)
+        if attr in ("p_kw", "e_charge_kwh", "e_discharge_kwh", "e_self_discharge_kwh", "e_clipped_kwh", "meter_kw"):
+            values = getattr(r, attr) if r else np.zeros(n)
+        elif attr in ("soc_kwh", "soc_frac"):
+            values = getattr(self.fleet, attr)
+        elif attr == "follow_residual":
+            values = self.follow_used
+        elif attr in STATIC:
+            values = getattr(self.params, attr)
+        else:
+            return None
+        return np.asarray(values, dtype=np.float64)[positions(self, eids)].tolist()
 
     def get_data(self, outputs: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
         r, p = self.last, self.params

@@ -291,5 +291,9 @@ class ControllerSim(mosaik_api_v3.Simulator):
             checked[name] = number
         return checked
 
+    def column(self, attr: str, eids: list[str]) -> list[float]:
+        """``attr`` of the controllers ``eids`` (the recorder's table; the same numbers as :meth:`get_data`)."""
+        return [self.entities[eid]["out"].get(attr, math.nan) for eid in eids]
+
     def get_data(self, outputs: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
         return {eid: {a: self.entities[eid]["out"].get(a, math.nan) for a in attrs} for eid, attrs in outputs.items()}

@@ -20,7 +20,7 @@ import numpy as np
 from dercosim.devices.thermal import indoor_temperature_next, thermostat
 from dercosim.sims.entities import hand_out
 from dercosim.sims.pacing import paced
-from dercosim.sims.tables import tabled
+from dercosim.sims.tables import positions, tabled
 
 ATTRS = ["load_kw", "pv_kw", "wind_kw", "hvac_kw", "net_kw", "q_kvar", "t_indoor_c", "t_outdoor_c", "bus", "hvac_set_kw"]
 META = {
@@ -98,6 +98,25 @@ class HouseholdSim(mosaik_api_v3.Simulator):
                                              self.hvac_c, self.hvac_r, self.step_s / 3600.0)
             self.t_in = np.where(self.has_hvac, t_next, self.t_in)
         return time + self.step_s
+
+    def column(self, attr: str, eids: list[str]) -> list[float] | None:
+        """``attr`` of the households ``eids`` (the recorder's table; the same numbers as :meth:`get_data`)."""
+        k = self.k
+        if attr in ("load_kw", "pv_kw", "wind_kw"):
+            values = getattr(self, attr)[k]
+        elif attr == "hvac_kw":
+            values = self.hvac_kw
+        elif attr == "net_kw":
+            values = self.load_kw[k] + self.hvac_kw - self.pv_kw[k] - self.wind_kw[k]
+        elif attr == "q_kvar":
+            values = (self.load_kw[k] + self.hvac_kw) * self.tan_phi
+        elif attr == "t_indoor_c":
+            values = np.where(self.has_hvac, self.t_in, np.nan)
+        elif attr == "t_outdoor_c":
+            return [float(self.t_out[k])] * len(eids)
+        else:
+            return None
+        return np.asarray(values, dtype=np.float64)[positions(self, eids)].tolist()
 
     def get_data(self, outputs: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
         load = self.load_kw[self.k]

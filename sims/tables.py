@@ -9,7 +9,10 @@ single entity has one attribute, ``table``, whose value is ``{attribute:
 simulator's own ``get_data`` (so the numbers are the ones a per-entity
 connection would carry). Plain lists, so a simulator in another process
 sends it through mosaik's JSON protocol unchanged. The recorder knows the
-entity of each position (``RecorderSim.create(tables=...)``).
+entity of each position (``RecorderSim.create(tables=...)``). A simulator
+that holds its entities in arrays may define ``column(attr, eids)``, the
+values of one attribute for those entities as a list (None: not this one),
+which spares building a dict per entity.
 """
 
 from __future__ import annotations
@@ -51,14 +54,36 @@ def tabled(cls: type) -> type:
         if TABLE_EID not in outputs:
             return get_data(self, outputs)
         rest = {eid: attrs for eid, attrs in outputs.items() if eid != TABLE_EID}
-        request = dict(self._table_request)
-        for eid, attrs in rest.items():
-            request[eid] = list(dict.fromkeys([*request.get(eid, ()), *attrs]))
-        data = get_data(self, request)
+        table: dict[str, list[Any]] = {}
+        slow: dict[str, list[str]] = {}  # columns the simulator cannot give as a whole: through its get_data
+        for attr, eids in self._table_columns.items():
+            values = self.column(attr, eids) if hasattr(self, "column") else None
+            if values is None:
+                slow[attr] = eids
+            else:
+                table[attr] = values
+        request = {eid: list(attrs) for eid, attrs in rest.items()}
+        for attr, eids in slow.items():
+            for eid in eids:
+                request.setdefault(eid, [])
+                if attr not in request[eid]:
+                    request[eid].append(attr)
+        data = get_data(self, request) if request else {}
         out = {eid: {attr: data[eid][attr] for attr in attrs} for eid, attrs in rest.items()}
-        out[TABLE_EID] = {TABLE_ATTR: {attr: [data[eid].get(attr) for eid in eids]
-                                       for attr, eids in self._table_columns.items()}}
+        table.update({attr: [data[eid].get(attr) for eid in eids] for attr, eids in slow.items()})
+        out[TABLE_EID] = {TABLE_ATTR: table}
         return out
 
     cls.init, cls.create, cls.get_data = init_wrapper, create_wrapper, get_data_wrapper
     return cls
+
+
+def positions(sim: Any, eids: list[str]) -> Any:
+    """Indices of ``eids`` in ``sim.index`` (name -> position), cached per list (a table's lists are fixed)."""
+    import numpy as np
+
+    cache = sim.__dict__.setdefault("_table_positions", {})
+    found = cache.get(id(eids))
+    if found is None or found[0] is not eids:
+        found = cache[id(eids)] = (eids, np.array([sim.index[eid] for eid in eids], dtype=np.int64))
+    return found[1]
