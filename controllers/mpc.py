@@ -238,8 +238,9 @@ class MPCProblem:
             if len(idx) == 1:
                 plans[idx[0]] = problems[idx[0]].solve(inputs[idx[0]])
                 continue
-            args = [problems[i].arguments(inputs[i]) for i in idx]
-            stacked = {k: np.column_stack([a[k] for a in args]) for k in ("p", "lbx", "ubx", "lbg", "ubg")}
+            first = problems[idx[0]]
+            stacked = _arguments_many([inputs[i] for i in idx], first.battery, first.layout, first.h, first.dt_h,
+                                      first.weights, first.formulation)
             t0 = time.perf_counter()
             try:
                 with _quiet_stdout(stderr=True):  # a failing call dumps its QP; it is solved again below
@@ -424,6 +425,54 @@ def _arguments(inp: MPCInputs, b: BatteryModel, layout: _Layout, h: int, dt_h: f
         lbg = np.concatenate([lbg, np.full(4 * h, -INF)])
         ubg = np.concatenate([ubg, np.zeros(h), np.full(h, b.p_discharge_max_kw), np.zeros(h),
                               np.full(h, BIG_M_KW)])
+    return {"p": p, "lbx": lbx, "ubx": ubx, "lbg": lbg, "ubg": ubg}
+
+
+def _arguments_many(inputs: list[MPCInputs], b: BatteryModel, layout: _Layout, h: int, dt_h: float, w: Weights,
+                    formulation: str) -> dict[str, np.ndarray]:
+    """:func:`_arguments` of many calls of one problem at once, one column per call (the same numbers, by the
+    same operations in the same order, element by element)."""
+    n = len(inputs)
+    ha = np.array([len(inp.residual_kw) for inp in inputs])
+    if ha.min() < 1 or ha.max() > h:
+        raise ValueError(f"residual_kw must have 1..{h} steps, got {sorted(set(ha.tolist()))}")
+    active = np.arange(h)[:, None] < ha[None, :]  # (h, n)
+    residual, c_imp = np.zeros((h, n)), np.zeros((h, n))
+    for j, inp in enumerate(inputs):
+        residual[:ha[j], j] = inp.residual_kw
+        c_imp[:ha[j], j] = np.asarray(inp.import_price, float)[:ha[j]]
+    field = lambda name: np.array([getattr(inp, name) for inp in inputs], dtype=float)  # noqa: E731
+    re_kwh, s_mode, soc0 = field("re_kwh"), field("s_mode"), field("soc_kwh")
+    v1, v2 = field("soc_value_per_kwh"), field("soc_value2_per_kwh")
+    eps = np.sign(re_kwh)
+    e_step = max(b.p_charge_max_kw, b.p_discharge_max_kw) * dt_h
+    p = np.vstack([residual, c_imp, (1 - eps) * w.export_penalty_per_kwh,
+                   s_mode * (1 - eps * eps) * w.w_soc / b.capacity_kwh,
+                   np.abs(eps) * w.w_re / e_step, v1, np.minimum(v2, v1)])
+    soc_lo, soc_hi = b.soc_min_frac * b.capacity_kwh, b.soc_max_frac * b.capacity_kwh
+    sl = layout.slices
+    lbx, ubx = np.zeros((layout.n, n)), np.full((layout.n, n), INF)
+    ubx[sl["pc"]] = np.where(active, b.p_charge_max_kw, 0.0)
+    ubx[sl["pd"]] = np.where(active, b.p_discharge_max_kw, 0.0)
+    for name in ("pe", "ve"):
+        ubx[sl[name]] = np.where(active, INF, 0.0)
+    lbx[sl["soc"]] = np.minimum(soc_lo, soc0)
+    ubx[sl["soc"]] = np.maximum(soc_hi, soc0)
+    ubx[layout.e1] = field("soc_value_cap_kwh")
+    ubx[layout.e2] = field("soc_value2_cap_kwh")
+    if formulation == "milp":
+        ubx[sl["xb"]] = 1.0
+        ubx[sl["yb"]] = 1.0
+    export_cap = np.minimum(field("export_cap_kw"), INF)
+    import_cap = np.minimum(field("import_cap_kw"), INF)
+    target = field("soc_target_frac") * b.capacity_kwh
+    zeros = lambda rows: np.zeros((rows, n))  # noqa: E731
+    lbg = np.vstack([zeros(h), soc0, zeros(h - 1), target, re_kwh, -re_kwh, zeros(h), zeros(1)])
+    ubg = np.vstack([np.where(active, import_cap, 0.0), soc0, zeros(h - 1), np.full((1, n), INF),
+                     np.full((2, n), INF), np.broadcast_to(export_cap, (h, n)), np.full((1, n), INF)])
+    if formulation == "milp":
+        lbg = np.vstack([lbg, np.full((4 * h, n), -INF)])
+        ubg = np.vstack([ubg, zeros(h), np.full((h, n), b.p_discharge_max_kw), zeros(h), np.full((h, n), BIG_M_KW)])
     return {"p": p, "lbx": lbx, "ubx": ubx, "lbg": lbg, "ubg": ubg}
 
 

@@ -54,6 +54,57 @@ def test_export_cap_binds():
     assert capped.soc_kwh[-1] > free.soc_kwh[-1] + 0.5
 
 
+def _random_calls(n: int, seed: int) -> list[MPCInputs]:
+    """Calls over the whole input range: shrinking horizons, commitments of both signs, caps, value tiers, and
+    every fifth one infeasible (import capped at 0 against a residual the battery cannot cover)."""
+    rng = np.random.default_rng(seed)
+    calls = []
+    for i in range(n):
+        ha = int(rng.integers(1, 31))
+        residual = rng.normal(0.0, 2.0, ha) + (20.0 if i % 5 == 4 else 0.0)
+        calls.append(MPCInputs(
+            float(rng.uniform(-0.5, 11.0)), residual, rng.uniform(0.05, 0.4, ha),
+            re_kwh=float(rng.choice([0.0, rng.normal()])), s_mode=float(rng.integers(0, 2)),
+            soc_target_frac=float(rng.uniform()), export_cap_kw=float(rng.choice([np.inf, 0.0, 3.0])),
+            import_cap_kw=0.0 if i % 5 == 4 else float(rng.choice([np.inf, 10.0])),
+            soc_value_per_kwh=float(rng.uniform(0, 0.3)), soc_value_cap_kwh=float(rng.choice([np.inf, 2.0])),
+            soc_value2_per_kwh=float(rng.uniform(0, 0.3)), soc_value2_cap_kwh=float(rng.uniform(0, 3))))
+    return calls
+
+
+def test_batched_arguments_are_the_single_calls_numbers_bit_for_bit():
+    from dercosim.controllers.mpc import _arguments_many
+
+    battery = BatteryModel(10.3, 5.3, 4.1, 0.9, 0.95, 0.1, 0.95)
+    for formulation in ("qp", "milp"):
+        mpc = MPCProblem(battery, formulation=formulation)
+        calls = _random_calls(60, seed=4)
+        many = _arguments_many(calls, battery, mpc.layout, mpc.h, mpc.dt_h, mpc.weights, formulation)
+        one = [mpc.arguments(c) for c in calls]
+        for key, value in many.items():
+            assert np.array_equal(value, np.column_stack([a[key] for a in one])), (formulation, key)
+
+
+@pytest.mark.parametrize("formulation", ["qp", "milp"])
+def test_solving_many_at_once_gives_each_calls_own_plan(formulation):
+    """``solve_many`` (one casadi map over 2 threads) against one ``solve`` after another: the same plans to the
+    last bit, failures included (those are solved again alone, with the solver's own status)."""
+    small = BatteryModel(5.0, 2.5, 2.5, 0.95, 0.95, 0.1, 0.9)  # a second battery model: a second batch
+
+    def problems():  # fresh ones for each path: the qpOASES retry keeps its hot start per problem
+        return [MPCProblem(BATTERY if i % 3 else small, formulation=formulation) for i in range(30)]
+
+    calls = _random_calls(30, seed=7)
+    many = MPCProblem.solve_many(problems(), calls, threads=2)
+    one = [p.solve(c) for p, c in zip(problems(), calls)]
+    assert sum(not p.success for p in one) == 6  # every fifth call is infeasible
+    for a, b in zip(many, one):
+        assert (a.success, a.status, a.follow_residual) == (b.success, b.status, b.follow_residual)
+        for name in ("p_battery_kw", "p_import_kw", "p_export_kw", "soc_kwh"):
+            assert np.array_equal(getattr(a, name), getattr(b, name))
+        assert a.cost == b.cost or (np.isnan(a.cost) and np.isnan(b.cost))
+
+
 def test_controller_applies_the_export_cap_from_the_measured_voltage():
     def controller():
         c = HouseholdMPC(period_s=60, forecaster="persistence", re_kwh=1.0)
