@@ -1,20 +1,22 @@
 """Where a simulated minute goes at 70, 500 and 2,000 households: mosaik, power flow, MPC, PMS, recorder.
 
-    python benchmarks/scaling.py [--sizes 2,16,62] [--minutes 30]
+    python benchmarks/scaling.py [--sizes 2,16,62] [--minutes 30] [--start-hour 11]
 
 ``households_mpc`` with every household given PV and a battery (so every one
 runs the MPC, every 120 s), ``per_bus`` households on each of the 32 load
 buses of IEEE-33 (2, 16, 62 → 64, 512, 1,984 households), from 11:00 on
-21 June. Each simulator's steps are timed by the real-time pacer
+21 June (``--start-hour``; ``--minutes 1440 --start-hour 0`` is a whole day). Each simulator's steps are timed by the real-time pacer
 (``dercosim.sims.pacing``) at a factor so large that it never waits; the
 rest of the loop's wall time is mosaik's own (scheduling, the input and
-output dicts between simulators). Printed: ms per simulated minute, split
-by simulator, and the growth against the smallest size per household.
+output dicts between simulators, each simulator's ``get_data``). Printed: ms
+per simulated minute, split by simulator, the growth against the smallest
+size per household, and the process's peak memory so far.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import tempfile
 import time
 import tomllib
@@ -29,10 +31,10 @@ COLUMNS = {"Grid": "power flow", "Controller": "MPC", "Battery": "PMS", "Recorde
            "Household": "households"}
 
 
-def scenario(per_bus: int, minutes: int) -> Scenario:
+def scenario(per_bus: int, minutes: int, start_hour: int = 11) -> Scenario:
     data = tomllib.loads(bundled_scenarios()["households_mpc"].read_text())
     data["name"] = f"scaling_{per_bus}"
-    data["clock"]["start"] = data["clock"]["start"].replace(hour=11)
+    data["clock"]["start"] = data["clock"]["start"].replace(hour=start_hour)
     data["clock"]["duration"] = f"{minutes}min"
     data["households"]["groups"][0].update(per_bus=per_bus, pv_share=1.0)
     s = Scenario.model_validate(data, strict=True)
@@ -44,12 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="2,16,62", help="households per bus (default 2,16,62)")
     ap.add_argument("--minutes", type=int, default=30)
+    ap.add_argument("--start-hour", type=int, default=11)
     args = ap.parse_args(argv)
     print(f"{'households':>10} {'total':>8} {'mosaik':>8} " + " ".join(f"{c:>10}" for c in COLUMNS.values())
-          + f" {'per hh':>8}   (ms per simulated minute; {args.minutes} min from 11:00)")
+          + f" {'per hh':>8}   (ms per simulated minute; {args.minutes} min from {args.start_hour:02d}:00)")
     first = None
     for per_bus in (int(v) for v in args.sizes.split(",")):
-        sc = scenario(per_bus, args.minutes)
+        sc = scenario(per_bus, args.minutes, args.start_hour)
         pacer = Pacer(factor=1e12, step_s=60, deadline_ms=1e12, say=lambda msg: None)
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
@@ -64,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         first = first or per_hh
         print(f"{n_hh:10d} {loop_ms:8.1f} {mosaik_ms:8.1f} " + " ".join(f"{v:10.1f}" for v in parts.values())
               + f" {per_hh:8.3f}   (set-up and report {wall - res.summary['run_wall_time_s']:.0f} s; "
-              f"per household {per_hh / first:.2f}x the smallest)", flush=True)
+              f"per household {per_hh / first:.2f}x the smallest; peak memory so far "
+              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2:.2f} GB)", flush=True)
     return 0
 
 

@@ -614,6 +614,9 @@ class HouseholdMPCParams(BaseModel):
     #: for the qp formulation (the milp uses HiGHS); "opti_rebuilt" writes the problem in casadi.Opti and rebuilds it
     #: every call (OSQP, no retry) - the naive path, for benchmarks/fullstack.py and as an independent check
     qp_solver: Literal["piqp", "osqp", "qpoases", "opti_rebuilt"] = "piqp"
+    #: "interval": one QP the size of the market interval, the steps past its end fixed at 0; "remaining": one QP
+    #: per number of minutes left (smaller, faster; the same optimum, setpoints within the solver's tolerance)
+    qp_horizon: Literal["interval", "remaining"] = "interval"
     forecaster: Literal["perfect", "persistence", "linear_regression", "noisy"] = "linear_regression"
     forecast_window: Annotated[int, Field(ge=2, le=1440)] = 30  #: minutes of history (linear regression)
     forecast_accuracy: Annotated[float, Field(ge=0, le=1)] = 0.25  #: relative error of "noisy"
@@ -669,7 +672,7 @@ class HouseholdMPC:
     thread_safe = True
 
     def __init__(self, period_s: int = 120, formulation: str = "qp", qp_solver: str = "piqp",
-                 forecaster: str = "linear_regression",
+                 qp_horizon: str = "interval", forecaster: str = "linear_regression",
                  forecast_window: int = 30, forecast_accuracy: float = 0.25, forecast_grid_min: int = 120,
                  market_interval_s: int = 1800, v_export_limit_pu: float = 1.10, export_cap_kw: float = math.inf,
                  import_cap_kw: float = math.inf, soc_value: float | str = "auto", soc_value_factor: float = 0.95,
@@ -684,6 +687,10 @@ class HouseholdMPC:
         if qp_solver == "opti_rebuilt" and formulation != "qp":
             raise ValueError("qp_solver = 'opti_rebuilt' writes the qp formulation; it cannot solve the milp")
         self.formulation, self.qp_solver = formulation, qp_solver
+        if qp_horizon not in ("interval", "remaining"):
+            raise ValueError(f"qp_horizon must be 'interval' or 'remaining', got {qp_horizon!r}")
+        self.qp_horizon = qp_horizon
+        self._problems: dict[int, MPCProblem] = {}  # qp_horizon = "remaining": one per number of steps
         self.forecaster_kind = forecaster
         self.forecast_window, self.forecast_accuracy = int(forecast_window), float(forecast_accuracy)
         self.forecast_grid_min = int(forecast_grid_min)
@@ -711,16 +718,24 @@ class HouseholdMPC:
         if bat is None:
             raise ValueError("the MPC needs a battery on its household")
         self.battery = BatteryModel(**{k: float(bat[k]) for k in BatteryModel.__dataclass_fields__})
-        self.problem = MPCProblem(self.battery, horizon_max=self.market_interval_s // 60,
-                                  formulation=self.formulation, weights=self.weights,
-                                  solver=(self.qp_solver if self.formulation == "qp" and self.qp_solver != "opti_rebuilt"
-                                          else None))
+        self.problem = self._problem_for(self.market_interval_s // 60)
         self.import_price = np.asarray(context["import_price"], float)
         self.start_s_of_day = int(context["start_s_of_day"])
         truth = np.asarray(context["load_kw"], float) - np.asarray(context["pv_kw"], float)
         self.forecaster = make_forecaster(self.forecaster_kind, truth=truth, window=self.forecast_window,
                                           accuracy=self.forecast_accuracy, grid_min=self.forecast_grid_min,
                                           rng=rng_for(int(context["seed"]), f"forecast:{context['household']}"))
+
+    def _problem_for(self, steps: int) -> MPCProblem:
+        """The problem with a horizon of ``steps`` minutes (built once per household and length; the
+        formulation and solver are shared between households with equal batteries)."""
+        problem = self._problems.get(steps)
+        if problem is None:
+            solver = self.qp_solver if self.formulation == "qp" and self.qp_solver != "opti_rebuilt" else None
+            problem = self._problems[steps] = MPCProblem(self.battery, horizon_max=steps,
+                                                         formulation=self.formulation, weights=self.weights,
+                                                         solver=solver)
+        return problem
 
     @property
     def history(self) -> np.ndarray:
@@ -773,9 +788,13 @@ class HouseholdMPC:
 
     def step(self, t: int, obs: dict[str, float]) -> dict[str, float]:
         inp, residual = self._inputs(t, obs)
-        solve = ((lambda inp: solve_with_opti(self.problem, inp)) if self.qp_solver == "opti_rebuilt"
-                 else self.problem.solve)
-        return self._answer(solve(inp), obs, residual)
+        if self.qp_solver == "opti_rebuilt":
+            return self._answer(solve_with_opti(self.problem, inp), obs, residual)
+        return self._answer(self._solving(inp).solve(inp), obs, residual)
+
+    def _solving(self, inp: MPCInputs) -> MPCProblem:
+        """The problem that solves ``inp``: the interval's, or with ``qp_horizon = "remaining"`` one its size."""
+        return self._problem_for(len(inp.residual_kw)) if self.qp_horizon == "remaining" else self.problem
 
     @classmethod
     def step_many(cls, calls: list[tuple["HouseholdMPC", dict[str, float]]], t: int,
@@ -794,8 +813,8 @@ class HouseholdMPC:
                     batch.append((i, *ctrl._inputs(t, obs)))
             except Exception as exc:  # noqa: BLE001 - that household's fault, reported by the host
                 answers[i] = exc
-        plans = MPCProblem.solve_many([calls[i][0].problem for i, _, _ in batch], [inp for _, inp, _ in batch],
-                                      threads)
+        plans = MPCProblem.solve_many([calls[i][0]._solving(inp) for i, inp, _ in batch],
+                                      [inp for _, inp, _ in batch], threads)
         for (i, _, residual), plan in zip(batch, plans):
             ctrl, obs = calls[i]
             answers[i] = ctrl._answer(plan, obs, residual)

@@ -15,11 +15,54 @@ import pandas as pd
 
 from dercosim.scenarios import fleet
 from dercosim.scenarios.config import Scenario
+from dercosim.sims.recorder import KIND_COLUMNS_KEY
+
+
+BASE_COLUMNS = ["time_s", "time", "entity", "kind", "bus"]
+
+
+class Recorded(dict):
+    """A run's recorded rows split by kind (``"household"`` → its rows), each with only the columns recorded for
+    that kind: what the report reads instead of the whole long table, whose other kinds' columns are all NaN
+    (at 2,000 households for a day, 8.6 M rows × 85 columns, mostly empty). Row order within a kind is the
+    file's."""
+
+    columns: list[str]
+
+
+def read_recorded(path: str | Path) -> Recorded:
+    """``timeseries.parquet`` as :class:`Recorded`, one kind at a time (the file is never read whole)."""
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(path)
+    meta = (schema.metadata or {}).get(KIND_COLUMNS_KEY)
+    kinds = pq.read_table(path, columns=["kind"], read_dictionary=["kind"]).column("kind").unique().to_pylist()
+    per_kind = json.loads(meta) if meta else {}
+    recorded = Recorded()
+    recorded.columns = list(schema.names)
+    for kind in kinds:
+        wanted = per_kind.get(kind)
+        columns = (BASE_COLUMNS + [c for c in schema.names if c in set(wanted) and c not in BASE_COLUMNS]
+                   if wanted is not None else None)  # a file without the metadata: every column
+        recorded[kind] = pq.read_table(path, columns=columns, filters=[("kind", "==", kind)]).to_pandas()
+    return recorded
+
+
+def _of(df: pd.DataFrame | Recorded, kind: str) -> pd.DataFrame:
+    """The rows of ``kind`` (an empty frame with every column if there are none)."""
+    if isinstance(df, pd.DataFrame):
+        return df[df.kind == kind]
+    found = df.get(kind)
+    return found if found is not None else pd.DataFrame(columns=df.columns)
+
+
+def _has(df: pd.DataFrame | Recorded, kind: str) -> bool:
+    return bool((df.kind == kind).any()) if isinstance(df, pd.DataFrame) else len(df.get(kind, ())) > 0
 
 
 def _voltages(df: pd.DataFrame) -> pd.DataFrame:
     """vm_pu per step (rows, ``time_s``) and bus (columns, 1-based)."""
-    return df[df.kind == "bus"].pivot(index="time_s", columns="bus", values="vm_pu").sort_index(axis=1)
+    return _of(df, "bus").pivot(index="time_s", columns="bus", values="vm_pu").sort_index(axis=1)
 
 
 def _num(x: float) -> float | None:
@@ -43,7 +86,7 @@ def summarize(df: pd.DataFrame, scenario: Scenario, households: pd.DataFrame, ba
     ``tables``: if given, receives the per-interval market settlement (``"market"``) for :func:`plot_all`,
     so it is computed once per run."""
     step_h = scenario.clock.step_s / 3600.0
-    feeder = df[df.kind == "feeder"].set_index("time_s").sort_index()
+    feeder = _of(df, "feeder").set_index("time_s").sort_index()
     stamps = feeder["time"]
     vm = _voltages(df)
     lo, hi = scenario.grid.v_min_pu, scenario.grid.v_max_pu
@@ -61,7 +104,7 @@ def summarize(df: pd.DataFrame, scenario: Scenario, households: pd.DataFrame, ba
     else:  # no power flow converged
         extremes = {k: None for k in ("min_pu", "min_bus", "min_at", "max_pu", "max_bus", "max_at")}
 
-    hh = df[df.kind == "household"]
+    hh = _of(df, "household")
     p_head = feeder["p_head_kw"]
     summary: dict[str, Any] = {
         "scenario": scenario.name,
@@ -113,7 +156,7 @@ def summarize(df: pd.DataFrame, scenario: Scenario, households: pd.DataFrame, ba
     if scenario.planner is not None:
         summary["planner"] = _planner_figures(df, scenario)
     if scenario.contract is not None:
-        c = df[df.kind == "contract"].sort_values("time_s")
+        c = _of(df, "contract").sort_values("time_s")
         last = c.iloc[-1] if len(c) else None
         summary["contract"] = {
             "engine": scenario.contract.engine, "interval_s": scenario.contract.interval_s,
@@ -155,7 +198,7 @@ def plot_all(df: pd.DataFrame, scenario: Scenario, out_dir: str | Path,
     import matplotlib.pyplot as plt
 
     out_dir = Path(out_dir)
-    feeder = df[df.kind == "feeder"].set_index("time_s").sort_index()
+    feeder = _of(df, "feeder").set_index("time_s").sort_index()
     t = feeder["time"].dt.tz_localize(None)
     vm = _voltages(df)
     lo, hi = scenario.grid.v_min_pu, scenario.grid.v_max_pu
@@ -196,7 +239,7 @@ def plot_all(df: pd.DataFrame, scenario: Scenario, out_dir: str | Path,
                           f"{feeder['time'].loc[worst]:%Y-%m-%d %H:%M}")
     paths.append(_save(fig, out_dir / "voltage_profile_worst.png"))
 
-    bat = df[df.kind == "battery"]
+    bat = _of(df, "battery")
     if len(bat):
         soc = bat.pivot(index="time_s", columns="entity", values="soc_frac")
         power = bat.pivot(index="time_s", columns="entity", values="p_kw")
@@ -213,13 +256,13 @@ def plot_all(df: pd.DataFrame, scenario: Scenario, out_dir: str | Path,
         ax2.legend(loc="best", fontsize=8)
         fig.autofmt_xdate()
         paths.append(_save(fig, out_dir / "batteries.png"))
-    if scenario.planner is not None and (df.kind == "plan").any():
+    if scenario.planner is not None and _has(df, "plan"):
         paths.append(_plot_plan(df, scenario, out_dir, t))
-    if scenario.market is not None and (df.kind == "market").any():
+    if scenario.market is not None and _has(df, "market"):
         paths.append(_plot_market(df, scenario, out_dir, (tables or {}).get("market")))
         if len(bat):
             paths.append(_plot_three_households(df, scenario, out_dir))
-    if "evm_round_gas" in df.columns and (df.kind == "contract").any():
+    if _has(df, "contract") and "evm_round_gas" in _of(df, "contract").columns:
         paths.append(_plot_contract_gas(df, out_dir))
     return paths
 
@@ -230,7 +273,7 @@ PAPER_GAS_PER_HOUSEHOLD_TX = 105_957
 
 def evm_figures(df: pd.DataFrame, gas_log: Path) -> dict[str, Any]:
     """Gas and wall time of the contract on the EVM, and its largest gap to the Python rules (summary.json)."""
-    c = df[df.kind == "contract"]
+    c = _of(df, "contract")
     figures: dict[str, Any] = {}
     try:
         log = json.loads(Path(gas_log).read_text(encoding="utf-8"))["summary"]
@@ -252,7 +295,8 @@ def evm_figures(df: pd.DataFrame, gas_log: Path) -> dict[str, Any]:
 def _plot_contract_gas(df: pd.DataFrame, out_dir: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    c = df[(df.kind == "contract") & df["evm_round_gas"].notna()]
+    c = _of(df, "contract")
+    c = c[c["evm_round_gas"].notna()]
     fig, ax = plt.subplots(figsize=(9, 3.5))
     ax.plot(c["time"].dt.tz_localize(None), c["evm_round_gas"] / 1e6, ".", ms=3, label="gas per round")
     ax.set_ylabel("gas per contract round (millions)")
@@ -277,14 +321,14 @@ def _plot_three_households(df: pd.DataFrame, scenario: Scenario, out_dir: Path) 
         pool = owned[~owned["name"].isin(picks.values())]
         if col in pool and len(pool) and pool[col].max() > 0:
             picks[label] = str(pool.loc[pool[col].idxmax(), "name"])
-    bat = df[df.kind == "battery"]
+    bat = _of(df, "battery")
     soc = bat.pivot(index="time_s", columns="entity", values="soc_frac")
-    times = df[df.kind == "feeder"].set_index("time_s").sort_index()["time"].dt.tz_localize(None)
+    times = _of(df, "feeder").set_index("time_s").sort_index()["time"].dt.tz_localize(None)
     by_household = dict(zip(batteries["household"], batteries["name"]))
     fig, ax = plt.subplots(figsize=(10, 4))
     for label, name in picks.items():
         ax.plot(times.loc[soc.index], soc[by_household[name]], label=f"{name} ({label})")
-    target = df[df.kind == "market"].set_index("time_s")["soc_target_frac"]
+    target = _of(df, "market").set_index("time_s")["soc_target_frac"]
     ax.step(times.loc[target.index], target, where="post", color="k", ls="--", lw=1, label="SoC target (aggregator)")
     ax.set_ylim(-0.02, 1.02)
     ax.set_ylabel("state of charge")
@@ -327,8 +371,8 @@ def _plot_plan(df: pd.DataFrame, scenario: Scenario, out_dir: Path, t: pd.Series
     import matplotlib.pyplot as plt
 
     planned, ac, _ = _plan_vs_ac(df)
-    plan = df[df.kind == "plan"]
-    bat = df[df.kind == "battery"].pivot(index="time_s", columns="bus", values="p_kw")
+    plan = _of(df, "plan")
+    bat = _of(df, "battery").pivot(index="time_s", columns="bus", values="p_kw")
     set_kw = plan.pivot(index="time_s", columns="bus", values="p_set_kw")
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -362,9 +406,9 @@ def _save(fig: Any, path: Path) -> Path:
 
 def meter_kw(df: pd.DataFrame, batteries: pd.DataFrame) -> pd.DataFrame:
     """Net power at each household's meter (rows ``time_s``, columns household), after its battery if any."""
-    hh = df[df.kind == "household"].pivot(index="time_s", columns="entity", values="net_kw")
+    hh = _of(df, "household").pivot(index="time_s", columns="entity", values="net_kw")
     if len(batteries):
-        bat = df[df.kind == "battery"].pivot(index="time_s", columns="entity", values="meter_kw")
+        bat = _of(df, "battery").pivot(index="time_s", columns="entity", values="meter_kw")
         for _, row in batteries[batteries["household"] != ""].iterrows():
             hh[row["household"]] = bat[row["name"]]
     return hh
@@ -378,7 +422,7 @@ def _household_economics(df: pd.DataFrame, scenario: Scenario, households: pd.Da
     if not len(households):
         return {}
     step_h = scenario.clock.step_s / 3600.0
-    hh = df[df.kind == "household"]
+    hh = _of(df, "household")
     meter = meter_kw(df, batteries)
     names = list(households["name"])
     meter = meter[names]
@@ -418,7 +462,7 @@ def _household_economics(df: pd.DataFrame, scenario: Scenario, households: pd.Da
 
 
 def _battery_figures(df: pd.DataFrame, scenario: Scenario, batteries: pd.DataFrame) -> dict[str, Any]:
-    bat = df[df.kind == "battery"]
+    bat = _of(df, "battery")
     sums = bat.groupby("entity")[["e_charge_kwh", "e_discharge_kwh", "e_self_discharge_kwh", "e_clipped_kwh"]].sum()
     last_soc = bat.sort_values("time_s").groupby("entity")["soc_kwh"].last()
     table = batteries.set_index("name")
@@ -450,7 +494,7 @@ def _battery_figures(df: pd.DataFrame, scenario: Scenario, batteries: pd.DataFra
 
 def _plan_vs_ac(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Per community bus: planned voltage (hourly, LinDistFlow) and AC voltage (minute), on the minute index."""
-    plan = df[df.kind == "plan"]
+    plan = _of(df, "plan")
     planned = plan.pivot(index="time_s", columns="bus", values="plan_vm_pu")
     ac = _voltages(df)[planned.columns]
     ac_hourly = ac.groupby(ac.index // 3600).transform("mean")
@@ -459,12 +503,12 @@ def _plan_vs_ac(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFr
 
 def _planner_figures(df: pd.DataFrame, scenario: Scenario) -> dict[str, Any]:
     """The value-stacking plans (Jiang & Wang 2024) and how their LinDistFlow voltages compare with AC."""
-    op = df[df.kind == "planner"].sort_values("time_s")
-    plan = df[df.kind == "plan"]
+    op = _of(df, "planner").sort_values("time_s")
+    plan = _of(df, "plan")
     planned, ac, ac_hourly = _plan_vs_ac(df)
     diff = (ac_hourly - planned).where(planned.notna())
     step_h = scenario.clock.step_s / 3600.0
-    bat = df[df.kind == "battery"].pivot(index="time_s", columns="bus", values="p_kw")
+    bat = _of(df, "battery").pivot(index="time_s", columns="bus", values="p_kw")
     set_kw = plan.pivot(index="time_s", columns="bus", values="p_set_kw")
     tracked = (bat[set_kw.columns] - set_kw).abs()
     last = op.iloc[-1] if len(op) else None
@@ -510,7 +554,7 @@ def market_figures(df: pd.DataFrame, scenario: Scenario, households: pd.DataFram
     m = scenario.market
     step_h = scenario.clock.step_s / 3600.0
     steps = m.interval_s // scenario.clock.step_s
-    agg = df[df.kind == "market"].set_index("time_s").sort_index()
+    agg = _of(df, "market").set_index("time_s").sort_index()
     meter = meter_kw(df, batteries)
     from dercosim.scenarios.fleet import portfolio
 
@@ -522,7 +566,7 @@ def market_figures(df: pd.DataFrame, scenario: Scenario, households: pd.DataFram
                 "bill_total": None, "bills_per_household": {}}, pd.DataFrame()
     minutes = n_int * steps
     meter = meter.iloc[:minutes]
-    stamps = df[df.kind == "feeder"].set_index("time_s").sort_index()["time"].iloc[:minutes]
+    stamps = _of(df, "feeder").set_index("time_s").sort_index()["time"].iloc[:minutes]
     times = pd.DatetimeIndex(stamps)
     tariff = tariff_of(scenario)
     first = agg.iloc[::steps].iloc[:n_int]
@@ -542,7 +586,7 @@ def market_figures(df: pd.DataFrame, scenario: Scenario, households: pd.DataFram
     bills_outside = tariff.bill(times, meter[outside].to_numpy(), step_h) if outside else np.zeros(0)
     homes = billed + outside  # every household, in the portfolio or not
     imports = meter[homes].clip(lower=0)
-    hh = df[df.kind == "household"]
+    hh = _of(df, "household")
     load = hh.pivot(index="time_s", columns="entity", values="load_kw")[homes].iloc[:minutes]
     consumed_kwh = float(load.sum().sum() * step_h)
     self_consumed = consumed_kwh - float(imports.sum().sum() * step_h)  # met by own generation and battery
@@ -577,7 +621,7 @@ def market_figures(df: pd.DataFrame, scenario: Scenario, households: pd.DataFram
 
 def _controller_figures(df: pd.DataFrame) -> dict[str, Any]:
     """Faults, overruns, call times, and (MPC) solves and fallbacks per household, from the recorded rows."""
-    ctrl = df[df.kind == "controller"]
+    ctrl = _of(df, "controller")
     if not len(ctrl):
         return {}
     per: dict[str, dict[str, Any]] = {}

@@ -211,7 +211,7 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
     if interrupted is not None and not parquet.exists():
         raise RunInterrupted(lost or _signal_of(interrupted), out_dir) from None
 
-    recorded = pd.read_parquet(parquet)
+    recorded = report.read_recorded(parquet)  # by kind: never the whole long table at once
     tables: dict[str, pd.DataFrame] = {}
     summary = report.summarize(recorded, scenario, table, batteries, wall_time_s=time.perf_counter() - wall_start,
                                run_wall_s=run_wall_s, tables=tables)

@@ -18,6 +18,7 @@ name a reader would open.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import threading
@@ -27,6 +28,9 @@ from typing import Any
 import mosaik_api_v3
 from dercosim.sims.pacing import paced
 from dercosim.sims.tables import TABLE_ATTR
+
+#: parquet schema metadata key: the attributes recorded for each kind of entity (JSON)
+KIND_COLUMNS_KEY = b"dercosim.kind_columns"
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -132,10 +136,18 @@ class RecorderSim(mosaik_api_v3.Simulator):
         self.start_epoch_s = int(self.start.timestamp())
         self.flush_every_s = int(flush_every_s)
         types = {"float64": pa.float64(), "bool": pa.bool_()}
+        self.tables = {tid: {attr: list(srcs) for attr, srcs in cols.items()} for tid, cols in (tables or {}).items()}
+        kind_columns: dict[str, set[str]] = {}  # what is recorded for each kind (for readers: schema metadata)
+        for cols in self.tables.values():
+            for attr, srcs in cols.items():
+                for src in srcs:
+                    if src in entities:
+                        kind_columns.setdefault(entities[src]["kind"], set()).add(attr)
         self.schema = pa.schema(
             [("time_s", pa.int64()), ("time", pa.timestamp("s", tz=str(self.start.tz))), ("entity", pa.string()),
              ("kind", pa.string()), ("bus", pa.int16())]
-            + [(name, types[kind]) for name, kind in self.columns.items()]
+            + [(name, types[kind]) for name, kind in self.columns.items()],
+            metadata={KIND_COLUMNS_KEY: json.dumps({k: sorted(v) for k, v in sorted(kind_columns.items())})},
         )
         self._order = list(entities)  # rows in the order the world registered the entities
         self._known = set(self._order)
@@ -144,7 +156,6 @@ class RecorderSim(mosaik_api_v3.Simulator):
         bus = [entities[src].get("bus") for src in self._order]
         self._bus = np.array([0 if b is None else int(b) for b in bus], dtype=np.int16)
         self._bus_missing = np.array([b is None for b in bus])
-        self.tables = {tid: {attr: list(srcs) for attr, srcs in cols.items()} for tid, cols in (tables or {}).items()}
         self._table_entities = {tid: set().union(*cols.values()) & self._known for tid, cols in self.tables.items()}
         self._row_cache: dict[frozenset[str], tuple[np.ndarray, dict[str, int], dict[tuple[str, str], Any]]] = {}
         self._reset_buffer()

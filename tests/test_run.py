@@ -172,6 +172,56 @@ def test_recorder_rows_follow_registration_order_and_keep_gaps_and_booleans(tmp_
     assert df.losses_kw.iloc[1] == 2.0 and str(df.time.dt.tz) == "UTC"
 
 
+def test_recorder_takes_whole_columns_from_a_table_and_readers_get_each_kinds_own_columns(tmp_path: Path):
+    """A simulator's Table entity hands over {attribute: values in a fixed entity order} (one mosaik value per
+    simulator, not per entity); the rows are those per-entity inputs would give, and ``read_recorded`` returns
+    each kind's rows with the columns recorded for that kind (the file's metadata names them)."""
+    from dercosim.scenarios.report import read_recorded
+
+    sim = RecorderSim()
+    sim.init("Recorder-0", step_s=60)
+    path = tmp_path / "ts.parquet"
+    entities = {"B.bat_1": {"entity": "bat_1", "kind": "battery", "bus": 7},
+                "G.feeder": {"entity": "feeder", "kind": "feeder", "bus": None},
+                "B.bat_0": {"entity": "bat_0", "kind": "battery", "bus": 3}}
+    sim.create(1, "Recorder", path=str(path), entities=entities,
+               columns={"soc_kwh": "float64", "converged": "bool", "losses_kw": "float64"},
+               start="2016-06-21T00:00:00", tz="UTC", flush_every_s=3600,
+               tables={"B.__table__": {"soc_kwh": ["B.bat_0", "B.bat_1"]},
+                       "G.__table__": {"converged": ["G.feeder"], "losses_kw": ["G.feeder"]}})
+    sim.step(0, {"recorder": {"table": {"B.__table__": {"soc_kwh": [1.5, None]},
+                                        "G.__table__": {"converged": [True], "losses_kw": [2.0]}}}}, 10**9)
+    sim.step(60, {"recorder": {"table": {"B.__table__": {"soc_kwh": [1.25, 4.0]}}}}, 10**9)
+    sim.finalize()
+    df = pd.read_parquet(path)
+    assert df.entity.tolist() == ["bat_1", "feeder", "bat_0", "bat_1", "bat_0"]  # registration order
+    assert df.soc_kwh.isna().tolist() == [True, True, False, False, False]
+    assert df.soc_kwh.dropna().tolist() == [1.5, 4.0, 1.25]
+    assert df.converged.iloc[1] == True and df.losses_kw.iloc[1] == 2.0  # noqa: E712
+    recorded = read_recorded(path)
+    assert sorted(recorded) == ["battery", "feeder"]
+    assert list(recorded["battery"].columns) == ["time_s", "time", "entity", "kind", "bus", "soc_kwh"]
+    assert list(recorded["feeder"].columns) == ["time_s", "time", "entity", "kind", "bus", "converged", "losses_kw"]
+    pd.testing.assert_frame_equal(recorded["battery"], df[df.kind == "battery"][recorded["battery"].columns]
+                                  .reset_index(drop=True), check_dtype=False)  # bus: int16 without the feeder
+
+
+def test_a_runs_report_reads_each_kind_with_its_own_columns(default_run: Path):
+    """What the report reads (``read_recorded``) is the parquet split by kind; a column left out of a kind is
+    empty for that kind in the file."""
+    from dercosim.scenarios.report import read_recorded
+
+    df = pd.read_parquet(default_run / "timeseries.parquet")
+    recorded = read_recorded(default_run / "timeseries.parquet")
+    assert sorted(recorded) == sorted(df.kind.unique()) == ["bus", "feeder", "household"]
+    for kind, rows in recorded.items():
+        full = df[df.kind == kind].reset_index(drop=True)
+        pd.testing.assert_frame_equal(rows, full[rows.columns], check_dtype=False)  # bus: int16 within a kind
+        left_out = [c for c in df.columns if c not in rows.columns]
+        assert full[left_out].isna().all().all(), kind
+    assert "net_kw" in recorded["household"] and "vm_pu" not in recorded["household"]
+
+
 def test_a_run_where_nothing_converges_still_reports(tmp_path: Path):
     scenario = Scenario.model_validate({"name": "allfail", "clock": {"duration": "10min"},
                                         "grid": {"base_load": {"scale": 6.0, "shape": "flat"}}})
