@@ -1,6 +1,6 @@
 """Where a simulated minute goes at 70, 500 and 2,000 households: mosaik, power flow, MPC, PMS, recorder.
 
-    python benchmarks/scaling.py [--sizes 2,16,62] [--minutes 30] [--start-hour 11]
+    python benchmarks/scaling.py [--sizes 2,16,62] [--minutes 30] [--start-hour 11] [--qp-horizon remaining]
 
 ``households_mpc`` with every household given PV and a battery (so every one
 runs the MPC, every 120 s), ``per_bus`` households on each of the 32 load
@@ -31,12 +31,13 @@ COLUMNS = {"Grid": "power flow", "Controller": "MPC", "Battery": "PMS", "Recorde
            "Household": "households"}
 
 
-def scenario(per_bus: int, minutes: int, start_hour: int = 11) -> Scenario:
+def scenario(per_bus: int, minutes: int, start_hour: int = 11, qp_horizon: str = "interval") -> Scenario:
     data = tomllib.loads(bundled_scenarios()["households_mpc"].read_text())
     data["name"] = f"scaling_{per_bus}"
     data["clock"]["start"] = data["clock"]["start"].replace(hour=start_hour)
     data["clock"]["duration"] = f"{minutes}min"
     data["households"]["groups"][0].update(per_bus=per_bus, pv_share=1.0)
+    data["hems"]["params"]["qp_horizon"] = qp_horizon
     s = Scenario.model_validate(data, strict=True)
     s._source_dir = bundled_scenarios()["households_mpc"].parent
     return s
@@ -47,12 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="2,16,62", help="households per bus (default 2,16,62)")
     ap.add_argument("--minutes", type=int, default=30)
     ap.add_argument("--start-hour", type=int, default=11)
+    ap.add_argument("--qp-horizon", choices=["interval", "remaining"], default="interval",
+                    help="the MPC's QP size (the [hems.params] key; default: the scenario's default)")
     args = ap.parse_args(argv)
     print(f"{'households':>10} {'total':>8} {'mosaik':>8} " + " ".join(f"{c:>10}" for c in COLUMNS.values())
           + f" {'per hh':>8}   (ms per simulated minute; {args.minutes} min from {args.start_hour:02d}:00)")
     first = None
     for per_bus in (int(v) for v in args.sizes.split(",")):
-        sc = scenario(per_bus, args.minutes, args.start_hour)
+        sc = scenario(per_bus, args.minutes, args.start_hour, args.qp_horizon)
         pacer = Pacer(factor=1e12, step_s=60, deadline_ms=1e12, say=lambda msg: None)
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()

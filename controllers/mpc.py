@@ -368,7 +368,8 @@ def _formulation(x: Any, p: Any, layout: _Layout, b: BatteryModel, h: int, dt_h:
                  + w.cap_violation_per_kwh * ca.sum1(ve))
          + k_sh * sh + k_ab * ab - v1 * e1 - v2 * e2
          + _regularisation(x, layout, dt_h, w, formulation))
-    soc_prev = ca.vertcat(0, soc[:h - 1])  # soc before step k; step 0 adds soc0 through the bounds
+    # soc before step k; step 0 adds soc0 through the bounds (casadi's soc[:0] is not empty: h = 1 apart)
+    soc_prev = ca.vertcat(0, soc[:h - 1]) if h > 1 else ca.SX.zeros(1)
     net_export = dt_h * ca.sum1(pe - pi)
     g = [pi,
          soc - soc_prev - dt_h * (b.eta_charge * pc - pd / b.eta_discharge),

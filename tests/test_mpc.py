@@ -105,6 +105,21 @@ def test_solving_many_at_once_gives_each_calls_own_plan(formulation):
         assert a.cost == b.cost or (np.isnan(a.cost) and np.isnan(b.cost))
 
 
+def test_a_problem_the_size_of_the_remaining_minutes_has_the_same_optimum():
+    """``qp_horizon = "remaining"``: one QP per number of minutes left instead of the interval's with the steps
+    past its end fixed at 0. The same problem: the same feasibility and optimal cost (to 1e-6 relative); the
+    setpoint, which the optimum pins only loosely (the regularisation is small), within 1e-2 kW."""
+    full = MPCProblem(BATTERY)
+    worst_cost, worst_kw = 0.0, 0.0
+    for call in _random_calls(150, seed=11):
+        a, b = full.solve(call), MPCProblem(BATTERY, horizon_max=len(call.residual_kw)).solve(call)
+        assert a.success == b.success, (a.status, b.status)
+        if a.success:
+            worst_cost = max(worst_cost, abs(a.cost - b.cost) / max(1.0, abs(a.cost)))
+            worst_kw = max(worst_kw, abs(a.setpoint_kw - b.setpoint_kw))
+    assert worst_cost < 1e-6 and worst_kw < 1e-2
+
+
 def test_controller_applies_the_export_cap_from_the_measured_voltage():
     def controller():
         c = HouseholdMPC(period_s=60, forecaster="persistence", re_kwh=1.0)
