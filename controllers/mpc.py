@@ -153,9 +153,10 @@ class MPCProblem:
     share one casadi formulation and, for the solvers that keep no state
     between calls (PIQP, HiGHS), one compiled solver per thread (building
     them costs ~3 ms; a fleet of equal batteries builds them once). OSQP (warm
-    start) and qpOASES (hot start) keep one per problem, as before. :meth:`solve_many` solves many
-    problems' calls at once (casadi ``map`` over threads) with the very same
-    numbers as one :meth:`solve` after another.
+    start) and qpOASES (hot start) keep one per problem, as before.
+    :meth:`solve_many` solves many problems' calls at once (casadi ``map``
+    over threads) with the very same numbers as one :meth:`solve` after
+    another.
     """
 
     def __init__(self, battery: BatteryModel, horizon_max: int = 30, dt_h: float = 1 / 60,
@@ -168,7 +169,7 @@ class MPCProblem:
         self.key = (battery, self.h, self.dt_h, formulation, weights)
         self.layout, self._problem = _shared_formulation(self.key)
         self._own: dict[str, Any] = {}  # solvers that keep state between calls (OSQP, qpOASES): one per problem
-        self._solver = self._solver_for(self.solver_name)  # built now: a bad option fails here
+        self._solver_for(self.solver_name)  # built now: a bad option fails here, not at the first solve
         self._warm: dict[str, Any] | None = None
 
     def _solver_for(self, name: str) -> Any:
@@ -178,9 +179,6 @@ class MPCProblem:
         if name not in self._own:
             self._own[name] = _build_solver(self.key, name)
         return self._own[name]
-
-    def _build(self, name: str, error_on_fail: bool = False) -> Any:
-        return _build_solver(self.key, name, error_on_fail)
 
     @property
     def batchable(self) -> bool:
@@ -200,10 +198,9 @@ class MPCProblem:
         ok, status, sol = _call(self._solver_for(self.solver_name), {**call, **(warm or {})}, args)
         retried = False
         if not ok and self.formulation == "qp" and self.solver_name != "qpoases":
-            self._second = self._solver_for("qpoases")  # built on first need
             retried = True
             with _quiet_stdout():  # its licence banner comes with the first solve
-                ok, status2, sol = _call(self._second, call, args)
+                ok, status2, sol = _call(self._solver_for("qpoases"), call, args)  # built on first need
             status = f"{self.solver_name}: {status}; qpoases: {status2}"
         solve_s = time.perf_counter() - t0
         if not ok:

@@ -46,7 +46,7 @@ from dercosim.sims.contract import CONTRACT_OUT, EVM_OUT, MEMBER_OUT
 from dercosim.sims.market import OUTPUTS as MARKET_OUTPUTS
 from dercosim.sims import MOVABLE, SIMULATORS, pacing
 from dercosim.sims.pacing import Pacer
-from dercosim.sims.tables import TABLE_ATTR
+from dercosim.sims.tables import TABLE_ATTR, TABLE_EID
 from dercosim.sims.recorder import STOP, STOP_REASON, StopRequested
 from dercosim.sims.grid import FEEDER_ATTRS
 from dercosim.timeseries import weather
@@ -274,8 +274,92 @@ def jsonable(value: Any) -> Any:
 def _start(world: mosaik.World, scenario: Scenario, kind: str, **params: Any) -> Any:
     """``world.start``; for a simulator outside this process its init arguments go as JSON."""
     factory = world.start(kind, **(params if _placement(scenario, kind) == "inprocess" else jsonable(params)))
-    world.__dict__.setdefault("dercosim_factories", {})[factory._sid] = factory  # for its Table (recorder)
+    world.factories[factory._sid] = factory  # for its Table (sims/tables.py)
     return factory
+
+
+#: entity connections between simulators travel as whole columns (False: one mosaik connection per entity, the
+#: slow way; the numbers are the same, which a test checks)
+TABLE_LINKS = True
+
+
+class _Wiring:
+    """The world while it is built: a connection between entities of two simulators that have a ``Table``
+    (sims/tables.py) is collected, and :meth:`finish` makes one connection per pair of simulators that carries
+    whole columns; any other call goes to the mosaik world. What arrives is what the entity connections would
+    have delivered (the receiving Table unpacks it into the same per-entity inputs)."""
+
+    def __init__(self, world: mosaik.World) -> None:
+        self.world = world
+        self.factories: dict[str, Any] = {}  # simulator id -> its mosaik ModelFactory
+        #: (source sid, destination sid) -> time-shifted?, and (source, destination, attrs, initial value) each
+        self.links: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.world, name)
+
+    def connect(self, src: Any, dst: Any, *attr_pairs: str | tuple[str, str], time_shifted: bool = False,
+                initial_data: dict[str, Any] | None = None, weak: bool = False) -> None:
+        group = self.links.get((src.sid, dst.sid))
+        if (not TABLE_LINKS or weak or src.sid == dst.sid or src.sid not in self.factories or dst.sid not in self.factories
+                or (group is not None and group["shifted"] != bool(time_shifted))):
+            self.world.connect(src, dst, *attr_pairs, time_shifted=time_shifted, initial_data=initial_data or {},
+                               weak=weak)
+            return
+        group = self.links.setdefault((src.sid, dst.sid), {"shifted": bool(time_shifted), "pairs": []})
+        for pair in attr_pairs:
+            a, b = (pair, pair) if isinstance(pair, str) else pair
+            if a not in src.model_mock.output_attrs or b not in dst.model_mock.input_attrs:
+                raise ValueError(f"cannot connect {src.full_id}.{a} to {dst.full_id}.{b}")
+            if time_shifted and a not in (initial_data or {}):
+                raise ValueError(f"time-shifted {src.full_id}.{a} -> {dst.full_id}.{b} needs initial data")
+            group["pairs"].append((src, dst, a, b, (initial_data or {}).get(a)))
+
+    def finish(self, recorded: dict[str, dict[str, list[Any]]]) -> dict[str, dict[str, list[str | None]]]:
+        """Create every simulator's Table and connect them: to each other (the collected connections) and to
+        the recorder (``recorded``: simulator id -> attribute -> its entities). Returns, per Table to connect to
+        the recorder, {attribute: the full id of the entity at each position, None where not recorded}."""
+        columns: dict[str, dict[str, list[str]]] = {}  # sid -> attr -> eids, in order: what its Table gives
+        where: dict[tuple[str, str], dict[str, int]] = {}  # (sid, attr) -> eid -> its position
+
+        def position(sid: str, attr: str, eid: str) -> int:
+            index = where.setdefault((sid, attr), {})
+            if eid not in index:
+                index[eid] = len(index)
+                columns.setdefault(sid, {}).setdefault(attr, []).append(eid)
+            return index[eid]
+
+        for sid, cols in recorded.items():
+            for attr, ents in cols.items():
+                for ent in ents:
+                    position(sid, attr, ent.eid)
+        unpack: dict[str, dict[str, list[tuple[str, int, str, str, str]]]] = {}  # dst sid -> src sid -> rows
+        for (src_sid, dst_sid), group in self.links.items():
+            rows = unpack.setdefault(dst_sid, {}).setdefault(src_sid, [])
+            for src, dst, a, b, _ in group["pairs"]:
+                rows.append((a, position(src_sid, a, src.eid), dst.eid, b, src.full_id))
+        sids = list(dict.fromkeys([*columns, *unpack]))
+        full_id = {sid: f"{sid}.{TABLE_EID}" for sid in sids}
+        tables = {sid: self.factories[sid].Table(
+            columns=columns.get(sid, {}),
+            inputs={full_id[src]: [list(r) for r in rows] for src, rows in unpack.get(sid, {}).items()})
+            for sid in sids}
+        for (src_sid, dst_sid), group in self.links.items():
+            initial = None
+            if group["shifted"]:
+                values: dict[str, list[Any]] = {a: [None] * len(eids) for a, eids in columns[src_sid].items()}
+                for src, _, a, _, value in group["pairs"]:
+                    values[a][where[(src_sid, a)][src.eid]] = value
+                initial = {TABLE_ATTR: values}
+            self.world.connect(tables[src_sid], tables[dst_sid], TABLE_ATTR, time_shifted=group["shifted"],
+                               initial_data=initial or {})
+        self.tables = tables
+        out = {}
+        for sid, cols in recorded.items():
+            kept = {attr: {e.eid for e in ents} for attr, ents in cols.items()}
+            out[tables[sid].full_id] = {attr: [f"{sid}.{eid}" if eid in kept.get(attr, ()) else None for eid in eids]
+                                        for attr, eids in columns[sid].items()}
+        return out
 
 
 def _stop_for(reason: str) -> None:
@@ -309,6 +393,7 @@ def _shutdown_quietly(world: mosaik.World) -> None:
 
 
 def _build(world: mosaik.World, run: RunInputs, out_dir: Path, log: Callable[[str], None] = lambda msg: None) -> Path:
+    world = _Wiring(world)  # entity connections between simulators travel as whole columns (sims/tables.py)
     scenario, site, times = run.scenario, run.site, run.times
     table, hvac, batteries = run.fleet.households, run.fleet.hvac, run.fleet.batteries
     load_kw, pv_kw, base_shape = run.load_kw, run.pv_kw, run.base_shape
@@ -423,18 +508,14 @@ def _build(world: mosaik.World, run: RunInputs, out_dir: Path, log: Callable[[st
     for ent in contract_entities:
         evm_out = EVM_OUT if scenario.contract.engine == "evm" else []
         record(ent, CONTRACT_OUT + evm_out if ent.eid == "contract" else MEMBER_OUT)
-    factories = world.__dict__.get("dercosim_factories", {})
-    tables = {sid: factories[sid].Table(columns={a: [e.eid for e in ents] for a, ents in cols.items()})
-              for sid, cols in recorded.items()}
+    to_record = world.finish(recorded)
     parquet = out_dir / "timeseries.parquet"
     rec_sim = world.start("Recorder", step_s=step_s)
     recorder = rec_sim.Recorder(path=str(parquet), entities=entities, columns=columns,
                                 start=times[0].tz_localize(None).isoformat(), tz=site.tz,
-                                flush_every_s=scenario.recorder.flush_every_s,
-                                tables={tables[sid].full_id: {a: [e.full_id for e in ents] for a, ents in cols.items()}
-                                        for sid, cols in recorded.items()})
-    for table in tables.values():
-        world.connect(table, recorder, TABLE_ATTR)
+                                flush_every_s=scenario.recorder.flush_every_s, tables=to_record)
+    for sid in recorded:
+        world.world.connect(world.tables[sid], recorder, TABLE_ATTR)
     return parquet
 
 

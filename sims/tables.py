@@ -1,15 +1,18 @@
-"""Whole columns for the recorder: one ``Table`` entity per simulator instead of one mosaik value per entity.
+"""Whole columns between simulators: one ``Table`` entity per simulator instead of one mosaik value per entity.
 
-Recording every household, battery and controller through mosaik costs one
-input-dict entry per entity, attribute and minute (at 2,000 households
-about 50,000 a minute, most of mosaik's share of a step). The
-:func:`tabled` decorator gives a simulator a second model, ``Table``: its
-single entity has one attribute, ``table``, whose value is ``{attribute:
-[value of each entity, in the order given at creation]}``, read through the
-simulator's own ``get_data`` (so the numbers are the ones a per-entity
-connection would carry). Plain lists, so a simulator in another process
-sends it through mosaik's JSON protocol unchanged. The recorder knows the
-entity of each position (``RecorderSim.create(tables=...)``). A simulator
+Connecting every household, battery and controller through mosaik costs one
+input-dict entry per entity, attribute and minute (at 2,000 households about
+70,000 a minute, most of mosaik's share of a step). The :func:`tabled`
+decorator gives a simulator a second model, ``Table``: its single entity
+has one attribute, ``table``, whose value is ``{attribute: [value of each
+entity, in the order given at creation]}``, read through the simulator's
+own ``get_data`` (so the numbers are the ones a per-entity connection would
+carry). Plain lists, so a simulator in another process sends it through
+mosaik's JSON protocol unchanged. The recorder knows the entity of each
+position (``RecorderSim.create(tables=...)``); another simulator's Table
+unpacks what it receives into the per-entity inputs mosaik would have given
+(``inputs`` at creation), so its ``step`` sees the same dicts. The world
+decides which connections go this way (``scenarios/world.py``). A simulator
 that holds its entities in arrays may define ``column(attr, eids)``, the
 values of one attribute for those entities as a list (None: not this one),
 which spares building a dict per entity.
@@ -27,12 +30,12 @@ TABLE_ATTR = "table"
 
 def tabled(cls: type) -> type:
     """Class decorator: add the ``Table`` model to a mosaik simulator (see the module doc)."""
-    init, create, get_data = cls.init, cls.create, cls.get_data
+    init, create, get_data, step = cls.init, cls.create, cls.get_data, cls.step
 
     @functools.wraps(init)
     def init_wrapper(self: Any, sid: str, *args: Any, **kwargs: Any) -> dict:
         meta = init(self, sid, *args, **kwargs)
-        meta["models"][TABLE_MODEL] = {"public": True, "params": ["columns"], "attrs": [TABLE_ATTR]}
+        meta["models"][TABLE_MODEL] = {"public": True, "params": ["columns", "inputs"], "attrs": [TABLE_ATTR]}
         return meta
 
     @functools.wraps(create)
@@ -41,13 +44,36 @@ def tabled(cls: type) -> type:
             return create(self, num, model, **params)
         if num != 1 or getattr(self, "_table_columns", None) is not None:
             raise ValueError(f"{type(self).__name__} holds at most one {TABLE_MODEL}")
-        columns = {str(attr): [str(eid) for eid in eids] for attr, eids in params["columns"].items()}
+        columns = {str(attr): [str(eid) for eid in eids] for attr, eids in (params.get("columns") or {}).items()}
         request: dict[str, list[str]] = {}
         for attr, eids in columns.items():
             for eid in eids:
                 request.setdefault(eid, []).append(attr)
         self._table_columns, self._table_request = columns, request
+        # other simulators' tables, to be unpacked into per-entity inputs: {their table's full id: [[attr,
+        # position in its column, our entity, our attribute, the source entity's full id], ...]}
+        self._table_inputs: dict[str, list[tuple[str, list[int], list[tuple[str, str, str]]]]] = {}
+        for tid, rows in (params.get("inputs") or {}).items():
+            by_attr: dict[str, tuple[list[int], list[tuple[str, str, str]]]] = {}
+            for attr, pos, dst_eid, dst_attr, src in rows:
+                positions, targets = by_attr.setdefault(str(attr), ([], []))
+                positions.append(int(pos))
+                targets.append((str(dst_eid), str(dst_attr), str(src)))
+            self._table_inputs[str(tid)] = [(attr, pos, dst) for attr, (pos, dst) in by_attr.items()]
         return [{"eid": TABLE_EID, "type": TABLE_MODEL}]
+
+    @functools.wraps(step)
+    def step_wrapper(self: Any, time: int, inputs: dict[str, Any], max_advance: int) -> Any:
+        given = inputs.pop(TABLE_EID, None)
+        if given:  # whole columns from other simulators: the per-entity inputs mosaik would have built
+            for tid, table in given.get(TABLE_ATTR, {}).items():
+                for attr, positions, targets in self._table_inputs.get(tid, ()):
+                    values = table.get(attr)
+                    if values is None:
+                        continue
+                    for pos, (dst_eid, dst_attr, src) in zip(positions, targets):
+                        inputs.setdefault(dst_eid, {}).setdefault(dst_attr, {})[src] = values[pos]
+        return step(self, time, inputs, max_advance)
 
     @functools.wraps(get_data)
     def get_data_wrapper(self: Any, outputs: dict[str, list[str]]) -> dict[str, Any]:
@@ -74,7 +100,7 @@ def tabled(cls: type) -> type:
         out[TABLE_EID] = {TABLE_ATTR: table}
         return out
 
-    cls.init, cls.create, cls.get_data = init_wrapper, create_wrapper, get_data_wrapper
+    cls.init, cls.create, cls.get_data, cls.step = init_wrapper, create_wrapper, get_data_wrapper, step_wrapper
     return cls
 
 

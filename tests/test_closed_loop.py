@@ -138,3 +138,19 @@ def test_qp_horizon_remaining_delivers_the_same_commitments(tmp_path, runs):
     a, b = runs["closed"].summary["market"], fast.summary["market"]
     assert b["committed_kwh"] == pytest.approx(a["committed_kwh"])
     assert abs(b["delivered_kwh"] - a["delivered_kwh"]) <= 0.01 * a["committed_kwh"]
+
+
+def test_whole_column_links_between_simulators_give_the_per_entity_connections_numbers(tmp_path, monkeypatch):
+    """Households, batteries, buses, controllers, contract members and the aggregator exchange whole columns, one
+    mosaik connection per pair of simulators (sims/tables.py); with one connection per entity instead, every
+    recorded number is the same."""
+    from dercosim.scenarios import world
+
+    frames = []
+    for links in (True, False):
+        monkeypatch.setattr(world, "TABLE_LINKS", links)
+        result = run_scenario(loop({"interval_s": 300}, duration="40min"), tmp_path / str(links), progress=False)
+        df = pd.read_parquet(result.parquet)
+        frames.append(df[[c for c in df.columns if not c.endswith("_ms")]])
+    assert {"battery", "controller", "member", "contract", "market"} <= set(frames[0].kind)
+    pd.testing.assert_frame_equal(frames[0], frames[1], check_exact=True)
