@@ -30,7 +30,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/admm.py
 	$(BIN)/python benchmarks/aggregator.py
 	$(BIN)/python benchmarks/contract.py
-	$(BIN)/python benchmarks/fullstack.py
+	$(BIN)/python benchmarks/fullstack.py --scaling
 	$(BIN)/python benchmarks/pricemaker.py
 
 clean:

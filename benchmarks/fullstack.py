@@ -1,6 +1,6 @@
 """The whole s4 loop, dercosim's stack against the naive one, same hours, same process.
 
-    python benchmarks/fullstack.py [--minutes 30] [--start-hour 10]
+    python benchmarks/fullstack.py [--minutes 30] [--start-hour 10] [--scaling]
 
 Runs ``fleet_market_s4`` (70 households, MPC every 2 min, contract every
 5 min, market every 30 min, AC power flow every minute, PMS at 1 s) from
@@ -16,7 +16,9 @@ Prints the wall time per simulated minute of each (mosaik loop only, without
 set-up and reporting), the ratio (goal: >= 100x), and how far the two runs
 end apart (battery SoC, bus voltages): they share every input, so what
 differs is solver tolerance and the naive path's OSQP failures (each falls
-back to following the residual).
+back to following the residual). ``--scaling`` then prints the scaling
+table of ``benchmarks/scaling.py`` (64, 512 and 1,984 households: ms per
+simulated minute split into mosaik, power flow, MPC, PMS and recorder).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=int, default=30)
     parser.add_argument("--start-hour", type=int, default=10)
+    parser.add_argument("--scaling", action="store_true", help="then the scaling table (benchmarks/scaling.py)")
     args = parser.parse_args()
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -67,6 +70,10 @@ def main() -> None:
     print(f"ratio                                           {ms['naive'] / ms['dercosim']:9.1f} x   (goal >= 100x)")
     print(f"largest difference: battery SoC {np.nanmax(np.abs(soc[0] - soc[1]).to_numpy()):.3f} kWh, "
           f"bus voltage {np.nanmax(np.abs(vm[0] - vm[1]).to_numpy()):.2e} pu")
+    if args.scaling:
+        import scaling  # benchmarks/scaling.py, beside this file
+
+        scaling.main([])
 
 
 if __name__ == "__main__":

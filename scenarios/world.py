@@ -271,7 +271,7 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def _start(world: mosaik.World, scenario: Scenario, kind: str, **params: Any) -> Any:
+def _start(world: "_Wiring", scenario: Scenario, kind: str, **params: Any) -> Any:
     """``world.start``; for a simulator outside this process its init arguments go as JSON."""
     factory = world.start(kind, **(params if _placement(scenario, kind) == "inprocess" else jsonable(params)))
     world.factories[factory._sid] = factory  # for its Table (sims/tables.py)

@@ -146,9 +146,8 @@ def test_recorder_kill_loses_at_most_the_last_flush(tmp_path: Path):
     assert len(pd.read_parquet(path)) == 150
 
 
-def test_recorder_rows_follow_registration_order_and_keep_gaps_and_booleans(tmp_path: Path):
-    """One row per entity that sent data, in the order the world registered them; an attribute an entity
-    does not have is null (not 0); a value mosaik passes as None is null; booleans stay booleans."""
+def _recorder(tmp_path: Path, **create: object) -> tuple[RecorderSim, Path]:
+    """A recorder of two batteries and a feeder, registered in the order bat_1, feeder, bat_0."""
     sim = RecorderSim()
     sim.init("Recorder-0", step_s=60)
     path = tmp_path / "ts.parquet"
@@ -157,7 +156,14 @@ def test_recorder_rows_follow_registration_order_and_keep_gaps_and_booleans(tmp_
                 "B.bat_0": {"entity": "bat_0", "kind": "battery", "bus": 3}}
     sim.create(1, "Recorder", path=str(path), entities=entities,
                columns={"soc_kwh": "float64", "converged": "bool", "losses_kw": "float64"},
-               start="2016-06-21T00:00:00", tz="UTC", flush_every_s=3600)
+               start="2016-06-21T00:00:00", tz="UTC", flush_every_s=3600, **create)
+    return sim, path
+
+
+def test_recorder_rows_follow_registration_order_and_keep_gaps_and_booleans(tmp_path: Path):
+    """One row per entity that sent data, in the order the world registered them; an attribute an entity
+    does not have is null (not 0); a value mosaik passes as None is null; booleans stay booleans."""
+    sim, path = _recorder(tmp_path)
     sim.step(0, {"recorder": {"soc_kwh": {"B.bat_0": 1.5, "B.bat_1": None},
                               "converged": {"G.feeder": True}, "losses_kw": {"G.feeder": 2.0}}}, 10**9)
     sim.step(60, {"recorder": {"soc_kwh": {"B.bat_0": 1.25}}}, 10**9)  # only one entity this step
@@ -178,17 +184,8 @@ def test_recorder_takes_whole_columns_from_a_table_and_readers_get_each_kinds_ow
     each kind's rows with the columns recorded for that kind (the file's metadata names them)."""
     from dercosim.scenarios.report import read_recorded
 
-    sim = RecorderSim()
-    sim.init("Recorder-0", step_s=60)
-    path = tmp_path / "ts.parquet"
-    entities = {"B.bat_1": {"entity": "bat_1", "kind": "battery", "bus": 7},
-                "G.feeder": {"entity": "feeder", "kind": "feeder", "bus": None},
-                "B.bat_0": {"entity": "bat_0", "kind": "battery", "bus": 3}}
-    sim.create(1, "Recorder", path=str(path), entities=entities,
-               columns={"soc_kwh": "float64", "converged": "bool", "losses_kw": "float64"},
-               start="2016-06-21T00:00:00", tz="UTC", flush_every_s=3600,
-               tables={"B.__table__": {"soc_kwh": ["B.bat_0", "B.bat_1"]},
-                       "G.__table__": {"converged": ["G.feeder"], "losses_kw": ["G.feeder"]}})
+    sim, path = _recorder(tmp_path, tables={"B.__table__": {"soc_kwh": ["B.bat_0", "B.bat_1"]},
+                                            "G.__table__": {"converged": ["G.feeder"], "losses_kw": ["G.feeder"]}})
     sim.step(0, {"recorder": {"table": {"B.__table__": {"soc_kwh": [1.5, None]},
                                         "G.__table__": {"converged": [True], "losses_kw": [2.0]}}}}, 10**9)
     sim.step(60, {"recorder": {"table": {"B.__table__": {"soc_kwh": [1.25, 4.0]}}}}, 10**9)
