@@ -650,7 +650,14 @@ def _connect_controllers(world: mosaik.World, scenario: Scenario, table: Any, ho
                            on_fault=hems.on_fault, step_timeout_s=hems.step_timeout_s,
                            threads=hems.threads or (os.cpu_count() or 1), batch=hems.batch)
     diagnostics = diagnostics + HOST_DIAGNOSTICS
-    contexts = [_context(scenario, context, n, hh_bus[n], batteries) for n in names]
+    column = {n: j for j, n in enumerate(context["names"])}
+    fields = ("capacity_kwh", "p_charge_max_kw", "p_discharge_max_kw", "eta_charge", "eta_discharge", "soc_min_frac",
+              "soc_max_frac")
+    battery_rows: dict[str, dict[str, float]] = {}
+    for row in batteries.to_dict("records"):  # a household's first battery, as before
+        if row["household"] and row["household"] not in battery_rows:
+            battery_rows[row["household"]] = {k: float(row[k]) for k in fields}
+    contexts = [_context(scenario, context, n, hh_bus[n], column[n], battery_rows.get(n)) for n in names]
     if scenario.processes.controllers != "inprocess":  # mosaik's protocol is JSON: arrays travel as lists
         contexts = jsonable(contexts)
     ctrls = ctrl_sim.Controller.create(len(names), spec=hems.controller, params=dict(hems.params), labels=names,
@@ -687,15 +694,10 @@ def _connect_controllers(world: mosaik.World, scenario: Scenario, table: Any, ho
     return ctrls, diagnostics
 
 
-def _context(scenario: Scenario, shared: dict[str, Any], household: str, bus: int, batteries: Any) -> dict[str, Any]:
-    """What a controller's optional ``bind(context)`` receives for one household."""
-    j = shared["names"].index(household)
-    rows = batteries[batteries["household"] == household]
-    battery = None
-    if len(rows):
-        row = rows.iloc[0]
-        battery = {k: float(row[k]) for k in ("capacity_kwh", "p_charge_max_kw", "p_discharge_max_kw", "eta_charge",
-                                              "eta_discharge", "soc_min_frac", "soc_max_frac")}
+def _context(scenario: Scenario, shared: dict[str, Any], household: str, bus: int, j: int,
+             battery: dict[str, float] | None) -> dict[str, Any]:
+    """What a controller's optional ``bind(context)`` receives for one household (column ``j`` of the profiles;
+    ``battery``: its parameters, None without one)."""
     return {"household": household, "bus": int(bus), "seed": scenario.seed, "step_s": scenario.clock.step_s,
             "start": shared["start"], "start_s_of_day": shared["start_s_of_day"],
             "load_kw": shared["load_kw"][:, j], "pv_kw": shared["pv_kw"][:, j],
