@@ -28,13 +28,13 @@ from typing import Any
 import mosaik_api_v3
 from dercosim.sims.pacing import paced
 from dercosim.sims.tables import TABLE_ATTR
-
-#: parquet schema metadata key: the attributes recorded for each kind of entity (JSON)
-KIND_COLUMNS_KEY = b"dercosim.kind_columns"
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+#: parquet schema metadata key: the attributes recorded for each kind of entity (JSON)
+KIND_COLUMNS_KEY = b"dercosim.kind_columns"
 
 #: Set (e.g. by a signal handler) to stop the run cleanly at the next step boundary: the recorder raises
 #: :class:`StopRequested` there, mosaik shuts the world down, and :meth:`RecorderSim.finalize` joins what
@@ -120,7 +120,8 @@ class RecorderSim(mosaik_api_v3.Simulator):
                tables: dict[str, dict[str, list[str]]] | None = None) -> list[dict]:
         """``entities``: mosaik full id -> {entity, kind, bus}; ``columns``: attribute -> "float64"|"bool";
         ``tables``: full id of a simulator's ``Table`` entity (:mod:`dercosim.sims.tables`) -> {attribute: the
-        full ids of the entities its values belong to, in order}."""
+        full id of the entity each of its values belongs to, in order; None for a value not to record (the
+        Table also carries columns for other simulators)}."""
         if num != 1 or self.eid is not None:
             raise ValueError("RecorderSim holds exactly one Recorder")
         self.eid = "recorder"
