@@ -79,9 +79,10 @@ def _at(times: pd.Series, time_s: int) -> str:
     return str(times.loc[time_s])
 
 
-def summarize(df: pd.DataFrame, scenario: Scenario, households: pd.DataFrame, batteries: pd.DataFrame,
+def summarize(df: pd.DataFrame | Recorded, scenario: Scenario, households: pd.DataFrame, batteries: pd.DataFrame,
               wall_time_s: float, run_wall_s: float, tables: dict[str, pd.DataFrame] | None = None) -> dict[str, Any]:
-    """The figures of ``summary.json`` from a run's recorded rows (``pd.read_parquet(timeseries.parquet)``).
+    """The figures of ``summary.json`` from a run's recorded rows (:func:`read_recorded`, or the whole
+    ``pd.read_parquet(timeseries.parquet)``).
 
     ``tables``: if given, receives the per-interval market settlement (``"market"``) for :func:`plot_all`,
     so it is computed once per run."""
@@ -188,7 +189,7 @@ def summarize(df: pd.DataFrame, scenario: Scenario, households: pd.DataFrame, ba
     return summary
 
 
-def plot_all(df: pd.DataFrame, scenario: Scenario, out_dir: str | Path,
+def plot_all(df: pd.DataFrame | Recorded, scenario: Scenario, out_dir: str | Path,
              tables: dict[str, pd.DataFrame] | None = None) -> list[Path]:
     """Write the run's PNG plots (from its recorded rows) to ``out_dir``; returns their paths. ``tables``: what
     :func:`summarize` already computed (else computed here)."""
@@ -271,7 +272,7 @@ def plot_all(df: pd.DataFrame, scenario: Scenario, out_dir: str | Path,
 PAPER_GAS_PER_HOUSEHOLD_TX = 105_957
 
 
-def evm_figures(df: pd.DataFrame, gas_log: Path) -> dict[str, Any]:
+def evm_figures(df: pd.DataFrame | Recorded, gas_log: Path) -> dict[str, Any]:
     """Gas and wall time of the contract on the EVM, and its largest gap to the Python rules (summary.json)."""
     c = _of(df, "contract")
     figures: dict[str, Any] = {}
