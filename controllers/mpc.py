@@ -383,57 +383,20 @@ def _formulation(x: Any, p: Any, layout: _Layout, b: BatteryModel, h: int, dt_h:
 
 def _arguments(inp: MPCInputs, b: BatteryModel, layout: _Layout, h: int, dt_h: float, w: Weights,
                formulation: str) -> dict[str, np.ndarray]:
-    ha = len(inp.residual_kw)
-    if not 1 <= ha <= h:
-        raise ValueError(f"residual_kw must have 1..{h} steps, got {ha}")
-    residual = np.zeros(h)
-    residual[:ha] = inp.residual_kw
-    c_imp = np.zeros(h)
-    c_imp[:ha] = np.asarray(inp.import_price, float)[:ha]
-    eps = float(np.sign(inp.re_kwh))
-    e_step = max(b.p_charge_max_kw, b.p_discharge_max_kw) * dt_h
-    p = np.concatenate([residual, c_imp, [(1 - eps) * w.export_penalty_per_kwh,
-                                inp.s_mode * (1 - eps * eps) * w.w_soc / b.capacity_kwh,
-                                abs(eps) * w.w_re / e_step, inp.soc_value_per_kwh,
-                                min(inp.soc_value2_per_kwh, inp.soc_value_per_kwh)]])
-    soc_lo, soc_hi = b.soc_min_frac * b.capacity_kwh, b.soc_max_frac * b.capacity_kwh
-    soc0 = float(inp.soc_kwh)
-    sl = layout.slices
-    lbx, ubx = np.zeros(layout.n), np.full(layout.n, INF)
-    active = np.arange(h) < ha
-    ubx[sl["pc"]] = np.where(active, b.p_charge_max_kw, 0.0)
-    ubx[sl["pd"]] = np.where(active, b.p_discharge_max_kw, 0.0)
-    for name in ("pe", "ve"):
-        ubx[sl[name]] = np.where(active, INF, 0.0)
-    # a SoC already outside its bounds (self-discharge) may stay where it is
-    lbx[sl["soc"]] = min(soc_lo, soc0)
-    ubx[sl["soc"]] = max(soc_hi, soc0)
-    ubx[layout.e1] = inp.soc_value_cap_kwh
-    ubx[layout.e2] = inp.soc_value2_cap_kwh
-    if formulation == "milp":
-        ubx[sl["xb"]] = 1.0
-        ubx[sl["yb"]] = 1.0
-    export_cap = min(inp.export_cap_kw, INF)
-    import_cap = min(inp.import_cap_kw, INF)
-    lbg = np.concatenate([np.zeros(h), [soc0], np.zeros(h - 1), [inp.soc_target_frac * b.capacity_kwh],
-                          [inp.re_kwh, -inp.re_kwh], np.zeros(h), [0.0]])  # pe − ve ≥ 0 holds at every optimum
-    ubg = np.concatenate([np.where(active, import_cap, 0.0), [soc0], np.zeros(h - 1), [INF], [INF, INF],
-                          np.full(h, export_cap), [INF]])
-    if formulation == "milp":
-        lbg = np.concatenate([lbg, np.full(4 * h, -INF)])
-        ubg = np.concatenate([ubg, np.zeros(h), np.full(h, b.p_discharge_max_kw), np.zeros(h),
-                              np.full(h, BIG_M_KW)])
-    return {"p": p, "lbx": lbx, "ubx": ubx, "lbg": lbg, "ubg": ubg}
+    """Numeric parameters and bounds of one call: the one column of :func:`_arguments_many`."""
+    return {k: np.ascontiguousarray(v[:, 0])
+            for k, v in _arguments_many([inp], b, layout, h, dt_h, w, formulation).items()}
 
 
 def _arguments_many(inputs: list[MPCInputs], b: BatteryModel, layout: _Layout, h: int, dt_h: float, w: Weights,
                     formulation: str) -> dict[str, np.ndarray]:
-    """:func:`_arguments` of many calls of one problem at once, one column per call (the same numbers, by the
-    same operations in the same order, element by element)."""
+    """Numeric parameters and bounds of many calls of one problem, one column per call (a column is the same
+    whether its call comes alone or in a batch: every operation is element by element)."""
     n = len(inputs)
     ha = np.array([len(inp.residual_kw) for inp in inputs])
-    if ha.min() < 1 or ha.max() > h:
-        raise ValueError(f"residual_kw must have 1..{h} steps, got {sorted(set(ha.tolist()))}")
+    bad = sorted({int(x) for x in ha if not 1 <= x <= h})
+    if bad:
+        raise ValueError(f"residual_kw must have 1..{h} steps, got {', '.join(map(str, bad))}")
     active = np.arange(h)[:, None] < ha[None, :]  # (h, n)
     residual, c_imp = np.zeros((h, n)), np.zeros((h, n))
     for j, inp in enumerate(inputs):
@@ -454,6 +417,7 @@ def _arguments_many(inputs: list[MPCInputs], b: BatteryModel, layout: _Layout, h
     ubx[sl["pd"]] = np.where(active, b.p_discharge_max_kw, 0.0)
     for name in ("pe", "ve"):
         ubx[sl[name]] = np.where(active, INF, 0.0)
+    # a SoC already outside its bounds (self-discharge) may stay where it is
     lbx[sl["soc"]] = np.minimum(soc_lo, soc0)
     ubx[sl["soc"]] = np.maximum(soc_hi, soc0)
     ubx[layout.e1] = field("soc_value_cap_kwh")
@@ -465,6 +429,7 @@ def _arguments_many(inputs: list[MPCInputs], b: BatteryModel, layout: _Layout, h
     import_cap = np.minimum(field("import_cap_kw"), INF)
     target = field("soc_target_frac") * b.capacity_kwh
     zeros = lambda rows: np.zeros((rows, n))  # noqa: E731
+    # the last zeros(h) row: pe − ve ≥ 0 holds at every optimum
     lbg = np.vstack([zeros(h), soc0, zeros(h - 1), target, re_kwh, -re_kwh, zeros(h), zeros(1)])
     ubg = np.vstack([np.where(active, import_cap, 0.0), soc0, zeros(h - 1), np.full((1, n), INF),
                      np.full((2, n), INF), np.broadcast_to(export_cap, (h, n)), np.full((1, n), INF)])

@@ -315,10 +315,12 @@ class _Wiring:
                 raise ValueError(f"time-shifted {src.full_id}.{a} -> {dst.full_id}.{b} needs initial data")
             group["pairs"].append((src, dst, a, b, (initial_data or {}).get(a)))
 
-    def finish(self, recorded: dict[str, dict[str, list[Any]]]) -> dict[str, dict[str, list[str | None]]]:
-        """Create every simulator's Table and connect them: to each other (the collected connections) and to
-        the recorder (``recorded``: simulator id -> attribute -> its entities). Returns, per Table to connect to
-        the recorder, {attribute: the full id of the entity at each position, None where not recorded}."""
+    def finish(self, recorded: dict[str, dict[str, list[Any]]]) -> tuple[dict[str, Any],
+                                                                         dict[str, dict[str, list[str | None]]]]:
+        """Create every simulator's Table (columns for the collected connections and for ``recorded``: simulator
+        id -> attribute -> its entities) and connect the Tables to each other. Returns the Tables by simulator
+        id, and for the recorder, per Table full id, {attribute: the full id of the entity at each position,
+        None where not recorded}."""
         columns: dict[str, dict[str, list[str]]] = {}  # sid -> attr -> eids, in order: what its Table gives
         where: dict[tuple[str, str], dict[str, int]] = {}  # (sid, attr) -> eid -> its position
 
@@ -353,13 +355,12 @@ class _Wiring:
                 initial = {TABLE_ATTR: values}
             self.world.connect(tables[src_sid], tables[dst_sid], TABLE_ATTR, time_shifted=group["shifted"],
                                initial_data=initial or {})
-        self.tables = tables
         out = {}
         for sid, cols in recorded.items():
             kept = {attr: {e.eid for e in ents} for attr, ents in cols.items()}
             out[tables[sid].full_id] = {attr: [f"{sid}.{eid}" if eid in kept.get(attr, ()) else None for eid in eids]
                                         for attr, eids in columns[sid].items()}
-        return out
+        return tables, out
 
 
 def _stop_for(reason: str) -> None:
@@ -508,14 +509,14 @@ def _build(world: mosaik.World, run: RunInputs, out_dir: Path, log: Callable[[st
     for ent in contract_entities:
         evm_out = EVM_OUT if scenario.contract.engine == "evm" else []
         record(ent, CONTRACT_OUT + evm_out if ent.eid == "contract" else MEMBER_OUT)
-    to_record = world.finish(recorded)
+    tables, to_record = world.finish(recorded)
     parquet = out_dir / "timeseries.parquet"
     rec_sim = world.start("Recorder", step_s=step_s)
     recorder = rec_sim.Recorder(path=str(parquet), entities=entities, columns=columns,
                                 start=times[0].tz_localize(None).isoformat(), tz=site.tz,
                                 flush_every_s=scenario.recorder.flush_every_s, tables=to_record)
     for sid in recorded:
-        world.world.connect(world.tables[sid], recorder, TABLE_ATTR)
+        world.connect(tables[sid], recorder, TABLE_ATTR)  # the recorder has no Table: a plain connection
     return parquet
 
 

@@ -24,7 +24,7 @@ from dercosim.sims.entities import hand_out
 from dercosim.timeseries.rng import rng_for
 from dercosim.timeseries.subminute import SubminuteFluctuation
 from dercosim.sims.pacing import paced
-from dercosim.sims.tables import positions, tabled
+from dercosim.sims.tables import entity_data, positions, tabled
 
 STATIC = ["capacity_kwh", "p_charge_max_kw", "p_discharge_max_kw", "soc_min_frac", "soc_max_frac"]
 OUTPUTS = ["p_kw", "soc_kwh", "soc_frac", "e_charge_kwh", "e_discharge_kwh", "e_self_discharge_kwh",
@@ -87,11 +87,11 @@ class BatterySim(mosaik_api_v3.Simulator):
         self.follow_used = follow
         return time + self.step_s
 
-    def column(self, attr: str, eids: list[str]) -> list[float] | None:
-        """``attr`` of the batteries ``eids`` (the recorder's table; the same numbers as :meth:`get_data`)."""
-        r, n = self.last, len(self.names)
+    def _vector(self, attr: str) -> np.ndarray | None:
+        """``attr`` of every battery, in ``self.names`` order (None: not an output)."""
+        r = self.last
         if attr in ("p_kw", "e_charge_kwh", "e_discharge_kwh", "e_self_discharge_kwh", "e_clipped_kwh", "meter_kw"):
-            values = getattr(r, attr) if r else np.zeros(n)
+            values = getattr(r, attr) if r else np.zeros(len(self.names))
         elif attr in ("soc_kwh", "soc_frac"):
             values = getattr(self.fleet, attr)
         elif attr == "follow_residual":
@@ -100,25 +100,12 @@ class BatterySim(mosaik_api_v3.Simulator):
             values = getattr(self.params, attr)
         else:
             return None
-        return np.asarray(values, dtype=np.float64)[positions(self, eids)].tolist()
+        return np.asarray(values, dtype=np.float64)
+
+    def column(self, attr: str, eids: list[str]) -> list[float] | None:
+        """``attr`` of the batteries ``eids`` as a list (a simulator's Table, sims/tables.py)."""
+        values = self._vector(attr)
+        return None if values is None else values[positions(self, eids)].tolist()
 
     def get_data(self, outputs: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
-        r, p = self.last, self.params
-        data = {}
-        for eid, attrs in outputs.items():
-            j = self.index[eid]
-            values = {
-                "p_kw": r.p_kw[j] if r else 0.0,
-                "soc_kwh": self.fleet.soc_kwh[j], "soc_frac": self.fleet.soc_frac[j],
-                "e_charge_kwh": r.e_charge_kwh[j] if r else 0.0,
-                "e_discharge_kwh": r.e_discharge_kwh[j] if r else 0.0,
-                "e_self_discharge_kwh": r.e_self_discharge_kwh[j] if r else 0.0,
-                "e_clipped_kwh": r.e_clipped_kwh[j] if r else 0.0,
-                "meter_kw": r.meter_kw[j] if r else 0.0,
-                "follow_residual": float(self.follow_used[j]),
-                "capacity_kwh": p.capacity_kwh[j], "p_charge_max_kw": p.p_charge_max_kw[j],
-                "p_discharge_max_kw": p.p_discharge_max_kw[j], "soc_min_frac": p.soc_min_frac[j],
-                "soc_max_frac": p.soc_max_frac[j],
-            }
-            data[eid] = {a: float(values[a]) for a in attrs}
-        return data
+        return entity_data(self, outputs)

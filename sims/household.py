@@ -20,7 +20,7 @@ import numpy as np
 from dercosim.devices.thermal import indoor_temperature_next, thermostat
 from dercosim.sims.entities import hand_out
 from dercosim.sims.pacing import paced
-from dercosim.sims.tables import positions, tabled
+from dercosim.sims.tables import entity_data, positions, tabled
 
 ATTRS = ["load_kw", "pv_kw", "wind_kw", "hvac_kw", "net_kw", "q_kvar", "t_indoor_c", "t_outdoor_c", "bus", "hvac_set_kw"]
 META = {
@@ -99,37 +99,29 @@ class HouseholdSim(mosaik_api_v3.Simulator):
             self.t_in = np.where(self.has_hvac, t_next, self.t_in)
         return time + self.step_s
 
-    def column(self, attr: str, eids: list[str]) -> list[float] | None:
-        """``attr`` of the households ``eids`` (the recorder's table; the same numbers as :meth:`get_data`)."""
+    def _vector(self, attr: str) -> np.ndarray | None:
+        """``attr`` of every household this step, in ``self.names`` order (None: not an output)."""
         k = self.k
         if attr in ("load_kw", "pv_kw", "wind_kw"):
-            values = getattr(self, attr)[k]
-        elif attr == "hvac_kw":
-            values = self.hvac_kw
-        elif attr == "net_kw":
-            values = self.load_kw[k] + self.hvac_kw - self.pv_kw[k] - self.wind_kw[k]
-        elif attr == "q_kvar":
-            values = (self.load_kw[k] + self.hvac_kw) * self.tan_phi
-        elif attr == "t_indoor_c":
-            values = np.where(self.has_hvac, self.t_in, np.nan)
-        elif attr == "t_outdoor_c":
-            return [float(self.t_out[k])] * len(eids)
-        else:
-            return None
-        return np.asarray(values, dtype=np.float64)[positions(self, eids)].tolist()
+            return getattr(self, attr)[k]
+        if attr == "hvac_kw":
+            return self.hvac_kw
+        if attr == "net_kw":
+            return self.load_kw[k] + self.hvac_kw - self.pv_kw[k] - self.wind_kw[k]
+        if attr == "q_kvar":
+            return (self.load_kw[k] + self.hvac_kw) * self.tan_phi
+        if attr == "t_indoor_c":
+            return np.where(self.has_hvac, self.t_in, np.nan)
+        if attr == "t_outdoor_c":
+            return np.full(len(self.names), float(self.t_out[k]))
+        if attr == "bus":
+            return self.bus
+        return None
+
+    def column(self, attr: str, eids: list[str]) -> list[float] | None:
+        """``attr`` of the households ``eids`` as a list (a simulator's Table, sims/tables.py)."""
+        values = self._vector(attr)
+        return None if values is None else values[positions(self, eids)].tolist()
 
     def get_data(self, outputs: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
-        load = self.load_kw[self.k]
-        pv = self.pv_kw[self.k]
-        wind = self.wind_kw[self.k]
-        t_out = float(self.t_out[self.k])
-        data = {}
-        for eid, attrs in outputs.items():
-            j = self.index[eid]
-            hvac = float(self.hvac_kw[j])
-            values = {"load_kw": float(load[j]), "pv_kw": float(pv[j]), "wind_kw": float(wind[j]), "hvac_kw": hvac,
-                      "net_kw": float(load[j] + hvac - pv[j] - wind[j]), "q_kvar": float((load[j] + hvac) * self.tan_phi[j]),
-                      "t_indoor_c": float(self.t_in[j]) if self.has_hvac[j] else float("nan"),
-                      "t_outdoor_c": t_out, "bus": int(self.bus[j])}
-            data[eid] = {a: values[a] for a in attrs}
-        return data
+        return entity_data(self, outputs)

@@ -23,6 +23,8 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import numpy as np
+
 TABLE_MODEL = "Table"
 TABLE_EID = "__table__"
 TABLE_ATTR = "table"
@@ -106,10 +108,27 @@ def tabled(cls: type) -> type:
 
 def positions(sim: Any, eids: list[str]) -> Any:
     """Indices of ``eids`` in ``sim.index`` (name -> position), cached per list (a table's lists are fixed)."""
-    import numpy as np
-
     cache = sim.__dict__.setdefault("_table_positions", {})
     found = cache.get(id(eids))
     if found is None or found[0] is not eids:
         found = cache[id(eids)] = (eids, np.array([sim.index[eid] for eid in eids], dtype=np.int64))
     return found[1]
+
+
+def entity_data(sim: Any, outputs: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
+    """mosaik's ``get_data`` for a simulator whose ``_vector(attr)`` gives an attribute of all its entities
+    (positions in ``sim.index``): each requested attribute computed once, then read per entity as a Python
+    number. An attribute it does not have is a KeyError."""
+    vectors: dict[str, Any] = {}
+    data = {}
+    for eid, attrs in outputs.items():
+        j = sim.index[eid]
+        row = {}
+        for attr in attrs:
+            if attr not in vectors:
+                vectors[attr] = sim._vector(attr)
+                if vectors[attr] is None:
+                    raise KeyError(f"{type(sim).__name__} has no output {attr!r}")
+            row[attr] = vectors[attr][j].item()
+        data[eid] = row
+    return data
