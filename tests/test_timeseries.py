@@ -64,6 +64,32 @@ def test_pv_power_follows_the_sun_and_the_rating():
     assert np.argmax(pd.Series(out[:, 1]).rolling(60).mean()) < np.argmax(pd.Series(out[:, 0]).rolling(60).mean())
 
 
+def test_pv_arrays_equal_pvlib_on_pandas_series_to_the_bit():
+    # pv_ac_kw hands pvlib plain arrays (the pandas overhead per array was most of a fleet's set-up);
+    # pvlib's documented Series path must give the very same numbers for every orientation
+    import pvlib
+
+    times = day()
+    rng = np.random.default_rng(4)
+    tilt, azimuth, kwp = rng.uniform(5, 50, 6), rng.uniform(80, 280, 6), rng.uniform(1, 6, 6)
+    out = pv.pv_ac_kw(SITE, times, kwp, tilt, azimuth, rng_for(1, "pv_clouds"))
+    k, clear = pv.clearness_index(SITE, times, rng_for(1, "pv_clouds"))
+    ghi = clear["ghi"].to_numpy() * k
+    solpos = pvlib.solarposition.get_solarposition(times, SITE.latitude, SITE.longitude, SITE.altitude_m)
+    erbs = pvlib.irradiance.erbs(ghi, solpos["apparent_zenith"].to_numpy(), times)
+    w = weather.weather_at(SITE, times)
+    for j in range(6):
+        poa = pvlib.irradiance.get_total_irradiance(
+            tilt[j], azimuth[j], solpos["apparent_zenith"], solpos["azimuth"], np.nan_to_num(erbs["dni"]), ghi,
+            np.nan_to_num(erbs["dhi"]), model="isotropic")["poa_global"]
+        poa = np.nan_to_num(np.asarray(poa, float)).clip(min=0.0)
+        cell = pvlib.temperature.faiman(poa, w["temp_air_c"].to_numpy(), w["wind_speed_m_s"].to_numpy())
+        pdc = np.asarray(pvlib.pvsystem.pvwatts_dc(poa, cell, 1.0, -0.004)) * (1 - 0.14) * kwp[j]
+        pac = np.clip(np.asarray(pvlib.inverter.pvwatts(pdc, kwp[j] / 0.96, 0.96), float), 0.0, None)
+        np.testing.assert_array_equal(out[:, j], pac)
+    assert out.max() > 1.0  # a June day: the comparison covers real output
+
+
 def test_pv_clear_sky_day_beats_cloudy_day():
     # TMY hourly GHI sums tell which June days were clear; PV must order them the same way
     times = weather.whole_days(day("2016-06-01", 30 * 1440))
