@@ -33,6 +33,32 @@ def test_bus_numbers_are_one_based():
             ieee33.bus_index(bad)
 
 
+def test_cached_case_is_pandapowers_case_and_a_bad_cache_is_parsed_again(tmp_path, monkeypatch):
+    import pandapower as pp
+    import pandapower.networks as pn
+    import pandapower.toolbox
+
+    monkeypatch.setenv("DERCOSIM_CACHE", str(tmp_path))
+    ieee33._case33bw.cache_clear()
+    try:
+        first = ieee33._case33bw()  # parsed, then written
+        (cached,) = (tmp_path / "grids").glob("case33bw-*.pickle")
+        assert not list((tmp_path / "grids").glob("*.tmp"))
+        ieee33._case33bw.cache_clear()
+        again = ieee33._case33bw()  # read back
+        assert again is not first
+        parsed = pn.case33bw()
+        assert pandapower.toolbox.nets_equal(again, parsed)
+        for net in (again, parsed):
+            pp.runpp(net)
+        assert np.array_equal(again.res_bus.vm_pu.to_numpy(), parsed.res_bus.vm_pu.to_numpy())
+        cached.write_bytes(b"not a pickle")  # a damaged cache costs a parse, nothing else
+        ieee33._case33bw.cache_clear()
+        assert pandapower.toolbox.nets_equal(ieee33._case33bw(), pn.case33bw())
+    finally:
+        ieee33._case33bw.cache_clear()
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_base_case(net, engine):
     p_kw, q_kvar = ieee33.base_load_kw()

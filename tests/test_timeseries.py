@@ -90,6 +90,20 @@ def test_pv_arrays_equal_pvlib_on_pandas_series_to_the_bit():
     assert out.max() > 1.0  # a June day: the comparison covers real output
 
 
+def test_weather_and_pv_read_the_site_clock_whatever_the_zone_of_the_times():
+    # the TMY is in the site's local standard time: the same instants given in UTC get the same sun and clouds
+    # (Brisbane is UTC+10: read on the UTC clock, its days fell in the TMY's nights and PV was 0 all day)
+    site = weather.get_site("brisbane_proxy")
+    local = weather.time_index("2016-06-01", 1440, 60, site.tz)
+    utc = local.tz_convert("UTC")
+    np.testing.assert_array_equal(weather.weather_at(site, utc).to_numpy(), weather.weather_at(site, local).to_numpy())
+    a = pv.pv_ac_kw(site, local, np.array([4.0]), np.array([25.0]), np.array([0.0]), rng_for(1, "pv_clouds"))
+    b = pv.pv_ac_kw(site, utc, np.array([4.0]), np.array([25.0]), np.array([0.0]), rng_for(1, "pv_clouds"))
+    np.testing.assert_array_equal(a, b)
+    assert a.max() > 1.0  # a winter day in Brisbane still has sun, at local midday (02:00 UTC)
+    assert 0 <= utc[int(np.argmax(a[:, 0]))].hour <= 4
+
+
 def test_pv_clear_sky_day_beats_cloudy_day():
     # TMY hourly GHI sums tell which June days were clear; PV must order them the same way
     times = weather.whole_days(day("2016-06-01", 30 * 1440))

@@ -94,7 +94,14 @@ def _tmy(weather_file: str) -> pd.DataFrame:
 
 
 def _hourly_on_calendar(site: Site, times: pd.DatetimeIndex) -> pd.DataFrame:
-    """TMY hours laid on the real calendar around ``times`` (29 Feb reuses 28 Feb)."""
+    """TMY hours laid on the real calendar around ``times`` (29 Feb reuses 28 Feb).
+
+    The TMY's hours are the site's local standard time: tz-aware ``times`` in
+    another zone (e.g. UTC) are read on the site's clock, so they get the same
+    weather as the same instants in local time; naive ``times`` are local.
+    """
+    if times.tz is not None:
+        times = times.tz_convert(site.tz)
     tmy = _tmy(site.weather_file).set_index(["month", "day", "hour"])
     start = times[0].floor("D") - pd.Timedelta(days=1)
     end = times[-1].ceil("D") + pd.Timedelta(days=1)
