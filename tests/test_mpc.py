@@ -85,6 +85,34 @@ def test_batched_arguments_are_the_single_calls_numbers_bit_for_bit():
             assert np.array_equal(value, np.column_stack([a[key] for a in one])), (formulation, key)
 
 
+def test_batch_bounds_laid_out_in_casadi_are_the_full_bounds_bit_for_bit():
+    # the batch passes each call's parameters and 11 numbers; casadi lays the bounds out again by selection
+    # alone. They must be the very numbers of _arguments_many: infinities, caps of 0 and the sign of -0.0
+    # (-re_kwh with no commitment) included
+    import casadi as ca
+
+    from dercosim.controllers.mpc import _COMPACT, _arguments_many, _bound_expressions, _compact_arguments
+
+    battery = BatteryModel(10.3, 5.3, 4.1, 0.9, 0.95, 0.1, 0.95)
+    for formulation in ("qp", "milp"):
+        for h in (30, 1):
+            mpc = MPCProblem(battery, horizon_max=h, formulation=formulation)
+            calls = [MPCInputs(c.soc_kwh, c.residual_kw[:h], c.import_price[:h], **{
+                k: getattr(c, k) for k in ("re_kwh", "s_mode", "soc_target_frac", "export_cap_kw", "import_cap_kw",
+                                           "soc_value_per_kwh", "soc_value_cap_kwh", "soc_value2_per_kwh",
+                                           "soc_value2_cap_kwh")}) for c in _random_calls(60, seed=5)]
+            full = _arguments_many(calls, battery, mpc.layout, h, mpc.dt_h, mpc.weights, formulation)
+            compact = _compact_arguments(full, calls, mpc.layout, h)
+            assert compact.shape == (2 * h + 5 + len(_COMPACT), 60)
+            q = ca.MX.sym("q", compact.shape[0])
+            rebuilt = ca.Function("bounds", [q], list(_bound_expressions(q, mpc.key))).map(60)(compact)
+            for name, value in zip(("lbx", "ubx", "lbg", "ubg"), rebuilt):
+                value = np.asarray(value)
+                assert np.array_equal(value, full[name]), (formulation, h, name)
+                assert np.array_equal(np.signbit(value), np.signbit(full[name])), (formulation, h, name)
+            assert np.isinf(full["ubx"]).any() and (np.signbit(full["lbg"]) & (full["lbg"] == 0)).any()
+
+
 @pytest.mark.parametrize("formulation", ["qp", "milp"])
 def test_solving_many_at_once_gives_each_calls_own_plan(formulation):
     """``solve_many`` (one casadi map over 2 threads) against one ``solve`` after another: the same plans to the
