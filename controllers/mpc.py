@@ -622,6 +622,18 @@ def _minutes(value: int) -> int:
     return value
 
 
+def _two_highest(values: np.ndarray) -> np.ndarray:
+    """The two highest distinct values, highest first (fewer if there are fewer): ``np.unique(values)[::-1][:2]``
+    without sorting up to a day of prices on every call."""
+    if not len(values):
+        return values[:0]
+    top = values.max()
+    if np.isnan(top):  # NaN sorts last in np.unique, so it leads; keep its answer
+        return np.unique(values)[::-1][:2]
+    below = values[values < top]
+    return np.array([top, below.max()]) if len(below) else np.array([top])
+
+
 def _divides_day(value: int) -> int:
     if 86400 % value:
         raise ValueError(f"expected an interval that divides a day (e.g. 900, 1800, 3600), got {value}")
@@ -799,7 +811,7 @@ class HouseholdMPC:
         deficit = np.clip(ahead[:stop], 0, None) / 60.0 / self.battery.eta_discharge  # kWh stored per minute
         prices = prices[:stop]
         tiers = []
-        for level in np.unique(prices)[::-1][:2]:
+        for level in _two_highest(prices):
             tiers.append((scale * float(level), float(deficit[prices == level].sum())))
         while len(tiers) < 2:
             tiers.append((0.0, 0.0))

@@ -311,3 +311,16 @@ def test_the_naive_opti_path_refuses_the_milp_at_construction():
     with pytest.raises(ValueError, match="opti_rebuilt"):
         HouseholdMPC(formulation="milp", qp_solver="opti_rebuilt")
     assert HouseholdMPC(qp_solver="opti_rebuilt").qp_solver == "opti_rebuilt"
+
+
+def test_the_two_highest_price_levels_are_np_uniques():
+    # auto_soc_value's tiers read the two highest distinct prices ahead; found without sorting a day of them
+    from dercosim.controllers.mpc import _two_highest
+
+    rng = np.random.default_rng(3)
+    cases = [np.array([]), np.array([0.2]), np.full(7, 0.15), np.array([0.1, np.nan, 0.3])]
+    cases += [rng.choice([0.05, 0.1, 0.1, 0.3, 0.35], size=int(rng.integers(1, 1441))) for _ in range(50)]
+    cases += [rng.uniform(-0.1, 0.5, 1440)]
+    for prices in cases:
+        expected = np.unique(prices)[::-1][:2]
+        np.testing.assert_array_equal(_two_highest(prices), expected)

@@ -24,6 +24,7 @@ next ``horizon`` values (steps k+1 .. k+horizon).
 
 from __future__ import annotations
 
+import functools
 from typing import Protocol
 
 import numpy as np
@@ -52,11 +53,21 @@ class LinearRegression:
         if len(y) < 2:
             return np.full(horizon, float(y[-1]) if len(y) else 0.0)
         n = len(y)
-        x = np.arange(n, dtype=float) - (n - 1) / 2.0  # centred: the least-squares line in closed form
-        slope = float(x @ y) / (n * (n * n - 1) / 12.0)
+        x, denominator = _centred(n)  # centred: the least-squares line in closed form
+        slope = float(x @ y) / denominator
         intercept = float(y.mean()) - slope * (n - 1) / 2.0
-        ahead = np.arange(n, n + horizon, dtype=float)
-        return np.clip(intercept + slope * ahead, self.lower, self.upper)
+        line = intercept + slope * np.arange(n, n + horizon, dtype=float)
+        if self.lower == -np.inf and self.upper == np.inf:  # clipping to ±inf changes no number
+            return line
+        return np.clip(line, self.lower, self.upper)
+
+
+@functools.lru_cache(maxsize=64)
+def _centred(n: int) -> tuple[np.ndarray, float]:
+    """0..n−1 centred on its mean, and Σ x² = n (n² − 1) / 12 (made once per window length, read-only)."""
+    x = np.arange(n, dtype=float) - (n - 1) / 2.0
+    x.flags.writeable = False
+    return x, n * (n * n - 1) / 12.0
 
 
 class Perfect:
