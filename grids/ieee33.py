@@ -12,12 +12,10 @@ References
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,24 +62,19 @@ def _case33bw() -> pp.pandapowerNet:
     path = (Path(os.environ.get("DERCOSIM_CACHE", Path.home() / ".cache" / "dercosim")) / "grids"
             / f"case33bw-pandapower{pandapower.__version__}-pandas{pandas.__version__}.pickle")
     try:
-        with open(path, "rb") as f:
-            net = pickle.load(f)
+        net = pickle.loads(path.read_bytes())
         if isinstance(net, pandapower.pandapowerNet):
             return net
     except Exception:  # noqa: BLE001 - no cache, or one from elsewhere: parse the case again
         pass
     net = pn.case33bw()
-    tmp = None
-    try:  # written whole, then renamed: a run killed meanwhile leaves no half file under the name
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # written whole, then renamed (as the EVM cache)
+    try:  # a cache that cannot be written only costs the next run the parse
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as f:
-            tmp = f.name
-            pickle.dump(net, f, protocol=pickle.HIGHEST_PROTOCOL)
+        tmp.write_bytes(pickle.dumps(net, protocol=pickle.HIGHEST_PROTOCOL))
         os.replace(tmp, path)
-    except Exception:  # noqa: BLE001 - a read-only or full disk costs the next run 1.2 s, nothing more
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+    except Exception:  # noqa: BLE001 - a read-only or full disk, or a net that will not pickle
+        tmp.unlink(missing_ok=True)
     return net
 
 
