@@ -261,7 +261,7 @@ class MPCProblem:
         ha = len(inp.residual_kw)
         pc, pd, pe = xv[sl["pc"]][:ha], xv[sl["pd"]][:ha], xv[sl["pe"]][:ha]
         p_bat = pc - pd
-        pi = np.clip(np.asarray(inp.residual_kw, float) + p_bat + pe, 0.0, None)
+        pi = np.maximum(np.asarray(inp.residual_kw, float) + p_bat + pe, 0.0)  # what np.clip(·, 0, None) calls
         b = self.battery
         tol = 1e-3
         follows = (abs(p_bat[0] + inp.residual_kw[0]) < tol and pd[0] < b.p_discharge_max_kw - tol
@@ -720,6 +720,7 @@ class HouseholdMPC:
     #: forecast of the residual 1, 5 and 15 minutes ahead (kW), recorded so `dercosim validate` can hold it
     #: against what happened (NaN beyond the horizon)
     FORECAST_STEPS = (1, 5, 15)
+    _FORECAST_NAMES = tuple((step, f"forecast_h{step}_kw") for step in FORECAST_STEPS)
     diagnostics = ("solve_ms", "fallback", "retried", "forecast_h1_kw", "forecast_h5_kw", "forecast_h15_kw")
     Params = HouseholdMPCParams
     #: every instance has its own problem, solvers, forecaster and history: the host may call many at once
@@ -883,7 +884,8 @@ class HouseholdMPC:
         residual = np.concatenate([[obs["net_kw"]],
                                    self.forecaster.forecast(k, self.history, h - 1)])
         prices = self.import_price[k:k + h]
-        prices = np.concatenate([prices, np.full(h - len(prices), self.import_price[-1])])
+        if len(prices) < h:  # past the end of the prices: the last one held
+            prices = np.concatenate([prices, np.full(h - len(prices), self.import_price[-1])])
         if self.soc_value == "auto":
             tiers = self.auto_soc_value(k + h)
         else:
@@ -906,8 +908,8 @@ class HouseholdMPC:
         """The setpoints and diagnostics of a plan (the rule-based action if it failed)."""
         self.last_plan = plan
         diag = {"solve_ms": plan.solve_s * 1000.0, "retried": float(plan.retried)}
-        for step in self.FORECAST_STEPS:
-            diag[f"forecast_h{step}_kw"] = float(residual[step]) if step < len(residual) else math.nan
+        for step, name in self._FORECAST_NAMES:
+            diag[name] = float(residual[step]) if step < len(residual) else math.nan
         if not plan.success:  # the rule-based action
             return {"p_set_kw": -float(obs["net_kw"]), "follow_residual": 1.0, "fallback": 1.0, **diag}
         return {"p_set_kw": plan.setpoint_kw, "follow_residual": float(plan.follow_residual), "fallback": 0.0,

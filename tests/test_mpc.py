@@ -297,6 +297,24 @@ def test_linear_regression_extrapolates_a_trend_and_persistence_holds():
     np.testing.assert_array_equal(Persistence().forecast(59, ramp, 3), [5.9, 5.9, 5.9])
 
 
+def test_linear_regression_is_the_least_squares_line_and_keeps_its_numbers_to_the_bit():
+    """The least-squares line of numpy's polyfit; and, to the bit, the closed form with ``y.mean()`` that the
+    recorded runs were made with (the fast path sums without mean()'s wrapper: a changed last bit would move
+    every closed-loop run)."""
+    rng = np.random.default_rng(7)
+    for n_history in (2, 5, 29, 30, 31, 400):
+        history = rng.normal(0.5, 1.5, n_history) * 10.0 ** rng.integers(-2, 2)
+        got = LinearRegression(30).forecast(n_history - 1, history, 15)
+        y = history[-30:]
+        n = len(y)
+        x = np.arange(n, dtype=float) - (n - 1) / 2.0
+        slope = float(x @ y) / (n * (n * n - 1) / 12.0)
+        textbook = float(y.mean()) - slope * (n - 1) / 2.0 + slope * np.arange(n, n + 15, dtype=float)
+        np.testing.assert_array_equal(got, textbook)
+        line = np.polyfit(np.arange(n, dtype=float), y, 1)
+        np.testing.assert_allclose(got, np.polyval(line, np.arange(n, n + 15)), rtol=1e-9, atol=1e-9)
+
+
 def test_noisy_forecast_has_the_set_accuracy_and_is_seeded():
     truth = np.full(100_000, 2.0)
     noisy = Noisy(truth, accuracy=0.25, grid_min=120, rng=np.random.default_rng(1))

@@ -55,7 +55,7 @@ class LinearRegression:
         n = len(y)
         x, denominator = _centred(n)  # centred: the least-squares line in closed form
         slope = float(x @ y) / denominator
-        intercept = float(y.mean()) - slope * (n - 1) / 2.0
+        intercept = float(np.add.reduce(y) / n) - slope * (n - 1) / 2.0  # y.mean() without its wrapper
         line = intercept + slope * np.arange(n, n + horizon, dtype=float)
         if self.lower == -np.inf and self.upper == np.inf:  # clipping to ±inf changes no number
             return line
