@@ -31,6 +31,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/aggregator.py
 	$(BIN)/python benchmarks/contract.py
 	$(BIN)/python benchmarks/fullstack.py --scaling
+	$(BIN)/python benchmarks/solverfloor.py
 	$(BIN)/python benchmarks/pricemaker.py
 
 clean:
