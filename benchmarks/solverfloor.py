@@ -43,10 +43,10 @@ def main() -> None:
     solve_s = 0.0
     solve_batch = mpc._solve_batch
 
-    def recording(key: tuple, name: str, n: int, threads: int, compact: np.ndarray):  # the run's own call, kept
+    def recording(key: tuple, name: str, threads: int, compact: np.ndarray):  # the run's own call, kept
         nonlocal solve_s
         started = time.perf_counter()
-        solved = solve_batch(key, name, n, threads, compact)
+        solved = solve_batch(key, name, threads, compact)
         solve_s += time.perf_counter() - started
         if solved is not None:
             batches.append((key, name, threads, compact.copy(), solved[0].copy()))
@@ -74,7 +74,7 @@ def main() -> None:
             raise SystemExit("a QP solved alone differs from the run's answer")
     started = time.perf_counter()
     for key, name, th, compact, xs in batches:
-        again = mpc._solve_batch(key, name, compact.shape[1], th, compact)
+        again = mpc._solve_batch(key, name, th, compact)
         if again is None or not np.array_equal(again[0], xs):
             raise SystemExit("a batch solved again differs from the run's answer")
     batch_s = time.perf_counter() - started

@@ -241,7 +241,7 @@ class MPCProblem:
                                       first.weights, first.formulation)
             compact = _compact_arguments(stacked, batch_inputs, first.layout, first.h)
             t0 = time.perf_counter()
-            solved = _solve_batch(key, name, len(idx), max(1, int(threads)), compact)
+            solved = _solve_batch(key, name, max(1, int(threads)), compact)
             solve_s = (time.perf_counter() - t0) / len(idx)
             if solved is None:  # a call failed ('error_on_fail'): solve them one by one
                 for i in idx:
@@ -321,37 +321,34 @@ def _build_solver(key: tuple, name: str, error_on_fail: bool = False) -> Any:
         return ca.qpsol(f"household_mpc_{name}", name, problem, opts)
 
 
-def _shared_solver(key: tuple, name: str, batch: tuple[int, int] | None = None) -> Any:
+def _shared_solver(key: tuple, name: str) -> Any:
     """The compiled solver ``name`` of problem ``key`` for the calling thread (a casadi Function's stats are
-    those of its last call, so threads do not share one); with ``batch`` = (n, threads), the ``map`` over n
-    calls of :func:`_batch_function`, which raises if any call fails."""
-    ident = (key, name, threading.get_ident(), batch)
+    those of its last call, so threads do not share one)."""
+    ident = (key, name, threading.get_ident())
     solver = _SOLVERS.get(ident)
     if solver is None:
         with _BUILD_LOCK:
-            if batch is None:
-                solver = _build_solver(key, name)
-            else:
-                n, threads = batch
-                one = _batch_function(key, name)
-                solver = one.map(n, "thread", threads) if threads > 1 else one.map(n)
-            _SOLVERS[ident] = solver
+            solver = _SOLVERS[ident] = _build_solver(key, name)
     return solver
 
 
-def _solve_batch(key: tuple, name: str, n: int, threads: int,
+def _solve_batch(key: tuple, name: str, threads: int,
                  compact: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """The batch of :func:`_batch_function` over the ``n`` columns of ``compact``, or None if any call failed:
-    (solutions, one row per call; objectives; bound check, > 0 where every bound holds).
+    """:func:`_batch_function` over the columns of ``compact`` (casadi ``map`` over ``threads`` threads), or None
+    if any call failed: (solutions, one row per call; objectives; bound check, > 0 where every bound holds).
 
     The numbers go in and out through a casadi ``FunctionBuffer``, which reads and writes numpy's memory
     directly: calling the Function instead converts every number to and from a casadi DM, 0.4-0.6 ms of a
-    batch of 70 calls' ~8 ms. casadi reads column-major, so call j's column is row j of a C-ordered array."""
-    ident = (key, name, threading.get_ident(), (n, threads), "buffer")
+    batch of 70 calls' ~8 ms. casadi reads column-major, so call j's column is row j of a C-ordered array.
+    The map and its buffer are made once per batch size and thread."""
+    n = compact.shape[1]
+    ident = (key, name, threading.get_ident(), n, threads)
     found = _SOLVERS.get(ident)
     if found is None:
-        solver = _shared_solver(key, name, batch=(n, threads))
-        found = _SOLVERS[ident] = (solver.size1_out(0), *solver.buffer())
+        with _BUILD_LOCK:
+            one = _batch_function(key, name)
+            mapped = one.map(n, "thread", threads) if threads > 1 else one.map(n)
+            found = _SOLVERS[ident] = (mapped.size1_out(0), *mapped.buffer())
     n_x, buffer, evaluate = found
     arg = np.ascontiguousarray(compact.T)
     xs, fs, inside = np.empty((n, n_x)), np.empty(n), np.empty(n)
