@@ -28,12 +28,11 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from dercosim.controllers.admm import ADMMSettings, Latency, run_admm
-from dercosim.controllers.admm.qp import SparseQP
-from dercosim.controllers.valuestack import CentralQP, Community, CommunityQP, GridOperatorQP, network_rows
+from dercosim.planning.admm import ADMMSettings, Latency, run_admm
+from dercosim.planning.admm.qp import SparseQP
+from dercosim.planning.valuestack import CentralQP, Community, CommunityQP, GridOperatorQP, network_rows
 from dercosim.scenarios.planner_case import case_from_scenario
-from dercosim.scenarios.config import load_scenario
-
+from dercosim.scenarios.load import load_scenario
 SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "value_stacking_tou.toml"
 
 

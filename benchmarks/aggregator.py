@@ -22,10 +22,10 @@ from pathlib import Path
 import highspy
 import numpy as np
 
-from dercosim.controllers.aggregator import DayAheadMILP, VirtualBattery
-from dercosim.scenarios.config import load_scenario
-from dercosim.scenarios.fleet import RunInputs
-from dercosim.scenarios.world import market_inputs
+from dercosim.markets.aggregator import DayAheadMILP, VirtualBattery
+from dercosim.scenarios.load import load_scenario
+from dercosim.scenarios.resolve import RunInputs
+from dercosim.scenarios.resolve import market_inputs
 
 SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "fleet_market_uncoordinated.toml"
 
@@ -43,7 +43,7 @@ def individual_milp(bats, demand, production, import_price, export_price, dt_h: 
     exp = h.addVariables(n, lb=0, ub=inf, obj=[-float(v) for v in export_price])
     u = h.addVariables(n, lb=0, ub=1, type=highspy.HighsVarType.kInteger)
     charge, discharge = [], []
-    for j, b in enumerate(bats.itertuples()):
+    for b in bats.itertuples():
         e = b.p_charge_max_kw * dt_h
         c = h.addVariables(n, lb=0, ub=e)
         d = h.addVariables(n, lb=0, ub=b.p_discharge_max_kw * dt_h)

@@ -21,8 +21,8 @@ import time
 
 import numpy as np
 
-from dercosim.controllers.contract import SmartContract
-from dercosim.controllers.contract_evm import EVMContract
+from dercosim.markets.contract import SmartContract
+from dercosim.markets.contract_evm import EVMContract
 
 PAPER_GAS = 105_957
 

@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dercosim.scenarios.cli import bundled_scenarios
-from dercosim.scenarios.config import load_scenario
+from dercosim.scenarios.bundled import bundled_scenarios
+from dercosim.scenarios.load import load_scenario
 from dercosim.scenarios.world import run_scenario, with_duration
 
 

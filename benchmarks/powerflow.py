@@ -22,8 +22,8 @@ import pandapower as pp
 
 from dercosim.grids import ieee33
 from dercosim.grids.powerflow import LightsimEngine
-from dercosim.scenarios.config import load_scenario
-from dercosim.scenarios.fleet import RunInputs
+from dercosim.scenarios.load import load_scenario
+from dercosim.scenarios.resolve import RunInputs
 from dercosim.scenarios.world import with_duration
 
 

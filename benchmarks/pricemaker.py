@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import argparse
 
-from dercosim.controllers.sharing.price_maker import ResidualDemand, solve_admm, solve_central
-from dercosim.scenarios.sharing_study import PRICE_MAKER_SLOPE, fleet_units, gb_prices, price_maker_settings
+from dercosim.planning.sharing.price_maker import ResidualDemand, solve_admm, solve_central
+from dercosim.studies.sharing import PRICE_MAKER_SLOPE, fleet_units, gb_prices, price_maker_settings
 
 
 def main(argv: list[str] | None = None) -> int:

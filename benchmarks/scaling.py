@@ -22,7 +22,7 @@ import time
 import tomllib
 from pathlib import Path
 
-from dercosim.scenarios.cli import bundled_scenarios
+from dercosim.scenarios.bundled import bundled_scenarios
 from dercosim.scenarios.config import Scenario
 from dercosim.scenarios.world import run_scenario
 from dercosim.sims.pacing import Pacer

@@ -352,9 +352,9 @@ def _solve_batch(key: tuple, name: str, threads: int,
     n_x, buffer, evaluate = found
     arg = np.ascontiguousarray(compact.T)
     xs, fs, inside = np.empty((n, n_x)), np.empty(n), np.empty(n)
-    buffer.set_arg(0, memoryview(arg))
+    buffer.set_arg(0, memoryview(arg))  # type: ignore[arg-type]  # numpy arrays are buffers; its stubs say otherwise
     for i, res in enumerate((xs, fs, inside)):
-        buffer.set_res(i, memoryview(res))
+        buffer.set_res(i, memoryview(res))  # type: ignore[arg-type]
     with _quiet_stdout(stderr=True):  # a failing call dumps its QP; the caller solves it again
         evaluate()
     return (xs, fs, inside) if buffer.ret() == 0 else None
@@ -581,8 +581,8 @@ def solve_with_opti(problem: MPCProblem, inp: MPCInputs) -> Plan:
     pc, pd, pe = opti.variable(ha), opti.variable(ha), opti.variable(ha)
     soc, ve = opti.variable(ha), opti.variable(ha)
     sh, ab, e1, e2 = opti.variable(), opti.variable(), opti.variable(), opti.variable()
-    cost = 0
-    net_export = 0
+    cost: Any = 0  # a casadi expression once terms are added
+    net_export: Any = 0
     for k in range(ha):
         pi_k = float(inp.residual_kw[k]) + pc[k] - pd[k] + pe[k]
         prev = soc0 if k == 0 else soc[k - 1]
@@ -712,7 +712,7 @@ class HouseholdMPC:
     rule-based action) and ``fallback`` = 1 is reported.
     """
 
-    inputs = ("net_kw", "soc_kwh", "vm_pu")
+    inputs: tuple[str, ...] = ("net_kw", "soc_kwh", "vm_pu")
     outputs = ("p_set_kw", "follow_residual")
     #: forecast of the residual 1, 5 and 15 minutes ahead (kW), recorded so `dercosim validate` can hold it
     #: against what happened (NaN beyond the horizon)
@@ -841,12 +841,15 @@ class HouseholdMPC:
     def step(self, t: int, obs: dict[str, float]) -> dict[str, float]:
         inp, residual = self._inputs(t, obs)
         if self.qp_solver == "opti_rebuilt":
-            return self._answer(solve_with_opti(self.problem, inp), obs, residual)
+            return self._answer(solve_with_opti(self._solving(inp), inp), obs, residual)
         return self._answer(self._solving(inp).solve(inp), obs, residual)
 
     def _solving(self, inp: MPCInputs) -> MPCProblem:
         """The problem that solves ``inp``: the interval's, or with ``qp_horizon = "remaining"`` one its size."""
-        return self._problem_for(len(inp.residual_kw)) if self.qp_horizon == "remaining" else self.problem
+        if self.qp_horizon == "remaining":
+            return self._problem_for(len(inp.residual_kw))
+        assert self.problem is not None, "bind() builds the problem"
+        return self.problem
 
     @classmethod
     def step_many(cls, calls: list[tuple["HouseholdMPC", dict[str, float]]], t: int,

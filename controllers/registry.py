@@ -54,6 +54,8 @@ def load_controller_class(spec: str, base_dir: str | Path | None = None) -> type
                 raise ControllerError(f"controller {spec!r}: file {path} not found")
             mod_id = f"dercosim_user_{path.stem}_{abs(hash(str(path)))}"
             module_spec = importlib.util.spec_from_file_location(mod_id, path)
+            if module_spec is None or module_spec.loader is None:
+                raise ControllerError(f"controller {spec!r}: {path} cannot be imported as a Python module")
             module = importlib.util.module_from_spec(module_spec)
             sys.modules[mod_id] = module
             module_spec.loader.exec_module(module)

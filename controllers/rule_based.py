@@ -30,6 +30,7 @@ class RuleBasedController(BaseController):
     inputs = ("net_kw",)
     outputs = ("p_set_kw", "follow_residual")
     Params = RuleBasedParams
+    follow_in_pms: bool  #: set from the parameters
 
     @classmethod
     def parameters(cls) -> dict[str, object]:

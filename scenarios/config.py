@@ -127,30 +127,31 @@ def _ordered(pair: tuple[float, float]) -> tuple[float, float]:
     return pair
 
 
-def _range(low: float, high: float, *, low_open: bool = False) -> Any:
-    """A finite float within physical bounds (every numeric field of a scenario has them)."""
-    return Field(gt=low, le=high) if low_open else Field(ge=low, le=high)
-
-
-def Bounded(low: float, high: float, *, low_open: bool = False) -> Any:  # noqa: N802 - a type alias factory
-    return Annotated[float, _range(low, high, low_open=low_open)]
-
-
-def BoundedRange(low: float, high: float, *, low_open: bool = False) -> Any:  # noqa: N802
-    """``[low, high]`` (or one number for a fixed value) within bounds."""
-    item = Bounded(low, high, low_open=low_open)
-    return Annotated[tuple[item, item], BeforeValidator(_pair), AfterValidator(_ordered)]
-
-
+# Every numeric field of a scenario is a finite float within physical bounds, written out as
+# ``Annotated[float, Field(ge=low, le=high)]`` (``gt`` where the low end is open) so that static type checkers read
+# it as a float; a range ``[low, high]`` (or one number for a fixed value) is a pair of those, ordered.
 Duration = Annotated[int, BeforeValidator(parse_duration_s)]
 BusNumber = Annotated[int, AfterValidator(_check_bus)]
-Fraction = Bounded(0, 1)
-FractionRange = BoundedRange(0, 1)
-Efficiency = Bounded(0, 1, low_open=True)
-Tilt = Bounded(0, 90)
-Azimuth = Bounded(0, 360)
-Seconds = Bounded(0, 3600)  #: a simulated delay or period, s
-Price = Bounded(0, 100)  #: currency per kWh (a retail or market price; 100/kWh is far beyond any tariff)
+Fraction = Annotated[float, Field(ge=0, le=1)]
+FractionRange = Annotated[tuple[Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(ge=0, le=1)]],
+                          BeforeValidator(_pair), AfterValidator(_ordered)]
+AnnualKwhRange = Annotated[tuple[Annotated[float, Field(ge=0, le=100_000)], Annotated[float, Field(ge=0, le=100_000)]],
+                           BeforeValidator(_pair), AfterValidator(_ordered)]
+KwRange = Annotated[tuple[Annotated[float, Field(ge=0, le=10_000)], Annotated[float, Field(ge=0, le=10_000)]],
+                    BeforeValidator(_pair), AfterValidator(_ordered)]
+PositiveKwRange = Annotated[tuple[Annotated[float, Field(gt=0, le=10_000)], Annotated[float, Field(gt=0, le=10_000)]],
+                            BeforeValidator(_pair), AfterValidator(_ordered)]
+CopRange = Annotated[tuple[Annotated[float, Field(gt=0, le=10)], Annotated[float, Field(gt=0, le=10)]],
+                     BeforeValidator(_pair), AfterValidator(_ordered)]
+KwhPerCRange = Annotated[tuple[Annotated[float, Field(gt=0, le=100_000)], Annotated[float, Field(gt=0, le=100_000)]],
+                         BeforeValidator(_pair), AfterValidator(_ordered)]
+CPerKwRange = Annotated[tuple[Annotated[float, Field(gt=0, le=100)], Annotated[float, Field(gt=0, le=100)]],
+                        BeforeValidator(_pair), AfterValidator(_ordered)]
+Efficiency = Annotated[float, Field(gt=0, le=1)]
+Tilt = Annotated[float, Field(ge=0, le=90)]
+Azimuth = Annotated[float, Field(ge=0, le=360)]
+Seconds = Annotated[float, Field(ge=0, le=3600)]  #: a simulated delay or period, s
+Price = Annotated[float, Field(ge=0, le=100)]  #: currency per kWh (a retail or market price; 100/kWh is far beyond any tariff)
 Name = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$", max_length=64)]
 
 
@@ -180,16 +181,16 @@ class SiteConfig(_Model):
 class BaseLoad(_Model):
     """The case's own load at every bus: ``scale`` × case load × ``shape`` (daily, max 1)."""
 
-    scale: Bounded(0, 10) = 1.0
+    scale: Annotated[float, Field(ge=0, le=10)] = 1.0
     shape: Literal["bdew_h25", "flat"] = "bdew_h25"
 
 
 class GridConfig(_Model):
     feeder: Literal["ieee33"] = "ieee33"
     engine: Literal["fast", "pandapower"] = "fast"
-    v_min_pu: Bounded(0.5, 1.0) = 0.90
-    v_max_pu: Bounded(1.0, 1.5) = 1.10
-    line_max_i_ka: Bounded(0, 10, low_open=True) | None = None  #: thermal rating of every line, kA
+    v_min_pu: Annotated[float, Field(ge=0.5, le=1.0)] = 0.90
+    v_max_pu: Annotated[float, Field(ge=1.0, le=1.5)] = 1.10
+    line_max_i_ka: Annotated[float, Field(gt=0, le=10)] | None = None  #: thermal rating of every line, kA
     base_load: BaseLoad = BaseLoad()
 
     @model_validator(mode="after")
@@ -205,14 +206,14 @@ class HouseholdGroup(_Model):
     name: Name = "hh"
     buses: Annotated[list[BusNumber], BeforeValidator(_all_buses), Field(min_length=1, max_length=10 * N_BUS)]
     per_bus: Annotated[int, Field(ge=1, le=MAX_HOUSEHOLDS)] = 1
-    annual_kwh: BoundedRange(0, 100_000) = (2500.0, 5000.0)  #: per home, kWh/year
-    power_factor: Bounded(0.5, 1) = 0.95
+    annual_kwh: AnnualKwhRange = (2500.0, 5000.0)  #: per home, kWh/year
+    power_factor: Annotated[float, Field(ge=0.5, le=1)] = 0.95
     pv_share: Fraction = 0.5  #: fraction of the group with PV
-    pv_kwp: BoundedRange(0, 10_000) = (3.0, 6.0)
+    pv_kwp: KwRange = (3.0, 6.0)
     #: fraction of the group with a wind turbine instead (drawn among those without PV; pv_share + wind_share ≤ 1)
     wind_share: Fraction = 0.0
-    wind_kw: BoundedRange(0, 10_000) = (2.0, 6.0)  #: rated power of a turbine, kW
-    wind_hub_height_m: Bounded(2, 200) = 15.0  #: hub height, m (the weather's wind is measured at 10 m)
+    wind_kw: KwRange = (2.0, 6.0)  #: rated power of a turbine, kW
+    wind_hub_height_m: Annotated[float, Field(ge=2, le=200)] = 15.0  #: hub height, m (the weather's wind is measured at 10 m)
     pv_tilt_deg: Annotated[tuple[Tilt, Tilt], BeforeValidator(_pair), AfterValidator(_ordered)] = (15.0, 35.0)
     pv_azimuth_deg: Annotated[tuple[Azimuth, Azimuth], BeforeValidator(_pair),
                               AfterValidator(_ordered)] = (135.0, 225.0)
@@ -220,12 +221,12 @@ class HouseholdGroup(_Model):
     aggregate: Annotated[int, Field(ge=1, le=MAX_HOMES)] = 1
     hvac_share: Fraction = 0.0  #: fraction of the group with HVAC (Ratnam et al. 2023 eq. 5 thermal model)
     hvac_mode: Literal["cooling", "heating"] = "cooling"
-    hvac_p_max_kw: BoundedRange(0, 10_000, low_open=True) = (2.0, 3.5)  #: electric power when on, kW
-    hvac_cop: BoundedRange(0, 10, low_open=True) = (2.5, 3.5)  #: thermal kW per electric kW
-    hvac_c_kwh_per_c: BoundedRange(0, 100_000, low_open=True) = (3.0, 6.0)  #: thermal capacitance, kWh/°C
-    hvac_r_c_per_kw: BoundedRange(0, 100, low_open=True) = (2.0, 4.0)  #: thermal resistance, °C/kW
-    t_set_c: Bounded(5, 35) = 24.0  #: thermostat setpoint, °C
-    comfort_band_c: Bounded(0, 10, low_open=True) = 2.0  #: thermostat / comfort band width around t_set_c, °C
+    hvac_p_max_kw: PositiveKwRange = (2.0, 3.5)  #: electric power when on, kW
+    hvac_cop: CopRange = (2.5, 3.5)  #: thermal kW per electric kW
+    hvac_c_kwh_per_c: KwhPerCRange = (3.0, 6.0)  #: thermal capacitance, kWh/°C
+    hvac_r_c_per_kw: CPerKwRange = (2.0, 4.0)  #: thermal resistance, °C/kW
+    t_set_c: Annotated[float, Field(ge=5, le=35)] = 24.0  #: thermostat setpoint, °C
+    comfort_band_c: Annotated[float, Field(gt=0, le=10)] = 2.0  #: thermostat / comfort band width around t_set_c, °C
 
     @model_validator(mode="after")
     def _shares(self) -> HouseholdGroup:
@@ -254,9 +255,9 @@ class BatteryGroup(_Model):
     households: Literal["with_pv", "all"] = "with_pv"  #: which households of ``household_group`` get one
     household_group: Name | None = None  #: restrict to one household group (None = every group)
     buses: Annotated[list[BusNumber], Field(max_length=10 * N_BUS)] = []  #: for at = "buses": one battery per bus
-    capacity_kwh: Bounded(0, 100_000, low_open=True) = 10.3
-    p_charge_max_kw: Bounded(0, 100_000, low_open=True) = 5.3
-    p_discharge_max_kw: Bounded(0, 100_000, low_open=True) = 5.3
+    capacity_kwh: Annotated[float, Field(gt=0, le=100_000)] = 10.3
+    p_charge_max_kw: Annotated[float, Field(gt=0, le=100_000)] = 5.3
+    p_discharge_max_kw: Annotated[float, Field(gt=0, le=100_000)] = 5.3
     eta_charge: Efficiency = 0.9
     eta_discharge: Efficiency = 0.9
     soc_min_frac: Fraction = 0.0
@@ -276,9 +277,9 @@ class BatteryGroup(_Model):
 
 
 class Batteries(_Model):
-    pms_cycle_s: Bounded(0.1, 60) = 1.0  #: PMS cycle inside each 60-s step, s
-    subminute_sigma_kw: Bounded(0, 100) = 0.0  #: sub-minute residual fluctuation (0 = off), kW
-    subminute_tau_s: Bounded(0, 3600, low_open=True) = 10.0  #: its correlation time, s
+    pms_cycle_s: Annotated[float, Field(ge=0.1, le=60)] = 1.0  #: PMS cycle inside each 60-s step, s
+    subminute_sigma_kw: Annotated[float, Field(ge=0, le=100)] = 0.0  #: sub-minute residual fluctuation (0 = off), kW
+    subminute_tau_s: Annotated[float, Field(gt=0, le=3600)] = 10.0  #: its correlation time, s
     groups: list[BatteryGroup] = []
 
     @model_validator(mode="after")
@@ -297,7 +298,7 @@ class HemsConfig(_Model):
     params: dict[str, Any] = {}  #: passed to the controller's constructor; checked against its ``Params`` if any
     applies_to: Literal["with_battery", "with_hvac", "all"] = "with_battery"
     #: wall-clock budget of one controller call, s; an overrun is reported by controller and household (None: none)
-    step_timeout_s: Bounded(0, 3600, low_open=True) | None = None
+    step_timeout_s: Annotated[float, Field(gt=0, le=3600)] | None = None
     #: a controller that raises, exits or returns a non-finite or out-of-range setpoint: "fallback" counts the fault
     #: per household and applies the rule-based action (follow the residual) for that step; "stop" ends the run
     on_fault: Literal["fallback", "stop"] = "stop"
@@ -322,10 +323,10 @@ class AgileConfig(_Model):
     """Agile Octopus (dynamic UK import tariff): min(multiplier × day-ahead + peak adder 16–19 h, cap) × (1 + VAT)."""
 
     market: Literal[tuple(MARKETS)] = "gb_n2ex"  # type: ignore[valid-type]
-    multiplier: Bounded(0, 10) = 2.2
+    multiplier: Annotated[float, Field(ge=0, le=10)] = 2.2
     peak_adder_per_kwh: Price = 0.12
     cap_per_kwh: Price = 0.35
-    vat: Bounded(0, 1) = 0.05
+    vat: Annotated[float, Field(ge=0, le=1)] = 0.05
 
 
 class TariffConfig(_Model):
@@ -340,7 +341,7 @@ class TariffConfig(_Model):
     export_per_kwh: Price = 0.05
     tou: Annotated[list[TouPeriodConfig], Field(max_length=96)] = []
     #: two-part tariff: price per kW of each day's peak demand (0 = none), currency/kW/day
-    peak_demand_per_kw: Bounded(0, 1000) = 0.0
+    peak_demand_per_kw: Annotated[float, Field(ge=0, le=1000)] = 0.0
     #: the demand of the peak charge is the mean import over intervals of this length, s (the planner's hour)
     demand_interval_s: Literal[60, 300, 900, 1800, 3600] = 3600
 
@@ -362,7 +363,7 @@ class LatencyConfig(_Model):
 
 
 class AdmmConfig(_Model):
-    """ADMM between the communities and the grid operator; see ``controllers/admm/engine.py``.
+    """ADMM between the communities and the grid operator; see ``planning/admm/engine.py``.
 
     Every key is a field of the engine's ``ADMMSettings`` and reaches it
     unchanged (``scenarios.planner_case.admm_settings``). The defaults here
@@ -371,14 +372,14 @@ class AdmmConfig(_Model):
     """
 
     mode: Literal["sync", "sync_naive", "async"] = "sync"
-    rho: Bounded(0, 1e6, low_open=True) = 0.01  #: penalty, currency per kW² (per hour of the exchanged vector)
-    eps_abs: Bounded(0, 1000, low_open=True) = 0.01  #: ε of both residuals, per element (kW); the paper's ε1 = ε2
-    eps_rel: Bounded(0, 1) = 0.0  #: relative part (Boyd et al.), 0 = absolute only
+    rho: Annotated[float, Field(gt=0, le=1e6)] = 0.01  #: penalty, currency per kW² (per hour of the exchanged vector)
+    eps_abs: Annotated[float, Field(gt=0, le=1000)] = 0.01  #: ε of both residuals, per element (kW); the paper's ε1 = ε2
+    eps_rel: Annotated[float, Field(ge=0, le=1)] = 0.0  #: relative part (Boyd et al.), 0 = absolute only
     max_iter: Annotated[int, Field(ge=1, le=100_000)] = 500
     partial_barrier: Annotated[int, Field(ge=1)] | None = None  #: S of N (async); None = all
     max_delay: Annotated[int, Field(ge=1, le=10_000)] = 1  #: τ, iterations (async)
-    deadline_s: Bounded(0, 3600, low_open=True) = 1.0  #: sync_naive: how long the operator waits per iteration, s
-    resend_s: Bounded(0, 3600, low_open=True) = 5.0
+    deadline_s: Annotated[float, Field(gt=0, le=3600)] = 1.0  #: sync_naive: how long the operator waits per iteration, s
+    resend_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
     compute_s: Seconds = 0.0  #: simulated time a community needs per subproblem, s
     latency: LatencyConfig = LatencyConfig()
     loss_prob: Annotated[float, Field(ge=0, le=0.9)] = 0.0
@@ -407,11 +408,11 @@ class PlannerConfig(_Model):
     replan: Literal["daily", "hourly"] = "daily"  #: hourly: re-plan every hour to the end of the day
     binaries: Literal["relaxed", "mixed_integer"] = "relaxed"
     central: bool = True  #: also solve the centralised problem and report the ADMM's cost gap
-    degradation_per_kw2h: Bounded(0, 10) = 1e-4  #: α_b, currency per kW² per hour
+    degradation_per_kw2h: Annotated[float, Field(ge=0, le=10)] = 1e-4  #: α_b, currency per kW² per hour
     trade_penalty_per_kwh: Price = 1e-3  #: the relaxation's small penalty on local buy and sell
-    discomfort_per_c2: Bounded(0, 1000) = 0.0  #: β (off by default: the paper leaves it out of its objective)
-    p_et_max_kw: Bounded(0, 100_000) = 100.0  #: local-market buy/sell limit per community
-    p_grid_max_kw: Bounded(0, 100_000, low_open=True) = 1000.0
+    discomfort_per_c2: Annotated[float, Field(ge=0, le=1000)] = 0.0  #: β (off by default: the paper leaves it out of its objective)
+    p_et_max_kw: Annotated[float, Field(ge=0, le=100_000)] = 100.0  #: local-market buy/sell limit per community
+    p_grid_max_kw: Annotated[float, Field(gt=0, le=100_000)] = 1000.0
     v_margin_pu: Annotated[float, Field(ge=0, lt=0.1)] = 0.0  #: the operator plans within [v_min + m, v_max − m]
     streams: StreamsConfig = StreamsConfig()
     admm: AdmmConfig = AdmmConfig()
@@ -431,8 +432,8 @@ class MarketConfig(_Model):
     wholesale: Literal[tuple(MARKETS)] = "gb_n2ex"  # type: ignore[valid-type]
     imbalance: Literal[tuple(MARKETS)] = "gb_ssp"  # type: ignore[valid-type]
     interval_s: Annotated[int, Field(ge=300, le=86400)] = 1800  #: market interval; must divide a day
-    bid_limit_per_kwh: Bounded(-100, 100) = 0.0  #: bid only where the forecast price is above this
-    clearing_limit_per_kwh: Bounded(-100, 100) | None = None  #: None: every bid accepted
+    bid_limit_per_kwh: Annotated[float, Field(ge=-100, le=100)] = 0.0  #: bid only where the forecast price is above this
+    clearing_limit_per_kwh: Annotated[float, Field(ge=-100, le=100)] | None = None  #: None: every bid accepted
     #: price_taker: paid the market price; price_maker: the fleet's export E moves it to π − k E
     clearing: Literal["price_taker", "price_maker"] = "price_taker"
     #: k of the linear residual-demand curve (currency/kWh per kWh exported in an interval), price_maker only
@@ -470,7 +471,7 @@ class ContractConfig(_Model):
     evm_fork: Literal["istanbul", "prague"] = "prague"  #: gas rules: Istanbul (the paper's era) or Prague (today)
     evm_mode: Literal["per_household", "batched"] = "batched"  #: a transaction per household, or one per round
     interval_s: Annotated[int, Field(ge=60, le=900)] = 300  #: t_sc, a round every this many seconds
-    window_s: Bounded(0, 60) = 10.0  #: a round closes this long after the reports are sent, s
+    window_s: Annotated[float, Field(ge=0, le=60)] = 10.0  #: a round closes this long after the reports are sent, s
     latency: LatencyConfig = LatencyConfig()  #: one-way, per message
     loss_prob: Annotated[float, Field(ge=0, le=0.9)] = 0.0
 
@@ -520,12 +521,12 @@ class Scenario(_Model):
     recorder: RecorderConfig = RecorderConfig()
     processes: ProcessesConfig = ProcessesConfig()
     _source_dir: Path | None = PrivateAttr(default=None)
-    #: the scenario (as JSON) that :func:`check_scenario` passed, so a run need not check it again
+    #: the scenario (as JSON) that :func:`~dercosim.scenarios.load.check_scenario` passed, so a run need not check it again
     _checked_as: str | None = PrivateAttr(default=None)
 
     @property
     def checked(self) -> bool:
-        """Whether :func:`check_scenario` passed on this scenario as it is now (not a modified copy)."""
+        """Whether :func:`~dercosim.scenarios.load.check_scenario` passed on this scenario as it is now (not a modified copy)."""
         return self._checked_as is not None and self._checked_as == self.model_dump_json()
 
     @property
@@ -636,7 +637,7 @@ def _key_path(loc: tuple[Any, ...]) -> str:
     return out or "(scenario)"
 
 
-def _describe(err: dict[str, Any]) -> str:
+def _describe(err: Any) -> str:  # a pydantic ErrorDetails
     loc = tuple(err["loc"])
     if err["type"] == "extra_forbidden":
         allowed = _allowed_keys(loc)
@@ -665,15 +666,12 @@ def format_validation_error(path: str | Path, exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def load_scenario(path: str | Path) -> Scenario:
-    """Read, validate and check a scenario TOML file; :class:`ScenarioError` on any problem.
+def parse_scenario(path: str | Path) -> Scenario:
+    """Read and validate a scenario TOML file against the schema; :class:`ScenarioError` on any problem.
 
     Values are validated strictly (a TOML string is never taken as a number,
-    a boolean never as 0/1, NaN and ±inf never pass), and everything a run
-    would otherwise find out later is checked here, before anything is
-    written: the controller plug-in is resolved and its parameters validated,
-    the fleet is drawn (not its profiles) and price data cover the dates
-    (:func:`check_scenario`).
+    a boolean never as 0/1, NaN and ±inf never pass). The checks that need more than the schema are
+    :func:`dercosim.scenarios.load.load_scenario`'s.
     """
     path = Path(path)
     try:
@@ -697,8 +695,6 @@ def load_scenario(path: str | Path) -> Scenario:
     except RecursionError:
         raise ScenarioError(f"{path}: nested too deeply to be a scenario") from None
     scenario._source_dir = path.resolve().parent
-    check_scenario(scenario, path)
-    scenario._checked_as = scenario.model_dump_json()
     return scenario
 
 
@@ -722,93 +718,6 @@ def _depth(data: Any) -> int:
 def _short(path: Path | str, limit: int = 200) -> str:
     text = str(path)
     return text if len(text) <= limit else text[:limit] + f"… ({len(text)} characters)"
-
-
-def check_scenario(scenario: Scenario, where: str | Path | None = None) -> None:
-    """Checks that need more than the schema, cheap enough to run before anything is written.
-
-    The controller plug-in resolves and takes its parameters; the drawn fleet
-    gives the controller and the planner something to act on; the bundled
-    prices cover the run's dates. :class:`ScenarioError` names ``where`` (the
-    file; the scenario's name if None) and the key.
-    """
-    where = where if where is not None else scenario.name
-    hems = scenario.hems
-    if hems.controller is not None:
-        from dercosim.controllers.registry import ControllerError, load_controller_class, param_errors
-
-        try:
-            cls = load_controller_class(hems.controller, scenario.source_dir)
-        except ControllerError as exc:
-            raise ScenarioError(f"{where}: hems.controller: {exc}") from None
-        errors = param_errors(cls, dict(hems.params))
-        if errors:
-            raise ScenarioError("\n".join(f"{where}: hems.params{key}: {msg}" for key, msg in errors))
-    from dercosim.scenarios import fleet
-
-    try:
-        table = fleet.draw_households(scenario)
-        batteries = fleet.draw_batteries(scenario, table)
-    except ScenarioError as exc:
-        raise ScenarioError(f"{where}: {exc}") from None
-    if hems.controller is not None:
-        from dercosim.controllers.base import household_io
-        from dercosim.controllers.registry import ControllerError, load_controller_class, make_controller
-
-        hvac = fleet.draw_hvac(scenario, table)
-        names = fleet.controlled_households(scenario, table, batteries, hvac)
-        if not names:
-            raise ScenarioError(f"{where}: hems.applies_to: {hems.applies_to!r}: no household qualifies, "
-                                f"so controller {hems.controller!r} would control nothing")
-        # one instance per kind of household it applies to: inputs, outputs, period and constructor
-        owners = set(batteries["household"])
-        has_hvac = dict(zip(table["name"], hvac["p_max_kw"] > 0))
-        in_contract = set(fleet.contract_members(scenario, table, batteries)) if scenario.contract else set()
-        member = {n: n in in_contract for n in names}
-        kinds = {(n in owners, bool(has_hvac[n]), member[n]): n for n in reversed(names)}
-        cls = load_controller_class(hems.controller, scenario.source_dir)
-        for (has_battery, with_hvac, in_contract), label in kinds.items():
-            available, writable = household_io(has_battery, with_hvac, in_contract)
-            try:
-                make_controller(cls, hems.controller, dict(hems.params), label, set(available), set(writable))
-            except ControllerError as exc:
-                raise ScenarioError(f"{where}: hems.controller: {exc}") from None
-        if scenario.planner is not None:
-            clash = sorted(set(names) & set(table.loc[table["group"] == scenario.planner.communities, "name"]))
-            if clash:
-                raise ScenarioError(f"{where}: hems.applies_to: households {clash[:5]}{'…' if len(clash) > 5 else ''} "
-                                    f"are communities of the planner and also have a HEMS controller; restrict "
-                                    f"hems.applies_to or use another household group")
-    if scenario.market is not None or scenario.tariff.kind == "agile_octopus":
-        from dercosim.timeseries import weather
-        from dercosim.timeseries.prices import price_per_kwh
-
-        site = weather.get_site(scenario.site.weather)
-        times = weather.time_index(scenario.clock.start, scenario.n_steps, scenario.clock.step_s, site.tz)
-        keys = []
-        if scenario.market is not None:
-            keys += [("market.wholesale", scenario.market.wholesale), ("market.imbalance", scenario.market.imbalance)]
-            if batteries.empty:
-                raise ScenarioError(f"{where}: batteries.groups: the fleet draws no battery (e.g. households = "
-                                    f"'with_pv' and no PV); an aggregator needs batteries")
-        if scenario.tariff.kind == "agile_octopus":
-            keys.append(("tariff.agile.market", scenario.tariff.agile.market))
-        for key, market in keys:
-            try:
-                price_per_kwh(market, times)
-            except ValueError as exc:
-                raise ScenarioError(f"{where}: {key}: {exc}; move clock.start or choose another market") from None
-    if scenario.planner is not None:
-        from dercosim.timeseries import weather
-        from dercosim.timeseries.prices import price_per_kwh
-
-        site = weather.get_site(scenario.site.weather)
-        times = weather.time_index(scenario.clock.start, scenario.n_steps, scenario.clock.step_s, site.tz)
-        try:
-            price_per_kwh(scenario.planner.b2g_market, times)
-        except ValueError as exc:
-            raise ScenarioError(f"{where}: planner.b2g_market: {exc}; move clock.start or choose another "
-                                f"market") from None
 
 
 def scenario_to_toml(scenario: Scenario) -> str:

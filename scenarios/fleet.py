@@ -1,10 +1,7 @@
 """The households a scenario asks for: parameters drawn from the seed, and their minute profiles.
 
-A validated scenario is resolved into domain objects once: :class:`Fleet`
-(households, their HVAC, batteries — drawn, no profiles) and
-:class:`RunInputs` (site, clock, tariff, fleet and minute profiles). The
-world builder, the planner case and the benchmarks take these instead of
-going back to the scenario for each part.
+:class:`Fleet` holds what is drawn (households, their HVAC, batteries — no profiles); the run resolved once from
+a scenario, profiles included, is :class:`~dercosim.scenarios.resolve.RunInputs`.
 """
 
 from __future__ import annotations
@@ -17,7 +14,6 @@ import pandas as pd
 from dercosim.scenarios.config import Scenario, ScenarioError
 from dercosim.timeseries import weather
 from dercosim.timeseries.rng import rng_for
-from dercosim.timeseries.tariffs import Tariff, tariff_of
 
 
 def draw_households(scenario: Scenario) -> pd.DataFrame:
@@ -201,62 +197,6 @@ class Fleet:
     def controlled(self, scenario: Scenario) -> list[str]:
         """The households the scenario's HEMS controller applies to."""
         return controlled_households(scenario, self.households, self.batteries, self.hvac)
-
-
-@dataclass(frozen=True)
-class RunInputs:
-    """A scenario resolved into everything a run needs, once: site, clock, tariff, fleet, minute profiles.
-
-    The profiles are held on the whole calendar days the run touches (``days``; what a day-ahead
-    aggregator forecasts from); ``load_kw``, ``pv_kw`` and ``wind_kw`` are the run's own steps of them.
-    """
-
-    scenario: Scenario
-    site: weather.Site
-    times: pd.DatetimeIndex  #: the start of every step, local standard time of the site
-    tariff: Tariff
-    fleet: Fleet
-    days: pd.DatetimeIndex  #: every minute of the whole days that ``times`` touches
-    day_load_kw: np.ndarray  #: (len(days), households)
-    day_pv_kw: np.ndarray  #: (len(days), households)
-    day_wind_kw: np.ndarray | None  #: (len(days), households); None: no turbine in the fleet
-    base_shape: np.ndarray  #: (steps,) multiplier of the case's base load
-
-    @classmethod
-    def resolve(cls, scenario: Scenario, fleet: Fleet | None = None) -> RunInputs:
-        site = weather.get_site(scenario.site.weather)
-        times = weather.time_index(scenario.clock.start, scenario.n_steps, scenario.clock.step_s, site.tz)
-        fleet = fleet if fleet is not None else Fleet.draw(scenario)
-        days = weather.whole_days(times)
-        load_kw, pv_kw = day_profiles(scenario, fleet.households, days, site)
-        wind_kw = None
-        if len(fleet.households) and (fleet.households["wind_kw"] > 0).any():
-            from dercosim.timeseries.wind import wind_ac_kw
-
-            wind_kw = wind_ac_kw(site, days, fleet.households["wind_kw"].to_numpy(float),
-                                 fleet.households["wind_hub_height_m"].to_numpy(float))
-        return cls(scenario, site, times, tariff_of(scenario), fleet, days, load_kw, pv_kw, wind_kw,
-                   base_load_shape(scenario, times))
-
-    @property
-    def _steps(self) -> slice:
-        first = int(self.days.get_loc(self.times[0]))
-        return slice(first, first + len(self.times))
-
-    @property
-    def load_kw(self) -> np.ndarray:
-        """(steps, households) household demand without HVAC, kW."""
-        return self.day_load_kw[self._steps]
-
-    @property
-    def pv_kw(self) -> np.ndarray:
-        """(steps, households) PV output, kW."""
-        return self.day_pv_kw[self._steps]
-
-    @property
-    def wind_kw(self) -> np.ndarray | None:
-        """(steps, households) wind turbine output, kW; None without turbines."""
-        return None if self.day_wind_kw is None else self.day_wind_kw[self._steps]
 
 
 def portfolio(scenario: Scenario, households: pd.DataFrame) -> tuple[list[str], list[str]]:

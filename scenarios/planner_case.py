@@ -13,13 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from dercosim.controllers.valuestack import Community, Feeder, Market
+from dercosim.planning.valuestack import Community, Feeder, Market
 from dercosim.grids import ieee33
 from dercosim.grids.lindistflow import LinDistFlow
 from dercosim.scenarios.config import Scenario
-from dercosim.timeseries import weather
 from dercosim.timeseries.prices import price_per_kwh
-from dercosim.scenarios.fleet import RunInputs
+from dercosim.scenarios.resolve import RunInputs
 
 
 def hourly_mean(values: np.ndarray, step_s: int) -> np.ndarray:
@@ -109,10 +108,11 @@ class ValueStackingCase:
 
 def build_case(run: RunInputs) -> ValueStackingCase:
     """Collect the planner's hourly data from the drawn fleet and its minute profiles."""
-    scenario, times, site, tariff = run.scenario, run.times, run.site, run.tariff
+    scenario, times, tariff = run.scenario, run.times, run.tariff
     table, hvac, batteries = run.fleet.households, run.fleet.hvac, run.fleet.batteries
     load_kw, pv_kw, base_shape = run.load_kw, run.pv_kw, run.base_shape
     p = scenario.planner
+    assert p is not None, "a value-stacking case needs [planner]"
     assert p is not None
     step_s = scenario.clock.step_s
     rows = np.flatnonzero(table["group"].to_numpy() == p.communities)
@@ -150,12 +150,12 @@ def build_case(run: RunInputs) -> ValueStackingCase:
     return ValueStackingCase(
         names=names, batteries=bats["name"].tolist(), buses=buses, load_kw=load_h,
         pv_kw=hourly_mean(pv_kw[:, rows], step_s),
-        t_out_c=hourly_mean(weather.outdoor_temperature_c(site, times), step_s), q_kvar=q_h, battery=battery, hvac=hv,
+        t_out_c=hourly_mean(run.outdoor_temperature_c, step_s), q_kvar=q_h, battery=battery, hvac=hv,
         import_per_kwh=hourly_mean(imp, step_s), b2g_per_kwh=hourly_mean(b2g, step_s),
         feed_per_kwh=hourly_mean(tariff.export_price(times), step_s), peak_per_kw=tariff.peak_demand_per_kw,
         base_p_kw=np.outer(shape_h, base_p), base_q_kvar=base_q_h, ldf=LinDistFlow.from_pandapower(net),
-        v_min_pu=scenario.grid.v_min_pu + scenario.planner.v_margin_pu,
-        v_max_pu=scenario.grid.v_max_pu - scenario.planner.v_margin_pu, p_line_max_kw=line_max,
+        v_min_pu=scenario.grid.v_min_pu + p.v_margin_pu,
+        v_max_pu=scenario.grid.v_max_pu - p.v_margin_pu, p_line_max_kw=line_max,
         degradation_per_kw2h=p.degradation_per_kw2h, trade_penalty_per_kwh=p.trade_penalty_per_kwh,
         discomfort_per_c2=p.discomfort_per_c2, p_et_max_kw=p.p_et_max_kw, p_grid_max_kw=p.p_grid_max_kw,
         currency=tariff.currency)
@@ -163,8 +163,9 @@ def build_case(run: RunInputs) -> ValueStackingCase:
 
 def admm_settings(scenario: Scenario, **overrides: object):  # noqa: ANN201 - ADMMSettings
     """The engine settings of ``planner.admm`` (seeded from the scenario), with ``overrides``."""
-    from dercosim.controllers.admm import ADMMSettings, Latency
+    from dercosim.planning.admm import ADMMSettings, Latency
 
+    assert scenario.planner is not None
     a = scenario.planner.admm
     # every key of [planner.admm] is a field of ADMMSettings (a test keeps it so): none can be dropped on the way
     kw = {**a.model_dump(exclude={"latency"}), "latency": Latency(**a.latency.model_dump()), "seed": scenario.seed}

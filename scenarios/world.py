@@ -37,9 +37,12 @@ import pandas as pd
 from dercosim.devices.battery import BatteryParams
 from dercosim.controllers.base import household_io
 from dercosim.controllers.registry import ControllerError, load_controller_class
-from dercosim.scenarios import fleet, report
-from dercosim.scenarios.fleet import Fleet, RunInputs
-from dercosim.scenarios.config import Scenario, ScenarioError, check_scenario, scenario_to_toml
+from dercosim.analysis import plots, summary as summaries
+from dercosim.analysis.results import read_recorded
+from dercosim.scenarios.fleet import Fleet
+from dercosim.scenarios.resolve import RunInputs
+from dercosim.scenarios.config import Scenario, ScenarioError, scenario_to_toml
+from dercosim.scenarios.load import check_scenario
 from dercosim.sims.planner import COMMUNITY_OUT, OPERATOR_OUT
 from dercosim.sims.controller import HOST_DIAGNOSTICS
 from dercosim.sims.contract import CONTRACT_OUT, EVM_OUT, MEMBER_OUT
@@ -49,7 +52,6 @@ from dercosim.sims.pacing import Pacer
 from dercosim.sims.tables import TABLE_ATTR, TABLE_EID
 from dercosim.sims.recorder import STOP, STOP_REASON, StopRequested
 from dercosim.sims.grid import FEEDER_ATTRS
-from dercosim.timeseries import weather
 
 SIM_CONFIG = {kind: {"python": target} for kind, target in SIMULATORS.items()}
 BUS_RECORDED = ["vm_pu", "va_degree", "p_net_kw", "q_net_kvar"]
@@ -140,7 +142,7 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
                  log: Callable[[str], None] = lambda msg: None, realtime: Pacer | None = None) -> RunResult:
     """Run ``scenario`` and write its results to ``out_dir`` (created; must not hold files yet).
 
-    Everything is checked before anything is written (:func:`check_scenario`).
+    Everything is checked before anything is written (:func:`~dercosim.scenarios.load.check_scenario`).
     On SIGINT (or SIGTERM, when the CLI installed its handler) the run stops,
     what was recorded is joined and summarised (``summary.json`` →
     ``interrupted``), and :class:`RunInterrupted` is raised. ``realtime``: pace
@@ -170,7 +172,7 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
 
     world = mosaik.World(sim_config(scenario), time_resolution=1.0, skip_greetings=True, configure_logging=False)
     parquet = out_dir / "timeseries.parquet"
-    interrupted: KeyboardInterrupt | None = None
+    interrupted: KeyboardInterrupt | StopRequested | None = None
     lost: str | None = None
     run_start = time.perf_counter()
     try:
@@ -211,12 +213,12 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
     if interrupted is not None and not parquet.exists():
         raise RunInterrupted(lost or _signal_of(interrupted), out_dir) from None
 
-    recorded = report.read_recorded(parquet)  # by kind: never the whole long table at once
+    recorded = read_recorded(parquet)  # by kind: never the whole long table at once
     tables: dict[str, pd.DataFrame] = {}
-    summary = report.summarize(recorded, scenario, table, batteries, wall_time_s=time.perf_counter() - wall_start,
-                               run_wall_s=run_wall_s, tables=tables)
-    if "contract" in summary and scenario.contract.engine == "evm":
-        summary["contract"]["evm"] = report.evm_figures(recorded, out_dir / "contract_gas.json")
+    summary = summaries.summarize(recorded, run, wall_time_s=time.perf_counter() - wall_start, run_wall_s=run_wall_s,
+                                  tables=tables)
+    if "contract" in summary and scenario.contract is not None and scenario.contract.engine == "evm":
+        summary["contract"]["evm"] = summaries.evm_figures(recorded, out_dir / "contract_gas.json")
     if realtime is not None:
         steps = realtime.table()
         summary["realtime"] = realtime.summary(steps)
@@ -228,7 +230,7 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
                   else _signal_of(interrupted))
         summary["interrupted"] = {"signal": reason, "steps_recorded": summary["steps"], "steps_planned": n_steps}
     write_text_atomically(out_dir / "summary.json", strict_json(summary))
-    report.plot_all(recorded, scenario, out_dir, tables)
+    plots.plot_all(recorded, scenario, out_dir, tables)
     if interrupted is not None:
         raise RunInterrupted(summary["interrupted"]["signal"], out_dir) from None
     return RunResult(out_dir=out_dir, parquet=parquet, summary=summary)
@@ -244,7 +246,7 @@ def _placements(scenario: Scenario) -> str:
                      if _placement(scenario, k) != "inprocess")
 
 
-def sim_config(scenario: Scenario) -> dict[str, dict[str, str]]:
+def sim_config(scenario: Scenario) -> dict[str, Any]:
     """mosaik's sim config for this scenario: :data:`SIM_CONFIG` with ``[processes]`` applied."""
     import sys
 
@@ -393,8 +395,9 @@ def _shutdown_quietly(world: mosaik.World) -> None:
             inner._shutdown_performed = True
 
 
-def _build(world: mosaik.World, run: RunInputs, out_dir: Path, log: Callable[[str], None] = lambda msg: None) -> Path:
-    world = _Wiring(world)  # entity connections between simulators travel as whole columns (sims/tables.py)
+def _build(mosaik_world: mosaik.World, run: RunInputs, out_dir: Path,
+           log: Callable[[str], None] = lambda msg: None) -> Path:
+    world = _Wiring(mosaik_world)  # entity connections between simulators travel as whole columns (sims/tables.py)
     scenario, site, times = run.scenario, run.site, run.times
     table, hvac, batteries = run.fleet.households, run.fleet.hvac, run.fleet.batteries
     load_kw, pv_kw, base_shape = run.load_kw, run.pv_kw, run.base_shape
@@ -412,7 +415,7 @@ def _build(world: mosaik.World, run: RunInputs, out_dir: Path, log: Callable[[st
         hh_sim = _start(world, scenario, "Households", step_s=step_s, names=table["name"].tolist(),
                              bus=table["bus"].tolist(), load_kw=load_kw, pv_kw=pv_kw,
                              power_factor=table["power_factor"].tolist(),
-                             t_outdoor_c=weather.outdoor_temperature_c(site, times),
+                             t_outdoor_c=run.outdoor_temperature_c,
                              hvac={k: v.tolist() for k, v in hvac.items()}, wind_kw=run.wind_kw)
         households = {e.eid: e for e in hh_sim.Household.create(len(table))}
     has_hvac = dict(zip(table["name"], hvac["p_max_kw"] > 0))
@@ -459,15 +462,16 @@ def _build(world: mosaik.World, run: RunInputs, out_dir: Path, log: Callable[[st
             for name, ent in members.items():
                 entities[ent.full_id] = {"entity": ent.eid, "kind": "member", "bus": hh_bus[name]}
 
-    ctrls, diagnostics = [], []
+    ctrls: list[Any] = []
+    diagnostics: list[str] = []
     if scenario.hems.controller is not None:
         tariff = run.tariff
         shared = {"names": list(table["name"]), "start": times[0].isoformat(),
                   "start_s_of_day": int((times[0] - times[0].normalize()).total_seconds()),
                   "load_kw": load_kw, "pv_kw": pv_kw, "import_price": tariff.import_price(times),
                   "export_price": tariff.export_price(times), "members": members}
-        ctrls, diagnostics = _connect_controllers(world, scenario, table, households, has_hvac, battery_of,
-                                                  batteries, buses, hh_bus, shared)
+        ctrls, diagnostics = _connect_controllers(world, run, households, has_hvac, battery_of, buses, hh_bus,
+                                                  shared)
         for ctrl in ctrls:
             entities[ctrl.full_id] = {"entity": ctrl.eid, "kind": "controller",
                                       "bus": hh_bus[ctrl.eid.removeprefix("ctrl_")]}
@@ -507,7 +511,7 @@ def _build(world: mosaik.World, run: RunInputs, out_dir: Path, log: Callable[[st
     for ent in market_entities:
         record(ent, MARKET_OUTPUTS)
     for ent in contract_entities:
-        evm_out = EVM_OUT if scenario.contract.engine == "evm" else []
+        evm_out = EVM_OUT if scenario.contract is not None and scenario.contract.engine == "evm" else []
         record(ent, CONTRACT_OUT + evm_out if ent.eid == "contract" else MEMBER_OUT)
     tables, to_record = world.finish(recorded)
     parquet = out_dir / "timeseries.parquet"
@@ -520,17 +524,17 @@ def _build(world: mosaik.World, run: RunInputs, out_dir: Path, log: Callable[[st
     return parquet
 
 
-def _connect_contract(world: mosaik.World, run: RunInputs, aggregator: Any, battery_of: dict[str, Any],
+def _connect_contract(world: _Wiring, run: RunInputs, aggregator: Any, battery_of: dict[str, Any],
                       households: dict[str, Any], gas_log_path: Path) -> tuple[Any, dict[str, Any]]:
     """Start the smart contract: every battery household of the portfolio is a member; every other meter of
     the portfolio (the plants, households without a battery) reports its exports."""
     scenario = run.scenario
-    c = scenario.contract
-    names = fleet.contract_members(scenario, run.fleet.households, run.fleet.batteries)
-    meters = fleet.contract_meters(scenario, run.fleet.households, run.fleet.batteries)
+    c, m = scenario.contract, scenario.market
+    assert c is not None and m is not None
+    names, meters = run.contract_members, run.contract_meters
     times = run.times
     sim = _start(world, scenario, "Contract", step_s=scenario.clock.step_s, round_s=c.interval_s, window_s=c.window_s,
-                      interval_s=scenario.market.interval_s,
+                      interval_s=m.interval_s,
                       start_s_of_day=int((times[0] - times[0].normalize()).total_seconds()), households=names,
                       latency=c.latency.model_dump(), loss_prob=c.loss_prob, seed=scenario.seed, engine=c.engine,
                       evm_fork=c.evm_fork, evm_mode=c.evm_mode, gas_log_path=str(gas_log_path), meters=meters)
@@ -545,60 +549,20 @@ def _connect_contract(world: mosaik.World, run: RunInputs, aggregator: Any, batt
     return contract, members
 
 
-def market_inputs(run: RunInputs) -> dict[str, Any]:
-    """What the aggregator knows the day before, per market interval of the whole days the run touches:
-    forecasts (kWh) and prices (currency/kWh), and ``first_interval``, the run's start among them.
-
-    Demand is the portfolio households' load; production their PV and wind plus the aggregator's plants
-    (``market.central_groups``). Forecasts are the truth times a seeded error at every
-    ``forecast.step_min`` (:class:`~dercosim.timeseries.forecast.Noisy`), or the truth (``kind =
-    "perfect"``). Prices are the bundled day-ahead and imbalance series. Whole days, so a day's plan does
-    not depend on where the run ends (a shorter run is the first part of a longer one).
-    """
-    from dercosim.timeseries.forecast import Noisy
-    from dercosim.timeseries.prices import price_per_kwh
-    from dercosim.timeseries.rng import rng_for
-
-    scenario = run.scenario
-    m = scenario.market
-    hh = run.fleet.households
-    days, load_kw = run.days, run.day_load_kw
-    gen_kw = run.day_pv_kw + (run.day_wind_kw if run.day_wind_kw is not None else 0.0)
-    central_names, member_names = fleet.portfolio(scenario, hh)
-    central = hh["name"].isin(central_names).to_numpy()
-    member = hh["name"].isin(member_names).to_numpy()
-    steps = m.interval_s // scenario.clock.step_s
-    n_int = len(days) // steps
-    step_h = scenario.clock.step_s / 3600.0
-    forecasts = {}
-    for name, truth in (("demand", load_kw[:, member].sum(axis=1)),
-                        ("production", gen_kw[:, member | central].sum(axis=1))):
-        series = truth
-        if m.forecast.kind == "noisy":
-            series = np.clip(Noisy(truth, m.forecast.accuracy, m.forecast.step_min,
-                                   rng_for(scenario.seed, f"market_forecast:{name}")).series, 0.0, None)
-        forecasts[name] = series.reshape(n_int, steps).sum(axis=1) * step_h
-    starts = days[::steps]
-    import_price = run.tariff.import_price(days).reshape(n_int, steps).mean(axis=1)
-    return {"demand_forecast_kwh": forecasts["demand"], "production_forecast_kwh": forecasts["production"],
-            "import_price": import_price, "wholesale_price": price_per_kwh(m.wholesale, starts),
-            "imbalance_price": price_per_kwh(m.imbalance, starts),
-            "first_interval": int(days.get_loc(run.times[0]) // steps)}
-
-
-def _connect_market(world: mosaik.World, run: RunInputs, battery_entities: list[Any]) -> Any:
+def _connect_market(world: _Wiring, run: RunInputs, battery_entities: list[Any]) -> Any:
     """Start the aggregator and market simulator; every battery reports its stored energy (time-shifted)."""
-    from dercosim.controllers.aggregator import VirtualBattery
+    from dercosim.markets.aggregator import VirtualBattery
 
     scenario, bats = run.scenario, run.fleet.batteries
     m = scenario.market
+    assert m is not None
     vb = VirtualBattery.of_fleet(bats["capacity_kwh"], bats["p_charge_max_kw"], bats["p_discharge_max_kw"],
                                  bats["eta_charge"], bats["eta_discharge"], bats["soc_min_frac"], bats["soc_max_frac"])
     sim = _start(world, scenario, "Market", step_s=scenario.clock.step_s, interval_s=m.interval_s,
                       battery=vb.__dict__, soc_init_kwh=float(bats["soc_init_kwh"].sum()),
                       bid_limit_per_kwh=m.bid_limit_per_kwh, clearing_limit_per_kwh=m.clearing_limit_per_kwh,
                       residual_demand_slope=m.residual_demand_slope if m.clearing == "price_maker" else 0.0,
-                      **market_inputs(run))
+                      **run.market_inputs)
     aggregator = sim.Aggregator()
     soc0 = dict(zip(bats["name"], bats["soc_init_kwh"]))
     for ent in battery_entities:
@@ -606,14 +570,15 @@ def _connect_market(world: mosaik.World, run: RunInputs, battery_entities: list[
     return aggregator
 
 
-def _connect_planner(world: mosaik.World, run: RunInputs, households: dict[str, Any], battery_entities: list[Any],
+def _connect_planner(world: _Wiring, run: RunInputs, households: dict[str, Any], battery_entities: list[Any],
                      ctrls: list[Any], log: Callable[[str], None]) -> list[Any]:
     """Start the value-stacking planner: it sets the community batteries and HVAC (Jiang & Wang 2024)."""
-    from dercosim.controllers.valuestack import Streams
+    from dercosim.planning.valuestack import Streams
     from dercosim.scenarios.planner_case import admm_settings, build_case
 
     scenario, batteries = run.scenario, run.fleet.batteries
     p = scenario.planner
+    assert p is not None
     case = build_case(run)
     controlled = {c.eid.removeprefix("ctrl_") for c in ctrls}
     clash = sorted(controlled & set(case.names))
@@ -636,15 +601,16 @@ def _connect_planner(world: mosaik.World, run: RunInputs, households: dict[str, 
     return [*plans, operator]
 
 
-def _connect_controllers(world: mosaik.World, scenario: Scenario, table: Any, households: dict[str, Any],
-                         has_hvac: dict[str, bool], battery_of: dict[str, Any], batteries: Any,
-                         buses: dict[int, Any], hh_bus: dict[str, int],
+def _connect_controllers(world: _Wiring, run: RunInputs, households: dict[str, Any], has_hvac: dict[str, bool],
+                         battery_of: dict[str, Any], buses: dict[int, Any], hh_bus: dict[str, int],
                          context: dict[str, Any]) -> tuple[list[Any], list[str]]:
+    scenario, batteries = run.scenario, run.fleet.batteries
     hems = scenario.hems
-    names = fleet.controlled_households(scenario, table, batteries)  # not empty: check_scenario saw to it
+    names = run.controlled  # not empty: check_scenario saw to it
     members = context.get("members", {})
     io = [household_io(n in battery_of, bool(has_hvac[n]), n in members) for n in names]
     available, writable = [a for a, _ in io], [w for _, w in io]
+    assert hems.controller is not None
     cls = load_controller_class(hems.controller, scenario.source_dir)
     diagnostics = [str(d) for d in getattr(cls, "diagnostics", ())]
     ctrl_sim = _start(world, scenario, "Controllers", step_s=scenario.clock.step_s, diagnostics=diagnostics,

@@ -14,12 +14,15 @@ connection point after the battery; this is what goes to the grid),
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from typing import Any
 
 import mosaik_api_v3
+from mosaik_api_v3.types import Meta
 import numpy as np
 
-from dercosim.devices.battery import BatteryFleet, BatteryParams
+from dercosim.devices.battery import BatteryFleet, BatteryParams, StepResult
 from dercosim.sims.entities import hand_out
 from dercosim.timeseries.rng import rng_for
 from dercosim.timeseries.subminute import SubminuteFluctuation
@@ -45,9 +48,9 @@ class BatterySim(mosaik_api_v3.Simulator):
         self.n_created = 0
 
     def init(self, sid: str, time_resolution: float = 1.0, step_s: int = 60, pms_cycle_s: float = 1.0,
-             names: list[str] = (), params: dict[str, list[float]] | None = None,
-             soc_init_kwh: list[float] = (), default_follow: list[bool] = (),
-             subminute_sigma_kw: list[float] = (), subminute_tau_s: float = 10.0, seed: int = 0) -> dict:
+             names: Sequence[str] = (), params: dict[str, list[float]] | None = None,
+             soc_init_kwh: Sequence[float] = (), default_follow: Sequence[bool] = (),
+             subminute_sigma_kw: Sequence[float] = (), subminute_tau_s: float = 10.0, seed: int = 0) -> Meta:
         self.step_s = int(step_s)
         self.names = list(names)
         n = len(self.names)
@@ -58,7 +61,7 @@ class BatterySim(mosaik_api_v3.Simulator):
         rng = rng_for(seed, "battery_subminute")
         self.fluctuation = SubminuteFluctuation(n, self.fleet.n_cycles, pms_cycle_s, np.asarray(subminute_sigma_kw),
                                                 subminute_tau_s, rng)
-        self.last = None
+        self.last: StepResult | None = None
         self.follow_used = self.default_follow.copy()
         return self.meta
 

@@ -10,13 +10,13 @@ it reads ``meter_kw`` only; its exports count in RE^{t,A}).
 
 Every ``round_s`` seconds each member sends a report (its SoC and its net
 export since its last report) over the seeded simpy network
-(:mod:`dercosim.controllers.network`: latency per message, loss); the round
+(:mod:`dercosim.markets.network`: latency per message, loss); the round
 closes ``window_s`` later with the reports that have arrived. A report that
 arrives after its round closed is counted as late and used in the next
 round (one from an earlier market interval is counted and dropped). Each
 report carries the household's net export since the interval started, as
 the paper's HEMS sends it, so a lost or late report loses no energy. The contract then computes RE^{t,A}
-and the weights (:class:`dercosim.controllers.contract.SmartContract`) and
+and the weights (:class:`dercosim.markets.contract.SmartContract`) and
 replies; a member whose reply is lost keeps its last RE and weights. A
 member's ``re_kwh`` is its share of the last reply minus what it exported
 since that reply arrived (eq. (7)). The simulator steps every minute (the
@@ -26,15 +26,18 @@ arrival time and take effect from the next minute.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import math
 from typing import Any
 
 import mosaik_api_v3
+from mosaik_api_v3.types import Meta
 import simpy
 
-from dercosim.controllers.contract import ContractError, Reply, SmartContract
-from dercosim.controllers.contract_evm import MWH_PER_KWH, PPM, to_mwh, to_ppm
-from dercosim.controllers.network import Latency, Network
+from dercosim.markets.contract import ContractError, Reply, SmartContract
+from dercosim.markets.contract_evm import MWH_PER_KWH, PPM, to_mwh, to_ppm
+from dercosim.markets.network import Latency, Network
 from dercosim.sims.entities import hand_out
 from dercosim.sims.pacing import paced
 from dercosim.sims.tables import tabled
@@ -79,9 +82,9 @@ class ContractSim(mosaik_api_v3.Simulator):
 
     def init(self, sid: str, time_resolution: float = 1.0, step_s: int = 60, round_s: int = 300,
              window_s: float = 10.0, interval_s: int = 1800, start_s_of_day: int = 0,
-             households: list[str] = (), latency: dict[str, Any] | None = None, loss_prob: float = 0.0,
+             households: Sequence[str] = (), latency: dict[str, Any] | None = None, loss_prob: float = 0.0,
              seed: int = 0, engine: str = "python", evm_fork: str = "prague", evm_mode: str = "batched",
-             gas_log_path: str | None = None, meters: list[str] = ()) -> dict:
+             gas_log_path: str | None = None, meters: Sequence[str] = ()) -> Meta:
         """``households``: the battery households (weights, RE); ``meters``: the portfolio's other meters (the
         aggregator's plants, households without a battery), whose exports count in RE only;
         ``engine``: "python" (the rules in Python) or "evm" (the Vyper contract on an in-process py-evm
@@ -102,7 +105,7 @@ class ContractSim(mosaik_api_v3.Simulator):
         self.contract = SmartContract()
         self.evm = None
         if engine == "evm":
-            from dercosim.controllers.contract_evm import EVMContract
+            from dercosim.markets.contract_evm import EVMContract
 
             self.evm = EVMContract(self.names, fork=evm_fork, mode=evm_mode)
         self.gas_log_path = gas_log_path
@@ -120,7 +123,7 @@ class ContractSim(mosaik_api_v3.Simulator):
         self.late = 0
         self.rejected = 0
         self.replies_lost = 0
-        self.interval = None
+        self.interval: int | None = None
         self.series = {"committed_kwh": 0.0, "soc_target_frac": math.nan, "mode_s": 0.0}
         return self.meta
 
@@ -187,6 +190,7 @@ class ContractSim(mosaik_api_v3.Simulator):
     def _evm_round(self, reference: dict[str, Reply]) -> dict[str, Reply]:
         """The round on chain; its replies are what the members get. Gas and the gap to the Python rules are
         kept for this minute's record."""
+        assert self.evm is not None  # engine "evm"
         try:
             replies = self.evm.compute()
         except ContractError:  # the round's transaction reverted: counted; this round's Python replies go out
@@ -216,7 +220,7 @@ class ContractSim(mosaik_api_v3.Simulator):
         if time > self.env.now:  # deliver every message due by now
             self.env.run(until=time)
         self._receive_replies()
-        given = inputs.get(self.contract_eid, {})
+        given = inputs.get(self.contract_eid or "", {})
         for attr in self.series:
             if given.get(attr):
                 self.series[attr] = float(sum(given[attr].values()))

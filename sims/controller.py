@@ -31,6 +31,8 @@ stderr once per household by name (a call cannot be cut short safely).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import copy
 import math
 import sys
@@ -38,6 +40,7 @@ import time as _time
 from typing import Any
 
 import mosaik_api_v3
+from mosaik_api_v3.types import Meta
 import numpy as np
 
 from dercosim.controllers.base import OBSERVATIONS, SETPOINTS
@@ -72,9 +75,9 @@ class ControllerSim(mosaik_api_v3.Simulator):
         self.entities: dict[str, dict[str, Any]] = {}
         self.pool: Any = None
 
-    def init(self, sid: str, time_resolution: float = 1.0, step_s: int = 60, diagnostics: list[str] = (),
+    def init(self, sid: str, time_resolution: float = 1.0, step_s: int = 60, diagnostics: Sequence[str] = (),
              on_fault: str = "stop", step_timeout_s: float | None = None, threads: int = 1,
-             batch: bool = True) -> dict:
+             batch: bool = True) -> Meta:
         """``diagnostics``: names the hosted controllers may report (added to the model's attributes);
         ``on_fault``: "stop" or "fallback"; ``step_timeout_s``: wall-clock budget of one call (None: none);
         ``threads``: calls of thread-safe controllers run on this many threads (1: one after the other);
@@ -111,7 +114,7 @@ class ControllerSim(mosaik_api_v3.Simulator):
             if served.rpartition(":")[2] != spec.rpartition(":")[2]:
                 raise ControllerError(f"this host serves {served!r}; the run asks for {spec!r}")
             spec, base_dir = served, None
-        cls = load_controller_class(spec, base_dir)
+        cls: Any = load_controller_class(spec, base_dir)
         out = []
         # a context that came through mosaik's JSON protocol carries its series as lists: numpy again
         contexts = [{k: (np.asarray(v, float) if isinstance(v, list) and v and isinstance(v[0], (int, float))
@@ -208,13 +211,14 @@ class ControllerSim(mosaik_api_v3.Simulator):
         """One controller's observe/step: (setpoints, the fault or None, wall time in s)."""
         ent, obs, due, where = job
         started = _time.perf_counter()
+        fault: ControllerFault | None = None
         try:
-            setpoints, fault = self._call(ent["ctrl"], ent, time, obs, due, where), None
+            setpoints = self._call(ent["ctrl"], ent, time, obs, due, where)
         except ControllerFault as exc:
             setpoints, fault = {}, exc
         return setpoints, fault, _time.perf_counter() - started
 
-    def _batch_call(self, cls: type, group: list[tuple[dict[str, Any], dict[str, float], bool, str]],
+    def _batch_call(self, cls: Any, group: list[tuple[dict[str, Any], dict[str, float], bool, str]],
                     time: int) -> dict[int, tuple[dict[str, float], ControllerFault | None, float]]:
         """observe() of each, then one ``cls.step_many`` for all that did not fault: per job (setpoints, the
         fault or None, wall time in s: its observe plus an equal share of the batch)."""
@@ -227,9 +231,9 @@ class ControllerSim(mosaik_api_v3.Simulator):
                 if ent["observes"]:
                     ent["ctrl"].observe(time, obs)
             except (Exception, SystemExit) as exc:  # noqa: BLE001 - a plug-in may raise or exit anything
-                fault = ControllerFault(f"raised {type(exc).__name__}: {exc}")
-                fault.__cause__ = exc
-                out[id(job)] = ({}, fault, _time.perf_counter() - started)
+                failed = ControllerFault(f"raised {type(exc).__name__}: {exc}")
+                failed.__cause__ = exc
+                out[id(job)] = ({}, failed, _time.perf_counter() - started)
                 continue
             ready.append((job, _time.perf_counter() - started))
         if not ready:
@@ -244,10 +248,11 @@ class ControllerSim(mosaik_api_v3.Simulator):
         share_s = (_time.perf_counter() - started) / len(ready)
         for (job, observe_s), answer in zip(ready, answers):
             ent, where = job[0], job[3]
+            fault: ControllerFault | None = None
             try:
                 if isinstance(answer, BaseException):
                     raise ControllerFault(f"raised {type(answer).__name__}: {answer}") from answer
-                setpoints, fault = self._checked(ent, answer, where), None
+                setpoints = self._checked(ent, answer, where)
             except ControllerFault as exc:
                 setpoints, fault = {}, exc
             out[id(job)] = (setpoints, fault, observe_s + share_s)

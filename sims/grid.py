@@ -14,10 +14,11 @@ from __future__ import annotations
 from typing import Any
 
 import mosaik_api_v3
+from mosaik_api_v3.types import Meta
 import numpy as np
 
 from dercosim.grids import ieee33
-from dercosim.grids.powerflow import PowerFlowResult, make_engine
+from dercosim.grids.powerflow import PowerFlowEngine, PowerFlowResult, make_engine
 from dercosim.sims.pacing import paced
 from dercosim.sims.tables import tabled
 
@@ -42,12 +43,12 @@ class GridSim(mosaik_api_v3.Simulator):
     def __init__(self) -> None:
         super().__init__(META)
         self.step_s = 60
-        self.engine = None
+        self.engine: PowerFlowEngine | None = None
         self.result: PowerFlowResult | None = None
         self.p_net_kw = np.zeros(0)
         self.q_net_kvar = np.zeros(0)
 
-    def init(self, sid: str, time_resolution: float = 1.0, step_s: int = 60) -> dict:
+    def init(self, sid: str, time_resolution: float = 1.0, step_s: int = 60) -> Meta:
         if time_resolution != 1.0:
             raise ValueError("dercosim runs on a 1-second mosaik clock (time_resolution=1.0)")
         self.step_s = int(step_s)
@@ -81,11 +82,13 @@ class GridSim(mosaik_api_v3.Simulator):
             q[i] += sum(attrs.get("q_kvar", {}).values())
         self.p_net_kw, self.q_net_kvar = p, q
         self.base_now_kw = float(self.base_p_kw.sum() * self.base_shape[k])
+        assert self.engine is not None, "create the Feeder before stepping"
         self.result = self.engine.solve(p, q)
         return time + self.step_s
 
     def get_data(self, outputs: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
         r = self.result
+        assert r is not None, "get_data before the first step"
         data: dict[str, dict[str, Any]] = {}
         for eid, attrs in outputs.items():
             if eid == "feeder":

@@ -12,9 +12,12 @@ generation at unity), ``t_indoor_c``, ``t_outdoor_c`` and
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from typing import Any
 
 import mosaik_api_v3
+from mosaik_api_v3.types import Meta
 import numpy as np
 
 from dercosim.devices.thermal import indoor_temperature_next, thermostat
@@ -22,7 +25,8 @@ from dercosim.sims.entities import hand_out
 from dercosim.sims.pacing import paced
 from dercosim.sims.tables import entity_data, positions, tabled
 
-ATTRS = ["load_kw", "pv_kw", "wind_kw", "hvac_kw", "net_kw", "q_kvar", "t_indoor_c", "t_outdoor_c", "bus", "hvac_set_kw"]
+ATTRS = ["load_kw", "pv_kw", "wind_kw", "hvac_kw", "net_kw", "q_kvar", "t_indoor_c", "t_outdoor_c", "bus",
+         "hvac_set_kw"]
 META = {
     "api_version": "3.0",
     "type": "time-based",
@@ -37,9 +41,9 @@ class HouseholdSim(mosaik_api_v3.Simulator):
         super().__init__(META)
         self.n_created = 0
 
-    def init(self, sid: str, time_resolution: float = 1.0, step_s: int = 60, names: list[str] = (),
-             bus: list[int] = (), load_kw: Any = None, pv_kw: Any = None, power_factor: list[float] = (),
-             t_outdoor_c: Any = None, hvac: dict[str, list[float]] | None = None, wind_kw: Any = None) -> dict:
+    def init(self, sid: str, time_resolution: float = 1.0, step_s: int = 60, names: Sequence[str] = (),
+             bus: Sequence[int] = (), load_kw: Any = None, pv_kw: Any = None, power_factor: Sequence[float] = (),
+             t_outdoor_c: Any = None, hvac: dict[str, list[float]] | None = None, wind_kw: Any = None) -> Meta:
         """``load_kw``, ``pv_kw``, ``wind_kw``: (n_steps, n), one row per step from t = 0 (``wind_kw`` None:
         no turbines); ``t_outdoor_c``: (n_steps,).
 

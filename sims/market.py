@@ -12,8 +12,8 @@ the interval's values in every row; it decides only at day boundaries.
 
 A failed MILP (infeasible, time limit) is counted (``milp_failures``): that
 day the fleet bids nothing (commitments 0, S = 0, no SoC target) and the run
-goes on. The logic lives in :mod:`dercosim.controllers.aggregator` and
-:mod:`dercosim.controllers.market`; this file turns mosaik inputs into arrays.
+goes on. The logic lives in :mod:`dercosim.markets.aggregator` and
+:mod:`dercosim.markets.clearing`; this file turns mosaik inputs into arrays.
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ import math
 from typing import Any
 
 import mosaik_api_v3
+from mosaik_api_v3.types import Meta
 import numpy as np
 
-from dercosim.controllers.aggregator import DayAheadMILP, VirtualBattery, bids_kwh
-from dercosim.controllers.market import clear, clearing_price
+from dercosim.markets.aggregator import DayAheadMILP, VirtualBattery, bids_kwh
+from dercosim.markets.clearing import clear, clearing_price
 from dercosim.sims.pacing import paced
 from dercosim.sims.tables import tabled
 
@@ -50,7 +51,7 @@ class MarketSim(mosaik_api_v3.Simulator):
              import_price: Any = None, wholesale_price: Any = None, imbalance_price: Any = None,
              battery: dict[str, float] | None = None, soc_init_kwh: float = 0.0, bid_limit_per_kwh: float = 0.0,
              clearing_limit_per_kwh: float | None = None, time_limit_s: float = 10.0,
-             residual_demand_slope: float = 0.0) -> dict:
+             residual_demand_slope: float = 0.0) -> Meta:
         """Arrays are per market interval of the whole days the run touches (forecasts in kWh, prices in
         currency/kWh); the run starts at interval ``first_interval``; ``battery``: the :class:`VirtualBattery`
         fields; ``residual_demand_slope`` > 0: a price maker, whose awarded export E depresses the price it is

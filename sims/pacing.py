@@ -27,7 +27,7 @@ import functools
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -112,9 +112,14 @@ class Pacer:
                                "wait = start of the step − start of its slot (inputs, mosaik)"}
 
 
-def paced(cls: type) -> type:
+#: a simulator class
+S = TypeVar("S")
+
+
+def paced(cls: type[S]) -> type[S]:
     """Class decorator: the simulator's ``step`` goes through :data:`PACER` when one is active."""
-    step = cls.step
+    sim: Any = cls
+    step = sim.step
     name = cls.__name__.removesuffix("Sim")
 
     @functools.wraps(step)
@@ -124,7 +129,7 @@ def paced(cls: type) -> type:
             return step(self, t, inputs, max_advance)
         return pacer.call(name, step, self, t, inputs, max_advance)
 
-    cls.step = wrapper
+    sim.step = wrapper
     return cls
 
 

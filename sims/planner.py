@@ -19,9 +19,10 @@ import time as _time
 from typing import Any
 
 import mosaik_api_v3
+from mosaik_api_v3.types import Meta
 import numpy as np
 
-from dercosim.controllers.valuestack import PlanResult, solve_value_stacking, unpack
+from dercosim.planning.valuestack import PlanResult, solve_value_stacking, unpack
 from dercosim.sims.entities import hand_out
 from dercosim.sims.pacing import paced
 from dercosim.sims.tables import tabled
@@ -51,7 +52,7 @@ class PlannerSim(mosaik_api_v3.Simulator):
 
     def init(self, sid: str, time_resolution: float = 1.0, step_s: int = 60, case: Any = None,
              settings: Any = None, replan: str = "daily", binaries: str = "relaxed", central: bool = True,
-             streams: Any = None, log: Any = None) -> dict:
+             streams: Any = None, log: Any = None) -> Meta:
         """``case``: a :class:`dercosim.scenarios.planner_case.ValueStackingCase`; ``settings``: ADMMSettings."""
         self.step_s = int(step_s)
         self.case, self.settings, self.replan = case, settings, replan
@@ -114,7 +115,7 @@ class PlannerSim(mosaik_api_v3.Simulator):
         self.stats["plans"] += 1
         wall = _time.perf_counter()
         try:
-            kwargs = {"binaries": self.binaries, "central": self.central}
+            kwargs: dict[str, Any] = {"binaries": self.binaries, "central": self.central}
             if self.streams is not None:
                 kwargs["streams"] = self.streams
             res: PlanResult = solve_value_stacking(comms, market, feeder, settings, **kwargs)

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import mosaik_api_v3
+from mosaik_api_v3.types import Meta
+from dercosim.analysis.results import KIND_COLUMNS_KEY
 from dercosim.sims.pacing import paced
 from dercosim.sims.tables import TABLE_ATTR
 import numpy as np
@@ -33,8 +35,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-#: parquet schema metadata key: the attributes recorded for each kind of entity (JSON)
-KIND_COLUMNS_KEY = b"dercosim.kind_columns"
 
 #: Set (e.g. by a signal handler) to stop the run cleanly at the next step boundary: the recorder raises
 #: :class:`StopRequested` there, mosaik shuts the world down, and :meth:`RecorderSim.finalize` joins what
@@ -88,7 +88,8 @@ def join_parts(parts_dir: Path, path: Path) -> int:
                 writer = pq.ParquetWriter(tmp, table.schema)
             writer.write_table(table, row_group_size=max(len(table), 1))
             rows += len(table)
-        writer.close()
+        if writer is not None:
+            writer.close()
         writer = None
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
@@ -109,9 +110,9 @@ def join_parts(parts_dir: Path, path: Path) -> int:
 class RecorderSim(mosaik_api_v3.Simulator):
     def __init__(self) -> None:
         super().__init__(META)
-        self.eid = None
+        self.eid: str | None = None
 
-    def init(self, sid: str, time_resolution: float = 1.0, step_s: int = 60) -> dict:
+    def init(self, sid: str, time_resolution: float = 1.0, step_s: int = 60) -> Meta:
         self.step_s = int(step_s)
         return self.meta
 
@@ -206,18 +207,18 @@ class RecorderSim(mosaik_api_v3.Simulator):
                 if attr not in self.columns:
                     continue
                 col = values.setdefault(attr, np.full(n, np.nan))
-                rows = [row_of[src] for src in sources if src in row_of]
-                if len(rows) == len(sources):  # mosaik's None (no value) becomes NaN
-                    col[rows] = np.array(list(sources.values()), dtype=np.float64)
+                found = [row_of[src] for src in sources if src in row_of]
+                if len(found) == len(sources):  # mosaik's None (no value) becomes NaN
+                    col[found] = np.array(list(sources.values()), dtype=np.float64)
                 else:
-                    col[rows] = np.array([v for src, v in sources.items() if src in row_of], dtype=np.float64)
+                    col[found] = np.array([v for src, v in sources.items() if src in row_of], dtype=np.float64)
             for tid, cols in tables.items():  # whole columns from a simulator's Table entity
                 for attr, vals in cols.items():
                     if attr not in self.columns:
                         continue
                     rows, keep = self._table_rows(tid, attr, row_of, memo)
-                    vals = np.asarray(vals, dtype=np.float64)  # None (no value) becomes NaN
-                    values.setdefault(attr, np.full(n, np.nan))[rows] = vals if keep is None else vals[keep]
+                    column = np.asarray(vals, dtype=np.float64)  # None (no value) becomes NaN
+                    values.setdefault(attr, np.full(n, np.nan))[rows] = column if keep is None else column[keep]
             self.buffer.append((time, positions, values))
             self.buffered_rows += n
         if time + self.step_s - self.last_flush_s >= self.flush_every_s:

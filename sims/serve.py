@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 from dercosim.sims import MOVABLE, SIMULATORS
 
@@ -41,7 +41,7 @@ def parse_addr(addr: str) -> tuple[str, int]:
     return host, int(port)
 
 
-async def _serve_once(sim: object, host: str, port: int, timeout_s: float, ready: Callable[[], None]) -> None:
+async def _serve_once(sim: Any, host: str, port: int, timeout_s: float, ready: Callable[[], None]) -> None:
     """mosaik_api_v3's ``run_as_server``, saying when the port is bound (so a caller knows it may connect)."""
     import mosaik_api_v3
     from mosaik_api_v3.connection import Channel

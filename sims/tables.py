@@ -21,18 +21,22 @@ which spares building a dict per entity.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+
+#: a simulator class
+S = TypeVar("S")
 
 TABLE_MODEL = "Table"
 TABLE_EID = "__table__"
 TABLE_ATTR = "table"
 
 
-def tabled(cls: type) -> type:
+def tabled(cls: type[S]) -> type[S]:
     """Class decorator: add the ``Table`` model to a mosaik simulator (see the module doc)."""
-    init, create, get_data, step = cls.init, cls.create, cls.get_data, cls.step
+    sim: Any = cls
+    init, create, get_data, step = sim.init, sim.create, sim.get_data, sim.step
 
     @functools.wraps(init)
     def init_wrapper(self: Any, sid: str, *args: Any, **kwargs: Any) -> dict:
@@ -54,7 +58,7 @@ def tabled(cls: type) -> type:
         self._table_columns, self._table_request = columns, request
         # other simulators' tables, to be unpacked into per-entity inputs: {their table's full id: [[attr,
         # position in its column, our entity, our attribute, the source entity's full id], ...]}
-        self._table_inputs: dict[str, list[tuple[str, list[int], list[tuple[str, str, str]]]]] = {}
+        self._table_inputs = {}  # {their table: [(attr, positions, [(our entity, our attribute, source), ...])]}
         for tid, rows in (params.get("inputs") or {}).items():
             by_attr: dict[str, tuple[list[int], list[tuple[str, str, str]]]] = {}
             for attr, pos, dst_eid, dst_attr, src in rows:
@@ -102,7 +106,7 @@ def tabled(cls: type) -> type:
         out[TABLE_EID] = {TABLE_ATTR: table}
         return out
 
-    cls.init, cls.create, cls.get_data, cls.step = init_wrapper, create_wrapper, get_data_wrapper, step_wrapper
+    sim.init, sim.create, sim.get_data, sim.step = init_wrapper, create_wrapper, get_data_wrapper, step_wrapper
     return cls
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dercosim.controllers.admm import ADMMSettings, Latency, run_admm
+from dercosim.planning.admm import ADMMSettings, Latency, run_admm
 
 
 class Quadratic:

@@ -24,7 +24,7 @@ def test_energy_closes_for_every_battery_over_hours(cycle_s, minutes):
     f = fleet(n, 5.0, cycle_s, self_discharge_per_h=0.002)
     noise = SubminuteFluctuation(n, f.n_cycles, cycle_s, 0.5, 10.0, np.random.default_rng(3))
     level = np.zeros(n)
-    for minute in range(minutes):
+    for _ in range(minutes):
         level = 0.9 * level + rng.normal(0, 1.5, n)  # residuals that hit both power and SoC limits
         follow = rng.random(n) < 0.6
         f.step(level[None, :] + noise.next_step(), follow, rng.uniform(-7, 7, n))
@@ -86,7 +86,7 @@ def test_soc_limit_binds_when_full():
 def test_follow_residual_zeroes_the_meter_while_limits_allow():
     f = fleet(soc_kwh=5.0)
     noise = SubminuteFluctuation(1, f.n_cycles, 1.0, 0.4, 10.0, np.random.default_rng(0))
-    for minute in range(30):
+    for _ in range(30):
         residual = -2.0 + noise.next_step()  # PV surplus flickering around 2 kW
         r = f.step(residual, np.array([True]), np.zeros(1))
         assert r.meter_kw[0] == pytest.approx(0.0, abs=1e-12)

@@ -82,7 +82,7 @@ def test_same_seed_same_contract_messages_and_settlement(tmp_path):
 
 
 def test_sensitivity_studies_vary_one_key_per_run_as_a_sweep(tmp_path, capsys):
-    from dercosim.scenarios import cli
+    from dercosim import cli
     from dercosim.scenarios.config import scenario_to_toml
 
     path = tmp_path / "loop.toml"

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from dercosim.controllers.contract import ContractError, SmartContract
+from dercosim.markets.contract import ContractError, SmartContract
 
 
 def contract(n: int = 3, committed: float = 6.0, target: float = 0.5) -> SmartContract:

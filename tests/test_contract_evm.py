@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dercosim.controllers.contract import ContractError, SmartContract
-from dercosim.controllers.contract_evm import MWH_PER_KWH, PPM, EVMContract, to_mwh, to_ppm
+from dercosim.markets.contract import ContractError, SmartContract
+from dercosim.markets.contract_evm import MWH_PER_KWH, PPM, EVMContract, to_mwh, to_ppm
 from dercosim.scenarios.world import run_scenario
 from dercosim.sims.contract import ContractSim
 

@@ -15,7 +15,7 @@ import pytest
 from dercosim.grids.ieee33 import BASE_P_KW_TOTAL, base_load_kw
 from dercosim.controllers.registry import load_controller_class, registered_controllers
 from dercosim.controllers.rule_based import RuleBasedController
-from dercosim.scenarios import cli
+from dercosim import cli
 from dercosim.scenarios.config import Scenario, ScenarioError
 from dercosim.scenarios.world import run_scenario
 

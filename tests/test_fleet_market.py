@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dercosim.scenarios import cli
-from dercosim.scenarios.config import Scenario, ScenarioError, load_scenario
+from dercosim import cli
+from dercosim.scenarios.config import Scenario, ScenarioError
+from dercosim.scenarios.load import load_scenario
 from dercosim.scenarios.world import run_scenario, with_duration
 
 REPO = Path(__file__).resolve().parents[1]
@@ -197,7 +198,7 @@ export_per_kwh = 0.0
 
 
 def test_validation_holds_the_commitments_against_the_delivery(run):
-    from dercosim.scenarios.validate import validate
+    from dercosim.analysis.validate import validate
 
     r = validate(run.out_dir, engine_minutes=5)
     m = r["beliefs"]["market"]
@@ -244,7 +245,7 @@ def test_the_central_scenarios_put_the_fleet_in_one_plant():
 
 def test_the_fleet_scenarios_share_their_households_loads():
     """A plant added to a scenario (annual_kwh = 0) draws no load: s0's homes are s2's and s4's homes."""
-    from dercosim.scenarios.fleet import RunInputs
+    from dercosim.scenarios.resolve import RunInputs
 
     runs = {n: RunInputs.resolve(with_duration(load_scenario(REPO / "scenarios" / f"fleet_market_{n}.toml"), 7200))
             for n in ("s0", "s2", "s4")}
@@ -268,7 +269,7 @@ def test_study_fleet_runs_the_cases_in_processes_and_writes_table_ii(tmp_path, c
 def test_the_fleet_power_plot_draws_s4_against_s5(run, tmp_path):
     import shutil
 
-    from dercosim.scenarios.fleet_study import plot_fleet_power
+    from dercosim.studies.fleet import plot_fleet_power
 
     for case in ("s4", "s5"):
         (tmp_path / case).mkdir()

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from dercosim.scenarios.cli import bundled_scenarios
-from dercosim.scenarios.config import load_scenario
+from dercosim.scenarios.bundled import bundled_scenarios
+from dercosim.scenarios.load import load_scenario
 from dercosim.scenarios.world import run_scenario
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dercosim.controllers.aggregator import DayAheadMILP, VirtualBattery, bids_kwh, mode_s
-from dercosim.controllers.market import clear, settle, vpw_covered_kwh
+from dercosim.markets.aggregator import DayAheadMILP, VirtualBattery, bids_kwh, mode_s
+from dercosim.markets.clearing import clear, settle, vpw_covered_kwh
 
 LOSSLESS = VirtualBattery(capacity_kwh=10.0, p_max_kw=4.0, eta_charge=1.0, eta_discharge=1.0)
 
@@ -160,7 +160,7 @@ def test_a_price_maker_exports_where_marginal_revenue_is_zero():
 
 
 def test_the_price_maker_is_paid_the_depressed_price():
-    from dercosim.controllers.market import clearing_price
+    from dercosim.markets.clearing import clearing_price
 
     np.testing.assert_allclose(clearing_price([0.05, 0.05], [0.0, 100.0], 1e-4), [0.05, 0.04])
     np.testing.assert_allclose(clearing_price([0.05], [100.0]), [0.05])  # a price taker

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from dercosim.controllers.admm.qp import SparseQP
-from dercosim.controllers.sharing.price_maker import (ResidualDemand, StorageUnit, solve_admm, solve_central,
+from dercosim.planning.admm.qp import SparseQP
+from dercosim.planning.sharing.price_maker import (ResidualDemand, StorageUnit, solve_admm, solve_central,
                                                       solve_rolling)
-from dercosim.scenarios.sharing_study import PRICE_MAKER_SLOPE, fleet_units, gb_prices, price_maker_settings
+from dercosim.studies.sharing import PRICE_MAKER_SLOPE, fleet_units, gb_prices, price_maker_settings
 
 #: the paper's claim: within 0.1 % of the reference; ours is the centralised QP
 GAP = 1e-3
@@ -99,7 +99,7 @@ def test_bad_units_and_slopes_are_refused():
 @pytest.mark.parametrize("flags,words", [(["--units", "0"], "at least 1 unit"), (["--units", "a"], "whole numbers"),
                                          (["--days", "99"], "1..61")])
 def test_the_study_refuses_bad_flags_before_writing(tmp_path, capsys, flags, words):
-    from dercosim.scenarios import cli
+    from dercosim import cli
 
     assert cli.main(["study", "price-maker", *flags, "--out", str(tmp_path / "out"), "--quiet"]) == 2
     assert words in capsys.readouterr().err and not (tmp_path / "out").exists()

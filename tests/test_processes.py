@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dercosim.scenarios import cli
-from dercosim.scenarios.config import load_scenario
+from dercosim import cli
+from dercosim.scenarios.load import load_scenario
 from dercosim.scenarios.world import RunInterrupted, run_scenario, with_duration
 
 BASE = cli.bundled_scenarios()["households_pv_battery"]
@@ -52,7 +52,7 @@ def _scenario(tmp_path: Path, processes: str, text: str | None = None, name: str
 
 
 def _serve(tmp_path: Path, port: int, env: dict | None = None, extra: tuple[str, ...] = ()) -> subprocess.Popen:
-    host = subprocess.Popen([sys.executable, "-m", "dercosim.scenarios.cli", "serve", "controllers", "--addr",
+    host = subprocess.Popen([sys.executable, "-m", "dercosim.cli", "serve", "controllers", "--addr",
                              f"127.0.0.1:{port}", "--timeout-s", "60", *extra], cwd=tmp_path, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, **(env or {})})
     assert "waiting for a run to connect" in host.stderr.readline()  # printed once the port is bound

@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dercosim.scenarios import cli
-from dercosim.scenarios.config import load_scenario
+from dercosim import cli
+from dercosim.scenarios.load import load_scenario
 from dercosim.scenarios.world import RunInterrupted, run_scenario, with_duration
 from dercosim.sims import pacing
 from dercosim.sims.pacing import Pacer

@@ -21,9 +21,10 @@ import pandas as pd
 import pytest
 import tomli_w
 
-from dercosim.controllers.admm import ADMMSettings
-from dercosim.scenarios import cli
-from dercosim.scenarios.config import AdmmConfig, Scenario, ScenarioError, TariffConfig, load_scenario
+from dercosim.planning.admm import ADMMSettings
+from dercosim import cli
+from dercosim.scenarios.config import AdmmConfig, Scenario, ScenarioError, TariffConfig
+from dercosim.scenarios.load import load_scenario
 from dercosim.scenarios.world import run_scenario
 from dercosim.timeseries.tariffs import Tariff, tariff_of
 

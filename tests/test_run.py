@@ -11,8 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from dercosim.grids.ieee33 import BASE_P_KW_TOTAL, base_load_kw
-from dercosim.scenarios import cli
-from dercosim.scenarios.config import Scenario, load_scenario
+from dercosim import cli
+from dercosim.scenarios.config import Scenario
+from dercosim.scenarios.load import load_scenario
 from dercosim.scenarios.world import run_scenario, with_duration
 from dercosim.sims.recorder import RecorderSim
 
@@ -182,7 +183,7 @@ def test_recorder_takes_whole_columns_from_a_table_and_readers_get_each_kinds_ow
     """A simulator's Table entity hands over {attribute: values in a fixed entity order} (one mosaik value per
     simulator, not per entity); the rows are those per-entity inputs would give, and ``read_recorded`` returns
     each kind's rows with the columns recorded for that kind (the file's metadata names them)."""
-    from dercosim.scenarios.report import read_recorded
+    from dercosim.analysis.results import read_recorded
 
     sim, path = _recorder(tmp_path, tables={"B.__table__": {"soc_kwh": ["B.bat_0", "B.bat_1"]},
                                             "G.__table__": {"converged": ["G.feeder"], "losses_kw": ["G.feeder"]}})
@@ -206,7 +207,7 @@ def test_recorder_takes_whole_columns_from_a_table_and_readers_get_each_kinds_ow
 def test_a_runs_report_reads_each_kind_with_its_own_columns(default_run: Path):
     """What the report reads (``read_recorded``) is the parquet split by kind; a column left out of a kind is
     empty for that kind in the file."""
-    from dercosim.scenarios.report import read_recorded
+    from dercosim.analysis.results import read_recorded
 
     df = pd.read_parquet(default_run / "timeseries.parquet")
     recorded = read_recorded(default_run / "timeseries.parquet")

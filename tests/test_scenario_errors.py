@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from dercosim.scenarios import cli
-from dercosim.scenarios.config import ScenarioError, load_scenario, parse_duration_s
-
+from dercosim import cli
+from dercosim.scenarios.config import ScenarioError, parse_duration_s
+from dercosim.scenarios.load import load_scenario
 GOOD = '''
 name = "t"
 [clock]

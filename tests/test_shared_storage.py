@@ -7,9 +7,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from dercosim.controllers.sharing import (GridTariff, Party, SharingProblem, StationSpec, solve_alone,
+from dercosim.planning.sharing import (GridTariff, Party, SharingProblem, StationSpec, solve_alone,
                                           solve_centralised, solve_distributed)
-from dercosim.scenarios.sharing_study import cluster_case, prosumer_case, settings, tou_cny
+from dercosim.studies.sharing import cluster_case, prosumer_case, settings, tou_cny
 
 #: ADMM's total cost against the centralised optimum of the same problem (stated tolerance: 0.1 %)
 GAP = 1e-3

@@ -7,9 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dercosim.scenarios import cli
+from dercosim import cli
 from dercosim.scenarios.config import Scenario
-from dercosim.scenarios.sweep import parse_set, plan_cases, run_sweep
+from dercosim.studies.sweep import parse_set, plan_cases, run_sweep
 from dercosim.scenarios.world import run_scenario
 
 SCENARIO = cli.bundled_scenarios()["ieee33_households"]
@@ -73,7 +73,7 @@ def test_two_by_two_on_two_workers_equals_the_runs_made_one_by_one_and_resume_re
 
 
 def test_a_case_that_raises_in_its_worker_is_recorded_not_raised(tmp_path: Path):
-    from dercosim.scenarios.sweep import _run_case
+    from dercosim.studies.sweep import _run_case
 
     row = _run_case('{"name": "broken"', str(SCENARIO.parent), str(tmp_path / "case"))
     assert row["status"] == "failed" and "ValidationError" in row["error"] and row["wall_s"] >= 0

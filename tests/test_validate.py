@@ -12,9 +12,9 @@ import pytest
 
 from dercosim.grids import ieee33
 from dercosim.grids.powerflow import PandapowerEngine
-from dercosim.scenarios import cli
-from dercosim.scenarios.config import load_scenario
-from dercosim.scenarios.validate import Recorded, ValidationError, compare, load_run, model_voltages, validate
+from dercosim import cli
+from dercosim.scenarios.load import load_scenario
+from dercosim.analysis.validate import Recorded, ValidationError, compare, load_run, model_voltages, validate
 from dercosim.scenarios.world import run_scenario, with_duration
 
 REPO = Path(__file__).resolve().parents[1]

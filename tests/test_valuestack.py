@@ -15,14 +15,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dercosim.controllers.admm import Latency
-from dercosim.controllers.admm.qp import SparseQP
-from dercosim.controllers.valuestack import (CentralQP, GridOperatorQP, InfeasibleGrid, Streams, complementarity_violations,
+from dercosim.planning.admm import Latency
+from dercosim.planning.admm.qp import SparseQP
+from dercosim.planning.valuestack import (CentralQP, GridOperatorQP, InfeasibleGrid, Streams, complementarity_violations,
                                     network_rows, plan_voltages_pu, solve_value_stacking, unpack)
-from dercosim.scenarios import cli, studies
+from dercosim import cli
+from dercosim.studies import value_stacking as studies
 from dercosim.scenarios.planner_case import admm_settings, case_from_scenario
-from dercosim.scenarios.config import load_scenario
-
+from dercosim.scenarios.load import load_scenario
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIO = ROOT / "scenarios" / "value_stacking_tou.toml"
 LATENCY = Latency("lognormal", 0.2, 1.0)  # the scenario's: median 1.2 s per message
@@ -300,7 +300,7 @@ def test_planner_run_reports_plan_gap_and_plan_vs_ac(tmp_path):
     assert 0 < vs["max_abs_diff_pu"] < 0.005  # LinDistFlow within a few thousandths of AC
     assert (folder / "plan_vs_ac.png").stat().st_size > 10_000
     # dercosim validate holds the same belief: the plan's voltages against AC, and the schedule against the PMS
-    from dercosim.scenarios.validate import validate
+    from dercosim.analysis.validate import validate
 
     planner = validate(folder, engine_minutes=0)["beliefs"]["planner"]
     assert planner["max_abs_diff_pu"] == pytest.approx(vs["max_abs_diff_pu"], abs=1e-12)

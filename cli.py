@@ -17,37 +17,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable
+from typing import Any, Callable
 import tomllib
 from datetime import datetime
-from importlib import resources
 from pathlib import Path
 
 from dercosim.controllers.registry import ControllerError
-from dercosim.scenarios.config import ScenarioError, Scenario, load_scenario, parse_duration_s, scenario_to_toml
+from dercosim.scenarios.bundled import bundled_scenarios, resolve_path
+from dercosim.scenarios.config import ScenarioError, Scenario, parse_duration_s, scenario_to_toml
+from dercosim.scenarios.load import load_scenario
 from dercosim.sims import MOVABLE
-
-
-def bundled_scenarios() -> dict[str, Path]:
-    """Bundled scenario files by stem."""
-    folder = resources.files("dercosim.scenarios")
-    return {Path(str(f)).stem: Path(str(f)) for f in folder.iterdir() if str(f).endswith(".toml")}
-
-
-def resolve_path(arg: str) -> Path:
-    path = Path(arg)
-    try:
-        exists = path.exists()
-    except OSError as exc:  # e.g. a file name too long for the file system
-        raise ScenarioError(f"{arg[:200]}{'…' if len(arg) > 200 else ''}: cannot use this path "
-                            f"({exc.strerror or exc})") from None
-    if exists or path.suffix == ".toml":
-        return path
-    bundled = bundled_scenarios()
-    if arg in bundled:
-        return bundled[arg]
-    raise ScenarioError(f"{arg}: no such file, and no bundled scenario of that name "
-                        f"(bundled: {', '.join(sorted(bundled))})")
 
 
 def _load(arg: str) -> tuple[Path, Scenario]:
@@ -248,7 +227,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_study(args: argparse.Namespace) -> int:
     import json
 
-    from dercosim.scenarios import studies
+    from dercosim.studies import value_stacking as studies
 
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     if args.what == "fleet":
@@ -303,7 +282,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from dercosim.scenarios import sweep
+    from dercosim.studies import sweep
 
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     path, scenario = _load(args.scenario)
@@ -361,7 +340,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from dercosim.scenarios.validate import validate
+    from dercosim.analysis.validate import validate
 
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     target = Path(args.target)
@@ -404,8 +383,8 @@ def _study_sharing(args: argparse.Namespace, say: Callable[[str], None]) -> int:
     (Solà Vilalta et al. 2022): ADMM against centralised solves, no co-simulation."""
     import json
 
-    from dercosim.scenarios import sharing_study as ss
-    from dercosim.scenarios.studies import format_table
+    from dercosim.studies import sharing as ss
+    from dercosim.studies.value_stacking import format_table
 
     if args.scenario:
         raise ScenarioError(f"study {args.what} takes no scenario: its case is built from the seed (--seed)")
@@ -444,24 +423,26 @@ def _study_sharing(args: argparse.Namespace, say: Callable[[str], None]) -> int:
         print(format_table(table))
         print(f"largest |gap| to the centralised optimum: {st.runs.gap.abs().max():.2e}")
     elif args.what == "cluster-sizing":
-        st = ss.cluster_sizing_study(seed=args.seed)
-        st.table.to_csv(out_dir / "cluster.csv", index=False)
-        st.admm.admm.history.to_csv(out_dir / "admm_history.csv", index=False)
-        ss.plot_cluster(st, out_dir / "cluster.png")
-        gap = (st.admm.total_cost - st.central.total_cost) / st.central.total_cost
+        cl = ss.cluster_sizing_study(seed=args.seed)
+        admm = cl.admm.admm
+        assert admm is not None
+        cl.table.to_csv(out_dir / "cluster.csv", index=False)
+        admm.history.to_csv(out_dir / "admm_history.csv", index=False)
+        ss.plot_cluster(cl, out_dir / "cluster.png")
+        gap = (cl.admm.total_cost - cl.central.total_cost) / cl.central.total_cost
         (out_dir / "cluster.json").write_text(json.dumps({
-            "station_kwh": st.admm.e_kwh, "station_kw": st.admm.p_kw, "central_station_kwh": st.central.e_kwh,
-            "central_station_kw": st.central.p_kw, "cost_alone_cny": st.alone.total_cost,
-            "cost_shared_cny": st.admm.total_cost, "central_cost_cny": st.central.total_cost, "gap": gap,
-            "iterations": st.admm.admm.iterations, "converged": st.admm.admm.converged,
-            "paper": ss.PAPER_CLUSTER, "table": json.loads(st.table.to_json(orient="records"))}, indent=2),
+            "station_kwh": cl.admm.e_kwh, "station_kw": cl.admm.p_kw, "central_station_kwh": cl.central.e_kwh,
+            "central_station_kw": cl.central.p_kw, "cost_alone_cny": cl.alone.total_cost,
+            "cost_shared_cny": cl.admm.total_cost, "central_cost_cny": cl.central.total_cost, "gap": gap,
+            "iterations": admm.iterations, "converged": admm.converged,
+            "paper": ss.PAPER_CLUSTER, "table": json.loads(cl.table.to_json(orient="records"))}, indent=2),
             encoding="utf-8")
-        print(f"station {st.admm.e_kwh:,.1f} kWh, {st.admm.p_kw:,.1f} kW (centralised {st.central.e_kwh:,.1f} kWh, "
-              f"{st.central.p_kw:,.1f} kW; paper 13,898.72 kWh, 2,869.35 kW)")
-        print(format_table(st.table, "{:,.2f}"))
-        print(f"ADMM: {st.admm.admm.iterations} iterations, converged {st.admm.admm.converged}, gap to the "
-              f"centralised optimum {gap:+.2e}; self-sufficiency {100 * st.alone.self_sufficiency:.1f} % alone, "
-              f"{100 * st.admm.self_sufficiency:.1f} % shared")
+        print(f"station {cl.admm.e_kwh:,.1f} kWh, {cl.admm.p_kw:,.1f} kW (centralised {cl.central.e_kwh:,.1f} kWh, "
+              f"{cl.central.p_kw:,.1f} kW; paper 13,898.72 kWh, 2,869.35 kW)")
+        print(format_table(cl.table, "{:,.2f}"))
+        print(f"ADMM: {admm.iterations} iterations, converged {admm.converged}, gap to the "
+              f"centralised optimum {gap:+.2e}; self-sufficiency {100 * cl.alone.self_sufficiency:.1f} % alone, "
+              f"{100 * cl.admm.self_sufficiency:.1f} % shared")
     else:
         table = ss.price_maker_study(units=units, days=args.days, seed=args.seed, log=say)
         table.to_csv(out_dir / "price_maker.csv", index=False)
@@ -480,7 +461,7 @@ def _study_sensitivity(args: argparse.Namespace, say: Callable[[str], None]) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from dercosim.scenarios.fleet_study import sensitivity, sensitivity_cases
+    from dercosim.studies.fleet import sensitivity, sensitivity_cases
 
     path, scenario = _load(args.scenario[0] if args.scenario else "fleet_market_s4")
     if scenario.contract is None or scenario.market is None:
@@ -530,7 +511,7 @@ def _study_sensitivity(args: argparse.Namespace, say: Callable[[str], None]) -> 
 
 
 def _study_fleet(args: argparse.Namespace, say: Callable[[str], None]) -> int:
-    from dercosim.scenarios.fleet_study import CASES, fleet_study
+    from dercosim.studies.fleet import CASES, fleet_study
 
     if args.until is not None:
         try:
@@ -555,7 +536,7 @@ def _study_fleet(args: argparse.Namespace, say: Callable[[str], None]) -> int:
     return 0
 
 
-def pd_concat(tables: dict) -> "object":
+def pd_concat(tables: dict) -> Any:
     """Stack per-scenario tables with a leading ``scenario`` column."""
     import pandas as pd
 

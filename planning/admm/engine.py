@@ -63,13 +63,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Protocol, Sequence
+from typing import Any, Callable, Literal, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
 import simpy
 
-from dercosim.controllers.network import Latency, Network
+from dercosim.markets.network import Latency, Network
 
 COORDINATOR = "coordinator"
 _STOP = "stop"
@@ -151,7 +151,7 @@ def run_admm(agents: Sequence[Agent], coupling: Coupling, settings: ADMMSettings
     z = [np.zeros(a.size) if z0 is None else np.asarray(z0[i], float).copy() for i, a in enumerate(agents)]
     lam = [np.zeros(a.size) if lam0 is None else np.asarray(lam0[i], float).copy() for i, a in enumerate(agents)]
     x = [np.zeros(a.size) for a in agents]
-    out: dict[str, object] = {}
+    out: dict[str, Any] = {}
 
     def agent_process(i: int):  # noqa: ANN202 - simpy generator
         inbox = net.inbox(names[i])

@@ -132,6 +132,7 @@ class RetryingQP:
             return sol
         self.retries += 1
         first = sol.status or "no status"
+        assert h[1] is not None  # made by hessian() with the fallback present
         sol = self.fallback.solve(h[1], g, lba, uba, lbx, ubx)
         if sol.success:
             self.rescued += 1

@@ -34,8 +34,8 @@ PAPER = {"s0": {}, "s1": {"total_revenue": 2032.0}, "s2": {"total_revenue": 2722
 
 def _run_case(case: str, duration_s: int, out_dir: str) -> tuple[str, dict[str, Any], float]:
     """One case in a worker process: its summary and wall time."""
-    from dercosim.scenarios.cli import bundled_scenarios
-    from dercosim.scenarios.config import load_scenario
+    from dercosim.scenarios.bundled import bundled_scenarios
+    from dercosim.scenarios.load import load_scenario
     from dercosim.scenarios.world import run_scenario, with_duration
 
     started = time.perf_counter()
@@ -172,8 +172,10 @@ def sensitivity_cases(path: Path, base: Any, variants: list[tuple[str, dict]], d
     and checked; :class:`ScenarioError` names the file, the variant and the key (nothing is written)."""
     from pydantic import ValidationError
 
-    from dercosim.scenarios.config import Scenario, check_scenario, format_validation_error
-    from dercosim.scenarios.sweep import Case
+    from dercosim.scenarios.config import Scenario, format_validation_error
+
+    from dercosim.scenarios.load import check_scenario
+    from dercosim.studies.sweep import Case
     from dercosim.scenarios.world import with_duration
 
     cases = []
@@ -203,7 +205,7 @@ def sensitivity(path: Path, cases: list, out_dir: Path, workers: int | None = No
     committed, the contract's late and lost messages, and ``status``/``error``
     (a failed case is recorded and the others go on).
     """
-    from dercosim.scenarios.sweep import run_sweep
+    from dercosim.studies.sweep import run_sweep
 
     swept = run_sweep(Path(path), cases, Path(out_dir), workers=workers or os.cpu_count() or 1, log=log)
 

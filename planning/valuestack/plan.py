@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dercosim.controllers.valuestack.central import CentralQP, Solution
-from dercosim.controllers.valuestack.community import CommunityQP
-from dercosim.controllers.valuestack.model import (Community, Fixings, Market, Streams, community_cost,
+from dercosim.planning.valuestack.central import CentralQP, Solution
+from dercosim.planning.valuestack.community import CommunityQP
+from dercosim.planning.valuestack.model import (Community, Fixings, Market, Streams, community_cost,
                                                    complementarity_fixings, complementarity_violations)
-from dercosim.controllers.valuestack.operator import Feeder, GridOperatorQP, plan_voltages_pu
+from dercosim.planning.valuestack.operator import Feeder, GridOperatorQP, plan_voltages_pu
 
 
 # ---------------------------------------------------------------- one planning run
@@ -70,12 +70,12 @@ def solve_value_stacking(communities: list[Community], market: Market, feeder: F
                          fix_rounds: int = 3, agent_solver: str = "osqp", operator_solver: str = "daqp") -> PlanResult:
     """ADMM between the communities and the grid operator, then complementarity fix-and-resolve (dercosim resolves the paper's binaries this way).
 
-    ``settings`` is an :class:`controllers.admm.engine.ADMMSettings`. With
+    ``settings`` is an :class:`dercosim.planning.admm.engine.ADMMSettings`. With
     ``central`` the same problem is also solved in one QP (relaxed, and with
     the final fixings) for the cost gap, and with ``binaries =
     "mixed_integer"`` as a MILP (:meth:`CentralQP.solve_mixed_integer`).
     """
-    from dercosim.controllers.admm.engine import run_admm
+    from dercosim.planning.admm.engine import run_admm
 
     if binaries not in ("relaxed", "mixed_integer"):
         raise ValueError(f"binaries must be 'relaxed' or 'mixed_integer', got {binaries!r}")

@@ -32,13 +32,14 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
 import pandas as pd
 
-from dercosim.scenarios.config import Scenario, ScenarioError, load_scenario
+from dercosim.scenarios.config import Scenario, ScenarioError
 
+from dercosim.scenarios.load import load_scenario
 BUILTIN = ("lindistflow_squared", "lindistflow_magnitude")
 #: the radial branches of IEEE-33 (1-based buses, from the substation outwards), for profile plots
 BRANCHES = {"main feeder 1–18": list(range(1, 19)), "lateral 2, 19–22": [2, 19, 20, 21, 22],
@@ -105,7 +106,8 @@ def model_voltages(spec: str, p_kw: np.ndarray, q_kvar: np.ndarray, base_dir: Pa
 
     if spec in BUILTIN:
         ldf = LinDistFlow.from_pandapower(ieee33.make_net())
-        return ldf.voltages_pu_many(p_kw, q_kvar, spec.removeprefix("lindistflow_"))
+        form: Literal["squared", "magnitude"] = "squared" if spec == "lindistflow_squared" else "magnitude"
+        return ldf.voltages_pu_many(p_kw, q_kvar, form)
     from dercosim.controllers.registry import ControllerError, load_controller_class
 
     try:
@@ -215,7 +217,7 @@ def beliefs(rec: Recorded) -> dict[str, Any]:
     if len(ctrl):
         net = df[df.kind == "household"].pivot(index="time_s", columns="entity", values="net_kw")
         step_s = rec.scenario.clock.step_s
-        by_step = {}
+        by_step: dict[str, Any] = {}
         for steps in (1, 5, 15):
             col = f"forecast_h{steps}_kw"
             made = ctrl.dropna(subset=[col])
@@ -327,7 +329,8 @@ def plot(rec: Recorded, errors: dict[str, np.ndarray], r: dict[str, Any], out_di
         fig, ax = plt.subplots(figsize=(10, 4.5))
         lim = max(float(np.abs(err).max()), 1e-6) if err.size else 1e-6
         im = ax.imshow(err.T, aspect="auto", origin="lower", cmap="RdBu_r", vmin=-lim, vmax=lim,
-                       extent=[hours[0] if len(hours) else 0, hours[-1] if len(hours) else 1, 0.5, 33.5])
+                       extent=(float(hours[0]) if len(hours) else 0.0, float(hours[-1]) if len(hours) else 1.0,
+                               0.5, 33.5))
         fig.colorbar(im, ax=ax, label="model − AC (pu)")
         ax.set_xlabel("hours since start")
         ax.set_ylabel("bus")

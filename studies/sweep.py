@@ -43,8 +43,9 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from dercosim.scenarios.config import Scenario, ScenarioError, check_scenario, format_validation_error
+from dercosim.scenarios.config import Scenario, ScenarioError, format_validation_error
 
+from dercosim.scenarios.load import check_scenario
 #: headline figures of a run's summary: column name -> key path in summary.json
 HEADLINE = {
     "bill_total": ("households", "bill_total"),
@@ -108,7 +109,10 @@ def set_path(data: dict, key: str, value: Any) -> dict:
     node: Any = out
     parts = key.split(".")
     for k, part in enumerate(parts):
-        name, idx = _SEGMENT.match(part).groups()
+        match = _SEGMENT.match(part)
+        if match is None:
+            raise ValueError(f"{key}: {part!r} is not a key name")
+        name, idx = match.groups()
         indices = [int(i) for i in re.findall(r"\[(\d+)\]", idx)]
         last = k == len(parts) - 1
         if last and not indices:
@@ -327,7 +331,7 @@ def plot_sweep(table: pd.DataFrame, keys: list[str], out_dir: Path) -> list[Path
 
     ok = table[table.status == "ok"]
     figures = [c for c in HEADLINE if c in ok and ok[c].notna().any() and ok[c].nunique() > 1]
-    paths = []
+    paths: list[Path] = []
     if ok.empty or not figures:
         return paths
     for k in keys:

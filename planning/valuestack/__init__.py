@@ -29,7 +29,7 @@ a heuristic with no convergence guarantee for the rounded phase, which
 usually stops at ``max_iter``. :meth:`CentralQP.solve_mixed_integer` gives
 the integer optimum (MILP) to compare with.
 
-Everything here is plain numpy/scipy/casadi; :mod:`controllers.admm.engine`
+Everything here is plain numpy/scipy/casadi; :mod:`dercosim.planning.admm.engine`
 runs the iterations.
 
 References
@@ -40,14 +40,14 @@ References
     and load balancing," IEEE Transactions on Power Delivery 4(2), 1989. (LinDistFlow)
 """
 
-from dercosim.controllers.valuestack.central import CentralQP, Solution
-from dercosim.controllers.valuestack.community import CommunityQP
-from dercosim.controllers.valuestack.model import (EXCHANGED, LOCAL, Community, Fixings, Market, Streams,
+from dercosim.planning.valuestack.central import CentralQP, Solution
+from dercosim.planning.valuestack.community import CommunityQP
+from dercosim.planning.valuestack.model import (EXCHANGED, LOCAL, Community, Fixings, Market, Streams,
                                                    community_cost, complementarity_fixings,
                                                    complementarity_violations, unpack, with_streams)
-from dercosim.controllers.valuestack.operator import (Feeder, GridOperatorQP, InfeasibleGrid,
+from dercosim.planning.valuestack.operator import (Feeder, GridOperatorQP, InfeasibleGrid,
                                                       describe_base_violations, network_rows, plan_voltages_pu)
-from dercosim.controllers.valuestack.plan import PlanResult, solve_value_stacking
+from dercosim.planning.valuestack.plan import PlanResult, solve_value_stacking
 
 __all__ = ["EXCHANGED", "LOCAL", "CentralQP", "Community", "CommunityQP", "Feeder", "Fixings", "GridOperatorQP",
            "InfeasibleGrid", "Market", "PlanResult", "Solution", "Streams", "community_cost",

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import scipy.sparse as sp
 
-from dercosim.controllers.admm.qp import RetryingQP
-from dercosim.controllers.valuestack.model import (Community, Fixings, Market, Streams, _community_matrices,
+from dercosim.planning.admm.qp import RetryingQP
+from dercosim.planning.valuestack.model import (Community, Fixings, Market, Streams, _community_matrices,
                                                    _Layout, _objective, community_cost, complementarity_fixings)
 
 
@@ -32,8 +34,8 @@ class CommunityQP:
         self._mask = np.zeros(self.layout.n)
         self._mask[self.layout.exchanged] = 1.0
         self.qp = RetryingQP(self._p, self._a, solver, fallback)
-        self._rho = None
-        self._h = None
+        self._rho: float | None = None
+        self._h: Any = None  # the Hessian pair for the current rho (RetryingQP.hessian)
         self.u = np.zeros(self.layout.n)
         self.failures = 0  #: subproblem solves neither solver answered (the previous answer was kept)
 

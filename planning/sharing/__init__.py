@@ -1,8 +1,8 @@
 """Shared storage (Zhao et al. 2024; Feng et al. 2025) and cooperative price-maker storage (Solà Vilalta et al.)
 as convex blocks on the generic ADMM engine."""
 
-from dercosim.controllers.sharing.blocks import Block, BlockAgent, BlockCoupling, InfeasibleBlock, solve_central
-from dercosim.controllers.sharing.shared_storage import (GridTariff, Party, SharingOutcome, SharingProblem,
+from dercosim.planning.sharing.blocks import Block, BlockAgent, BlockCoupling, InfeasibleBlock, solve_central
+from dercosim.planning.sharing.shared_storage import (GridTariff, Party, SharingOutcome, SharingProblem,
                                                          StationSpec, solve_alone, solve_centralised,
                                                          solve_distributed)
 

@@ -44,8 +44,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from dercosim.controllers.admm import ADMMResult, ADMMSettings, run_admm
-from dercosim.controllers.sharing.blocks import Block, BlockAgent, BlockCoupling, solve_central
+from dercosim.planning.admm import ADMMResult, ADMMSettings, run_admm
+from dercosim.planning.sharing.blocks import Block, BlockAgent, BlockCoupling, solve_central
 
 
 @dataclass(frozen=True)

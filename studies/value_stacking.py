@@ -33,8 +33,8 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from dercosim.controllers.admm import ADMMSettings, Latency
-from dercosim.controllers.valuestack import CentralQP, InfeasibleGrid, Streams, plan_voltages_pu, solve_value_stacking
+from dercosim.planning.admm import ADMMSettings, Latency
+from dercosim.planning.valuestack import CentralQP, InfeasibleGrid, Streams, plan_voltages_pu, solve_value_stacking
 from dercosim.scenarios.planner_case import ValueStackingCase, admm_settings, case_from_scenario
 from dercosim.scenarios.config import Scenario, ScenarioError
 
@@ -68,8 +68,10 @@ def mode_settings(scenario: Scenario, max_iter: int | None = None) -> dict[str, 
     the asynchronous modes, and τ = 5 if the scenario's τ is 1.
     """
     _planner_scenario(scenario)
-    a = scenario.planner.admm
-    n = len(next(g for g in scenario.households.groups if g.name == scenario.planner.communities).buses)
+    planner = scenario.planner
+    assert planner is not None
+    a = planner.admm
+    n = len(next(g for g in scenario.households.groups if g.name == planner.communities).buses)
     base = admm_settings(scenario, **({} if max_iter is None else {"max_iter": int(max_iter)}))
     s_of_n = a.partial_barrier if a.partial_barrier is not None and a.partial_barrier < n else max(1, n - 2)
     tau = a.max_delay if a.max_delay > 1 else 5
@@ -141,6 +143,8 @@ def value_streams(scenario: Scenario, admm: bool = True, case: ValueStackingCase
     (``central_milp_cost``; HiGHS, can take minutes without B2B): the
     mixed-integer optimum that fix-and-resolve approximates.
     """
+    assert scenario.planner is not None
+    planner_binaries = scenario.planner.binaries
     _planner_scenario(scenario)
     case = case or case_from_scenario(scenario)
     comms, market, feeder = _first_day(case)
@@ -171,7 +175,7 @@ def value_streams(scenario: Scenario, admm: bool = True, case: ValueStackingCase
             row["central_milp_cost"] = cq.solve_mixed_integer()[0].total_cost
         if admm and limits == "enforced":
             res = solve_value_stacking(comms, market, feeder, settings, streams=streams,
-                                       binaries=scenario.planner.binaries, central=False)
+                                       binaries=planner_binaries, central=False)
             same = cq.solve(res.fixings).total_cost if any(f.count for f in res.fixings) else relaxed.total_cost
             row.update(admm_cost=res.solution.total_cost, admm_relaxed_cost=res.relaxed_cost,
                        admm_gap_pct=100.0 * (res.relaxed_objective - relaxed.objective) / abs(relaxed.objective),
@@ -253,9 +257,9 @@ def plot_streams(studies: dict[str, StreamsStudy], path: Path) -> Path:
         dropped = any(tables[n].loc[v].get("network_limits", "enforced") != "enforced" for n in names)
         ax1.bar(np.arange(len(names)) + (k - (len(variants) - 1) / 2) * width, costs, width,
                 label=v + (" (voltage limits dropped: infeasible)" if dropped else ""), hatch="//" if dropped else None)
-    costs = np.concatenate([t[f"{which}_cost"].to_numpy(float) for t in tables.values()])
-    span = max(costs.max() - costs.min(), 1e-9)
-    ax1.set_ylim(costs.min() - 0.15 * span, costs.max() + 0.1 * span)
+    every = np.concatenate([t[f"{which}_cost"].to_numpy(float) for t in tables.values()])
+    span = max(every.max() - every.min(), 1e-9)
+    ax1.set_ylim(every.min() - 0.15 * span, every.max() + 0.1 * span)
     ax1.set_xticks(range(len(names)), names)
     ax1.set_ylabel(f"cost of the day ({next(iter(studies.values())).currency})")
     ax1.set_title(f"cost with each value stream switched off ({'ADMM' if which == 'admm' else 'centralised'})")

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from dercosim.controllers.admm.qp import RetryingQP
-from dercosim.controllers.valuestack.model import (Community, Fixings, Market, Streams, _community_matrices,
+from dercosim.planning.admm.qp import RetryingQP
+from dercosim.planning.valuestack.model import (Community, Fixings, Market, Streams, _community_matrices,
                                                    _objective, community_cost, complementarity_fixings,
                                                    complementarity_violations)
-from dercosim.controllers.valuestack.operator import Feeder, InfeasibleGrid, describe_base_violations, network_rows
+from dercosim.planning.valuestack.operator import Feeder, InfeasibleGrid, describe_base_violations, network_rows
 
 
 # ---------------------------------------------------------------- the whole problem in one QP
@@ -98,7 +98,7 @@ class CentralQP:
         """
         import casadi as ca
 
-        from dercosim.controllers.admm.qp import to_dm
+        from dercosim.planning.admm.qp import to_dm
 
         m = self.market
         if m.discomfort_per_c2:

@@ -44,23 +44,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from dercosim.controllers.admm import ADMMSettings
-from dercosim.controllers.sharing import (GridTariff, Party, SharingOutcome, SharingProblem, StationSpec, solve_alone,
+from dercosim.planning.admm import ADMMSettings
+from dercosim.planning.sharing import (GridTariff, Party, SharingOutcome, SharingProblem, StationSpec, solve_alone,
                                           solve_centralised, solve_distributed)
 from dercosim.timeseries.rng import rng_for
 
 #: Zhao et al. 2024, Tables 1 and 2
-PAPER_PROSUMERS = {"self_sufficiency_alone": 0.7105, "self_sufficiency_shared": 0.9291, "cost_alone": 1090.78,
+PAPER_PROSUMERS: dict[str, Any] = {"self_sufficiency_alone": 0.7105, "self_sufficiency_shared": 0.9291, "cost_alone": 1090.78,
                    "cost_shared": 1042.82, "station_kwh": 333.50,
                    "iterations": {0.1: (28, 26), 0.3: (58, 25), 0.5: (102, 35)}}
 #: Feng et al. 2025, Table of results
 PAPER_CLUSTER = {"station_kwh": 13898.72, "station_kw": 2869.35}
 #: residual balancing: the engine's defaults, and the constants of Zhao et al. 2024 (ν = 3, θ = 0.8 → 1/θ = 1.25)
-BALANCING = {"engine": {"factor": 2.0, "ratio": 10.0, "balance": "relative"},
+BALANCING: dict[str, dict[str, Any]] = {"engine": {"factor": 2.0, "ratio": 10.0, "balance": "relative"},
              "paper": {"factor": 3.0, "ratio": 1.25, "balance": "absolute"}}
 
 
@@ -168,6 +169,7 @@ def shared_storage_study(seed: int = 0, rhos: tuple[float, ...] = (0.1, 0.3, 0.5
         for v in VARIANTS:
             out = solve_distributed(problem, settings(rho, None if v == "fixed" else v, eps_abs, eps_rel))
             r = out.admm
+            assert r is not None  # solve_distributed always runs the ADMM
             rows.append({"rho0": rho, "variant": v, "iterations": r.iterations, "converged": r.converged,
                          "cost": out.total_cost, "gap": (out.total_cost - central.total_cost) / central.total_cost,
                          "station_kwh": out.e_kwh, "rho_final": float(r.history.rho.iloc[-1]), "wall_s": r.wall_s})
@@ -235,6 +237,7 @@ def plot_cluster(study: ClusterStudy, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    assert study.admm.admm is not None
     h = study.admm.admm.history
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
     a1.semilogy(h.iteration, h.r_primal, label="primal ‖x − z‖ (kW)")
@@ -281,7 +284,7 @@ def fleet_units(n: int, seed: int = 0, total_mw: float = 70.0) -> list:
     The fleet's total stays the same as n grows, so its market impact does too
     and only the decomposition's work changes.
     """
-    from dercosim.controllers.sharing.price_maker import StorageUnit
+    from dercosim.planning.sharing.price_maker import StorageUnit
 
     if n == 2:
         return [StorageUnit(p, e, e / 2) for p, e in TWO_UNITS]
@@ -306,7 +309,7 @@ def price_maker_study(units: tuple[int, ...] = (2, 10, 100), days: int = 7, seed
     first day of each. The two-unit row also gives the price-taker (zero
     slope) cost and how much the market impact reduces the traded volume.
     """
-    from dercosim.controllers.sharing.price_maker import ResidualDemand, solve_admm, solve_central, solve_rolling
+    from dercosim.planning.sharing.price_maker import ResidualDemand, solve_admm, solve_central, solve_rolling
 
     prices = gb_prices(days)
     market = ResidualDemand(prices, slope)

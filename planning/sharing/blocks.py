@@ -12,7 +12,7 @@ constraint (what agent i sends = what the coupling party receives from i):
     u_i[exchanged_i] = u_0[exchange_slices[i]]
 
 :class:`BlockAgent` and :class:`BlockCoupling` are the ADMM x- and
-z-updates of :func:`dercosim.controllers.admm.run_admm` on such blocks, each
+z-updates of :func:`dercosim.planning.admm.run_admm` on such blocks, each
 a sparse QP built once whose linear term (and, when ρ changes, Hessian)
 changes per iteration; :func:`solve_central` solves all blocks with the
 coupling as equality rows in one QP, the reference the distributed solution
@@ -21,12 +21,15 @@ is measured against.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
-from dercosim.controllers.admm.qp import SparseQP
+from dercosim.planning.admm.qp import SparseQP
 
 
 class InfeasibleBlock(RuntimeError):
@@ -88,7 +91,7 @@ class _ProximalQP:
         self._mask[prox] = 1.0
         self.qp = SparseQP(sp.diags(block.hess() + self._mask), block.a, solver)
         self._rho: float | None = None
-        self._h = None
+        self._h: Any = None  # the Hessian for the current rho (SparseQP.hessian)
         self.u = np.zeros(block.n)
         self.failures = 0
 
@@ -130,7 +133,7 @@ class BlockCoupling(_ProximalQP):
         self.slices = [np.asarray(s, int) for s in exchange_slices]
         super().__init__(block, np.concatenate(self.slices), solver)
 
-    def solve(self, x: list[np.ndarray], lam: list[np.ndarray], rho: float) -> list[np.ndarray]:
+    def solve(self, x: Sequence[np.ndarray], lam: Sequence[np.ndarray], rho: float) -> list[np.ndarray]:
         g = np.zeros(self.block.n)
         for s, x_i, l_i in zip(self.slices, x, lam):
             g[s] = -l_i - rho * x_i

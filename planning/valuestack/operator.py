@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg  # noqa: F401 - sp.linalg.norm
 
-from dercosim.controllers.admm.qp import RetryingQP
-from dercosim.controllers.valuestack.model import Community
+from dercosim.planning.admm.qp import RetryingQP
+from dercosim.planning.valuestack.model import Community
 from dercosim.grids.lindistflow import LinDistFlow
 
 
@@ -130,7 +131,7 @@ class GridOperatorQP:
         """Hourly QP solves the fallback solver was tried on."""
         return self.qp.retries
 
-    def solve(self, x: list[np.ndarray], lam: list[np.ndarray], rho: float) -> list[np.ndarray]:
+    def solve(self, x: Sequence[np.ndarray], lam: Sequence[np.ndarray], rho: float) -> list[np.ndarray]:
         v = np.concatenate(x) + np.concatenate(lam) / rho
         z = np.empty(self.n) if self.z is None else self.z.copy()
         for t, (cols, rows) in enumerate(zip(self.cols, self.rows)):

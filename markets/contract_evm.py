@@ -1,7 +1,7 @@
 """The smart contract as EVM bytecode: ``contract.vy`` compiled with Vyper, run on an in-process py-evm chain.
 
 :class:`EVMContract` has the interface of
-:class:`dercosim.controllers.contract.SmartContract` (register, set_series,
+:class:`dercosim.markets.contract.SmartContract` (register, set_series,
 start_interval, update, compute → replies), and every call is a real
 transaction on an Ethereum chain held in this process (``web3`` +
 ``eth-tester``'s py-evm backend, no network): the aggregator and every
@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dercosim.controllers.contract import ContractError, Reply
+from dercosim.markets.contract import ContractError, Reply
 
 SOURCE = Path(__file__).with_name("contract.vy")
 PPM = 1_000_000  #: SoC, SoC target and weights: parts per million
@@ -141,7 +141,7 @@ class EVMContract:
         self.w3 = Web3(EthereumTesterProvider(EthereumTester(backend)))
         accounts = self.w3.eth.accounts
         self.aggregator = accounts[0]
-        self.account = dict(zip(self.names, accounts[1:]))
+        self.account: dict[str, Any] = dict(zip(self.names, accounts[1:]))
         self.index: dict[str, int] = {}  #: the member's index on chain, in the order they registered
         self.registered: list[str] = []  #: the same, by index
         self.storage: dict[str, bool] = {}
@@ -171,7 +171,7 @@ class EVMContract:
         except ContractLogicError as exc:
             raise ContractError(f"transaction reverted: {exc}") from None
         receipt = self.w3.eth.get_transaction_receipt(tx_hash)
-        if receipt.status != 1:
+        if receipt["status"] != 1:
             raise ContractError("transaction reverted")
         return receipt
 
@@ -263,10 +263,10 @@ class EVMContract:
         """Gas per household transaction and per round, EVM wall time per round (for summary.json)."""
         import numpy as np
 
-        def stats(values: list[float], kinds: tuple[str, ...]) -> dict[str, float | None]:
+        def stats(values: Sequence[float], kinds: tuple[str, ...]) -> dict[str, float | None]:
             if not values:
                 return {k: None for k in kinds}
-            funcs = {"min": np.min, "median": np.median, "max": np.max}
+            funcs: dict[str, Any] = {"min": np.min, "median": np.median, "max": np.max}
             return {k: float(funcs[k](values)) for k in kinds}
 
         g = self.gas

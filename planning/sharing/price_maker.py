@@ -34,15 +34,17 @@ References
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import time
 from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
 
-from dercosim.controllers.admm import ADMMResult, ADMMSettings, run_admm
-from dercosim.controllers.admm.qp import SparseQP
-from dercosim.controllers.sharing.blocks import Block, BlockAgent, InfeasibleBlock
+from dercosim.planning.admm import ADMMResult, ADMMSettings, run_admm
+from dercosim.planning.admm.qp import SparseQP
+from dercosim.planning.sharing.blocks import Block, BlockAgent, InfeasibleBlock
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ class MarketCoupling:
         self.price = np.asarray(market.price, float)[t0:t0 + n_t]
         self.slope = market.slope
 
-    def solve(self, x: list[np.ndarray], lam: list[np.ndarray], rho: float) -> list[np.ndarray]:
+    def solve(self, x: Sequence[np.ndarray], lam: Sequence[np.ndarray], rho: float) -> list[np.ndarray]:
         v = np.asarray(x) + np.asarray(lam) / rho
         n = len(v)
         s = (v.sum(axis=0) - n * self.price / rho) / (1.0 + 2.0 * self.slope * n / rho)

@@ -1,95 +1,44 @@
-"""Summary figures and plots of a run, computed from its ``timeseries.parquet``.
+"""The figures of ``summary.json``, computed from a run's recorded rows.
 
-Everything in ``summary.json`` except wall times is derived from the
-recorded rows, so the summary and the parquet file cannot disagree.
+Everything except wall times is derived from the recorded rows, so the summary and the parquet file cannot
+disagree. What the scenario resolved to (the fleet, the tariff, the portfolio, the contract's members) comes from
+the run's :class:`~dercosim.scenarios.resolve.RunInputs`, never derived again here.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from dercosim.scenarios import fleet
-from dercosim.scenarios.config import Scenario
-from dercosim.sims.recorder import KIND_COLUMNS_KEY
+from dercosim.analysis.results import Recorded, bus_voltages, json_number, meter_kw, plan_vs_ac, rows_of
 
-
-BASE_COLUMNS = ["time_s", "time", "entity", "kind", "bus"]
-
-
-class Recorded(dict):
-    """A run's recorded rows split by kind (``"household"`` → its rows), each with only the columns recorded for
-    that kind: what the report reads instead of the whole long table, whose other kinds' columns are all NaN
-    (at 2,000 households for a day, 8.6 M rows × 85 columns, mostly empty). Row order within a kind is the
-    file's."""
-
-    columns: list[str]
-
-
-def read_recorded(path: str | Path) -> Recorded:
-    """``timeseries.parquet`` as :class:`Recorded`, one kind at a time (the file is never read whole)."""
-    import pyarrow.parquet as pq
-
-    schema = pq.read_schema(path)
-    meta = (schema.metadata or {}).get(KIND_COLUMNS_KEY)
-    kinds = pq.read_table(path, columns=["kind"], read_dictionary=["kind"]).column("kind").unique().to_pylist()
-    per_kind = json.loads(meta) if meta else {}
-    recorded = Recorded()
-    recorded.columns = list(schema.names)
-    for kind in kinds:
-        wanted = per_kind.get(kind)
-        columns = (BASE_COLUMNS + [c for c in schema.names if c in set(wanted) and c not in BASE_COLUMNS]
-                   if wanted is not None else None)  # a file without the metadata: every column
-        recorded[kind] = pq.read_table(path, columns=columns, filters=[("kind", "==", kind)]).to_pandas()
-    return recorded
-
-
-def _of(df: pd.DataFrame | Recorded, kind: str) -> pd.DataFrame:
-    """The rows of ``kind`` (an empty frame with every column if there are none)."""
-    if isinstance(df, pd.DataFrame):
-        return df[df.kind == kind]
-    found = df.get(kind)
-    return found if found is not None else pd.DataFrame(columns=df.columns)
-
-
-def _has(df: pd.DataFrame | Recorded, kind: str) -> bool:
-    return bool((df.kind == kind).any()) if isinstance(df, pd.DataFrame) else len(df.get(kind, ())) > 0
-
-
-def _voltages(df: pd.DataFrame) -> pd.DataFrame:
-    """vm_pu per step (rows, ``time_s``) and bus (columns, 1-based)."""
-    return _of(df, "bus").pivot(index="time_s", columns="bus", values="vm_pu").sort_index(axis=1)
-
-
-def _num(x: float) -> float | None:
-    """JSON-safe number: NaN becomes null."""
-    return None if pd.isna(x) else float(x)
-
+if TYPE_CHECKING:
+    from dercosim.scenarios.config import Scenario
+    from dercosim.scenarios.resolve import RunInputs
 
 def _if(known: bool, x: float) -> float | None:
     """``x`` as a float when it is known, else null."""
     return float(x) if known else None
 
-
 def _at(times: pd.Series, time_s: int) -> str:
     return str(times.loc[time_s])
 
-
-def summarize(df: pd.DataFrame | Recorded, scenario: Scenario, households: pd.DataFrame, batteries: pd.DataFrame,
-              wall_time_s: float, run_wall_s: float, tables: dict[str, pd.DataFrame] | None = None) -> dict[str, Any]:
+def summarize(df: pd.DataFrame | Recorded, run: RunInputs, wall_time_s: float, run_wall_s: float,
+              tables: dict[str, pd.DataFrame] | None = None) -> dict[str, Any]:
     """The figures of ``summary.json`` from a run's recorded rows (:func:`read_recorded`, or the whole
     ``pd.read_parquet(timeseries.parquet)``).
 
     ``tables``: if given, receives the per-interval market settlement (``"market"``) for :func:`plot_all`,
     so it is computed once per run."""
+    scenario, households, batteries = run.scenario, run.fleet.households, run.fleet.batteries
     step_h = scenario.clock.step_s / 3600.0
-    feeder = _of(df, "feeder").set_index("time_s").sort_index()
+    feeder = rows_of(df, "feeder").set_index("time_s").sort_index()
     stamps = feeder["time"]
-    vm = _voltages(df)
+    vm = bus_voltages(df)
     lo, hi = scenario.grid.v_min_pu, scenario.grid.v_max_pu
 
     converged = feeder["converged"].astype(bool)
@@ -105,7 +54,7 @@ def summarize(df: pd.DataFrame | Recorded, scenario: Scenario, households: pd.Da
     else:  # no power flow converged
         extremes = {k: None for k in ("min_pu", "min_bus", "min_at", "max_pu", "max_bus", "max_at")}
 
-    hh = _of(df, "household")
+    hh = rows_of(df, "household")
     p_head = feeder["p_head_kw"]
     summary: dict[str, Any] = {
         "scenario": scenario.name,
@@ -130,7 +79,7 @@ def summarize(df: pd.DataFrame | Recorded, scenario: Scenario, households: pd.Da
             "minutes_outside_limits": _if(any_ok, ((below | above) & converged).sum() * step_min),
             "minutes_below_min": _if(any_ok, (below & converged).sum() * step_min),
             "minutes_above_max": _if(any_ok, (above & converged).sum() * step_min),
-            "per_bus": {int(b): {"min_pu": _num(vm[b].min()), "max_pu": _num(vm[b].max())} for b in vm.columns},
+            "per_bus": {int(b): {"min_pu": json_number(vm[b].min()), "max_pu": json_number(vm[b].max())} for b in vm.columns},
         },
         "energy_kwh": {
             "line_losses": _if(any_ok, feeder["losses_kw"].sum() * step_h),
@@ -148,7 +97,7 @@ def summarize(df: pd.DataFrame | Recorded, scenario: Scenario, households: pd.Da
             "pv_kwh": float(hh["pv_kw"].sum() * step_h),
         },
     }
-    summary["households"].update(_household_economics(df, scenario, households, batteries, stamps))
+    summary["households"].update(_household_economics(df, run, stamps))
     if len(batteries):
         summary["batteries"] = _battery_figures(df, scenario, batteries)
     if scenario.hems.controller is not None:
@@ -156,13 +105,14 @@ def summarize(df: pd.DataFrame | Recorded, scenario: Scenario, households: pd.Da
                            "applies_to": scenario.hems.applies_to, **_controller_figures(df)}
     if scenario.planner is not None:
         summary["planner"] = _planner_figures(df, scenario)
-    if scenario.contract is not None:
-        c = _of(df, "contract").sort_values("time_s")
+    contract = scenario.contract
+    if contract is not None:
+        c = rows_of(df, "contract").sort_values("time_s")
         last = c.iloc[-1] if len(c) else None
         summary["contract"] = {
-            "engine": scenario.contract.engine, "interval_s": scenario.contract.interval_s,
-            "members": len(fleet.contract_members(scenario, households, batteries)),
-            "meters": len(fleet.contract_meters(scenario, households, batteries)),
+            "engine": contract.engine, "interval_s": contract.interval_s,
+            "members": len(run.contract_members),
+            "meters": len(run.contract_meters),
             **{k: (int(last[k]) if last is not None else 0)
                for k in ("contract_rounds", "reports_late", "reports_lost", "replies_lost", "contract_rejected")},
             "note": "members = battery households (weights and RE); meters = the portfolio's other meters (plants, "
@@ -171,7 +121,7 @@ def summarize(df: pd.DataFrame | Recorded, scenario: Scenario, households: pd.Da
                     "the network; a member whose reply is lost keeps its last RE and weights; rejected = reports "
                     "the contract refused (treated as lost)"}
     if scenario.market is not None and len(households):
-        summary["market"], market_table = market_figures(df, scenario, households, batteries)
+        summary["market"], market_table = market_figures(df, run)
         if tables is not None:
             tables["market"] = market_table
         hh_summary = summary["households"]
@@ -188,93 +138,12 @@ def summarize(df: pd.DataFrame | Recorded, scenario: Scenario, households: pd.Da
                             "max_loading_pct": float(feeder["line_loading_max_pct"].max())}
     return summary
 
-
-def plot_all(df: pd.DataFrame | Recorded, scenario: Scenario, out_dir: str | Path,
-             tables: dict[str, pd.DataFrame] | None = None) -> list[Path]:
-    """Write the run's PNG plots (from its recorded rows) to ``out_dir``; returns their paths. ``tables``: what
-    :func:`summarize` already computed (else computed here)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir = Path(out_dir)
-    feeder = _of(df, "feeder").set_index("time_s").sort_index()
-    t = feeder["time"].dt.tz_localize(None)
-    vm = _voltages(df)
-    lo, hi = scenario.grid.v_min_pu, scenario.grid.v_max_pu
-    paths = []
-
-    fig, ax = plt.subplots(figsize=(10, 4))
-    ax.fill_between(t, vm.min(axis=1), vm.max(axis=1), color="tab:blue", alpha=0.25, label="range over buses")
-    ax.plot(t, vm.min(axis=1), color="tab:blue", lw=1, label="min over buses")
-    ax.plot(t, vm.max(axis=1), color="tab:orange", lw=1, label="max over buses")
-    for limit in (lo, hi):
-        ax.axhline(limit, color="tab:red", ls="--", lw=1)
-    failed = ~feeder["converged"].astype(bool)
-    if failed.any():
-        ax.plot(t[failed.values], np.full(failed.sum(), lo), "kx", label="power flow failed")
-    ax.set_ylabel("voltage (pu)")
-    ax.set_title(f"{scenario.name}: voltage envelope (limits {lo}–{hi} pu)")
-    ax.legend(loc="best", fontsize=8)
-    fig.autofmt_xdate()
-    paths.append(_save(fig, out_dir / "voltage_envelope.png"))
-
-    fig, ax = plt.subplots(figsize=(10, 4))
-    ax.plot(t, feeder["p_head_kw"], label="feeder head P")
-    ax.plot(t, feeder["base_p_kw"], lw=1, ls=":", label="base load P")
-    ax.plot(t, feeder["losses_kw"], lw=1, label="line losses")
-    ax.axhline(0, color="k", lw=0.5)
-    ax.set_ylabel("kW (positive = drawn from upstream)")
-    ax.set_title(f"{scenario.name}: feeder-head active power")
-    ax.legend(loc="best", fontsize=8)
-    fig.autofmt_xdate()
-    paths.append(_save(fig, out_dir / "feeder_head_power.png"))
-
-    deviation = np.maximum(lo - vm, vm - hi).max(axis=1).where(feeder["converged"].astype(bool).values)
-    worst = deviation.idxmax() if deviation.notna().any() else vm.index[0]
-    from dercosim.scenarios.validate import branch_profiles
-
-    fig = branch_profiles({"AC": vm.loc[worst].reindex(range(1, 34)).to_numpy()}, (lo, hi),
-                          f"{scenario.name}: voltage along each radial branch at the worst minute, "
-                          f"{feeder['time'].loc[worst]:%Y-%m-%d %H:%M}")
-    paths.append(_save(fig, out_dir / "voltage_profile_worst.png"))
-
-    bat = _of(df, "battery")
-    if len(bat):
-        soc = bat.pivot(index="time_s", columns="entity", values="soc_frac")
-        power = bat.pivot(index="time_s", columns="entity", values="p_kw")
-        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
-        ax1.fill_between(t, soc.min(axis=1), soc.max(axis=1), alpha=0.25, label="range over batteries")
-        ax1.plot(t, soc.mean(axis=1), label="mean")
-        ax1.set_ylabel("state of charge (0..1)")
-        ax1.set_ylim(-0.02, 1.02)
-        ax1.legend(loc="best", fontsize=8)
-        ax1.set_title(f"{scenario.name}: {soc.shape[1]} batteries, PMS cycle {scenario.batteries.pms_cycle_s} s")
-        ax2.plot(t, power.sum(axis=1), label="fleet battery power (+ = charging)")
-        ax2.axhline(0, color="k", lw=0.5)
-        ax2.set_ylabel("kW")
-        ax2.legend(loc="best", fontsize=8)
-        fig.autofmt_xdate()
-        paths.append(_save(fig, out_dir / "batteries.png"))
-    if scenario.planner is not None and _has(df, "plan"):
-        paths.append(_plot_plan(df, scenario, out_dir, t))
-    if scenario.market is not None and _has(df, "market"):
-        paths.append(_plot_market(df, scenario, out_dir, (tables or {}).get("market")))
-        if len(bat):
-            paths.append(_plot_three_households(df, scenario, out_dir))
-    if _has(df, "contract") and "evm_round_gas" in _of(df, "contract").columns:
-        paths.append(_plot_contract_gas(df, out_dir))
-    return paths
-
-
 #: Couraud et al. 2022: gas of one household's transaction on their private chain
 PAPER_GAS_PER_HOUSEHOLD_TX = 105_957
 
-
 def evm_figures(df: pd.DataFrame | Recorded, gas_log: Path) -> dict[str, Any]:
     """Gas and wall time of the contract on the EVM, and its largest gap to the Python rules (summary.json)."""
-    c = _of(df, "contract")
+    c = rows_of(df, "contract")
     figures: dict[str, Any] = {}
     try:
         log = json.loads(Path(gas_log).read_text(encoding="utf-8"))["summary"]
@@ -282,8 +151,8 @@ def evm_figures(df: pd.DataFrame | Recorded, gas_log: Path) -> dict[str, Any]:
                                             "round_gas", "round_wall_ms", "rejected_on_chain", "failed_rounds")})
     except (OSError, ValueError, KeyError) as exc:
         figures["gas_log_error"] = f"{gas_log}: {exc}"
-    figures["weight_diff_max_vs_python"] = _num(c["evm_weight_diff_max"].max()) if len(c) else None
-    figures["re_diff_max_vs_python_kwh"] = _num(c["evm_re_diff_kwh"].max()) if len(c) else None
+    figures["weight_diff_max_vs_python"] = json_number(c["evm_weight_diff_max"].max()) if len(c) else None
+    figures["re_diff_max_vs_python_kwh"] = json_number(c["evm_re_diff_kwh"].max()) if len(c) else None
     figures["paper_gas_per_household_tx"] = PAPER_GAS_PER_HOUSEHOLD_TX
     figures["note"] = ("failed_rounds: the round's transaction reverted and the Python rules' replies were sent; "
                        "round_gas: every transaction of a round (the households' updates and the aggregator's "
@@ -292,142 +161,13 @@ def evm_figures(df: pd.DataFrame | Recorded, gas_log: Path) -> dict[str, Any]:
                        "(SoC and weights in ppm, energy in mWh)")
     return figures
 
-
-def _plot_contract_gas(df: pd.DataFrame, out_dir: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    c = _of(df, "contract")
-    c = c[c["evm_round_gas"].notna()]
-    fig, ax = plt.subplots(figsize=(9, 3.5))
-    ax.plot(c["time"].dt.tz_localize(None), c["evm_round_gas"] / 1e6, ".", ms=3, label="gas per round")
-    ax.set_ylabel("gas per contract round (millions)")
-    ax2 = ax.twinx()
-    ax2.plot(c["time"].dt.tz_localize(None), c["evm_round_ms"], "x", ms=3, color="tab:red", label="EVM wall time")
-    ax2.set_ylabel("EVM wall time per round (ms)", color="tab:red")
-    ax.set_title("the smart contract on the EVM: gas and wall time of every round")
-    fig.autofmt_xdate()
-    return _save(fig, out_dir / "contract_gas.png")
-
-
-def _plot_three_households(df: pd.DataFrame, scenario: Scenario, out_dir: Path) -> Path:
-    """State of charge of three households with different assets over the run (Couraud et al. 2022, Fig. 6):
-    the largest PV, the largest wind turbine, and the largest demand."""
-    import matplotlib.pyplot as plt
-
-    households = pd.read_csv(out_dir / "households.csv")
-    batteries = pd.read_csv(out_dir / "batteries.csv", keep_default_na=False)
-    owned = households[households["name"].isin(set(batteries["household"]))]
-    picks: dict[str, str] = {}
-    for label, col in (("largest PV", "pv_kwp"), ("largest wind", "wind_kw"), ("largest demand", "annual_kwh")):
-        pool = owned[~owned["name"].isin(picks.values())]
-        if col in pool and len(pool) and pool[col].max() > 0:
-            picks[label] = str(pool.loc[pool[col].idxmax(), "name"])
-    bat = _of(df, "battery")
-    soc = bat.pivot(index="time_s", columns="entity", values="soc_frac")
-    times = _of(df, "feeder").set_index("time_s").sort_index()["time"].dt.tz_localize(None)
-    by_household = dict(zip(batteries["household"], batteries["name"]))
-    fig, ax = plt.subplots(figsize=(10, 4))
-    for label, name in picks.items():
-        ax.plot(times.loc[soc.index], soc[by_household[name]], label=f"{name} ({label})")
-    target = _of(df, "market").set_index("time_s")["soc_target_frac"]
-    ax.step(times.loc[target.index], target, where="post", color="k", ls="--", lw=1, label="SoC target (aggregator)")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_ylabel("state of charge")
-    ax.set_title(f"{scenario.name}: three households' batteries")
-    ax.legend(fontsize=8)
-    fig.autofmt_xdate()
-    return _save(fig, out_dir / "soc_three_households.png")
-
-
-def _plot_market(df: pd.DataFrame, scenario: Scenario, out_dir: Path, table: pd.DataFrame | None = None) -> Path:
-    """Committed vs delivered export per interval (Couraud et al. 2022, Fig. 5c) and the prices; writes market.csv."""
-    import matplotlib.pyplot as plt
-
-    if table is None:
-        households = pd.read_csv(out_dir / "households.csv")
-        batteries = pd.read_csv(out_dir / "batteries.csv", keep_default_na=False)
-        _, table = market_figures(df, scenario, households, batteries)
-    table.to_csv(out_dir / "market.csv", index=False)
-    if table.empty:
-        return out_dir / "market.csv"
-    t = pd.to_datetime(table["interval_start"]).dt.tz_localize(None)
-    width = pd.Timedelta(seconds=scenario.market.interval_s) * 0.8
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True)
-    ax1.bar(t, table["committed_kwh"], width=width, align="edge", color="tab:blue", alpha=0.5, label="committed")
-    ax1.step(t, table["delivered_kwh"], where="post", color="tab:orange", lw=1.5, label="delivered (net export)")
-    ax1.axhline(0, color="k", lw=0.5)
-    ax1.set_ylabel("kWh per interval")
-    ax1.set_title(f"{scenario.name}: fleet export committed day-ahead vs delivered")
-    ax1.legend(loc="best", fontsize=8)
-    ax2.step(t, table["wholesale_per_kwh"] * 1000, where="post", label="wholesale (day-ahead)")
-    ax2.step(t, table["imbalance_per_kwh"] * 1000, where="post", label="imbalance", alpha=0.7)
-    ax2.set_ylabel("price per MWh")
-    ax2.legend(loc="best", fontsize=8)
-    fig.autofmt_xdate()
-    return _save(fig, out_dir / "market.png")
-
-
-def _plot_plan(df: pd.DataFrame, scenario: Scenario, out_dir: Path, t: pd.Series) -> Path:
-    """Planned (LinDistFlow) vs AC voltage at the community buses, and planned vs executed battery power."""
-    import matplotlib.pyplot as plt
-
-    planned, ac, _ = _plan_vs_ac(df)
-    plan = _of(df, "plan")
-    bat = _of(df, "battery").pivot(index="time_s", columns="bus", values="p_kw")
-    set_kw = plan.pivot(index="time_s", columns="bus", values="p_set_kw")
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for k, b in enumerate(planned.columns):
-        c = colors[k % len(colors)]
-        ax1.plot(t.values, ac[b].values, color=c, lw=0.8, alpha=0.8, label=f"bus {int(b)} AC")
-        ax1.step(t.values, planned[b].values, where="post", color=c, lw=1.6, ls="--", label=f"bus {int(b)} plan")
-        ax2.plot(t.values, bat[b].values, color=c, lw=0.8, alpha=0.8)
-        ax2.step(t.values, set_kw[b].values, where="post", color=c, lw=1.6, ls="--", label=f"bus {int(b)}")
-    for limit in (scenario.grid.v_min_pu, scenario.grid.v_max_pu):
-        ax1.axhline(limit, color="tab:red", ls=":", lw=1)
-    ax1.set_ylabel("voltage (pu)")
-    ax1.set_title(f"{scenario.name}: community buses — plan (LinDistFlow, dashed) vs AC power flow (solid)")
-    ax1.legend(ncol=4, fontsize=7, loc="best")
-    ax2.axhline(0, color="k", lw=0.5)
-    ax2.set_ylabel("battery kW (+ = charging)")
-    ax2.set_title("community batteries: hourly schedule (dashed) vs executed by the PMS (solid)")
-    ax2.legend(ncol=6, fontsize=7, loc="best")
-    fig.autofmt_xdate()
-    return _save(fig, out_dir / "plan_vs_ac.png")
-
-
-def _save(fig: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def meter_kw(df: pd.DataFrame, batteries: pd.DataFrame) -> pd.DataFrame:
-    """Net power at each household's meter (rows ``time_s``, columns household), after its battery if any."""
-    hh = _of(df, "household").pivot(index="time_s", columns="entity", values="net_kw")
-    linked = batteries[batteries["household"] != ""] if len(batteries) else batteries
-    if len(linked):
-        bat = _of(df, "battery").pivot(index="time_s", columns="entity", values="meter_kw").reindex(hh.index)
-        # one array, not a column at a time: a frame assigned 2,000 columns one by one keeps 2,000 blocks and
-        # every later operation on it walks them (seconds at fleet scale)
-        values = np.array(hh.to_numpy(dtype=float), order="F")  # column-major, as before: bills (matrix products) to the bit
-        values[:, hh.columns.get_indexer(linked["household"])] = bat[list(linked["name"])].to_numpy(dtype=float)
-        hh = pd.DataFrame(values, index=hh.index, columns=hh.columns)
-    return hh
-
-
-def _household_economics(df: pd.DataFrame, scenario: Scenario, households: pd.DataFrame, batteries: pd.DataFrame,
-                         stamps: pd.Series) -> dict[str, Any]:
+def _household_economics(df: pd.DataFrame | Recorded, run: RunInputs, stamps: pd.Series) -> dict[str, Any]:
     """Self-consumption, self-sufficiency and bills per household and for the fleet."""
-    from dercosim.timeseries.tariffs import tariff_of
-
+    scenario, households, batteries = run.scenario, run.fleet.households, run.fleet.batteries
     if not len(households):
         return {}
     step_h = scenario.clock.step_s / 3600.0
-    hh = _of(df, "household")
+    hh = rows_of(df, "household")
     meter = meter_kw(df, batteries)
     names = list(households["name"])
     meter = meter[names]
@@ -440,7 +180,7 @@ def _household_economics(df: pd.DataFrame, scenario: Scenario, households: pd.Da
     pv_kwh = pv.sum() * step_h
     import_kwh = meter.clip(lower=0).sum() * step_h
     export_kwh = (-meter).clip(lower=0).sum() * step_h
-    tariff = tariff_of(scenario)
+    tariff = run.tariff
     times = pd.DatetimeIndex(stamps.loc[meter.index])
     bills = pd.Series(tariff.bill(times, meter.to_numpy(), step_h), index=names)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -465,9 +205,8 @@ def _household_economics(df: pd.DataFrame, scenario: Scenario, households: pd.Da
         "per_household": per,
     }
 
-
-def _battery_figures(df: pd.DataFrame, scenario: Scenario, batteries: pd.DataFrame) -> dict[str, Any]:
-    bat = _of(df, "battery")
+def _battery_figures(df: pd.DataFrame | Recorded, scenario: Scenario, batteries: pd.DataFrame) -> dict[str, Any]:
+    bat = rows_of(df, "battery")
     sums = bat.groupby("entity")[["e_charge_kwh", "e_discharge_kwh", "e_self_discharge_kwh", "e_clipped_kwh"]].sum()
     last_soc = bat.sort_values("time_s").groupby("entity")["soc_kwh"].last()
     table = batteries.set_index("name")
@@ -496,74 +235,63 @@ def _battery_figures(df: pd.DataFrame, scenario: Scenario, batteries: pd.DataFra
                             "equivalent_full_cycles": float(cycles[n])} for n in table.index},
     }
 
-
-def _plan_vs_ac(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Per community bus: planned voltage (hourly, LinDistFlow) and AC voltage (minute), on the minute index."""
-    plan = _of(df, "plan")
-    planned = plan.pivot(index="time_s", columns="bus", values="plan_vm_pu")
-    ac = _voltages(df)[planned.columns]
-    ac_hourly = ac.groupby(ac.index // 3600).transform("mean")
-    return planned, ac, ac_hourly
-
-
 def _planner_figures(df: pd.DataFrame, scenario: Scenario) -> dict[str, Any]:
     """The value-stacking plans (Jiang & Wang 2024) and how their LinDistFlow voltages compare with AC."""
-    op = _of(df, "planner").sort_values("time_s")
-    plan = _of(df, "plan")
-    planned, ac, ac_hourly = _plan_vs_ac(df)
+    planner = scenario.planner
+    assert planner is not None
+    op = rows_of(df, "planner").sort_values("time_s")
+    plan = rows_of(df, "plan")
+    planned, ac, ac_hourly = plan_vs_ac(df)
     diff = (ac_hourly - planned).where(planned.notna())
     step_h = scenario.clock.step_s / 3600.0
-    bat = _of(df, "battery").pivot(index="time_s", columns="bus", values="p_kw")
+    bat = rows_of(df, "battery").pivot(index="time_s", columns="bus", values="p_kw")
     set_kw = plan.pivot(index="time_s", columns="bus", values="p_set_kw")
     tracked = (bat[set_kw.columns] - set_kw).abs()
     last = op.iloc[-1] if len(op) else None
     per_plan = op.drop_duplicates("plans") if len(op) else op
     return {
-        "kind": scenario.planner.kind,
-        "mode": scenario.planner.admm.mode,
-        "replan": scenario.planner.replan,
+        "kind": planner.kind,
+        "mode": planner.admm.mode,
+        "replan": planner.replan,
         "plans": int(last["plans"]) if last is not None else 0,
         "fallbacks": int(last["plan_fallback"]) if last is not None else 0,
         "not_converged": int((per_plan["admm_converged"] == 0).sum()),
         "admm_iterations": [int(v) for v in per_plan["admm_iterations"].fillna(0)],
-        "admm_time_to_decision_s": [_num(v) for v in per_plan["admm_time_to_decision_s"]],
-        "admm_wall_s": [_num(v) for v in per_plan["admm_wall_s"]],
-        "gap_to_centralised_pct": [_num(v) for v in per_plan["admm_gap_pct"]],
-        "plan_cost": [_num(v) for v in per_plan["plan_cost"]],
-        "centralised_cost": [_num(v) for v in per_plan["central_cost"]],
+        "admm_time_to_decision_s": [json_number(v) for v in per_plan["admm_time_to_decision_s"]],
+        "admm_wall_s": [json_number(v) for v in per_plan["admm_wall_s"]],
+        "gap_to_centralised_pct": [json_number(v) for v in per_plan["admm_gap_pct"]],
+        "plan_cost": [json_number(v) for v in per_plan["plan_cost"]],
+        "centralised_cost": [json_number(v) for v in per_plan["central_cost"]],
         "currency": scenario.tariff.currency,
         "binaries_fixed": [int(v) for v in per_plan["plan_fixed"].fillna(0)],
         "complementarity_violations_left": [int(v) for v in per_plan["plan_violations_left"].fillna(0)],
         "planned_energy_kwh": {
             name: float(plan[f"plan_{name}_kw"].sum() * step_h) for name in ("p_grid", "p_b2b", "p_b2g", "p_ets",
                                                                                "p_etb", "p_feed")},
-        "battery_setpoint_tracking_max_kw": _num(tracked.max().max()),
+        "battery_setpoint_tracking_max_kw": json_number(tracked.max().max()),
         "voltage_plan_vs_ac": {
             "form": "LinDistFlow squared-voltage form (Baran & Wu 1989) vs AC power flow, hourly means",
-            "max_abs_diff_pu": _num(diff.abs().max().max()),
-            "mean_diff_pu": _num(diff.stack().mean()),
+            "max_abs_diff_pu": json_number(diff.abs().max().max()),
+            "mean_diff_pu": json_number(diff.stack().mean()),
             "note": "diff = AC − plan; negative: the plan overestimated the voltage",
-            "per_bus": {int(b): {"max_abs_diff_pu": _num(diff[b].abs().max()), "ac_min_pu": _num(ac[b].min()),
-                                 "plan_min_pu": _num(planned[b].min())} for b in planned.columns},
+            "per_bus": {int(b): {"max_abs_diff_pu": json_number(diff[b].abs().max()), "ac_min_pu": json_number(ac[b].min()),
+                                 "plan_min_pu": json_number(planned[b].min())} for b in planned.columns},
         },
     }
 
-
-def market_figures(df: pd.DataFrame, scenario: Scenario, households: pd.DataFrame,
-                   batteries: pd.DataFrame) -> tuple[dict[str, Any], pd.DataFrame]:
+def market_figures(df: pd.DataFrame | Recorded, run: RunInputs) -> tuple[dict[str, Any], pd.DataFrame]:
     """The aggregator's bids, commitments, delivery and settlement from the recorded rows; and the per-interval
     table of ``market.csv``."""
-    from dercosim.controllers.market import settle
-    from dercosim.timeseries.tariffs import tariff_of
+    from dercosim.markets.clearing import settle
 
+    scenario, households, batteries = run.scenario, run.fleet.households, run.fleet.batteries
     m = scenario.market
+    assert m is not None
     step_h = scenario.clock.step_s / 3600.0
     steps = m.interval_s // scenario.clock.step_s
-    agg = _of(df, "market").set_index("time_s").sort_index()
+    agg = rows_of(df, "market").set_index("time_s").sort_index()
     meter = meter_kw(df, batteries)
-    from dercosim.scenarios.fleet import portfolio
-
-    central, billed = portfolio(scenario, households)
+    central, billed = run.portfolio
     outside = [n for n in households["name"] if n not in central and n not in billed]
     n_int = len(meter) // steps
     if n_int == 0:  # shorter than one market interval: nothing to settle
@@ -571,9 +299,9 @@ def market_figures(df: pd.DataFrame, scenario: Scenario, households: pd.DataFram
                 "bill_total": None, "bills_per_household": {}}, pd.DataFrame()
     minutes = n_int * steps
     meter = meter.iloc[:minutes]
-    stamps = _of(df, "feeder").set_index("time_s").sort_index()["time"].iloc[:minutes]
+    stamps = rows_of(df, "feeder").set_index("time_s").sort_index()["time"].iloc[:minutes]
     times = pd.DatetimeIndex(stamps)
-    tariff = tariff_of(scenario)
+    tariff = run.tariff
     first = agg.iloc[::steps].iloc[:n_int]
     st = settle(meter[billed].to_numpy(), meter[central].to_numpy() if central else np.zeros((minutes, 0)),
                 first["committed_kwh"].to_numpy(), first["wholesale_per_kwh"].to_numpy(),
@@ -591,7 +319,7 @@ def market_figures(df: pd.DataFrame, scenario: Scenario, households: pd.DataFram
     bills_outside = tariff.bill(times, meter[outside].to_numpy(), step_h) if outside else np.zeros(0)
     homes = billed + outside  # every household, in the portfolio or not
     imports = meter[homes].clip(lower=0)
-    hh = _of(df, "household")
+    hh = rows_of(df, "household")
     load = hh.pivot(index="time_s", columns="entity", values="load_kw")[homes].iloc[:minutes]
     consumed_kwh = float(load.sum().sum() * step_h)
     self_consumed = consumed_kwh - float(imports.sum().sum() * step_h)  # met by own generation and battery
@@ -623,10 +351,9 @@ def market_figures(df: pd.DataFrame, scenario: Scenario, households: pd.DataFram
     }
     return summary, table
 
-
 def _controller_figures(df: pd.DataFrame) -> dict[str, Any]:
     """Faults, overruns, call times, and (MPC) solves and fallbacks per household, from the recorded rows."""
-    ctrl = _of(df, "controller")
+    ctrl = rows_of(df, "controller")
     if not len(ctrl):
         return {}
     per: dict[str, dict[str, Any]] = {}
@@ -642,7 +369,7 @@ def _controller_figures(df: pd.DataFrame) -> dict[str, Any]:
         fallbacks, retried = counted("fallback"), counted("retried")
     for entity in zeros.index:
         entry: dict[str, Any] = {"faults": int(faults[entity]), "overruns": int(overruns[entity]),
-                                 "step_ms_max": _num(step_max[entity])}
+                                 "step_ms_max": json_number(step_max[entity])}
         if has_solves:
             n = int(solves.at[entity, "count"])
             entry.update({
@@ -656,7 +383,7 @@ def _controller_figures(df: pd.DataFrame) -> dict[str, Any]:
     out: dict[str, Any] = {
         "faults": int(sum(v["faults"] for v in per.values())),
         "overruns": int(sum(v["overruns"] for v in per.values())),
-        "step_ms_max": _num(ctrl["step_ms"].max()) if "step_ms" in ctrl else None,
+        "step_ms_max": json_number(ctrl["step_ms"].max()) if "step_ms" in ctrl else None,
     }
     notes = ["fault = the controller raised, exited or returned a non-finite setpoint and the fallback was used "
              "for that step (hems.on_fault = 'fallback'); overrun = a call over hems.step_timeout_s"]

@@ -1,0 +1,1 @@
+"""A run's results: reading them by kind, the summary, the plots, and ``validate`` against AC power flow."""

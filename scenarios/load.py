@@ -1,0 +1,113 @@
+"""Loading a scenario: the schema (:mod:`~dercosim.scenarios.config`) and the checks that need more than it.
+
+A bad file stops here, before anything is written, with the file, the key path and what was expected.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dercosim.scenarios import fleet
+from dercosim.scenarios.config import Scenario, ScenarioError, parse_scenario
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read, validate and check a scenario TOML file; :class:`ScenarioError` on any problem.
+
+    Values are validated strictly (:func:`~dercosim.scenarios.config.parse_scenario`), and everything a run
+    would otherwise find out later is checked here, before anything is written: the controller plug-in is
+    resolved and its parameters validated, the fleet is drawn (not its profiles) and price data cover the dates
+    (:func:`check_scenario`).
+    """
+    scenario = parse_scenario(path)
+    check_scenario(scenario, path)
+    scenario._checked_as = scenario.model_dump_json()
+    return scenario
+
+
+def check_scenario(scenario: Scenario, where: str | Path | None = None) -> None:
+    """Checks that need more than the schema, cheap enough to run before anything is written.
+
+    The controller plug-in resolves and takes its parameters; the drawn fleet
+    gives the controller and the planner something to act on; the bundled
+    prices cover the run's dates. :class:`ScenarioError` names ``where`` (the
+    file; the scenario's name if None) and the key.
+    """
+    where = where if where is not None else scenario.name
+    hems = scenario.hems
+    if hems.controller is not None:
+        from dercosim.controllers.registry import ControllerError, load_controller_class, param_errors
+
+        try:
+            cls = load_controller_class(hems.controller, scenario.source_dir)
+        except ControllerError as exc:
+            raise ScenarioError(f"{where}: hems.controller: {exc}") from None
+        errors = param_errors(cls, dict(hems.params))
+        if errors:
+            raise ScenarioError("\n".join(f"{where}: hems.params{key}: {msg}" for key, msg in errors))
+    try:
+        table = fleet.draw_households(scenario)
+        batteries = fleet.draw_batteries(scenario, table)
+    except ScenarioError as exc:
+        raise ScenarioError(f"{where}: {exc}") from None
+    if hems.controller is not None:
+        from dercosim.controllers.base import household_io
+        from dercosim.controllers.registry import ControllerError, load_controller_class, make_controller
+
+        hvac = fleet.draw_hvac(scenario, table)
+        names = fleet.controlled_households(scenario, table, batteries, hvac)
+        if not names:
+            raise ScenarioError(f"{where}: hems.applies_to: {hems.applies_to!r}: no household qualifies, "
+                                f"so controller {hems.controller!r} would control nothing")
+        # one instance per kind of household it applies to: inputs, outputs, period and constructor
+        owners = set(batteries["household"])
+        has_hvac = dict(zip(table["name"], hvac["p_max_kw"] > 0))
+        contract_members = set(fleet.contract_members(scenario, table, batteries)) if scenario.contract else set()
+        member = {n: n in contract_members for n in names}
+        kinds = {(n in owners, bool(has_hvac[n]), member[n]): n for n in reversed(names)}
+        cls = load_controller_class(hems.controller, scenario.source_dir)
+        for (has_battery, with_hvac, in_contract), label in kinds.items():
+            available, writable = household_io(has_battery, with_hvac, in_contract)
+            try:
+                make_controller(cls, hems.controller, dict(hems.params), label, set(available), set(writable))
+            except ControllerError as exc:
+                raise ScenarioError(f"{where}: hems.controller: {exc}") from None
+        if scenario.planner is not None:
+            communities = table.loc[table["group"] == scenario.planner.communities, "name"]
+            clash = sorted(set(names) & set(communities))
+            if clash:
+                raise ScenarioError(f"{where}: hems.applies_to: households {clash[:5]}{'…' if len(clash) > 5 else ''} "
+                                    f"are communities of the planner and also have a HEMS controller; restrict "
+                                    f"hems.applies_to or use another household group")
+    if scenario.market is not None or scenario.tariff.kind == "agile_octopus":
+        from dercosim.timeseries import weather
+        from dercosim.timeseries.prices import price_per_kwh
+
+        site = weather.get_site(scenario.site.weather)
+        times = weather.time_index(scenario.clock.start, scenario.n_steps, scenario.clock.step_s, site.tz)
+        keys = []
+        market = scenario.market
+        if market is not None:
+            keys += [("market.wholesale", market.wholesale), ("market.imbalance", market.imbalance)]
+            if batteries.empty:
+                raise ScenarioError(f"{where}: batteries.groups: the fleet draws no battery (e.g. households = "
+                                    f"'with_pv' and no PV); an aggregator needs batteries")
+        if scenario.tariff.kind == "agile_octopus":
+            keys.append(("tariff.agile.market", scenario.tariff.agile.market))
+        for key, market in keys:
+            try:
+                price_per_kwh(market, times)
+            except ValueError as exc:
+                raise ScenarioError(f"{where}: {key}: {exc}; move clock.start or choose another market") from None
+    planner = scenario.planner
+    if planner is not None:
+        from dercosim.timeseries import weather
+        from dercosim.timeseries.prices import price_per_kwh
+
+        site = weather.get_site(scenario.site.weather)
+        times = weather.time_index(scenario.clock.start, scenario.n_steps, scenario.clock.step_s, site.tz)
+        try:
+            price_per_kwh(planner.b2g_market, times)
+        except ValueError as exc:
+            raise ScenarioError(f"{where}: planner.b2g_market: {exc}; move clock.start or choose another "
+                                f"market") from None

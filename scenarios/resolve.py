@@ -1,0 +1,150 @@
+"""The run resolved once from a validated scenario: site and its weather, time index, fleet, profiles, tariff,
+the aggregator's portfolio and the smart contract's members, and what the market knows the day before.
+
+The world builder, the simulators' init arguments, the summaries, the planner case and the studies read these
+from one :class:`RunInputs`; nothing downstream derives them from the raw scenario again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dercosim.scenarios.config import Scenario
+from dercosim.scenarios.fleet import (Fleet, base_load_shape, contract_members, contract_meters, controlled_households,
+                                      day_profiles, portfolio)
+from dercosim.timeseries import weather
+from dercosim.timeseries.tariffs import Tariff, tariff_of
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """A scenario resolved into everything a run needs, once: site, clock, tariff, fleet, minute profiles.
+
+    The profiles are held on the whole calendar days the run touches (``days``; what a day-ahead
+    aggregator forecasts from); ``load_kw``, ``pv_kw`` and ``wind_kw`` are the run's own steps of them.
+    """
+
+    scenario: Scenario
+    site: weather.Site
+    times: pd.DatetimeIndex  #: the start of every step, local standard time of the site
+    tariff: Tariff
+    fleet: Fleet
+    days: pd.DatetimeIndex  #: every minute of the whole days that ``times`` touches
+    day_load_kw: np.ndarray  #: (len(days), households)
+    day_pv_kw: np.ndarray  #: (len(days), households)
+    day_wind_kw: np.ndarray | None  #: (len(days), households); None: no turbine in the fleet
+    base_shape: np.ndarray  #: (steps,) multiplier of the case's base load
+
+    @classmethod
+    def resolve(cls, scenario: Scenario, fleet: Fleet | None = None) -> RunInputs:
+        """Resolve ``scenario`` (``fleet``: its already drawn :class:`Fleet`, else drawn here)."""
+        site = weather.get_site(scenario.site.weather)
+        times = weather.time_index(scenario.clock.start, scenario.n_steps, scenario.clock.step_s, site.tz)
+        fleet = fleet if fleet is not None else Fleet.draw(scenario)
+        days = weather.whole_days(times)
+        load_kw, pv_kw = day_profiles(scenario, fleet.households, days, site)
+        wind_kw = None
+        if len(fleet.households) and (fleet.households["wind_kw"] > 0).any():
+            from dercosim.timeseries.wind import wind_ac_kw
+
+            wind_kw = wind_ac_kw(site, days, fleet.households["wind_kw"].to_numpy(float),
+                                 fleet.households["wind_hub_height_m"].to_numpy(float))
+        return cls(scenario, site, times, tariff_of(scenario), fleet, days, load_kw, pv_kw, wind_kw,
+                   base_load_shape(scenario, times))
+
+    @property
+    def _steps(self) -> slice:
+        first = int(self.days.get_loc(self.times[0]))
+        return slice(first, first + len(self.times))
+
+    @property
+    def load_kw(self) -> np.ndarray:
+        """(steps, households) household demand without HVAC, kW."""
+        return self.day_load_kw[self._steps]
+
+    @property
+    def pv_kw(self) -> np.ndarray:
+        """(steps, households) PV output, kW."""
+        return self.day_pv_kw[self._steps]
+
+    @property
+    def wind_kw(self) -> np.ndarray | None:
+        """(steps, households) wind turbine output, kW; None without turbines."""
+        return None if self.day_wind_kw is None else self.day_wind_kw[self._steps]
+
+    @cached_property
+    def outdoor_temperature_c(self) -> np.ndarray:
+        """(steps,) outdoor temperature at the site, °C."""
+        return weather.outdoor_temperature_c(self.site, self.times)
+
+    @cached_property
+    def portfolio(self) -> tuple[list[str], list[str]]:
+        """(the aggregator's plants, the households in its portfolio) by name; both empty without ``[market]``."""
+        return portfolio(self.scenario, self.fleet.households)
+
+    @cached_property
+    def contract_members(self) -> list[str]:
+        """Who reports to the smart contract: the battery owners among the portfolio's households and plants."""
+        return contract_members(self.scenario, self.fleet.households, self.fleet.batteries)
+
+    @cached_property
+    def contract_meters(self) -> list[str]:
+        """The portfolio's other meters (plants, households without a battery): their exports count in RE."""
+        return contract_meters(self.scenario, self.fleet.households, self.fleet.batteries)
+
+    @cached_property
+    def controlled(self) -> list[str]:
+        """The households the scenario's HEMS controller applies to, in table order."""
+        return controlled_households(self.scenario, self.fleet.households, self.fleet.batteries, self.fleet.hvac)
+
+    @cached_property
+    def market_inputs(self) -> dict[str, Any]:
+        """What the aggregator knows the day before (:func:`market_inputs`)."""
+        return market_inputs(self)
+
+
+def market_inputs(run: RunInputs) -> dict[str, Any]:
+    """What the aggregator knows the day before, per market interval of the whole days the run touches:
+    forecasts (kWh) and prices (currency/kWh), and ``first_interval``, the run's start among them.
+
+    Demand is the portfolio households' load; production their PV and wind plus the aggregator's plants
+    (``market.central_groups``). Forecasts are the truth times a seeded error at every
+    ``forecast.step_min`` (:class:`~dercosim.timeseries.forecast.Noisy`), or the truth (``kind =
+    "perfect"``). Prices are the bundled day-ahead and imbalance series. Whole days, so a day's plan does
+    not depend on where the run ends (a shorter run is the first part of a longer one).
+    """
+    from dercosim.timeseries.forecast import Noisy
+    from dercosim.timeseries.prices import price_per_kwh
+    from dercosim.timeseries.rng import rng_for
+
+    scenario = run.scenario
+    m = scenario.market
+    assert m is not None, "market_inputs needs a [market] scenario"
+    hh = run.fleet.households
+    days, load_kw = run.days, run.day_load_kw
+    gen_kw = run.day_pv_kw + (run.day_wind_kw if run.day_wind_kw is not None else 0.0)
+    central_names, member_names = run.portfolio
+    central = hh["name"].isin(central_names).to_numpy()
+    member = hh["name"].isin(member_names).to_numpy()
+    steps = m.interval_s // scenario.clock.step_s
+    n_int = len(days) // steps
+    step_h = scenario.clock.step_s / 3600.0
+    forecasts = {}
+    for name, truth in (("demand", load_kw[:, member].sum(axis=1)),
+                        ("production", gen_kw[:, member | central].sum(axis=1))):
+        series = truth
+        if m.forecast.kind == "noisy":
+            series = np.clip(Noisy(truth, m.forecast.accuracy, m.forecast.step_min,
+                                   rng_for(scenario.seed, f"market_forecast:{name}")).series, 0.0, None)
+        forecasts[name] = series.reshape(n_int, steps).sum(axis=1) * step_h
+    starts = days[::steps]
+    import_price = run.tariff.import_price(days).reshape(n_int, steps).mean(axis=1)
+    return {"demand_forecast_kwh": forecasts["demand"], "production_forecast_kwh": forecasts["production"],
+            "import_price": import_price, "wholesale_price": price_per_kwh(m.wholesale, starts),
+            "imbalance_price": price_per_kwh(m.imbalance, starts),
+            "first_interval": int(days.get_loc(run.times[0]) // steps)}
