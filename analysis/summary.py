@@ -111,8 +111,8 @@ def summarize(df: pd.DataFrame | Recorded, run: RunInputs, wall_time_s: float, r
         last = c.iloc[-1] if len(c) else None
         summary["contract"] = {
             "engine": contract.engine, "interval_s": contract.interval_s,
-            "members": len(run.contract_members),
-            "meters": len(run.contract_meters),
+            "members": len(run.fleet.contract_members),
+            "meters": len(run.fleet.contract_meters),
             **{k: (int(last[k]) if last is not None else 0)
                for k in ("contract_rounds", "reports_late", "reports_lost", "replies_lost", "contract_rejected")},
             "note": "members = battery households (weights and RE); meters = the portfolio's other meters (plants, "
@@ -291,7 +291,7 @@ def market_figures(df: pd.DataFrame | Recorded, run: RunInputs) -> tuple[dict[st
     steps = m.interval_s // scenario.clock.step_s
     agg = rows_of(df, "market").set_index("time_s").sort_index()
     meter = meter_kw(df, batteries)
-    central, billed = run.portfolio
+    central, billed = run.fleet.plants, run.fleet.portfolio
     outside = [n for n in households["name"] if n not in central and n not in billed]
     n_int = len(meter) // steps
     if n_int == 0:  # shorter than one market interval: nothing to settle

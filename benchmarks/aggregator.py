@@ -25,7 +25,6 @@ import numpy as np
 from dercosim.markets.aggregator import DayAheadMILP, VirtualBattery
 from dercosim.scenarios.load import load_scenario
 from dercosim.scenarios.resolve import RunInputs
-from dercosim.scenarios.resolve import market_inputs
 
 SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "fleet_market_uncoordinated.toml"
 
@@ -74,7 +73,7 @@ def main() -> None:
     scenario = scenario.model_copy(update={"market": m.model_copy(
         update={"forecast": m.forecast.model_copy(update={"kind": "perfect"})})})
     run = RunInputs.resolve(scenario)
-    inputs = market_inputs(run)
+    inputs = run.market_inputs
     n = 48
     demand, production = inputs["demand_forecast_kwh"][:n], inputs["production_forecast_kwh"][:n]
     imp, wholesale = inputs["import_price"][:n], inputs["wholesale_price"][:n]

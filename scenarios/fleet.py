@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 
 from dercosim.scenarios.config import Scenario, ScenarioError
-from dercosim.timeseries import weather
 from dercosim.timeseries.rng import rng_for
 
 
@@ -56,50 +55,6 @@ def draw_households(scenario: Scenario) -> pd.DataFrame:
         return pd.DataFrame(columns=["name", "group", "bus", "annual_kwh", "homes", "power_factor", "pv_kwp",
                                      "pv_tilt_deg", "pv_azimuth_deg", "wind_kw", "wind_hub_height_m"])
     return pd.concat(rows, ignore_index=True)
-
-
-def household_profiles(scenario: Scenario, table: pd.DataFrame, times: pd.DatetimeIndex,
-                       site: weather.Site | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Load and PV (kW) per minute for each household of ``table``; shapes (len(times), n).
-
-    Generated on whole calendar days (:func:`day_profiles`) and cut to
-    ``times``, so a shorter run sees exactly the first part of the longer
-    run's numbers.
-    """
-    days = weather.whole_days(times)
-    load, pv_kw = day_profiles(scenario, table, days, site)
-    pos = days.get_indexer(times)
-    return load[pos], pv_kw[pos]
-
-
-def day_profiles(scenario: Scenario, table: pd.DataFrame, days: pd.DatetimeIndex,
-                 site: weather.Site | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Load and PV (kW) per minute over ``days`` (whole calendar days, :func:`weather.whole_days`)."""
-    from dercosim.timeseries import loads, pv  # demandlib and pvlib: only when profiles are made
-
-    site = site if site is not None else weather.get_site(scenario.site.weather)
-    homes = table["homes"].to_numpy(int) if "homes" in table else np.ones(len(table), int)
-    per_home = np.repeat(table["annual_kwh"].to_numpy(float) / homes, homes)
-    # only homes with a demand draw a profile: a plant (annual_kwh = 0) added to a scenario leaves every
-    # household's profile as it was (fleet_market_s2/s3 against s0)
-    has_load = per_home > 0
-    load = np.zeros((len(days), len(per_home)))
-    if has_load.any():
-        load[:, has_load] = loads.household_load_kw(days, per_home[has_load], rng_for(scenario.seed, "household_load"))
-    if np.any(homes > 1):  # a community's load is the sum of its homes' own profiles
-        load = np.add.reduceat(load, np.concatenate([[0], np.cumsum(homes)[:-1]]), axis=1)
-    pv_kw = pv.pv_ac_kw(site, days, table["pv_kwp"].to_numpy(float), table["pv_tilt_deg"].to_numpy(float),
-                        table["pv_azimuth_deg"].to_numpy(float), rng_for(scenario.seed, "pv_clouds"))
-    return load, pv_kw
-
-
-def base_load_shape(scenario: Scenario, times: pd.DatetimeIndex) -> np.ndarray:
-    """Multiplier of the case's base load at each of ``times``: scale × daily shape."""
-    from dercosim.timeseries import loads
-
-    shape = scenario.grid.base_load
-    daily = np.ones(len(times)) if shape.shape == "flat" else loads.daily_shape(times)
-    return shape.scale * daily
 
 
 def draw_hvac(scenario: Scenario, table: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -183,20 +138,28 @@ def controlled_households(scenario: Scenario, table: pd.DataFrame, batteries: pd
 
 @dataclass(frozen=True)
 class Fleet:
-    """What a scenario draws from its seed: households, their HVAC, and the batteries (no profiles)."""
+    """What a scenario draws from its seed (households, their HVAC, the batteries; no profiles) and who plays
+    which part: the aggregator's plants and portfolio, the smart contract's members and meters, the households
+    the HEMS controller applies to (all by household name, in table order)."""
 
     households: pd.DataFrame  #: one row per household (see :func:`draw_households`)
     hvac: dict[str, np.ndarray]  #: per household (see :func:`draw_hvac`); ``p_max_kw`` 0 = none
     batteries: pd.DataFrame  #: one row per battery (see :func:`draw_batteries`)
+    plants: list[str]  #: the aggregator's own plants (``market.central_groups``); empty without ``[market]``
+    portfolio: list[str]  #: the households in the aggregator's portfolio (billed); empty without ``[market]``
+    contract_members: list[str]  #: battery owners among the plants and portfolio: weights and RE
+    contract_meters: list[str]  #: the portfolio's other meters (plants, households without a battery)
+    controlled: list[str]  #: the households ``hems.applies_to`` selects
 
     @classmethod
     def draw(cls, scenario: Scenario) -> Fleet:
         households = draw_households(scenario)
-        return cls(households, draw_hvac(scenario, households), draw_batteries(scenario, households))
-
-    def controlled(self, scenario: Scenario) -> list[str]:
-        """The households the scenario's HEMS controller applies to."""
-        return controlled_households(scenario, self.households, self.batteries, self.hvac)
+        hvac = draw_hvac(scenario, households)
+        batteries = draw_batteries(scenario, households)
+        plants, portfolio_ = portfolio(scenario, households)
+        return cls(households, hvac, batteries, plants, portfolio_,
+                   contract_members(scenario, households, batteries), contract_meters(scenario, households, batteries),
+                   controlled_households(scenario, households, batteries, hvac))
 
 
 def portfolio(scenario: Scenario, households: pd.DataFrame) -> tuple[list[str], list[str]]:

@@ -25,13 +25,13 @@ def load_scenario(path: str | Path) -> Scenario:
     return scenario
 
 
-def check_scenario(scenario: Scenario, where: str | Path | None = None) -> None:
+def check_scenario(scenario: Scenario, where: str | Path | None = None) -> fleet.Fleet:
     """Checks that need more than the schema, cheap enough to run before anything is written.
 
     The controller plug-in resolves and takes its parameters; the drawn fleet
     gives the controller and the planner something to act on; the bundled
     prices cover the run's dates. :class:`ScenarioError` names ``where`` (the
-    file; the scenario's name if None) and the key.
+    file; the scenario's name if None) and the key. Returns the fleet it drew.
     """
     where = where if where is not None else scenario.name
     hems = scenario.hems
@@ -46,23 +46,22 @@ def check_scenario(scenario: Scenario, where: str | Path | None = None) -> None:
         if errors:
             raise ScenarioError("\n".join(f"{where}: hems.params{key}: {msg}" for key, msg in errors))
     try:
-        table = fleet.draw_households(scenario)
-        batteries = fleet.draw_batteries(scenario, table)
+        drawn = fleet.Fleet.draw(scenario)
     except ScenarioError as exc:
         raise ScenarioError(f"{where}: {exc}") from None
+    table, batteries, hvac = drawn.households, drawn.batteries, drawn.hvac
     if hems.controller is not None:
         from dercosim.controllers.base import household_io
         from dercosim.controllers.registry import ControllerError, load_controller_class, make_controller
 
-        hvac = fleet.draw_hvac(scenario, table)
-        names = fleet.controlled_households(scenario, table, batteries, hvac)
+        names = drawn.controlled
         if not names:
             raise ScenarioError(f"{where}: hems.applies_to: {hems.applies_to!r}: no household qualifies, "
                                 f"so controller {hems.controller!r} would control nothing")
         # one instance per kind of household it applies to: inputs, outputs, period and constructor
         owners = set(batteries["household"])
         has_hvac = dict(zip(table["name"], hvac["p_max_kw"] > 0))
-        contract_members = set(fleet.contract_members(scenario, table, batteries)) if scenario.contract else set()
+        contract_members = set(drawn.contract_members) if scenario.contract else set()
         member = {n: n in contract_members for n in names}
         kinds = {(n in owners, bool(has_hvac[n]), member[n]): n for n in reversed(names)}
         cls = load_controller_class(hems.controller, scenario.source_dir)
@@ -111,3 +110,4 @@ def check_scenario(scenario: Scenario, where: str | Path | None = None) -> None:
         except ValueError as exc:
             raise ScenarioError(f"{where}: planner.b2g_market: {exc}; move clock.start or choose another "
                                 f"market") from None
+    return drawn

@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 
 from dercosim.scenarios.config import Scenario
-from dercosim.scenarios.fleet import (Fleet, base_load_shape, contract_members, contract_meters, controlled_households,
-                                      day_profiles, portfolio)
+from dercosim.scenarios.fleet import Fleet
 from dercosim.timeseries import weather
+from dercosim.timeseries.rng import rng_for
 from dercosim.timeseries.tariffs import Tariff, tariff_of
 
 
@@ -39,6 +39,8 @@ class RunInputs:
     day_pv_kw: np.ndarray  #: (len(days), households)
     day_wind_kw: np.ndarray | None  #: (len(days), households); None: no turbine in the fleet
     base_shape: np.ndarray  #: (steps,) multiplier of the case's base load
+    #: what the aggregator knows the day before (:func:`market_inputs`); None without ``[market]``
+    market_inputs: dict[str, Any] | None
 
     @classmethod
     def resolve(cls, scenario: Scenario, fleet: Fleet | None = None) -> RunInputs:
@@ -54,8 +56,12 @@ class RunInputs:
 
             wind_kw = wind_ac_kw(site, days, fleet.households["wind_kw"].to_numpy(float),
                                  fleet.households["wind_hub_height_m"].to_numpy(float))
-        return cls(scenario, site, times, tariff_of(scenario), fleet, days, load_kw, pv_kw, wind_kw,
-                   base_load_shape(scenario, times))
+        tariff = tariff_of(scenario)
+        gen_kw = pv_kw + (wind_kw if wind_kw is not None else 0.0)
+        market = (market_inputs(scenario, fleet, times, days, load_kw, gen_kw, tariff)
+                  if scenario.market is not None else None)
+        return cls(scenario, site, times, tariff, fleet, days, load_kw, pv_kw, wind_kw,
+                   base_load_shape(scenario, times), market)
 
     @property
     def _steps(self) -> slice:
@@ -82,35 +88,12 @@ class RunInputs:
         """(steps,) outdoor temperature at the site, °C."""
         return weather.outdoor_temperature_c(self.site, self.times)
 
-    @cached_property
-    def portfolio(self) -> tuple[list[str], list[str]]:
-        """(the aggregator's plants, the households in its portfolio) by name; both empty without ``[market]``."""
-        return portfolio(self.scenario, self.fleet.households)
 
-    @cached_property
-    def contract_members(self) -> list[str]:
-        """Who reports to the smart contract: the battery owners among the portfolio's households and plants."""
-        return contract_members(self.scenario, self.fleet.households, self.fleet.batteries)
-
-    @cached_property
-    def contract_meters(self) -> list[str]:
-        """The portfolio's other meters (plants, households without a battery): their exports count in RE."""
-        return contract_meters(self.scenario, self.fleet.households, self.fleet.batteries)
-
-    @cached_property
-    def controlled(self) -> list[str]:
-        """The households the scenario's HEMS controller applies to, in table order."""
-        return controlled_households(self.scenario, self.fleet.households, self.fleet.batteries, self.fleet.hvac)
-
-    @cached_property
-    def market_inputs(self) -> dict[str, Any]:
-        """What the aggregator knows the day before (:func:`market_inputs`)."""
-        return market_inputs(self)
-
-
-def market_inputs(run: RunInputs) -> dict[str, Any]:
+def market_inputs(scenario: Scenario, fleet: Fleet, times: pd.DatetimeIndex, days: pd.DatetimeIndex,
+                  load_kw: np.ndarray, gen_kw: np.ndarray, tariff: Tariff) -> dict[str, Any]:
     """What the aggregator knows the day before, per market interval of the whole days the run touches:
     forecasts (kWh) and prices (currency/kWh), and ``first_interval``, the run's start among them.
+    ``load_kw`` and ``gen_kw`` (PV and wind): every household's, on ``days``.
 
     Demand is the portfolio households' load; production their PV and wind plus the aggregator's plants
     (``market.central_groups``). Forecasts are the truth times a seeded error at every
@@ -120,17 +103,12 @@ def market_inputs(run: RunInputs) -> dict[str, Any]:
     """
     from dercosim.timeseries.forecast import Noisy
     from dercosim.timeseries.prices import price_per_kwh
-    from dercosim.timeseries.rng import rng_for
 
-    scenario = run.scenario
     m = scenario.market
     assert m is not None, "market_inputs needs a [market] scenario"
-    hh = run.fleet.households
-    days, load_kw = run.days, run.day_load_kw
-    gen_kw = run.day_pv_kw + (run.day_wind_kw if run.day_wind_kw is not None else 0.0)
-    central_names, member_names = run.portfolio
-    central = hh["name"].isin(central_names).to_numpy()
-    member = hh["name"].isin(member_names).to_numpy()
+    hh = fleet.households
+    central = hh["name"].isin(fleet.plants).to_numpy()
+    member = hh["name"].isin(fleet.portfolio).to_numpy()
     steps = m.interval_s // scenario.clock.step_s
     n_int = len(days) // steps
     step_h = scenario.clock.step_s / 3600.0
@@ -143,8 +121,38 @@ def market_inputs(run: RunInputs) -> dict[str, Any]:
                                    rng_for(scenario.seed, f"market_forecast:{name}")).series, 0.0, None)
         forecasts[name] = series.reshape(n_int, steps).sum(axis=1) * step_h
     starts = days[::steps]
-    import_price = run.tariff.import_price(days).reshape(n_int, steps).mean(axis=1)
+    import_price = tariff.import_price(days).reshape(n_int, steps).mean(axis=1)
     return {"demand_forecast_kwh": forecasts["demand"], "production_forecast_kwh": forecasts["production"],
             "import_price": import_price, "wholesale_price": price_per_kwh(m.wholesale, starts),
             "imbalance_price": price_per_kwh(m.imbalance, starts),
-            "first_interval": int(days.get_loc(run.times[0]) // steps)}
+            "first_interval": int(days.get_loc(times[0]) // steps)}
+
+
+def day_profiles(scenario: Scenario, table: pd.DataFrame, days: pd.DatetimeIndex,
+                 site: weather.Site | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Load and PV (kW) per minute over ``days`` (whole calendar days, :func:`weather.whole_days`)."""
+    from dercosim.timeseries import loads, pv  # demandlib and pvlib: only when profiles are made
+
+    site = site if site is not None else weather.get_site(scenario.site.weather)
+    homes = table["homes"].to_numpy(int) if "homes" in table else np.ones(len(table), int)
+    per_home = np.repeat(table["annual_kwh"].to_numpy(float) / homes, homes)
+    # only homes with a demand draw a profile: a plant (annual_kwh = 0) added to a scenario leaves every
+    # household's profile as it was (fleet_market_s2/s3 against s0)
+    has_load = per_home > 0
+    load = np.zeros((len(days), len(per_home)))
+    if has_load.any():
+        load[:, has_load] = loads.household_load_kw(days, per_home[has_load], rng_for(scenario.seed, "household_load"))
+    if np.any(homes > 1):  # a community's load is the sum of its homes' own profiles
+        load = np.add.reduceat(load, np.concatenate([[0], np.cumsum(homes)[:-1]]), axis=1)
+    pv_kw = pv.pv_ac_kw(site, days, table["pv_kwp"].to_numpy(float), table["pv_tilt_deg"].to_numpy(float),
+                        table["pv_azimuth_deg"].to_numpy(float), rng_for(scenario.seed, "pv_clouds"))
+    return load, pv_kw
+
+
+def base_load_shape(scenario: Scenario, times: pd.DatetimeIndex) -> np.ndarray:
+    """Multiplier of the case's base load at each of ``times``: scale × daily shape."""
+    from dercosim.timeseries import loads
+
+    shape = scenario.grid.base_load
+    daily = np.ones(len(times)) if shape.shape == "flat" else loads.daily_shape(times)
+    return shape.scale * daily

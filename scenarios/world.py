@@ -152,13 +152,12 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
     """
     wall_start = time.perf_counter()
     out_dir = Path(out_dir)
-    if not scenario.checked:  # built in Python, or changed since it was loaded (--until, a copy with updates)
-        check_scenario(scenario)
+    # built in Python, or changed since it was loaded (--until, a copy with updates): checked now
+    drawn = Fleet.draw(scenario) if scenario.checked else check_scenario(scenario)
     if out_dir.is_dir() and any(out_dir.iterdir()):
         raise ScenarioError(f"{out_dir}: the run folder already holds files; two runs never share a folder")
     step_s = scenario.clock.step_s
     n_steps = scenario.n_steps
-    drawn = Fleet.draw(scenario)
     table, hvac, batteries = drawn.households, drawn.hvac, drawn.batteries
     out_dir.mkdir(parents=True, exist_ok=True)
     log(f"{len(table)} households ({int((table.pv_kwp > 0).sum())} with PV, {int((hvac['p_max_kw'] > 0).sum())} "
@@ -466,7 +465,7 @@ def _build(mosaik_world: mosaik.World, run: RunInputs, out_dir: Path,
     diagnostics: list[str] = []
     if scenario.hems.controller is not None:
         tariff = run.tariff
-        shared = {"names": list(table["name"]), "start": times[0].isoformat(),
+        shared = {"names": list(table["name"]), "seed": scenario.seed, "step_s": step_s, "start": times[0].isoformat(),
                   "start_s_of_day": int((times[0] - times[0].normalize()).total_seconds()),
                   "load_kw": load_kw, "pv_kw": pv_kw, "import_price": tariff.import_price(times),
                   "export_price": tariff.export_price(times), "members": members}
@@ -531,7 +530,7 @@ def _connect_contract(world: _Wiring, run: RunInputs, aggregator: Any, battery_o
     scenario = run.scenario
     c, m = scenario.contract, scenario.market
     assert c is not None and m is not None
-    names, meters = run.contract_members, run.contract_meters
+    names, meters = run.fleet.contract_members, run.fleet.contract_meters
     times = run.times
     sim = _start(world, scenario, "Contract", step_s=scenario.clock.step_s, round_s=c.interval_s, window_s=c.window_s,
                       interval_s=m.interval_s,
@@ -562,7 +561,7 @@ def _connect_market(world: _Wiring, run: RunInputs, battery_entities: list[Any])
                       battery=vb.__dict__, soc_init_kwh=float(bats["soc_init_kwh"].sum()),
                       bid_limit_per_kwh=m.bid_limit_per_kwh, clearing_limit_per_kwh=m.clearing_limit_per_kwh,
                       residual_demand_slope=m.residual_demand_slope if m.clearing == "price_maker" else 0.0,
-                      **run.market_inputs)
+                      **(run.market_inputs or {}))
     aggregator = sim.Aggregator()
     soc0 = dict(zip(bats["name"], bats["soc_init_kwh"]))
     for ent in battery_entities:
@@ -606,7 +605,7 @@ def _connect_controllers(world: _Wiring, run: RunInputs, households: dict[str, A
                          context: dict[str, Any]) -> tuple[list[Any], list[str]]:
     scenario, batteries = run.scenario, run.fleet.batteries
     hems = scenario.hems
-    names = run.controlled  # not empty: check_scenario saw to it
+    names = run.fleet.controlled  # not empty: check_scenario saw to it
     members = context.get("members", {})
     io = [household_io(n in battery_of, bool(has_hvac[n]), n in members) for n in names]
     available, writable = [a for a, _ in io], [w for _, w in io]
@@ -624,7 +623,7 @@ def _connect_controllers(world: _Wiring, run: RunInputs, households: dict[str, A
     for row in batteries.to_dict("records"):  # a household's first battery, as before
         if row["household"] and row["household"] not in battery_rows:
             battery_rows[row["household"]] = {k: float(row[k]) for k in fields}
-    contexts = [_context(scenario, context, n, hh_bus[n], column[n], battery_rows.get(n)) for n in names]
+    contexts = [_context(context, n, hh_bus[n], column[n], battery_rows.get(n)) for n in names]
     if scenario.processes.controllers != "inprocess":  # mosaik's protocol is JSON: arrays travel as lists
         contexts = jsonable(contexts)
     ctrls = ctrl_sim.Controller.create(len(names), spec=hems.controller, params=dict(hems.params), labels=names,
@@ -661,11 +660,11 @@ def _connect_controllers(world: _Wiring, run: RunInputs, households: dict[str, A
     return ctrls, diagnostics
 
 
-def _context(scenario: Scenario, shared: dict[str, Any], household: str, bus: int, j: int,
+def _context(shared: dict[str, Any], household: str, bus: int, j: int,
              battery: dict[str, float] | None) -> dict[str, Any]:
     """What a controller's optional ``bind(context)`` receives for one household (column ``j`` of the profiles;
     ``battery``: its parameters, None without one)."""
-    return {"household": household, "bus": int(bus), "seed": scenario.seed, "step_s": scenario.clock.step_s,
+    return {"household": household, "bus": int(bus), "seed": shared["seed"], "step_s": shared["step_s"],
             "start": shared["start"], "start_s_of_day": shared["start_s_of_day"],
             "load_kw": shared["load_kw"][:, j], "pv_kw": shared["pv_kw"][:, j],
             "import_price": shared["import_price"], "export_price": shared["export_price"], "battery": battery}
