@@ -25,7 +25,7 @@ from pathlib import Path
 from dercosim.controllers.registry import ControllerError
 from dercosim.scenarios.bundled import bundled_scenarios, resolve_path
 from dercosim.scenarios.config import ScenarioError, Scenario, parse_duration_s, scenario_to_toml
-from dercosim.scenarios.load import load_scenario
+from dercosim.scenarios.load import checked, load_scenario
 from dercosim.sims import MOVABLE
 
 
@@ -112,8 +112,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise ScenarioError(f"--until: {exc}") from None
         if until_s % scenario.clock.step_s:
             raise ScenarioError(f"--until: {until_s} s is not a whole number of {scenario.clock.step_s}-s steps")
-        scenario = with_duration(scenario, until_s)
-    baseline = _baseline_bills(args.baseline) if args.baseline else None
+        scenario = checked(with_duration(scenario, until_s), f"{path} (--until {args.until})")
+    baseline = _baseline_bills(args.baseline, scenario) if args.baseline else None
     pacer = None
     if args.realtime is not None:
         from dercosim.sims.pacing import Pacer
@@ -175,18 +175,50 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _baseline_bills(run_dir: str) -> dict:
-    """The per-household bills of a finished run folder (``--baseline``), checked before anything is written."""
+def _baseline_bills(run_dir: str, scenario: Scenario) -> dict:
+    """The per-household bills of a finished run folder (``--baseline``), checked before anything is written: the
+    baseline must cover the same period at the same step, bill with the same tariff and share households with
+    ``scenario``; otherwise one line says what differs."""
     import json
 
-    path = Path(run_dir) / "summary.json"
+    import pandas as pd
+
+    from dercosim.scenarios.fleet import Fleet
+
+    folder = Path(run_dir)
     try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
+        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
         per = summary["households"]["per_household"]
         bills = {name: float(v["bill"]) for name, v in per.items()}
+        theirs = tomllib.loads((folder / "scenario.toml").read_text(encoding="utf-8"))
+        start, steps, step_s = pd.Timestamp(summary["start"]), int(summary["steps"]), int(summary["step_s"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ScenarioError(f"--baseline: {run_dir} is not a finished run folder with household bills "
                             f"({type(exc).__name__}: {exc})") from None
+    differs = []
+    ours_start = pd.Timestamp(scenario.clock.start)
+    if start.tz_localize(None) != ours_start:
+        differs.append(f"start {start.tz_localize(None)} vs {ours_start}")
+    if steps * step_s != scenario.n_steps * scenario.clock.step_s:
+        differs.append(f"length {steps * step_s} s vs {scenario.n_steps * scenario.clock.step_s} s")
+    if step_s != scenario.clock.step_s:
+        differs.append(f"step {step_s} s vs {scenario.clock.step_s} s")
+    ours_tariff = scenario.tariff.model_dump(mode="json")
+    try:
+        their_tariff = Scenario.model_validate({"name": "baseline", "tariff": theirs.get("tariff", {})}).tariff
+    except ValueError as exc:
+        raise ScenarioError(f"--baseline: {folder / 'scenario.toml'}: not a dercosim scenario's tariff "
+                            f"({str(exc).splitlines()[0]})") from None
+    their_tariff = their_tariff.model_dump(mode="json")
+    changed = sorted(k for k in ours_tariff if ours_tariff[k] != their_tariff.get(k))
+    if changed:
+        differs.append(f"tariff ({', '.join(f'tariff.{k}' for k in changed)})")
+    if bills and not any(bills.values()):
+        differs.append("every baseline bill is 0 (nothing to reduce)")
+    if not set(bills) & set(Fleet.draw(scenario).households["name"]):
+        differs.append("no household in common")
+    if differs:
+        raise ScenarioError(f"--baseline {run_dir}: not comparable with {scenario.name}: " + "; ".join(differs))
     return {"run": str(run_dir), "bills": bills, "currency": summary["households"].get("currency")}
 
 

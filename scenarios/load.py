@@ -19,8 +19,13 @@ def load_scenario(path: str | Path) -> Scenario:
     resolved and its parameters validated, the fleet is drawn (not its profiles) and price data cover the dates
     (:func:`check_scenario`).
     """
-    scenario = parse_scenario(path)
-    check_scenario(scenario, path)
+    return checked(parse_scenario(path), path)
+
+
+def checked(scenario: Scenario, where: str | Path | None = None) -> Scenario:
+    """``scenario``, passed by :func:`check_scenario` and marked so (a run then need not check it again): for a
+    scenario changed after loading (``--until``, ``--set``), so every check runs before a run folder exists."""
+    check_scenario(scenario, where)
     scenario._checked_as = scenario.model_dump_json()
     return scenario
 

@@ -7,7 +7,9 @@ Each ``--set KEY=V1,V2,...`` names a key path of the scenario file (as in
 its error messages: ``households.groups[0].per_bus``) and the values to try;
 each value is read as TOML (``60``, ``0.5``, ``true``, ``"text"``; a bare
 word is a string). ``--seeds N`` runs each combination with the scenario's
-seed and the N − 1 following ones.
+seed and the N − 1 following ones; ``--set seed=1,2,3`` sweeps given seeds
+(with ``--seeds N``, each of them and the N − 1 following). At most
+:data:`MAX_CASES` cases per sweep.
 
 Every case is validated before anything runs. A case whose values are
 invalid is recorded as failed with the error (file, key path, what was
@@ -25,14 +27,19 @@ others continue. Results, in the sweep folder:
   headline figure against each swept parameter (mean over the other cases,
   bars from the smallest to the largest).
 
-``--resume DIR`` re-uses a sweep folder: cases already finished there (same
-parameters and seed) are not run again.
+``--resume DIR`` re-uses a sweep folder: a case finished there is not run
+again if its scenario is the same (every key, the run length included,
+compared by a hash of the validated scenario in ``sweep.parquet``); any other
+case runs again, its folder from the earlier attempt replaced.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
+import math
+import shutil
 import os
 import re
 import time
@@ -44,8 +51,10 @@ from typing import Any, Callable
 import pandas as pd
 
 from dercosim.scenarios.config import Scenario, ScenarioError, format_validation_error
-
 from dercosim.scenarios.load import check_scenario
+
+#: most cases one sweep plans (each is a whole run)
+MAX_CASES = 10_000
 #: headline figures of a run's summary: column name -> key path in summary.json
 HEADLINE = {
     "bill_total": ("households", "bill_total"),
@@ -144,6 +153,11 @@ class Case:
     scenario_json: str | None  #: the validated scenario with the values set, as JSON (None if invalid)
     error: str | None  #: why the case is invalid
 
+    @property
+    def scenario_sha(self) -> str | None:
+        """Hash of the validated scenario: a resumed sweep re-uses a case's result only for the same scenario."""
+        return None if self.scenario_json is None else hashlib.sha256(self.scenario_json.encode()).hexdigest()[:16]
+
 
 def _label(params: dict[str, Any], seed: int) -> str:
     parts = [f"{k.split('.')[-1]}={v}" for k, v in params.items()] + [f"seed={seed}"]
@@ -162,12 +176,21 @@ def plan_cases(path: Path, sets: list[tuple[str, list[Any]]], seeds: int = 1,
     keys = [k for k, _ in sets]
     if len(set(keys)) != len(keys):
         raise ScenarioError(f"--set: a key is given twice ({', '.join(keys)})")
+    n_cases = math.prod(len(v) for _, v in sets) * seeds
+    if n_cases > MAX_CASES:
+        raise ScenarioError(f"--set/--seeds: {n_cases:,} cases; a sweep runs at most {MAX_CASES:,} (each is a run)")
     seed0 = int(base.get("seed", 0)) if isinstance(base.get("seed", 0), int) else 0
+    swept_seeds = dict(sets).get("seed")
+    if swept_seeds is not None and not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                           for v in swept_seeds):
+        raise ScenarioError(f"--set seed: expected whole numbers >= 0, got {swept_seeds}")
+    keys = [k for k in keys if k != "seed"]  # a swept seed is the case's seed, its own column
     cases, seen = [], set()
-    for combo in itertools.product(*[v for _, v in sets]):
+    for combo in itertools.product(*[v for k, v in sets if k != "seed"], *([swept_seeds] if swept_seeds else [])):
         params = dict(zip(keys, combo))
+        first = combo[-1] if swept_seeds else seed0
         for s in range(seeds):
-            seed = seed0 + s
+            seed = first + s
             label = _label(params, seed)
             while label in seen:
                 label += "_"
@@ -243,10 +266,12 @@ def run_sweep(path: Path, cases: list[Case], out_dir: Path, workers: int | None 
         base = {"case": c.case, **{k: c.params[k] for k in keys}, "seed": c.seed}
         if c.error is not None:
             rows[c.case] = {**base, "status": "invalid", "error": c.error}
-        elif c.case in done:
+        elif c.case in done and done[c.case].get("scenario_sha") == c.scenario_sha:
             rows[c.case] = done[c.case]
         else:
             todo.append(c)
+            # an earlier attempt (another scenario, or killed while it ran) left its folder: replaced
+            shutil.rmtree(out_dir / "cases" / c.case, ignore_errors=True)
     log(f"dercosim: sweep of {path}: {len(cases)} cases, {len(todo)} to run, "
         f"{len(cases) - len(todo) - sum(c.error is not None for c in cases)} already finished, "
         f"{sum(c.error is not None for c in cases)} invalid -> {out_dir}")
@@ -265,7 +290,8 @@ def run_sweep(path: Path, cases: list[Case], out_dir: Path, workers: int | None 
                     result = fut.result()
                 except Exception as exc:  # noqa: BLE001 - a worker that died: the case failed, the rest go on
                     result = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-                rows[c.case] = {"case": c.case, **{key: c.params[key] for key in keys}, "seed": c.seed, **result}
+                rows[c.case] = {"case": c.case, **{key: c.params[key] for key in keys}, "seed": c.seed,
+                                "scenario_sha": c.scenario_sha, **result}
                 _write(out_dir, cases, rows, keys)
                 log(f"[{k}/{len(todo)}] {c.case}: {result['status']}"
                     + (f" ({result.get('error')})" if result["status"] != "ok" else f" in {result['wall_s']:.1f} s"))
@@ -294,17 +320,17 @@ def _write(out_dir: Path, cases: list[Case], rows: dict[str, dict[str, Any]], ke
         records.append(rows.get(c.case, {"case": c.case, **{k: c.params[k] for k in keys}, "seed": c.seed,
                                          "status": "pending"}))
     table = pd.DataFrame(records)
-    for col in ("status", "error", "wall_s", *HEADLINE):
+    for col in ("status", "error", "wall_s", *HEADLINE, "scenario_sha"):
         if col not in table:
             table[col] = None
-    table = table[["case", *keys, "seed", "status", "error", "wall_s", *HEADLINE]]
+    table = table[["case", *keys, "seed", "status", "error", "wall_s", *HEADLINE, "scenario_sha"]]
     for k in keys:  # a parameter column of mixed types (e.g. 60 and "x") is stored as text
         if table[k].map(type).nunique() > 1:
             table[k] = table[k].astype(str)
     tmp = out_dir / "sweep.parquet.tmp"
     table.to_parquet(tmp, index=False)
     os.replace(tmp, out_dir / "sweep.parquet")  # atomic: a kill leaves the previous or the new file
-    shown = table.dropna(axis=1, how="all")
+    shown = table.drop(columns="scenario_sha").dropna(axis=1, how="all")
     (out_dir / "sweep.md").write_text(_markdown(shown), encoding="utf-8")
     return table
 
