@@ -1,0 +1,125 @@
+"""What a user relies on when the results are read: sweeps over seeds finish, a resume reruns what changed,
+a baseline of another run is compared only when comparable, every check runs before a run folder exists, and
+inconsistent settings or ordinary mistakes are one clear line, not a traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from dercosim import cli
+from dercosim.scenarios.bundled import bundled_scenarios
+from dercosim.studies.sweep import parse_set, plan_cases, run_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = bundled_scenarios()["ieee33_households"]
+
+
+def _run(tmp_path: Path, *args: str) -> tuple[int, Path]:
+    out = tmp_path / "runs"
+    rc = cli.main(["run", *args, "--out", str(out), "--quiet"])
+    return rc, out
+
+
+# ------------------------------------------------------------------ sweeps
+
+
+def test_sweeping_the_seed_writes_one_row_per_seed(tmp_path: Path):
+    cases = plan_cases(SMALL, [parse_set("seed=1,2,3")], until_s=120)
+    assert [c.seed for c in cases] == [1, 2, 3] and all(c.error is None for c in cases)
+    table = run_sweep(SMALL, cases, tmp_path / "sweep", workers=1, log=lambda msg: None)
+    stored = pd.read_parquet(tmp_path / "sweep" / "sweep.parquet")
+    assert len(stored) == 3 and list(stored.seed) == [1, 2, 3] and list(stored.status) == ["ok"] * 3
+    assert list(stored.columns).count("seed") == 1
+    # the seed moves the households, so the bills differ
+    assert stored.bill_total.nunique() == 3
+    pd.testing.assert_frame_equal(stored, table)
+
+
+def test_resume_reruns_a_case_whose_scenario_changed_and_a_case_left_unfinished(tmp_path: Path):
+    out = tmp_path / "sweep"
+    first = plan_cases(SMALL, [parse_set("grid.base_load.scale=0.6,0.9")], until_s=120)
+    run_sweep(SMALL, first, out, workers=1, log=lambda msg: None)
+    # a longer horizon is another scenario: nothing recorded for 2 minutes stands for 4
+    longer = plan_cases(SMALL, [parse_set("grid.base_load.scale=0.6,0.9")], until_s=240)
+    said: list[str] = []
+    table = run_sweep(SMALL, longer, out, workers=1, log=said.append)
+    assert "2 to run, 0 already finished" in said[0]
+    for case in longer:
+        summary = json.loads((out / "cases" / case.case / "summary.json").read_text())
+        assert summary["steps"] == 4
+    assert list(table.status) == ["ok", "ok"]
+    # a sweep killed while a case ran: that case's row is not "ok" and its folder holds part of a run
+    case = longer[0].case
+    rows = pd.read_parquet(out / "sweep.parquet")
+    rows.loc[rows.case == case, "status"] = "failed"
+    rows.to_parquet(out / "sweep.parquet", index=False)
+    (out / "cases" / case / "summary.json").unlink()
+    said.clear()
+    again = run_sweep(SMALL, longer, out, workers=1, log=said.append)
+    assert "1 to run, 1 already finished" in said[0]
+    assert list(again.status) == ["ok", "ok"]
+
+
+def test_a_sweep_of_too_many_cases_is_refused_at_once(capsys):
+    rc = cli.main(["sweep", "ieee33_households", "--set", "grid.base_load.scale=0.6,0.9", "--seeds", "10000000",
+                   "--quiet"])
+    assert rc == 2 and "--seeds" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ baselines
+
+
+@pytest.fixture(scope="module")
+def two_minute_baseline(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("baseline")
+    assert cli.main(["run", "ieee33_households", "--until", "2min", "--out", str(out), "--quiet"]) == 0
+    return next(out.iterdir())
+
+
+@pytest.mark.parametrize("edit,until,words", [
+    (None, "4min", ["length", "120 s", "240 s"]),
+    (("[tariff]", "[tariff]\nimport_per_kwh = 0.30"), "2min", ["tariff", "import_per_kwh"]),
+    (('name = "hh"', 'name = "others"'), "2min", ["no household in common"]),
+])
+def test_a_baseline_that_differs_is_refused_before_the_run_naming_what_differs(tmp_path: Path, capsys,
+                                                                               two_minute_baseline: Path, edit, until,
+                                                                               words):
+    text = SMALL.read_text()
+    if edit is not None:
+        if edit[0] == "[tariff]":
+            text += "\n[tariff]\n"
+        assert edit[0] in text
+        text = text.replace(edit[0], edit[1])
+    path = tmp_path / "scenario.toml"
+    path.write_text(text)
+    rc, out = _run(tmp_path, str(path), "--until", until, "--baseline", str(two_minute_baseline))
+    err = capsys.readouterr().err
+    assert rc == 2 and "--baseline" in err and all(w in err for w in words), err
+    assert len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_a_baseline_of_the_same_period_fleet_and_tariff_is_compared(tmp_path: Path, capsys, two_minute_baseline):
+    rc, out = _run(tmp_path, "ieee33_households", "--until", "2min", "--baseline", str(two_minute_baseline))
+    assert rc == 0
+    summary = json.loads((next(out.iterdir()) / "summary.json").read_text())
+    assert summary["bill_reduction"]["households"] == summary["households"]["count"]
+    assert summary["bill_reduction"]["reduction"] == 0.0  # the same run
+
+
+# ------------------------------------------------------------------ every check before the run folder
+
+
+@pytest.mark.parametrize("args,words", [
+    (["fleet_market_s4", "--until", "62d"], ["market.wholesale", "covers"]),
+])
+def test_a_check_that_fails_for_the_run_length_leaves_no_folder(tmp_path: Path, capsys, args, words):
+    rc, out = _run(tmp_path, *args)
+    err = capsys.readouterr().err
+    assert rc == 2 and all(w in err for w in words), err
+    assert "->" not in err  # the folder is not announced
+    assert not out.exists()
