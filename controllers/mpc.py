@@ -684,7 +684,7 @@ class HouseholdMPCParams(BaseModel):
     w_re: Annotated[float, Field(ge=0, le=1e4)] = 1.0
     surplus_kw: Annotated[float, Field(ge=0, le=1000)] = 0.5
     re_kwh: Annotated[float, Field(ge=-1e6, le=1e6)] = 0.0
-    s_mode: Literal[0, 1] = 0
+    s_mode: Annotated[int, Field(ge=0, le=1)] = 0  #: 0 or 1 (a whole number: true is not taken as 1)
     soc_target_frac: Annotated[float, Field(ge=0, le=1)] = 0.0
     use_contract: bool = False  #: read RE, S and the SoC target from the smart contract (a [contract] scenario)
 

@@ -237,14 +237,7 @@ class HouseholdGroup(_Model):
 
 
 class Households(_Model):
-    groups: list[HouseholdGroup] = []
-
-    @model_validator(mode="after")
-    def _unique_names(self) -> Households:
-        names = [g.name for g in self.groups]
-        if len(names) != len(set(names)):
-            raise ValueError(f"group names must be unique, got {names}")
-        return self
+    groups: list[HouseholdGroup] = []  #: names unique (checked with the whole scenario, which names the key)
 
 
 class BatteryGroup(_Model):
@@ -471,7 +464,7 @@ class ContractConfig(_Model):
     evm_fork: Literal["istanbul", "prague"] = "prague"  #: gas rules: Istanbul (the paper's era) or Prague (today)
     evm_mode: Literal["per_household", "batched"] = "batched"  #: a transaction per household, or one per round
     interval_s: Annotated[int, Field(ge=60, le=900)] = 300  #: t_sc, a round every this many seconds
-    window_s: Annotated[float, Field(ge=0, le=60)] = 10.0  #: a round closes this long after the reports are sent, s
+    window_s: Annotated[float, Field(gt=0, le=60)] = 10.0  #: a round closes this long after the reports are sent, s
     latency: LatencyConfig = LatencyConfig()  #: one-way, per message
     loss_prob: Annotated[float, Field(ge=0, le=0.9)] = 0.0
 
@@ -558,6 +551,11 @@ class Scenario(_Model):
 
     @model_validator(mode="after")
     def _references(self) -> Scenario:
+        names_seen: set[str] = set()
+        for k, g in enumerate(self.households.groups):
+            if g.name in names_seen:
+                raise ValueError(f"households.groups[{k}].name: {g.name!r} is used twice; group names must be unique")
+            names_seen.add(g.name)
         groups = {g.name for g in self.households.groups}
         for i, b in enumerate(self.batteries.groups):
             if b.at == "households" and b.household_group is not None and b.household_group not in groups:
@@ -569,9 +567,28 @@ class Scenario(_Model):
             if self.market.interval_s % self.contract.interval_s:
                 raise ValueError(f"contract.interval_s ({self.contract.interval_s}) must divide the market "
                                  f"interval ({self.market.interval_s})")
+            lat = self.contract.latency
+            typical = lat.a  # constant; the shortest of uniform; the median of lognormal
+            if typical >= self.market.interval_s:
+                raise ValueError(f"contract.latency: a report takes {typical:g} s or more to arrive, not less than "
+                                 f"the market interval ({self.market.interval_s} s): no report would count in its "
+                                 f"interval")
+        start = self.clock.start
+        into_day = start.hour * 3600 + start.minute * 60 + start.second
+        if into_day % self.clock.step_s or start.microsecond:
+            raise ValueError(f"clock.start: {start.isoformat()} must be a whole number of steps "
+                             f"({self.clock.step_s} s) after midnight")
+        if self.market is not None:
+            if into_day % self.market.interval_s:
+                raise ValueError(f"clock.start: {start:%H:%M} is not on the market interval's grid (every "
+                                 f"{self.market.interval_s} s from midnight): the market would settle intervals "
+                                 f"the aggregator did not plan")
         if self.market is not None:
             for key in ("central_groups", "portfolio_groups"):
-                for k, g in enumerate(getattr(self.market, key) or []):
+                listed = getattr(self.market, key) or []
+                if len(set(listed)) != len(listed):
+                    raise ValueError(f"market.{key}: a group is named twice ({listed}); names must be unique")
+                for k, g in enumerate(listed):
                     if g not in groups:
                         raise ValueError(f"market.{key}[{k}]: no household group {g!r} "
                                          f"(groups: {', '.join(sorted(groups)) or 'none'})")

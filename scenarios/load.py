@@ -50,6 +50,7 @@ def check_scenario(scenario: Scenario, where: str | Path | None = None) -> fleet
         errors = param_errors(cls, dict(hems.params))
         if errors:
             raise ScenarioError("\n".join(f"{where}: hems.params{key}: {msg}" for key, msg in errors))
+        _same_market_interval(scenario, cls, where)
     try:
         drawn = fleet.Fleet.draw(scenario)
     except ScenarioError as exc:
@@ -116,3 +117,20 @@ def check_scenario(scenario: Scenario, where: str | Path | None = None) -> fleet
             raise ScenarioError(f"{where}: planner.b2g_market: {exc}; move clock.start or choose another "
                                 f"market") from None
     return drawn
+
+
+def _same_market_interval(scenario: Scenario, cls: type, where: str | Path) -> None:
+    """A controller that plans to the end of the market interval (``market_interval_s``, the MPC's) must use the
+    market's interval: planned to another grid, its commitments and the settlement would disagree."""
+    market = scenario.market
+    model = getattr(cls, "Params", None)
+    fields = getattr(model, "model_fields", None) or {}
+    if market is None or "market_interval_s" not in fields:
+        return
+    given = scenario.hems.params.get("market_interval_s")
+    value = given if given is not None else fields["market_interval_s"].default
+    if value != market.interval_s:
+        said = "" if given is not None else " (its default)"
+        raise ScenarioError(f"{where}: hems.params.market_interval_s: {value} s{said} must equal market.interval_s "
+                            f"({market.interval_s} s): the controller would plan to another interval than the "
+                            f"market settles")

@@ -123,3 +123,64 @@ def test_a_check_that_fails_for_the_run_length_leaves_no_folder(tmp_path: Path, 
     assert rc == 2 and all(w in err for w in words), err
     assert "->" not in err  # the folder is not announced
     assert not out.exists()
+
+
+# ------------------------------------------------------------------ inconsistent settings and ordinary mistakes
+
+S4 = bundled_scenarios()["fleet_market_s4"]
+
+
+def _variant(tmp_path: Path, base: Path, *edits: tuple[str, str], append: str = "") -> Path:
+    text = base.read_text()
+    for old, new in edits:
+        assert old in text, old
+        text = text.replace(old, new)
+    path = tmp_path / "variant.toml"
+    path.write_text(text + append)
+    return path
+
+
+@pytest.mark.parametrize("edits,append,key,words", [
+    ([("start = 2016-06-01T00:00:00", "start = 2016-06-01T10:07:00")], "", "clock.start",
+     ["market interval", "10:07"]),
+    ([("start = 2016-06-01T00:00:00", "start = 2016-06-01T00:00:30")], "", "clock.start",
+     ["whole", "step"]),
+    ([('latency = { kind = "lognormal", a = 0.5, b = 0.5 }', 'latency = { kind = "constant", a = 3600 }')], "",
+     "contract.latency", ["market interval"]),
+    ([("window_s = 10.0", "window_s = 0")], "", "contract.window_s", ["greater than 0"]),
+])
+def test_inconsistent_market_and_contract_settings_are_one_clear_error(tmp_path: Path, capsys, edits, append, key,
+                                                                       words):
+    path = _variant(tmp_path, S4, *edits, append=append)
+    rc, out = _run(tmp_path, str(path), "--until", "2min")
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{key}" in err and all(w in err for w in words), err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("edit,key", [
+    (('central_groups = ["pv_plant", "wind_farm"]', 'central_groups = ["pv_plant", "pv_plant"]'),
+     "market.central_groups"),
+    (('name = "wind_farm" ', 'name = "pv_plant" '), "households.groups"),
+])
+def test_a_group_named_twice_is_refused(tmp_path: Path, capsys, edit, key):
+    text = S4.read_text()
+    if edit[0] not in text:
+        pytest.skip(f"{edit[0]!r} not in the scenario")
+    rc, out = _run(tmp_path, str(_variant(tmp_path, S4, edit)), "--until", "2min")
+    err = capsys.readouterr().err
+    assert rc == 2 and key in err and ("unique" in err or "twice" in err), err
+
+
+def test_a_market_interval_the_controller_does_not_plan_for_is_refused(tmp_path: Path, capsys):
+    path = _variant(tmp_path, S4, ("interval_s = 1800\ncentral_groups", "interval_s = 900\ncentral_groups"))
+    rc, out = _run(tmp_path, str(path), "--until", "2min")
+    err = capsys.readouterr().err
+    assert rc == 2 and "hems.params.market_interval_s" in err and "market.interval_s (900 s)" in err, err
+
+
+def test_a_boolean_is_not_a_mode(tmp_path: Path, capsys):
+    path = _variant(tmp_path, bundled_scenarios()["households_mpc"], ("[hems.params]", "[hems.params]\ns_mode = true"))
+    rc, out = _run(tmp_path, str(path), "--until", "2min")
+    err = capsys.readouterr().err
+    assert rc == 2 and "hems.params.s_mode" in err, err
