@@ -15,6 +15,7 @@ SCENARIO is a path to a TOML file or the name of a bundled scenario.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from typing import Any, Callable
@@ -115,6 +116,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         scenario = checked(with_duration(scenario, until_s), f"{path} (--until {args.until})")
     baseline = _baseline_bills(args.baseline, scenario) if args.baseline else None
     pacer = None
+    if not math.isfinite(args.deadline_ms) or args.deadline_ms < 0:
+        raise ScenarioError(f"--deadline-ms: expected a number of milliseconds >= 0, got {args.deadline_ms}")
     if args.realtime is not None:
         from dercosim.sims.pacing import Pacer
 
@@ -205,11 +208,11 @@ def _baseline_bills(run_dir: str, scenario: Scenario) -> dict:
         differs.append(f"step {step_s} s vs {scenario.clock.step_s} s")
     ours_tariff = scenario.tariff.model_dump(mode="json")
     try:
-        their_tariff = Scenario.model_validate({"name": "baseline", "tariff": theirs.get("tariff", {})}).tariff
+        their_config = Scenario.model_validate({"name": "baseline", "tariff": theirs.get("tariff", {})}).tariff
     except ValueError as exc:
         raise ScenarioError(f"--baseline: {folder / 'scenario.toml'}: not a dercosim scenario's tariff "
                             f"({str(exc).splitlines()[0]})") from None
-    their_tariff = their_tariff.model_dump(mode="json")
+    their_tariff = their_config.model_dump(mode="json")
     changed = sorted(k for k in ours_tariff if ours_tariff[k] != their_tariff.get(k))
     if changed:
         differs.append(f"tariff ({', '.join(f'tariff.{k}' for k in changed)})")
@@ -499,6 +502,8 @@ def _study_sensitivity(args: argparse.Namespace, say: Callable[[str], None]) -> 
     if scenario.contract is None or scenario.market is None:
         raise ScenarioError(f"{path}: study {args.what} needs a scenario with [market] and [contract] "
                             f"(e.g. fleet_market_s4)")
+    if not args.until and args.days < 1:
+        raise ScenarioError(f"--days: expected at least 1 day, got {args.days}")
     duration_s = _until_s(args.until, scenario) if args.until else int(args.days) * 86400
 
     def numbers(text: str, key: str, kind: type) -> list:
@@ -555,7 +560,7 @@ def _study_fleet(args: argparse.Namespace, say: Callable[[str], None]) -> int:
     if duration_s % 60 or not 0 < duration_s <= 31 * 86400:
         raise ScenarioError("study fleet: the period must be whole minutes, at most 31 days (the bundled GB prices "
                             "cover June-July 2016)")
-    cases = tuple(c.strip() for c in args.cases.split(",")) if args.cases else CASES
+    cases = tuple(c.strip() for c in args.cases.split(",")) if args.cases is not None else CASES
     bad = [c for c in cases if c not in CASES]
     if bad:
         raise ScenarioError(f"--cases: unknown {bad}; expected some of {', '.join(CASES)}")

@@ -81,7 +81,11 @@ def load_run(run_dir: str | Path) -> Recorded:
         scenario = load_scenario(run_dir / "scenario.toml")
     except ScenarioError as exc:
         raise ValidationError(f"{run_dir}: its scenario.toml does not load with this dercosim ({exc})") from None
-    df = pd.read_parquet(parquet)
+    try:
+        df = pd.read_parquet(parquet)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError: a truncated or damaged file
+        raise ValidationError(f"{parquet}: cannot be read as Parquet ({str(exc).splitlines()[0][:200]}); a run "
+                              f"killed before it joined its parts keeps them in timeseries.parquet.parts") from None
     missing = [c for c in NEEDED + ("kind", "bus", "time_s") if c not in df.columns]
     if missing:
         raise ValidationError(f"{run_dir}: recorded by an older dercosim (no {', '.join(missing)} per bus); "

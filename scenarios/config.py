@@ -479,8 +479,17 @@ class RecorderConfig(_Model):
     flush_every_s: Annotated[int, Field(ge=60, le=86_400)] = 3600  #: write a row group this often (simulated s)
 
 
+def _port(placement: str) -> str:
+    if placement.startswith("connect:"):
+        port = int(placement.rpartition(":")[2])
+        if not 1 <= port <= 65535:
+            raise ValueError(f"expected a port 1..65535 in connect:HOST:PORT, got {port}")
+    return placement
+
+
 #: where a simulator runs: in this process, in a subprocess mosaik starts, or on a host served at HOST:PORT
-Placement = Annotated[str, Field(pattern=r"^(inprocess|subprocess|connect:[A-Za-z0-9_.\-]+:[0-9]{1,5})$")]
+Placement = Annotated[str, Field(pattern=r"^(inprocess|subprocess|connect:[A-Za-z0-9_.\-]+:[0-9]{1,5})$"),
+                      AfterValidator(_port)]
 class ProcessesConfig(_Model):
     """Where each simulator runs ("inprocess", "subprocess" or "connect:HOST:PORT" of ``dercosim serve``).
 
@@ -691,6 +700,11 @@ def parse_scenario(path: str | Path) -> Scenario:
     :func:`dercosim.scenarios.load.load_scenario`'s.
     """
     path = Path(path)
+    try:
+        if path.exists() and not path.is_file():  # a folder, a FIFO, a device: reading it could wait forever
+            raise ScenarioError(f"{_short(path)}: not a regular file (a scenario is a TOML file)")
+    except OSError:
+        pass  # reading it below gives the error
     try:
         text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the TOML
     except OSError as exc:

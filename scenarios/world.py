@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import mosaik
-from mosaik.exceptions import ConnectionClosedError
+from mosaik.exceptions import ConnectionClosedError, SimulationError
 from mosaik_api_v3.connection import RemoteException
 import numpy as np
 import pandas as pd
@@ -273,8 +273,17 @@ def jsonable(value: Any) -> Any:
 
 
 def _start(world: "_Wiring", scenario: Scenario, kind: str, **params: Any) -> Any:
-    """``world.start``; for a simulator outside this process its init arguments go as JSON."""
-    factory = world.start(kind, **(params if _placement(scenario, kind) == "inprocess" else jsonable(params)))
+    """``world.start``; for a simulator outside this process its init arguments go as JSON. A simulator that
+    cannot be started or reached there is a :class:`RemoteSimulatorError` naming its ``[processes]`` key."""
+    placement = _placement(scenario, kind)
+    try:
+        factory = world.start(kind, **(params if placement == "inprocess" else jsonable(params)))
+    except SimulationError as exc:
+        if placement == "inprocess":
+            raise
+        hint = (f" (is `dercosim serve {kind.lower()} --addr {placement.removeprefix('connect:')}` running there?)"
+                if placement.startswith("connect:") else "")
+        raise RemoteSimulatorError(f"processes.{kind.lower()} = {placement!r}: {exc}{hint}") from None
     world.factories[factory._sid] = factory  # for its Table (sims/tables.py)
     return factory
 
@@ -347,15 +356,18 @@ class _Wiring:
             columns=columns.get(sid, {}),
             inputs={full_id[src]: [list(r) for r in rows] for src, rows in unpack.get(sid, {}).items()})
             for sid in sids}
-        for (src_sid, dst_sid), group in self.links.items():
-            initial = None
+        # the initial value of a source's Table for its time-shifted links: one per source, holding every link's
+        # initial values (mosaik keeps one initial value per source attribute, so a second link's would replace
+        # the first's; each destination unpacks only its own positions)
+        initial: dict[str, dict[str, list[Any]]] = {}
+        for (src_sid, _), group in self.links.items():
             if group["shifted"]:
-                values: dict[str, list[Any]] = {a: [None] * len(eids) for a, eids in columns[src_sid].items()}
+                values = initial.setdefault(src_sid, {a: [None] * len(eids) for a, eids in columns[src_sid].items()})
                 for src, _, a, _, value in group["pairs"]:
                     values[a][where[(src_sid, a)][src.eid]] = value
-                initial = {TABLE_ATTR: values}
+        for (src_sid, dst_sid), group in self.links.items():
             self.world.connect(tables[src_sid], tables[dst_sid], TABLE_ATTR, time_shifted=group["shifted"],
-                               initial_data=initial or {})
+                               initial_data={TABLE_ATTR: initial[src_sid]} if group["shifted"] else {})
         out = {}
         for sid, cols in recorded.items():
             kept = {attr: {e.eid for e in ents} for attr, ents in cols.items()}

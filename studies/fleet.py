@@ -180,14 +180,14 @@ def sensitivity_cases(path: Path, base: Any, variants: list[tuple[str, dict]], d
 
     cases = []
     for label, upd in variants:
-        where = f"{path} ({label})"
+        where = f"{path} ({label}, {duration_s / 86400:g} days)"
         try:
             scenario = Scenario.model_validate(_merge(base.model_dump(), upd))
         except ValidationError as exc:
             raise ScenarioError(format_validation_error(where, exc)) from None
         scenario._source_dir = base._source_dir
-        check_scenario(scenario, where)
         scenario = with_duration(scenario, duration_s)
+        check_scenario(scenario, where)  # with the study's length: the prices must cover it
         cases.append(Case(label, {"variant": label}, scenario.seed, scenario.model_dump_json(), None))
     return cases
 

@@ -184,3 +184,73 @@ def test_a_boolean_is_not_a_mode(tmp_path: Path, capsys):
     rc, out = _run(tmp_path, str(path), "--until", "2min")
     err = capsys.readouterr().err
     assert rc == 2 and "hems.params.s_mode" in err, err
+
+
+@pytest.mark.parametrize("port", ["99999", "0"])
+def test_a_connect_placement_to_an_impossible_port_is_refused_by_key(tmp_path: Path, capsys, port):
+    path = _variant(tmp_path, SMALL, append=f"\n[processes]\ngrid = \"connect:127.0.0.1:{port}\"\n")
+    rc, out = _run(tmp_path, str(path))
+    err = capsys.readouterr().err
+    assert rc == 2 and "processes.grid" in err and "port" in err, err
+    assert not out.exists()
+
+
+def test_a_connect_placement_nobody_serves_is_a_clear_error_not_a_bug(tmp_path: Path, capsys):
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = _variant(tmp_path, SMALL, append=f"\n[processes]\ngrid = \"connect:127.0.0.1:{port}\"\n")
+    rc, _ = _run(tmp_path, str(path), "--until", "2min")
+    err = capsys.readouterr().err
+    assert rc == 1 and "processes.grid" in err and f"127.0.0.1:{port}" in err and "bug" not in err, err
+
+
+def test_a_plain_controller_runs_in_a_market_scenario(tmp_path: Path):
+    """The example controller does not use the contract: it controls its battery; the market goes on."""
+    (tmp_path / "my_controller.py").write_text((REPO / "examples" / "my_controller.py").read_text())
+    text = S4.read_text()
+    text = text[:text.index("[hems.params]")].replace('controller = "mpc"', 'controller = "my_controller.py:MyController"')
+    path = tmp_path / "mine.toml"
+    path.write_text(text)
+    rc, out = _run(tmp_path, str(path), "--until", "30min")
+    assert rc == 0
+    summary = json.loads((next(out.iterdir()) / "summary.json").read_text())
+    assert summary["hems"]["faults"] == 0 and summary["market"]["intervals"] == 1
+    assert summary["contract"]["contract_rounds"] == 6  # the contract goes on without the controller reading it
+
+
+def test_validate_on_a_truncated_parquet_is_a_clear_error(tmp_path: Path, capsys):
+    assert cli.main(["run", "ieee33_households", "--until", "2min", "--out", str(tmp_path), "--quiet"]) == 0
+    run = next(tmp_path.iterdir())
+    data = (run / "timeseries.parquet").read_bytes()
+    (run / "timeseries.parquet").write_bytes(data[: len(data) // 2])
+    rc = cli.main(["validate", str(run)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "timeseries.parquet" in err and "bug" not in err, err
+
+
+@pytest.mark.parametrize("args,words", [
+    (["study", "contract-interval", "--days", "0"], ["--days"]),
+    (["study", "contract-interval", "--days", "100"], ["100 days", "covers"]),
+    (["run", "ieee33_households", "--realtime", "--deadline-ms", "nan"], ["--deadline-ms"]),
+    (["study", "fleet", "--cases", ""], ["--cases"]),
+])
+def test_command_line_values_that_cannot_work_are_refused_before_anything_runs(tmp_path: Path, capsys, args,
+                                                                                words):
+    rc = cli.main([*args, "--out", str(tmp_path / "out"), "--quiet"] if args[0] == "run"
+                  else [*args, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and all(w in err for w in words), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_fifo_as_the_scenario_is_refused_without_reading_it(tmp_path: Path, capsys):
+    import os
+
+    fifo = tmp_path / "scenario.toml"
+    os.mkfifo(fifo)
+    rc = cli.main(["show", str(fifo)])  # must return, not wait for a writer
+    err = capsys.readouterr().err
+    assert rc == 2 and "not a regular file" in err, err
