@@ -279,6 +279,12 @@ def _planner_figures(df: pd.DataFrame, scenario: Scenario) -> dict[str, Any]:
         },
     }
 
+#: the columns of ``market.csv``, one row per settled market interval
+MARKET_COLUMNS = ["interval_start", "bid_kwh", "committed_kwh", "delivered_kwh", "imbalance_kwh",
+                  "forecast_net_export_kwh", "wholesale_per_kwh", "imbalance_per_kwh", "revenue", "imbalance_cost",
+                  "soc_target_frac", "mode_s", "planned_battery_kwh"]
+
+
 def market_figures(df: pd.DataFrame | Recorded, run: RunInputs) -> tuple[dict[str, Any], pd.DataFrame]:
     """The aggregator's bids, commitments, delivery and settlement from the recorded rows; and the per-interval
     table of ``market.csv``."""
@@ -296,7 +302,7 @@ def market_figures(df: pd.DataFrame | Recorded, run: RunInputs) -> tuple[dict[st
     n_int = len(meter) // steps
     if n_int == 0:  # shorter than one market interval: nothing to settle
         return {"intervals": 0, "note": "the run is shorter than one market interval; nothing was settled",
-                "bill_total": None, "bills_per_household": {}}, pd.DataFrame()
+                "bill_total": None, "bills_per_household": {}}, pd.DataFrame(columns=MARKET_COLUMNS)
     minutes = n_int * steps
     meter = meter.iloc[:minutes]
     stamps = rows_of(df, "feeder").set_index("time_s").sort_index()["time"].iloc[:minutes]

@@ -19,7 +19,7 @@ the previous step (time-shifted).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 #: Observations a controller can ask for, and what they are.
 OBSERVATIONS: dict[str, str] = {
@@ -108,3 +108,11 @@ class BaseController:
 
     def step(self, t: int, obs: Mapping[str, float]) -> Mapping[str, float]:  # pragma: no cover
         raise NotImplementedError
+
+
+def whole_number(value: Any) -> Any:
+    """A float that is a whole number as an int (``period_s = 60.0`` means 60 s); anything else as it is, for the
+    parameter's own type to check. Use as ``Annotated[int, BeforeValidator(whole_number), ...]``."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value

@@ -61,7 +61,9 @@ from typing import Annotated, Any, Literal
 
 import casadi as ca
 import numpy as np
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+
+from dercosim.controllers.base import whole_number
 
 INF = np.inf  # casadi bounds: "no bound" (a large finite number ruins OSQP's scaling)
 BIG_M_KW = 1e3  #: milp: bound on import/export used for their exclusivity binaries
@@ -660,7 +662,7 @@ class HouseholdMPCParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    period_s: Annotated[int, Field(ge=60, le=3600), AfterValidator(_minutes)] = 120
+    period_s: Annotated[int, BeforeValidator(whole_number), Field(ge=60, le=3600), AfterValidator(_minutes)] = 120
     formulation: Literal["qp", "milp"] = "qp"
     #: for the qp formulation (the milp uses HiGHS); "opti_rebuilt" writes the problem in casadi.Opti and rebuilds it
     #: every call (OSQP, no retry) - the naive path, for benchmarks/fullstack.py and as an independent check

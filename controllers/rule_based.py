@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from dercosim.controllers.base import BaseController
+from dercosim.controllers.base import BaseController, whole_number
 
 
 class RuleBasedParams(BaseModel):
@@ -22,7 +22,7 @@ class RuleBasedParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     follow_in_pms: bool = True  #: the PMS follows the residual every cycle (else holds the minute's value)
-    period_s: Annotated[int, Field(ge=60, le=3600, multiple_of=60)] = 60
+    period_s: Annotated[int, BeforeValidator(whole_number), Field(ge=60, le=3600, multiple_of=60)] = 60
 
 
 class RuleBasedController(BaseController):

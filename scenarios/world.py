@@ -57,7 +57,7 @@ SIM_CONFIG = {kind: {"python": target} for kind, target in SIMULATORS.items()}
 BUS_RECORDED = ["vm_pu", "va_degree", "p_net_kw", "q_net_kvar"]
 HOUSEHOLD_RECORDED = ["load_kw", "pv_kw", "wind_kw", "hvac_kw", "net_kw", "q_kvar", "t_indoor_c", "t_outdoor_c"]
 BATTERY_RECORDED = ["p_kw", "soc_kwh", "soc_frac", "e_charge_kwh", "e_discharge_kwh", "e_self_discharge_kwh",
-                    "e_clipped_kwh", "meter_kw", "follow_residual"]
+                    "e_clipped_kwh", "meter_kw", "follow_residual", "p_set_kw"]
 #: observations a household itself provides (same time) and those of its battery (time-shifted)
 HOUSEHOLD_OBS = ["load_kw", "pv_kw", "net_kw", "t_outdoor_c"]
 HVAC_OBS = ["hvac_kw", "t_indoor_c"]

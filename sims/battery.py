@@ -30,13 +30,14 @@ from dercosim.sims.pacing import paced
 from dercosim.sims.tables import entity_data, positions, tabled
 
 STATIC = ["capacity_kwh", "p_charge_max_kw", "p_discharge_max_kw", "soc_min_frac", "soc_max_frac"]
+#: p_set_kw: what the controller asked this minute (NaN: nothing asked); p_kw: what the battery did
 OUTPUTS = ["p_kw", "soc_kwh", "soc_frac", "e_charge_kwh", "e_discharge_kwh", "e_self_discharge_kwh",
-           "e_clipped_kwh", "meter_kw", "follow_residual"] + STATIC
+           "e_clipped_kwh", "meter_kw", "follow_residual", "p_set_kw"] + STATIC
 META = {
     "api_version": "3.0",
     "type": "time-based",
     "models": {"Battery": {"public": True, "params": [],
-                           "attrs": ["residual_kw", "p_set_kw"] + OUTPUTS}},
+                           "attrs": ["residual_kw"] + OUTPUTS}},
 }
 
 
@@ -63,6 +64,7 @@ class BatterySim(mosaik_api_v3.Simulator):
                                                 subminute_tau_s, rng)
         self.last: StepResult | None = None
         self.follow_used = self.default_follow.copy()
+        self.p_set_asked = np.full(n, np.nan)
         return self.meta
 
     def create(self, num: int, model: str) -> list[dict]:
@@ -74,7 +76,7 @@ class BatterySim(mosaik_api_v3.Simulator):
         n = len(self.names)
         residual = np.zeros(n)
         follow = self.default_follow.copy()
-        p_set = np.zeros(n)
+        p_set = np.full(n, np.nan)  # NaN: nothing asked (the PMS holds 0 unless it follows the residual)
         for eid, attrs in inputs.items():
             j = self.index[eid]
             if attrs.get("residual_kw"):
@@ -86,8 +88,9 @@ class BatterySim(mosaik_api_v3.Simulator):
             if np.isfinite(p):
                 p_set[j] = p
         noisy = residual[None, :] + self.fluctuation.next_step()
-        self.last = self.fleet.step(noisy, follow, p_set)
+        self.last = self.fleet.step(noisy, follow, np.where(np.isfinite(p_set), p_set, 0.0))
         self.follow_used = follow
+        self.p_set_asked = p_set
         return time + self.step_s
 
     def _vector(self, attr: str) -> np.ndarray | None:
@@ -99,6 +102,8 @@ class BatterySim(mosaik_api_v3.Simulator):
             values = getattr(self.fleet, attr)
         elif attr == "follow_residual":
             values = self.follow_used
+        elif attr == "p_set_kw":
+            values = self.p_set_asked
         elif attr in STATIC:
             values = getattr(self.params, attr)
         else:

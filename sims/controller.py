@@ -59,6 +59,8 @@ META = {
 
 #: what the host itself records for every controller entity, every minute
 HOST_DIAGNOSTICS = ["step_ms", "fault", "overrun"]
+#: a power setpoint beyond this is a fault (no device of a distribution feeder comes near it), kW
+MAX_SETPOINT_KW = 1e6
 #: the fallback setpoints of a faulted step (see the module doc)
 FALLBACK = {"p_set_kw": 0.0, "follow_residual": 1.0, "hvac_set_kw": math.nan}
 
@@ -285,6 +287,9 @@ class ControllerSim(mosaik_api_v3.Simulator):
         extra = set(setpoints) - set(ctrl.outputs) - set(ent["diagnostics"])
         if extra:
             raise ControllerError(f"{where} returned undeclared output(s) {sorted(extra)}")
+        declared = [n for n in ctrl.outputs if n in SETPOINTS]
+        if declared and not any(n in setpoints for n in declared):
+            raise ControllerFault(f"returned no setpoint (it declares {', '.join(declared)})")
         checked = {}
         for name, value in setpoints.items():
             try:
@@ -293,6 +298,8 @@ class ControllerSim(mosaik_api_v3.Simulator):
                 raise ControllerFault(f"returned {name} = {value!r}, expected a number") from None
             if name in SETPOINTS and not math.isfinite(number) and not (name == "hvac_set_kw" and math.isnan(number)):
                 raise ControllerFault(f"returned {name} = {number!r}, expected a finite number")
+            if name in ("p_set_kw", "hvac_set_kw") and abs(number) > MAX_SETPOINT_KW:
+                raise ControllerFault(f"returned {name} = {number!r}, beyond ±{MAX_SETPOINT_KW:g} kW")
             if name == "follow_residual" and number not in (0.0, 1.0):
                 raise ControllerFault(f"returned follow_residual = {number!r}, expected 0 or 1")
             checked[name] = number

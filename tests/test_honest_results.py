@@ -254,3 +254,21 @@ def test_a_fifo_as_the_scenario_is_refused_without_reading_it(tmp_path: Path, ca
     rc = cli.main(["show", str(fifo)])  # must return, not wait for a writer
     err = capsys.readouterr().err
     assert rc == 2 and "not a regular file" in err, err
+
+
+@pytest.mark.parametrize("value,ok", [("60.0", True), ("90.5", False)])
+def test_a_period_written_as_a_whole_float_is_taken(tmp_path: Path, capsys, value, ok):
+    path = _variant(tmp_path, bundled_scenarios()["households_pv_battery"],
+                    ('controller = "rule_based"', f'controller = "rule_based"\nparams = {{ period_s = {value} }}'))
+    rc, out = _run(tmp_path, str(path), "--until", "2min")
+    err = capsys.readouterr().err
+    assert (rc == 0) == ok, err
+    if not ok:
+        assert "hems.params.period_s" in err
+
+
+def test_a_run_shorter_than_a_market_interval_writes_a_market_csv_with_its_header(tmp_path: Path):
+    rc, out = _run(tmp_path, "fleet_market_s2", "--until", "10min")
+    assert rc == 0
+    table = pd.read_csv(next(out.iterdir()) / "market.csv")
+    assert table.empty and "committed_kwh" in table.columns

@@ -409,6 +409,19 @@ class HalfFollows(_Base):
     def step(self, t, obs):
         return {"p_set_kw": 0.0, "follow_residual": 0.5}
 
+class ReturnsHuge(_Base):
+    def step(self, t, obs):
+        return {"p_set_kw": 1e308 if t >= 600 else -1.0, "follow_residual": 0.0}
+
+class ReturnsNothing(_Base):
+    def step(self, t, obs):
+        return {} if t >= 1200 else {"p_set_kw": -1.0, "follow_residual": 0.0}
+
+class Holds(_Base):
+    """Asks its battery for 2 kW of charge, whatever happens."""
+    def step(self, t, obs):
+        return {"p_set_kw": 2.0, "follow_residual": 0.0}
+
 class Exits(_Base):
     def step(self, t, obs):
         if t >= 1800:
@@ -459,6 +472,8 @@ controller = "plugins.py:{controller}"
 @pytest.mark.parametrize("controller,words", [
     ("ReturnsNaN", ["at t = 3600 s", "p_set_kw = nan", "finite"]),
     ("HalfFollows", ["at t = 0 s", "follow_residual = 0.5", "expected 0 or 1"]),
+    ("ReturnsHuge", ["at t = 600 s", "p_set_kw = 1e+308", "kW"]),
+    ("ReturnsNothing", ["at t = 1200 s", "no setpoint", "p_set_kw"]),
     ("Exits", ["at t = 1800 s", "raised SystemExit"]),
 ])
 def test_a_faulty_controller_stops_the_run_by_name_by_default(tmp_path: Path, capsys, controller, words):
@@ -556,3 +571,11 @@ def test_every_tariff_and_admm_key_of_a_scenario_reaches_its_domain_type():
     assert agile.kind == "agile_octopus" and dataclasses.asdict(agile.agile) == {
         "market": "gb_n2ex", "multiplier": 2.2, "peak_adder_per_kwh": 0.12, "cap_per_kwh": 0.35, "vat": 0.05}
     assert set(AdmmConfig.model_fields) | {"seed"} == {f.name for f in dataclasses.fields(ADMMSettings)}
+
+
+def test_what_the_controller_asked_is_recorded_beside_what_the_battery_did(tmp_path: Path):
+    result = run_scenario(load_scenario(_plugin_scenario(tmp_path, "Holds")), tmp_path / "run", progress=False)
+    bat = pd.read_parquet(result.parquet, filters=[("kind", "==", "battery")])
+    assert (bat["p_set_kw"] == 2.0).all()  # asked every minute
+    # what the battery did: the setpoint until the battery is full, then nothing more (never above the ask)
+    assert (bat["p_kw"] <= 2.0 + 1e-12).all() and (bat["p_kw"] > 1.99).any()
