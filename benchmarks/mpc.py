@@ -21,7 +21,7 @@ import numpy as np
 from dercosim.controllers.mpc import BatteryModel, MPCInputs, MPCProblem, solve_with_opti
 from dercosim.timeseries import loads, pv, weather
 from dercosim.timeseries.forecast import LinearRegression
-from dercosim.timeseries.rng import rng_for
+from dercosim.timeseries.rng import DayStreams, rng_for
 
 
 def main() -> None:
@@ -33,9 +33,9 @@ def main() -> None:
     site = weather.get_site("greensboro_tmy3")
     times = weather.time_index("2016-06-21", 1440, 60, site.tz)
     rng = rng_for(1, "bench-mpc")
-    residual = (loads.household_load_kw(times, rng.uniform(2500, 5500, n), rng_for(1, "load"))
+    residual = (loads.household_load_kw(times, rng.uniform(2500, 5500, n), DayStreams(1, "load"))
                 - pv.pv_ac_kw(site, times, rng.uniform(3, 8, n), np.full(n, 25.0), rng.uniform(120, 240, n),
-                              rng_for(1, "pv")))
+                              DayStreams(1, "pv")))
     battery = BatteryModel(10.3, 5.3, 5.3, 0.9, 0.9, 0.0, 1.0)
     price, soc_value = 0.15, 0.95 * 0.9 * 0.15
     forecaster = LinearRegression(30)

@@ -20,7 +20,7 @@ import numpy as np
 
 from dercosim.devices.battery import BatteryFleet, BatteryParams
 from dercosim.timeseries import loads, pv, weather
-from dercosim.timeseries.rng import rng_for
+from dercosim.timeseries.rng import DayStreams, rng_for
 from dercosim.timeseries.subminute import SubminuteFluctuation
 
 N = 70
@@ -30,9 +30,9 @@ def residuals() -> np.ndarray:
     site = weather.get_site("greensboro_tmy3")
     times = weather.time_index("2016-06-21", 1440, 60, site.tz)
     rng = rng_for(1, "bench")
-    load = loads.household_load_kw(times, rng.uniform(2500, 5500, N), rng_for(1, "load"))
+    load = loads.household_load_kw(times, rng.uniform(2500, 5500, N), DayStreams(1, "load"))
     gen = pv.pv_ac_kw(site, times, rng.uniform(3, 8, N), np.full(N, 25.0), rng.uniform(120, 240, N),
-                      rng_for(1, "pv"))
+                      DayStreams(1, "pv"))
     return load - gen
 
 

@@ -18,7 +18,7 @@ from dercosim.grids import ieee33
 from dercosim.grids.lindistflow import LinDistFlow
 from dercosim.scenarios.config import Scenario
 from dercosim.timeseries.prices import price_per_kwh
-from dercosim.scenarios.resolve import RunInputs
+from dercosim.scenarios.resolve import RunInputs, base_load_shape
 
 
 def hourly_mean(values: np.ndarray, step_s: int) -> np.ndarray:
@@ -107,13 +107,14 @@ class ValueStackingCase:
 
 
 def build_case(run: RunInputs) -> ValueStackingCase:
-    """Collect the planner's hourly data from the drawn fleet and its minute profiles."""
-    scenario, times, tariff = run.scenario, run.times, run.tariff
+    """Collect the planner's hourly data from the drawn fleet and its minute profiles, from the run's start to the
+    end of its last whole day (a plan covers whole days, wherever the run stops)."""
+    ahead = run.ahead
+    scenario, times, tariff = run.scenario, run.days[ahead], run.tariff
     table, hvac, batteries = run.fleet.households, run.fleet.hvac, run.fleet.batteries
-    load_kw, pv_kw, base_shape = run.load_kw, run.pv_kw, run.base_shape
+    load_kw, pv_kw, base_shape = run.day_load_kw[ahead], run.day_pv_kw[ahead], base_load_shape(scenario, times)
     p = scenario.planner
     assert p is not None, "a value-stacking case needs [planner]"
-    assert p is not None
     step_s = scenario.clock.step_s
     rows = np.flatnonzero(table["group"].to_numpy() == p.communities)
     names = table["name"].to_numpy()[rows].tolist()
@@ -150,7 +151,7 @@ def build_case(run: RunInputs) -> ValueStackingCase:
     return ValueStackingCase(
         names=names, batteries=bats["name"].tolist(), buses=buses, load_kw=load_h,
         pv_kw=hourly_mean(pv_kw[:, rows], step_s),
-        t_out_c=hourly_mean(run.outdoor_temperature_c, step_s), q_kvar=q_h, battery=battery, hvac=hv,
+        t_out_c=hourly_mean(run.day_outdoor_temperature_c[ahead], step_s), q_kvar=q_h, battery=battery, hvac=hv,
         import_per_kwh=hourly_mean(imp, step_s), b2g_per_kwh=hourly_mean(b2g, step_s),
         feed_per_kwh=hourly_mean(tariff.export_price(times), step_s), peak_per_kw=tariff.peak_demand_per_kw,
         base_p_kw=np.outer(shape_h, base_p), base_q_kvar=base_q_h, ldf=LinDistFlow.from_pandapower(net),

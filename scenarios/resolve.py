@@ -17,7 +17,7 @@ import pandas as pd
 from dercosim.scenarios.config import Scenario
 from dercosim.scenarios.fleet import Fleet
 from dercosim.timeseries import weather
-from dercosim.timeseries.rng import rng_for
+from dercosim.timeseries.rng import DayStreams
 from dercosim.timeseries.tariffs import Tariff, tariff_of
 
 
@@ -25,8 +25,9 @@ from dercosim.timeseries.tariffs import Tariff, tariff_of
 class RunInputs:
     """A scenario resolved into everything a run needs, once: site, clock, tariff, fleet, minute profiles.
 
-    The profiles are held on the whole calendar days the run touches (``days``; what a day-ahead
-    aggregator forecasts from); ``load_kw``, ``pv_kw`` and ``wind_kw`` are the run's own steps of them.
+    The profiles are held on the whole calendar days the run touches and the day after (``days``): the
+    aggregator plans the run's whole days, a controller may look up to a day past the run's last step, so
+    neither depends on where the run stops. ``load_kw``, ``pv_kw`` and ``wind_kw`` are the run's own steps.
     """
 
     scenario: Scenario
@@ -34,7 +35,7 @@ class RunInputs:
     times: pd.DatetimeIndex  #: the start of every step, local standard time of the site
     tariff: Tariff
     fleet: Fleet
-    days: pd.DatetimeIndex  #: every minute of the whole days that ``times`` touches
+    days: pd.DatetimeIndex  #: every minute of the whole days that ``times`` touches, and of the day after
     day_load_kw: np.ndarray  #: (len(days), households)
     day_pv_kw: np.ndarray  #: (len(days), households)
     day_wind_kw: np.ndarray | None  #: (len(days), households); None: no turbine in the fleet
@@ -48,7 +49,8 @@ class RunInputs:
         site = weather.get_site(scenario.site.weather)
         times = weather.time_index(scenario.clock.start, scenario.n_steps, scenario.clock.step_s, site.tz)
         fleet = fleet if fleet is not None else Fleet.draw(scenario)
-        days = weather.whole_days(times)
+        run_days = weather.whole_days(times)
+        days = run_days.append(run_days[-1440:] + pd.Timedelta(days=1))  # and the day after: the outlook
         load_kw, pv_kw = day_profiles(scenario, fleet.households, days, site)
         wind_kw = None
         if len(fleet.households) and (fleet.households["wind_kw"] > 0).any():
@@ -58,7 +60,8 @@ class RunInputs:
                                  fleet.households["wind_hub_height_m"].to_numpy(float))
         tariff = tariff_of(scenario)
         gen_kw = pv_kw + (wind_kw if wind_kw is not None else 0.0)
-        market = (market_inputs(scenario, fleet, times, days, load_kw, gen_kw, tariff)
+        n = len(run_days)
+        market = (market_inputs(scenario, fleet, times, run_days, load_kw[:n], gen_kw[:n], tariff)
                   if scenario.market is not None else None)
         return cls(scenario, site, times, tariff, fleet, days, load_kw, pv_kw, wind_kw,
                    base_load_shape(scenario, times), market)
@@ -83,10 +86,38 @@ class RunInputs:
         """(steps, households) wind turbine output, kW; None without turbines."""
         return None if self.day_wind_kw is None else self.day_wind_kw[self._steps]
 
+    @property
+    def ahead(self) -> slice:
+        """The steps from the run's start to the end of its last whole day, on ``days``: what a planner plans,
+        the same whatever the run's length (a plan never stops at ``--until``)."""
+        return slice(int(self.days.get_loc(self.times[0])), len(self.days) - 1440)
+
+    @property
+    def outlook(self) -> slice:
+        """The steps from the run's start to the end of the day after its last whole day, on ``days``: what a
+        controller may look ahead at (up to 24 h past any step of the run)."""
+        return slice(int(self.days.get_loc(self.times[0])), None)
+
+    def outlook_prices(self) -> tuple[np.ndarray, np.ndarray]:
+        """Import and export price (currency/kWh) on the :attr:`outlook` steps. Where the price data end within
+        the day after the run, that day repeats the run's last day (no run can be longer, so no run differs)."""
+        times = self.days[self.outlook]
+        try:
+            return self.tariff.import_price(times), self.tariff.export_price(times)
+        except ValueError:  # the data end with the run
+            within = self.days[self.ahead]
+            imp, exp = self.tariff.import_price(within), self.tariff.export_price(within)
+            return np.concatenate([imp, imp[-1440:]]), np.concatenate([exp, exp[-1440:]])
+
     @cached_property
+    def day_outdoor_temperature_c(self) -> np.ndarray:
+        """(len(days),) outdoor temperature at the site, °C."""
+        return weather.outdoor_temperature_c(self.site, self.days)
+
+    @property
     def outdoor_temperature_c(self) -> np.ndarray:
         """(steps,) outdoor temperature at the site, °C."""
-        return weather.outdoor_temperature_c(self.site, self.times)
+        return self.day_outdoor_temperature_c[self._steps]
 
 
 def market_inputs(scenario: Scenario, fleet: Fleet, times: pd.DatetimeIndex, days: pd.DatetimeIndex,
@@ -116,9 +147,13 @@ def market_inputs(scenario: Scenario, fleet: Fleet, times: pd.DatetimeIndex, day
     for name, truth in (("demand", load_kw[:, member].sum(axis=1)),
                         ("production", gen_kw[:, member | central].sum(axis=1))):
         series = truth
-        if m.forecast.kind == "noisy":
-            series = np.clip(Noisy(truth, m.forecast.accuracy, m.forecast.step_min,
-                                   rng_for(scenario.seed, f"market_forecast:{name}")).series, 0.0, None)
+        if m.forecast.kind == "noisy":  # each day's error from that day's stream (the plan is made per day)
+            streams = DayStreams(scenario.seed, f"market_forecast:{name}")
+            per_day = 86400 // scenario.clock.step_s
+            series = np.concatenate([
+                np.clip(Noisy(truth[d:d + per_day], m.forecast.accuracy, m.forecast.step_min,
+                              streams.day(days[d])).series, 0.0, None)
+                for d in range(0, len(truth), per_day)])
         forecasts[name] = series.reshape(n_int, steps).sum(axis=1) * step_h
     starts = days[::steps]
     import_price = tariff.import_price(days).reshape(n_int, steps).mean(axis=1)
@@ -141,11 +176,12 @@ def day_profiles(scenario: Scenario, table: pd.DataFrame, days: pd.DatetimeIndex
     has_load = per_home > 0
     load = np.zeros((len(days), len(per_home)))
     if has_load.any():
-        load[:, has_load] = loads.household_load_kw(days, per_home[has_load], rng_for(scenario.seed, "household_load"))
+        load[:, has_load] = loads.household_load_kw(days, per_home[has_load],
+                                                     DayStreams(scenario.seed, "household_load"))
     if np.any(homes > 1):  # a community's load is the sum of its homes' own profiles
         load = np.add.reduceat(load, np.concatenate([[0], np.cumsum(homes)[:-1]]), axis=1)
     pv_kw = pv.pv_ac_kw(site, days, table["pv_kwp"].to_numpy(float), table["pv_tilt_deg"].to_numpy(float),
-                        table["pv_azimuth_deg"].to_numpy(float), rng_for(scenario.seed, "pv_clouds"))
+                        table["pv_azimuth_deg"].to_numpy(float), DayStreams(scenario.seed, "pv_clouds"))
     return load, pv_kw
 
 

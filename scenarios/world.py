@@ -476,11 +476,14 @@ def _build(mosaik_world: mosaik.World, run: RunInputs, out_dir: Path,
     ctrls: list[Any] = []
     diagnostics: list[str] = []
     if scenario.hems.controller is not None:
-        tariff = run.tariff
+        # profiles and prices from the run's start to a day past its last whole day: what a controller looks
+        # ahead at does not depend on where the run stops
+        outlook = run.outlook
+        import_price, export_price = run.outlook_prices()
         shared = {"names": list(table["name"]), "seed": scenario.seed, "step_s": step_s, "start": times[0].isoformat(),
                   "start_s_of_day": int((times[0] - times[0].normalize()).total_seconds()),
-                  "load_kw": load_kw, "pv_kw": pv_kw, "import_price": tariff.import_price(times),
-                  "export_price": tariff.export_price(times), "members": members}
+                  "load_kw": run.day_load_kw[outlook], "pv_kw": run.day_pv_kw[outlook],
+                  "import_price": import_price, "export_price": export_price, "members": members}
         ctrls, diagnostics = _connect_controllers(world, run, households, has_hvac, battery_of, buses, hh_bus,
                                                   shared)
         for ctrl in ctrls:

@@ -52,7 +52,7 @@ import pandas as pd
 from dercosim.planning.admm import ADMMSettings
 from dercosim.planning.sharing import (GridTariff, Party, SharingOutcome, SharingProblem, StationSpec, solve_alone,
                                           solve_centralised, solve_distributed)
-from dercosim.timeseries.rng import rng_for
+from dercosim.timeseries.rng import DayStreams, rng_for
 
 #: Zhao et al. 2024, Tables 1 and 2
 PAPER_PROSUMERS: dict[str, Any] = {"self_sufficiency_alone": 0.7105, "self_sufficiency_shared": 0.9291, "cost_alone": 1090.78,
@@ -99,10 +99,10 @@ def _profiles(seed: int, date: str, first_hour: int, n_h: int, annual_kwh: np.nd
     s = get_site(site)
     start = pd.Timestamp(date, tz=s.tz) + pd.Timedelta(hours=first_hour)
     times = time_index(start, n_h * 60, 60, s.tz)
-    load = household_load_kw(times, annual_kwh, rng_for(seed, "sharing.load"), sigma=sigma, event_share=0.0)
+    load = household_load_kw(times, annual_kwh, DayStreams(seed, "sharing.load"), sigma=sigma, event_share=0.0)
     rng = rng_for(seed, "sharing.pv")
     n = len(kwp)
-    pv = pv_ac_kw(s, times, kwp, rng.uniform(15, 35, n), rng.uniform(150, 210, n), rng_for(seed, "sharing.clouds"))
+    pv = pv_ac_kw(s, times, kwp, rng.uniform(15, 35, n), rng.uniform(150, 210, n), DayStreams(seed, "sharing.clouds"))
     wind = wind_ac_kw(s, times, wind_kw, np.full(n, 60.0))
     return _hourly(times, load), _hourly(times, pv), _hourly(times, wind)
 

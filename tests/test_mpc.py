@@ -11,7 +11,7 @@ from dercosim.scenarios.config import Scenario
 from dercosim.scenarios.world import run_scenario
 from dercosim.timeseries import loads, pv, weather
 from dercosim.timeseries.forecast import LinearRegression, Noisy, Perfect, Persistence
-from dercosim.timeseries.rng import rng_for
+from dercosim.timeseries.rng import DayStreams
 
 BATTERY = BatteryModel(10.3, 5.3, 5.3, 0.9, 0.9, 0.0, 1.0)
 FLAT = 0.15
@@ -165,7 +165,7 @@ def test_controller_applies_the_export_cap_from_the_measured_voltage():
 def test_qp_and_milp_cost_the_same_on_a_day_without_reasons_for_both_ways():
     site = weather.get_site("greensboro_tmy3")
     times = weather.time_index("2016-06-21", 1440, 60, site.tz)
-    residual = (loads.household_load_kw(times, np.array([4000.0]), rng_for(2, "load"))[:, 0]
+    residual = (loads.household_load_kw(times, np.array([4000.0]), DayStreams(2, "load"))[:, 0]
                 - pv.pv_ac_kw(site, times, np.array([6.0]), np.array([25.0]), np.array([180.0]), None)[:, 0])
     qp, milp = MPCProblem(BATTERY), MPCProblem(BATTERY, formulation="milp")
     soc, cost_qp, cost_milp = 5.0, 0.0, 0.0

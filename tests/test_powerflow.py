@@ -8,7 +8,7 @@ import pytest
 from dercosim.grids import ieee33
 from dercosim.grids.powerflow import LightsimEngine, PandapowerEngine, make_engine
 from dercosim.timeseries import loads, pv, weather
-from dercosim.timeseries.rng import rng_for
+from dercosim.timeseries.rng import DayStreams
 
 ENGINES = ["fast", "pandapower"]
 
@@ -81,7 +81,7 @@ def _day_of_injections(n_steps: int = 1440) -> tuple[np.ndarray, np.ndarray]:
     p0, q0 = ieee33.base_load_kw()
     pv_buses = np.array([18, 25, 33]) - 1
     pv_kw = pv.pv_ac_kw(site, times, np.full(3, 2000.0), np.full(3, 25.0), np.full(3, 180.0),
-                        rng_for(1, "pv_clouds"))
+                        DayStreams(1, "pv_clouds"))
     p = np.outer(shape, p0)
     p[:, pv_buses] -= pv_kw
     return p, np.outer(shape, q0)

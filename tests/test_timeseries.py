@@ -9,7 +9,7 @@ import pytest
 from dercosim.scenarios.config import Scenario
 from dercosim.scenarios.fleet import draw_households
 from dercosim.timeseries import loads, prices, pv, weather
-from dercosim.timeseries.rng import rng_for
+from dercosim.timeseries.rng import DayStreams
 
 SITE = weather.get_site("greensboro_tmy3")
 
@@ -21,7 +21,7 @@ def day(date: str = "2016-06-21", n: int = 1440) -> pd.DatetimeIndex:
 def test_household_load_keeps_bdew_energy_and_differs_per_household():
     times = weather.whole_days(day("2016-06-20", 7 * 1440))  # one week
     annual = np.full(200, 4000.0)
-    load = loads.household_load_kw(times, annual, rng_for(3, "load"))
+    load = loads.household_load_kw(times, annual, DayStreams(3, "load"))
     expected_kwh = loads.bdew_h25_kw_per_mwh(times).sum() / 60 * 4.0
     mean_kwh = load.sum(axis=0).mean() / 60
     assert mean_kwh == pytest.approx(expected_kwh, rel=0.03)
@@ -34,9 +34,9 @@ def test_household_load_keeps_bdew_energy_and_differs_per_household():
 
 def test_household_load_is_reproducible_from_the_seed():
     times = day()
-    a = loads.household_load_kw(times, np.array([3000.0, 5000.0]), rng_for(1, "household_load"))
-    b = loads.household_load_kw(times, np.array([3000.0, 5000.0]), rng_for(1, "household_load"))
-    c = loads.household_load_kw(times, np.array([3000.0, 5000.0]), rng_for(2, "household_load"))
+    a = loads.household_load_kw(times, np.array([3000.0, 5000.0]), DayStreams(1, "household_load"))
+    b = loads.household_load_kw(times, np.array([3000.0, 5000.0]), DayStreams(1, "household_load"))
+    c = loads.household_load_kw(times, np.array([3000.0, 5000.0]), DayStreams(2, "household_load"))
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
 
@@ -53,7 +53,7 @@ def test_pv_power_follows_the_sun_and_the_rating():
     times = day()
     kwp = np.array([5.0, 5.0, 0.0])
     out = pv.pv_ac_kw(SITE, times, kwp, np.array([30.0, 30.0, 0.0]), np.array([180.0, 90.0, 0.0]),
-                      rng_for(1, "pv_clouds"))
+                      DayStreams(1, "pv_clouds"))
     hours = times.hour
     assert np.all(out[(hours < 4) | (hours > 21)] == 0.0)
     assert np.all(out <= kwp + 1e-9)
@@ -72,8 +72,8 @@ def test_pv_arrays_equal_pvlib_on_pandas_series_to_the_bit():
     times = day()
     rng = np.random.default_rng(4)
     tilt, azimuth, kwp = rng.uniform(5, 50, 6), rng.uniform(80, 280, 6), rng.uniform(1, 6, 6)
-    out = pv.pv_ac_kw(SITE, times, kwp, tilt, azimuth, rng_for(1, "pv_clouds"))
-    k, clear = pv.clearness_index(SITE, times, rng_for(1, "pv_clouds"))
+    out = pv.pv_ac_kw(SITE, times, kwp, tilt, azimuth, DayStreams(1, "pv_clouds"))
+    k, clear = pv.clearness_index(SITE, times, DayStreams(1, "pv_clouds"))
     ghi = clear["ghi"].to_numpy() * k
     solpos = pvlib.solarposition.get_solarposition(times, SITE.latitude, SITE.longitude, SITE.altitude_m)
     erbs = pvlib.irradiance.erbs(ghi, solpos["apparent_zenith"].to_numpy(), times)
@@ -97,8 +97,8 @@ def test_weather_and_pv_read_the_site_clock_whatever_the_zone_of_the_times():
     local = weather.time_index("2016-06-01", 1440, 60, site.tz)
     utc = local.tz_convert("UTC")
     np.testing.assert_array_equal(weather.weather_at(site, utc).to_numpy(), weather.weather_at(site, local).to_numpy())
-    a = pv.pv_ac_kw(site, local, np.array([4.0]), np.array([25.0]), np.array([0.0]), rng_for(1, "pv_clouds"))
-    b = pv.pv_ac_kw(site, utc, np.array([4.0]), np.array([25.0]), np.array([0.0]), rng_for(1, "pv_clouds"))
+    a = pv.pv_ac_kw(site, local, np.array([4.0]), np.array([25.0]), np.array([0.0]), DayStreams(1, "pv_clouds"))
+    b = pv.pv_ac_kw(site, utc, np.array([4.0]), np.array([25.0]), np.array([0.0]), DayStreams(1, "pv_clouds"))
     np.testing.assert_array_equal(a, b)
     assert a.max() > 1.0  # a winter day in Brisbane still has sun, at local midday (02:00 UTC)
     assert 0 <= utc[int(np.argmax(a[:, 0]))].hour <= 4

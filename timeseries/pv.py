@@ -13,17 +13,18 @@ import numpy as np
 import pandas as pd
 import pvlib
 
+from dercosim.timeseries.rng import DayStreams
 from dercosim.timeseries.weather import Site, hourly_ghi, weather_at
 
 
-def clearness_index(site: Site, times: pd.DatetimeIndex, rng: np.random.Generator | None,
+def clearness_index(site: Site, times: pd.DatetimeIndex, streams: DayStreams | None,
                     flicker: float = 0.25, tau_min: float = 8.0) -> tuple[np.ndarray, pd.DataFrame]:
     """Minute clearness GHI/GHI_clear and the clear-sky frame at ``times``.
 
     ``flicker`` scales a mean-one AR(1) cloud factor whose amplitude is
     ``flicker * 4 k (1 - k)``: zero under clear or overcast skies, largest at
-    k = 0.5. ``tau_min`` is its correlation time in minutes. ``rng=None`` gives
-    the smooth hourly-interpolated clearness.
+    k = 0.5. ``tau_min`` is its correlation time in minutes. ``streams=None``
+    gives the smooth hourly-interpolated clearness.
     """
     loc = pvlib.location.Location(site.latitude, site.longitude, site.tz, site.altitude_m)
     clear = loc.get_clearsky(times, model="ineichen")
@@ -37,20 +38,28 @@ def clearness_index(site: Site, times: pd.DatetimeIndex, rng: np.random.Generato
     k_hourly = np.clip(k_hourly, 0.0, 1.2)
     mid = (hourly.index + pd.Timedelta(minutes=30)).asi8.astype(float)
     k = np.interp(times.asi8.astype(float), mid, k_hourly)
-    if rng is not None and flicker > 0:
+    if streams is not None and flicker > 0:
+        # per calendar day, a minute AR(1) started afresh at midnight from its own stream (night: no PV), so a
+        # day's clouds do not depend on the run's length; sampled at the minutes of ``times``
         phi = np.exp(-1.0 / tau_min)
-        eps = rng.standard_normal(len(times))
-        x = np.empty(len(times))
-        x[0] = eps[0]
-        for i in range(1, len(times)):
-            x[i] = phi * x[i - 1] + np.sqrt(1 - phi * phi) * eps[i]
+        local = times.tz_convert(site.tz) if times.tz is not None else times  # days of the site's clock
+        first = local[0].floor("D")
+        n_days = int((local[-1].floor("D") - first) // pd.Timedelta(days=1)) + 1
+        x_days = np.empty(n_days * 1440)
+        for d in range(n_days):
+            eps = streams.day(first + pd.Timedelta(days=d)).standard_normal(1440)
+            x = x_days[d * 1440:(d + 1) * 1440]
+            x[0] = eps[0]
+            for i in range(1, 1440):
+                x[i] = phi * x[i - 1] + np.sqrt(1 - phi * phi) * eps[i]
+        x = x_days[((local - first) // pd.Timedelta(minutes=1)).to_numpy()]
         amp = flicker * 4.0 * np.clip(k, 0, 1) * (1.0 - np.clip(k, 0, 1))
         k = np.clip(k * (1.0 + amp * x), 0.0, 1.2)
     return k, clear
 
 
 def pv_ac_kw(site: Site, times: pd.DatetimeIndex, kwp: np.ndarray, tilt_deg: np.ndarray,
-             azimuth_deg: np.ndarray, rng: np.random.Generator | None,
+             azimuth_deg: np.ndarray, streams: DayStreams | None,
              system_loss: float = 0.14, gamma_pdc: float = -0.004,
              inverter_efficiency: float = 0.96) -> np.ndarray:
     """AC power (kW) of PV arrays at ``times``, shape (len(times), n_arrays).
@@ -64,7 +73,7 @@ def pv_ac_kw(site: Site, times: pd.DatetimeIndex, kwp: np.ndarray, tilt_deg: np.
     out = np.zeros((len(times), len(kwp)))
     if not np.any(kwp > 0):
         return out
-    k, clear = clearness_index(site, times, rng)
+    k, clear = clearness_index(site, times, streams)
     ghi = clear["ghi"].to_numpy() * k
     solpos = pvlib.solarposition.get_solarposition(times, site.latitude, site.longitude, site.altitude_m)
     zenith = solpos["apparent_zenith"].to_numpy()

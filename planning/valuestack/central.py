@@ -171,7 +171,7 @@ class CentralQP:
         costs = np.array([community_cost(c, m, u) for c, u in zip(self.communities, us)])
         return Solution(u=us, costs=costs, x=[u[lay.exchanged] for u, lay in zip(us, self.layouts)]), status
 
-    def solve_fix_and_resolve(self, rounds: int = 3, relaxed: Solution | None = None
+    def solve_fix_and_resolve(self, rounds: int = 10, relaxed: Solution | None = None
                               ) -> tuple[Solution, list[Fixings], int]:
         """The relaxed optimum, then the fix-and-resolve of the ADMM path centrally: fix each violated pair's smaller direction, re-solve.
 

@@ -67,7 +67,7 @@ class PlanResult:
 
 def solve_value_stacking(communities: list[Community], market: Market, feeder: Feeder, settings,
                          streams: Streams = Streams(), binaries: str = "relaxed", central: bool = True,
-                         fix_rounds: int = 3, agent_solver: str = "osqp", operator_solver: str = "daqp") -> PlanResult:
+                         fix_rounds: int = 10, agent_solver: str = "osqp", operator_solver: str = "daqp") -> PlanResult:
     """ADMM between the communities and the grid operator, then complementarity fix-and-resolve (dercosim resolves the paper's binaries this way).
 
     ``settings`` is an :class:`dercosim.planning.admm.engine.ADMMSettings`. With
