@@ -52,6 +52,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 
+#: energies are compared to within half the EVM engine's unit (1 mWh = 1e-6 kWh; it rounds to the nearest)
+ENERGY_TOL_KWH = 0.5e-6
+#: SoC is compared to within half the EVM engine's unit (1 ppm)
+SOC_TOL_FRAC = 0.5e-6
+
+
 class ContractError(ValueError):
     """A call the contract refuses (an unregistered household, a value out of range): the caller counts it."""
 
@@ -162,8 +168,11 @@ class SmartContract:
         mode = self._series(self.mode_s, 0.0)
         re = self.remaining_kwh()
         reported = [name for name, h in self.households.items() if h.reported and h.storage]
-        w_e_raw = {n: (self.households[n].soc_frac if (self.households[n].export_since_last_kwh >= 0
-                                                       and self.households[n].soc_frac >= target) else 0.0)
+        # compared with the EVM's resolution (half a mWh, half a ppm), the same in both engines: an export of
+        # -5e-17 kWh is floating-point noise of a household that exported nothing, not an import
+        w_e_raw = {n: (self.households[n].soc_frac
+                       if (self.households[n].export_since_last_kwh >= -ENERGY_TOL_KWH
+                           and self.households[n].soc_frac >= target - SOC_TOL_FRAC) else 0.0)
                    for n in reported}
         w_i_raw = {n: 1.0 - self.households[n].soc_frac for n in reported}
         w_e, w_i = _normalised(w_e_raw), _normalised(w_i_raw)

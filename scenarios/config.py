@@ -504,6 +504,9 @@ class ProcessesConfig(_Model):
     controllers: Placement = "inprocess"
     market: Placement = "inprocess"
     contract: Placement = "inprocess"
+    #: how long mosaik waits for a simulator in another process to start or stop, s (mosaik's own default,
+    #: 10 s, is too short on a busy host)
+    start_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
 
 
 class Scenario(_Model):

@@ -169,7 +169,9 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
     table.assign(hvac_p_max_kw=hvac["p_max_kw"]).to_csv(out_dir / "households.csv", index=False)
     batteries.to_csv(out_dir / "batteries.csv", index=False)
 
-    world = mosaik.World(sim_config(scenario), time_resolution=1.0, skip_greetings=True, configure_logging=False)
+    timeout_s = scenario.processes.start_timeout_s
+    world = mosaik.World(sim_config(scenario), mosaik_config={"start_timeout": timeout_s, "stop_timeout": timeout_s},
+                         time_resolution=1.0, skip_greetings=True, configure_logging=False)
     parquet = out_dir / "timeseries.parquet"
     interrupted: KeyboardInterrupt | StopRequested | None = None
     lost: str | None = None

@@ -174,3 +174,19 @@ def test_a_meter_without_storage_counts_in_re_but_gets_no_weight_and_no_reply():
     assert r["h0"].re_fleet_kwh == pytest.approx(4.0 - 7.0)  # over-delivered: the batteries must import
     assert r["h0"].w_import + r["h1"].w_import == pytest.approx(1.0)
     assert r["h1"].w_import == pytest.approx(0.4 / 0.6)
+
+
+def test_floating_point_noise_is_not_an_import_and_both_engines_read_it_alike():
+    """A household that exported nothing reports about -5e-17 kWh after summing its minutes: it keeps its export
+    weight in the Python rules as on the EVM, which rounds energy to mWh; a real import of 1 mWh does not."""
+    from dercosim.markets.contract import ENERGY_TOL_KWH
+    from dercosim.markets.contract_evm import to_mwh
+
+    c = contract(3)
+    c.update("h0", 0.8, -5e-17)
+    c.update("h1", 0.6, 0.05)
+    c.update("h2", 0.7, -1e-6)  # 1 mWh imported
+    r = c.compute()
+    assert r["h0"].w_export == pytest.approx(0.8 / 1.4) and r["h2"].w_export == 0.0
+    for kwh in (-5e-17, -4e-7, -6e-7, -1e-6, 0.0, 3e-7):
+        assert (kwh >= -ENERGY_TOL_KWH) == (to_mwh(kwh) >= 0), kwh

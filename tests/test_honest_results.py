@@ -272,3 +272,12 @@ def test_a_run_shorter_than_a_market_interval_writes_a_market_csv_with_its_heade
     assert rc == 0
     table = pd.read_csv(next(out.iterdir()) / "market.csv")
     assert table.empty and "committed_kwh" in table.columns
+
+
+def test_the_start_timeout_of_a_simulator_in_another_process_is_the_scenarios(tmp_path: Path, capsys):
+    """mosaik's own 10 s failed runs on a busy host; the key sets it (here absurdly short: the start must fail, by
+    key, and not as a dercosim bug)."""
+    path = _variant(tmp_path, SMALL, append='\n[processes]\ngrid = "subprocess"\nstart_timeout_s = 0.001\n')
+    rc, _ = _run(tmp_path, str(path), "--until", "2min")
+    err = capsys.readouterr().err
+    assert rc == 1 and "processes.grid = 'subprocess'" in err and "bug" not in err, err

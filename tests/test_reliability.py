@@ -319,7 +319,15 @@ def test_kill_9_while_writing_parts_leaves_every_part_readable(tmp_path: Path):
         df = pd.read_parquet(parts)  # the documented recovery read
         assert len(df) == 200_000 * len(files)
         assert sorted(df.time_s.unique()) == list(range(len(files)))
-    assert len(list(parts.glob("part-*.parquet"))) > 0
+    # and once after the first part exists (waited for, not timed: a loaded machine may write none in 0.4 s)
+    proc = subprocess.Popen([sys.executable, str(script), str(parts)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    while not any(parts.glob("part-*.parquet")) and proc.poll() is None:
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    files = sorted(parts.glob("part-*.parquet"))
+    assert files and len(pd.read_parquet(parts)) == 200_000 * len(files)
 
 
 def _popen_run(args: list[str], cwd: Path, **kw) -> subprocess.Popen:
