@@ -166,8 +166,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"bills {r['bill_total']:.2f} against {r['baseline_bill_total']:.2f} in {r['baseline']}: "
               f"reduction {r['reduction']:.2f} ({r['reduction_pct']:.1f} %) for {r['households']} households")
     v = s["voltage"]
-    print(f"{s['steps']} steps in {s['wall_time_s']:.1f} s ({s['ms_per_step']:.2f} ms/step); "
-          f"power flow failures: {s['powerflow']['failures']}")
+    setup_s = s["wall_time_s"] - s["run_wall_time_s"]
+    print(f"{s['steps']} steps in {s['run_wall_time_s']:.1f} s ({s['ms_per_step']:.2f} ms/step), after "
+          f"{setup_s:.1f} s of set-up and reporting; power flow failures: {s['powerflow']['failures']}")
     if v["min_pu"] is None:
         print("voltage: no power flow converged")
     else:

@@ -50,6 +50,7 @@ from dercosim.sims.market import OUTPUTS as MARKET_OUTPUTS
 from dercosim.sims import MOVABLE, SIMULATORS, pacing
 from dercosim.sims.pacing import Pacer
 from dercosim.sims.tables import TABLE_ATTR, TABLE_EID
+from dercosim.sims import recorder as recorder_sim
 from dercosim.sims.recorder import STOP, STOP_REASON, StopRequested
 from dercosim.sims.grid import FEEDER_ATTRS
 
@@ -187,7 +188,14 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
         if realtime is not None:
             realtime.stop = _stop_for
             pacing.PACER = realtime
-        world.run(until=n_steps * step_s, print_progress=progress and realtime is None)
+        bar = _progress_bar(n_steps, step_s) if progress and realtime is None else None
+        recorder_sim.PROGRESS = bar.update if bar is not None else None
+        try:
+            world.run(until=n_steps * step_s, print_progress=False)
+        finally:
+            recorder_sim.PROGRESS = None
+            if bar is not None:
+                bar.close()
     except (KeyboardInterrupt, StopRequested) as exc:
         interrupted = exc
         _shutdown_quietly(world)  # the recorder joins what it has
@@ -235,6 +243,13 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
     if interrupted is not None:
         raise RunInterrupted(summary["interrupted"]["signal"], out_dir) from None
     return RunResult(out_dir=out_dir, parquet=parquet, summary=summary)
+
+
+def _progress_bar(n_steps: int, step_s: int) -> Any:
+    """A progress bar over simulated steps (mosaik's own counts simulated seconds as "steps")."""
+    from tqdm import tqdm
+
+    return tqdm(total=n_steps, unit="step", desc=f"simulating {step_s}-s steps", dynamic_ncols=True)
 
 
 def _placement(scenario: Scenario, kind: str) -> str:

@@ -23,7 +23,7 @@ import os
 import shutil
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Callable, Any
 
 import mosaik_api_v3
 from mosaik_api_v3.types import Meta
@@ -35,6 +35,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+
+#: Called with 1 each simulated step the recorder records (the run's progress bar, in steps); None: no progress
+PROGRESS: Callable[[int], None] | None = None
 
 #: Set (e.g. by a signal handler) to stop the run cleanly at the next step boundary: the recorder raises
 #: :class:`StopRequested` there, mosaik shuts the world down, and :meth:`RecorderSim.finalize` joins what
@@ -196,6 +199,8 @@ class RecorderSim(mosaik_api_v3.Simulator):
     def step(self, time: int, inputs: dict, max_advance: int) -> int:
         if STOP.is_set():
             raise StopRequested(f"stop requested ({STOP_REASON['signal']}) at t = {time} s")
+        if PROGRESS is not None:  # one simulated step recorded
+            PROGRESS(1)
         given = dict(inputs.get(self.eid, {}))
         tables = {tid: cols for tid, cols in given.pop(TABLE_ATTR, {}).items() if tid in self.tables}
         present = set().union(*given.values(), *(self._table_entities[tid] for tid in tables)) & self._known

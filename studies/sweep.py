@@ -38,6 +38,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import itertools
+import logging
 import math
 import shutil
 import os
@@ -247,7 +248,7 @@ def _client(workers: int | None, scheduler: str | None):  # noqa: ANN202 - (clie
     if scheduler:
         return Client(scheduler), None
     cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
-                           dashboard_address=":0", silence_logs=40)
+                           dashboard_address=":0", silence_logs=logging.CRITICAL)
     return Client(cluster), cluster
 
 
@@ -296,9 +297,19 @@ def run_sweep(path: Path, cases: list[Case], out_dir: Path, workers: int | None 
                 log(f"[{k}/{len(todo)}] {c.case}: {result['status']}"
                     + (f" ({result.get('error')})" if result["status"] != "ok" else f" in {result['wall_s']:.1f} s"))
         finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
+            # the workers' connections closing at shutdown are not errors of the sweep: dask logs them as
+            # ERROR with tracebacks (CommClosedError) after the results are written
+            quiet = [logging.getLogger(n) for n in ("distributed", "tornado", "asyncio")]
+            levels = [lg.level for lg in quiet]
+            for lg in quiet:
+                lg.setLevel(logging.CRITICAL)
+            try:
+                client.close()
+                if cluster is not None:
+                    cluster.close()
+            finally:
+                for lg, level in zip(quiet, levels):
+                    lg.setLevel(level)
     table = _write(out_dir, cases, rows, keys)
     plot_sweep(table, keys, out_dir)
     return table

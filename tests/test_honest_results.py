@@ -281,3 +281,13 @@ def test_the_start_timeout_of_a_simulator_in_another_process_is_the_scenarios(tm
     rc, _ = _run(tmp_path, str(path), "--until", "2min")
     err = capsys.readouterr().err
     assert rc == 1 and "processes.grid = 'subprocess'" in err and "bug" not in err, err
+
+
+def test_the_console_counts_simulated_steps_and_times_the_loop_apart_from_the_set_up(tmp_path: Path, capsys):
+    assert cli.main(["run", "ieee33_households", "--until", "30min", "--out", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "30/30" in captured.err and "/1800" not in captured.err  # steps, not simulated seconds
+    line = next(x for x in captured.out.splitlines() if x.startswith("30 steps in"))
+    assert "of set-up" in line
+    summary = json.loads((next(tmp_path.iterdir()) / "summary.json").read_text())
+    assert f"{summary['run_wall_time_s']:.1f} s" in line  # the loop's own time, not the whole run's
