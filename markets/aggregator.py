@@ -253,9 +253,15 @@ def mode_s(residual_kwh: np.ndarray, charge_kwh: np.ndarray, discharge_kwh: np.n
     return (np.abs(planned - follow) > tol_kwh).astype(float)
 
 
-def bids_kwh(plan: DayAheadPlan, price: np.ndarray, limit_price: float = 0.0) -> np.ndarray:
-    """Export bids per interval: the planned export where the forecast price is above ``limit_price``
-    (never into negative prices with the default limit 0), else 0."""
+def bids_kwh(plan: DayAheadPlan, price: np.ndarray, limit_price: float = 0.0, slope: float = 0.0) -> np.ndarray:
+    """Export bids per interval: the planned export where the price it would be paid is above ``limit_price``
+    (never into negative prices with the default limit 0), else 0. A price maker (``slope`` k > 0) is paid the
+    cleared price π − k E, so it bids at most E = (π − limit) / k: the price its own export depresses stays
+    above the limit."""
+    price = np.asarray(price, float)
     if not plan.success:
-        return np.zeros_like(np.asarray(price, float))
-    return np.where(np.asarray(price, float) > limit_price, np.clip(plan.export_kwh, 0.0, None), 0.0)
+        return np.zeros_like(price)
+    export = np.clip(plan.export_kwh, 0.0, None)
+    if slope > 0:
+        export = np.minimum(export, np.clip((price - limit_price) / slope, 0.0, None))
+    return np.where(price > limit_price, export, 0.0)

@@ -429,8 +429,9 @@ class MarketConfig(_Model):
     clearing_limit_per_kwh: Annotated[float, Field(ge=-100, le=100)] | None = None  #: None: every bid accepted
     #: price_taker: paid the market price; price_maker: the fleet's export E moves it to π − k E
     clearing: Literal["price_taker", "price_maker"] = "price_taker"
-    #: k of the linear residual-demand curve (currency/kWh per kWh exported in an interval), price_maker only
-    residual_demand_slope: Annotated[float, Field(ge=0, le=1)] = 0.0
+    #: k of the linear residual-demand curve (currency/kWh per kWh exported in an interval), price_maker only. At
+    #: most 1e-3: 1 MWh more export would lower the price by 1 per kWh, ten times the bundled prices' range
+    residual_demand_slope: Annotated[float, Field(ge=0, le=1e-3)] = 0.0
     imbalance_rule: Literal["absolute", "gb_single_price"] = "absolute"  #: |X − E_c| × price, or (E_c − X) × price
     vpw_share: Fraction = 0.48  #: virtual private wire: share of the import price for fleet-covered energy
     #: household groups that are the aggregator's own plants (not billed; their export is the portfolio's)

@@ -104,7 +104,7 @@ class MarketSim(mosaik_api_v3.Simulator):
         plan = milp.solve(*args, self.wholesale[sl], self.soc_now_kwh)
         solve_s = plan.solve_s
         if plan.success:
-            bids = bids_kwh(plan, self.wholesale[sl], self.bid_limit)
+            bids = bids_kwh(plan, self.wholesale[sl], self.bid_limit, self.slope)
             awarded = clear(bids, self.wholesale[sl], self.clearing_limit)
             fixed = np.where(awarded > 0, awarded, np.nan)
             final = milp.solve(*args, np.where(awarded > 0, self.wholesale[sl], 0.0), self.soc_now_kwh,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dercosim.markets.aggregator import DayAheadMILP, VirtualBattery, bids_kwh, mode_s
-from dercosim.markets.clearing import clear, settle, vpw_covered_kwh
+from dercosim.markets.clearing import clear, clearing_price, settle, vpw_covered_kwh
 
 LOSSLESS = VirtualBattery(capacity_kwh=10.0, p_max_kw=4.0, eta_charge=1.0, eta_discharge=1.0)
 
@@ -185,3 +185,16 @@ def test_the_market_sim_reports_the_cleared_price_of_a_price_maker():
     np.testing.assert_allclose(taker.cleared, taker.wholesale)
     assert maker.get_data({"aggregator": ["wholesale_per_kwh"]})["aggregator"]["wholesale_per_kwh"] == \
         pytest.approx(maker.cleared[0])
+
+
+def test_a_price_maker_never_bids_into_a_price_its_own_export_makes_negative():
+    """It is paid π − k E: it bids at most what keeps that above the limit (checked against π alone, a slope of
+    1e-3 exported at a negative cleared price in 19 of 48 intervals of 1 June 2016)."""
+    from types import SimpleNamespace
+
+    plan = SimpleNamespace(success=True, export_kwh=np.array([100.0, 100.0, 20.0, 100.0]))
+    price = np.array([0.05, -0.01, 0.05, 0.20])
+    bids = bids_kwh(plan, price, 0.0, slope=1e-3)
+    np.testing.assert_allclose(bids, [50.0, 0.0, 20.0, 100.0])
+    assert (clearing_price(price, bids, 1e-3)[bids > 0] >= 0).all()
+    np.testing.assert_allclose(bids_kwh(plan, price, 0.0), [100.0, 0.0, 20.0, 100.0])  # a price taker
