@@ -155,6 +155,67 @@ def _with(text: str, old: str, new: str) -> str:
     return text.replace(old, new, 1)
 
 
+SECTIONS = ("market", "contract", "processes", "hems")
+#: values that make sense in these sections, beside the pool: placements, engines, controllers, intervals
+SECTION_POOL = ["subprocess", "inprocess", "connect:127.0.0.1:0", "connect:nohost:5678", "evm", "python", "mpc",
+                "rule_based", "nofile.py:X", "price_maker", "gb_n2ex", "absolute", 60, 300, 900, 1800, 3600, 7,
+                0.001, 1e-3, 2.0, {"kind": "lognormal", "a": 0.5, "b": 0.5}, {"kind": "uniform", "a": 5, "b": 1}]
+
+
+def _section_mutants(n: int, seed: int = 20261203) -> list[str]:
+    """Mutations aimed at the market, contract, processes and HEMS sections of the fleet scenarios."""
+    rng = random.Random(seed)
+    bases = [tomllib.loads(p.read_text()) for p in BUNDLED if "fleet_market_s4" in p.name or "households_mpc" in p.name
+             or "fleet_market_uncoordinated" in p.name]
+    texts = []
+    while len(texts) < n:
+        data = copy.deepcopy(rng.choice(bases))
+        data.setdefault("processes", {})
+        for _ in range(rng.choice([1, 1, 2, 3])):
+            section = rng.choice(SECTIONS)
+            if section not in data:
+                data[section] = {}
+            leaves = [(section,) + leaf for leaf in _leaves(data[section])] or [(section, "x")]
+            target = rng.choice(leaves + [(section, rng.choice(["interval_s", "engine", "window_s", "grid",
+                                                                  "controller", "latency", "start_timeout_s",
+                                                                  "applies_to", "residual_demand_slope"]))])
+            try:
+                if rng.random() < 0.85:
+                    _set(data, target, copy.deepcopy(rng.choice(SECTION_POOL + POOL[:12])))
+                else:
+                    _delete(data, target)
+            except (KeyError, IndexError, TypeError):
+                continue
+        try:
+            texts.append(tomli_w.dumps(data))
+        except (TypeError, ValueError):
+            continue
+    return texts
+
+
+def test_mutations_of_the_market_contract_processes_and_hems_sections_give_one_clear_line(tmp_path: Path,
+                                                                                         capsys):
+    """500 mutated files: each shows or is refused with one clear line per problem; a sample of those that load
+    runs for two minutes without a traceback (an error it reports is one line, never 'a dercosim bug')."""
+    accepted = []
+    for k, text in enumerate(_section_mutants(500)):
+        path = tmp_path / f"section_{k:03d}.toml"
+        path.write_text(text, encoding="utf-8")
+        rc = cli.main(["show", str(path)])
+        err = capsys.readouterr().err
+        if rc == 0:
+            accepted.append(path)
+            continue
+        assert rc == 2, err
+        _one_clear_line_each(err.removeprefix("error: "), path)
+    assert len(accepted) > 20
+    for path in random.Random(5).sample(accepted, 4):
+        rc = cli.main(["run", str(path), "--until", "2min", "--out", str(tmp_path / "runs"), "--quiet"])
+        err = capsys.readouterr().err
+        assert rc in (0, 1, 2), err
+        assert "bug" not in err and "Traceback" not in err, err
+
+
 # (scenario text, key path the message must name, words it must contain): the cases the fuzzing of
 # the reliability issue found with a traceback, a hang, or accepted although absurd
 CASES = [
