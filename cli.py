@@ -95,8 +95,10 @@ class _StopOnSignals:
     def __exit__(self, *exc: object) -> None:
         import signal
 
-        from dercosim.sims.recorder import STOP
+        from dercosim.sims.recorder import STOP, STOP_REASON
 
+        #: a signal that came after the last step (while the results were joined and reported): still a stop
+        self.late_signal = STOP_REASON.get("signal") if STOP.is_set() else None
         STOP.clear()
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
@@ -138,8 +140,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             return f"; what ran before it is kept in {out_dir}"
         return ""
 
+    stopper = _StopOnSignals()
     try:
-        with _StopOnSignals():
+        with stopper:
             result = run_scenario(scenario, out_dir, progress=not args.quiet, log=say, realtime=pacer)
     except RunInterrupted as exc:
         summary = out_dir / "summary.json"
@@ -176,6 +179,10 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"{v['minutes_outside_limits']:.0f} min outside {v['limits_pu']}")
     losses = s["energy_kwh"]["line_losses"]
     print(f"line losses {'unknown' if losses is None else f'{losses:.1f} kWh'}; results in {result.out_dir}")
+    late = getattr(stopper, "late_signal", None)
+    if late is not None:  # the run had finished: its results are whole, but the process was asked to stop
+        print(f"stopped by {late} after the last step; the results are complete", file=sys.stderr)
+        return 130 if late == "SIGINT" else 143
     return 0
 
 

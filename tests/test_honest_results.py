@@ -291,3 +291,25 @@ def test_the_console_counts_simulated_steps_and_times_the_loop_apart_from_the_se
     assert "of set-up" in line
     summary = json.loads((next(tmp_path.iterdir()) / "summary.json").read_text())
     assert f"{summary['run_wall_time_s']:.1f} s" in line  # the loop's own time, not the whole run's
+
+
+def test_a_sigterm_after_the_last_step_is_not_ignored(tmp_path: Path, capsys, monkeypatch):
+    """The signal lands while the results are reported: they are complete, and the exit code says it was stopped
+    (it used to be 0, the signal lost)."""
+    import os
+    import signal
+
+    from dercosim.scenarios import world
+
+    real = world.run_scenario
+
+    def run_then_terminated(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        result = real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # the CLI's handler takes it
+        return result
+
+    monkeypatch.setattr(world, "run_scenario", run_then_terminated)
+    rc = cli.main(["run", "ieee33_households", "--until", "2min", "--out", str(tmp_path), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 143 and "SIGTERM after the last step" in err, err
+    assert (next(tmp_path.iterdir()) / "summary.json").exists()
