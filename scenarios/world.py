@@ -51,10 +51,12 @@ from dercosim.sims import MOVABLE, SIMULATORS, pacing
 from dercosim.sims.pacing import Pacer
 from dercosim.sims.tables import TABLE_ATTR, TABLE_EID
 from dercosim.sims import recorder as recorder_sim
+from dercosim.sims.connection import harden_channels
 from dercosim.sims.recorder import STOP, STOP_REASON, StopRequested
 from dercosim.sims.grid import FEEDER_ATTRS
 
 SIM_CONFIG = {kind: {"python": target} for kind, target in SIMULATORS.items()}
+harden_channels()  # a simulator process killed hard resets its connection: "connection lost", not a hang
 BUS_RECORDED = ["vm_pu", "va_degree", "p_net_kw", "q_net_kvar"]
 HOUSEHOLD_RECORDED = ["load_kw", "pv_kw", "wind_kw", "hvac_kw", "net_kw", "q_kvar", "t_indoor_c", "t_outdoor_c"]
 BATTERY_RECORDED = ["p_kw", "soc_kwh", "soc_frac", "e_charge_kwh", "e_discharge_kwh", "e_self_discharge_kwh",
@@ -199,7 +201,7 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
     except (KeyboardInterrupt, StopRequested) as exc:
         interrupted = exc
         _shutdown_quietly(world)  # the recorder joins what it has
-    except ConnectionClosedError as exc:  # a simulator in another process or on another machine went away
+    except (ConnectionClosedError, ConnectionError) as exc:  # a simulator in another process or machine went away
         interrupted = KeyboardInterrupt()
         lost = f"connection lost: {exc} ([processes] {_placements(scenario)})"
         _shutdown_quietly(world)

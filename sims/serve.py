@@ -71,6 +71,9 @@ def serve(kind: str, addr: str, server: bool, controller: str | None = None, sta
     """Run the simulator until the run it belongs to ends (or its connection drops); ``ready()`` once listening."""
     import mosaik_api_v3
 
+    from dercosim.sims.connection import harden_channels
+
+    harden_channels()  # a run killed hard resets the connection: the host ends instead of waiting forever
     sim = make_simulator(kind, controller)
     host, port = parse_addr(addr)
     if server:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -151,3 +152,82 @@ def test_every_movable_simulator_has_a_processes_key():
     from dercosim.sims import MOVABLE
 
     assert set(ProcessesConfig.model_fields) - {"start_timeout_s"} == {k.lower() for k in MOVABLE}
+
+
+def test_a_reset_connection_fails_the_waiting_calls_as_a_closed_one_does():
+    """A peer killed hard resets the connection; mosaik-api-v3's reader ended silently on that and the run (or the
+    served host) waited forever. Hardened, the waiting call fails and the host's request loop ends."""
+    import asyncio
+
+    from mosaik_api_v3.connection import Channel, EndOfRequests
+
+    from dercosim.sims.connection import harden_channels
+
+    harden_channels()
+
+    async def scenario() -> tuple[BaseException | None, object]:
+        reader = asyncio.StreamReader()
+
+        class Writer:
+            def write(self, data: bytes) -> None:
+                pass
+
+            async def drain(self) -> None:
+                pass
+
+        channel = Channel(reader, Writer())  # type: ignore[arg-type]
+        call = asyncio.ensure_future(channel.send(["step", [0, {}, 60], {}]))
+        await asyncio.sleep(0)
+        reader.set_exception(ConnectionResetError("reset by peer"))
+        failed = None
+        try:
+            await asyncio.wait_for(call, 5.0)
+        except BaseException as exc:  # noqa: BLE001 - which one is the point
+            failed = exc
+        end = await asyncio.wait_for(channel._incoming_requests.get(), 5.0)
+        return failed, end
+
+    failed, end = asyncio.run(scenario())
+    assert isinstance(failed, asyncio.IncompleteReadError)
+    assert isinstance(end, EndOfRequests)
+
+
+MARKING = '''
+import os
+
+
+class Marking:
+    """Follows the residual; at 5 simulated minutes it leaves a file, so a test knows the run is under way."""
+    period_s = 60
+    inputs = ("net_kw",)
+    outputs = ("p_set_kw", "follow_residual")
+
+    def step(self, t, obs):
+        if t == 300:
+            open(os.environ["MARK"], "w").close()
+        return {"p_set_kw": 0.0, "follow_residual": 1.0}
+'''
+
+
+def test_a_served_host_whose_run_is_killed_exits(tmp_path: Path):
+    """kill -9 of the run: the host's connection is reset or closed, and it ends instead of waiting forever."""
+    (tmp_path / "marking.py").write_text(MARKING)
+    mark = tmp_path / "mark"
+    port = _free_port()
+    host = _serve(tmp_path, port, env={"MARK": str(mark)})
+    text = BASE.read_text().replace('controller = "rule_based"', 'controller = "marking.py:Marking"')
+    path = tmp_path / "s.toml"
+    path.write_text(text + f'\n[processes]\ncontrollers = "connect:127.0.0.1:{port}"\n')
+    run = subprocess.Popen([sys.executable, "-m", "dercosim.cli", "run", str(path), "--out", str(tmp_path / "runs"),
+                            "--quiet"], cwd=tmp_path, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    try:
+        while not mark.exists():  # wait for the event, not for a time
+            assert run.poll() is None and host.poll() is None, "the run or the host ended before the mark"
+            time.sleep(0.05)
+        run.kill()
+        run.wait()
+        host.wait(timeout=600)  # a hang fails here, after a generous bound for a loaded machine
+    finally:
+        run.kill()
+        host.kill()
+    assert host.returncode is not None
