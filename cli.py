@@ -76,6 +76,7 @@ class _StopOnSignals:
 
         STOP.clear()
         self.previous = {}
+        self.late_signal: str | None = None
         if threading.current_thread() is not threading.main_thread():
             return self
 
@@ -179,7 +180,7 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"{v['minutes_outside_limits']:.0f} min outside {v['limits_pu']}")
     losses = s["energy_kwh"]["line_losses"]
     print(f"line losses {'unknown' if losses is None else f'{losses:.1f} kWh'}; results in {result.out_dir}")
-    late = getattr(stopper, "late_signal", None)
+    late = stopper.late_signal
     if late is not None:  # the run had finished: its results are whole, but the process was asked to stop
         print(f"stopped by {late} after the last step; the results are complete", file=sys.stderr)
         return 130 if late == "SIGINT" else 143

@@ -84,38 +84,27 @@ def check_scenario(scenario: Scenario, where: str | Path | None = None) -> fleet
                 raise ScenarioError(f"{where}: hems.applies_to: households {clash[:5]}{'…' if len(clash) > 5 else ''} "
                                     f"are communities of the planner and also have a HEMS controller; restrict "
                                     f"hems.applies_to or use another household group")
-    if scenario.market is not None or scenario.tariff.kind == "agile_octopus":
+    market, planner = scenario.market, scenario.planner
+    if market is not None and batteries.empty:
+        raise ScenarioError(f"{where}: batteries.groups: the fleet draws no battery (e.g. households = "
+                            f"'with_pv' and no PV); an aggregator needs batteries")
+    # every price series the run reads must cover its dates
+    series = ([("market.wholesale", market.wholesale), ("market.imbalance", market.imbalance)] if market else [])
+    if scenario.tariff.kind == "agile_octopus":
+        series.append(("tariff.agile.market", scenario.tariff.agile.market))
+    if planner is not None:
+        series.append(("planner.b2g_market", planner.b2g_market))
+    if series:
         from dercosim.timeseries import weather
         from dercosim.timeseries.prices import price_per_kwh
 
         site = weather.get_site(scenario.site.weather)
         times = weather.time_index(scenario.clock.start, scenario.n_steps, scenario.clock.step_s, site.tz)
-        keys = []
-        market = scenario.market
-        if market is not None:
-            keys += [("market.wholesale", market.wholesale), ("market.imbalance", market.imbalance)]
-            if batteries.empty:
-                raise ScenarioError(f"{where}: batteries.groups: the fleet draws no battery (e.g. households = "
-                                    f"'with_pv' and no PV); an aggregator needs batteries")
-        if scenario.tariff.kind == "agile_octopus":
-            keys.append(("tariff.agile.market", scenario.tariff.agile.market))
-        for key, market in keys:
+        for key, name in series:
             try:
-                price_per_kwh(market, times)
+                price_per_kwh(name, times)
             except ValueError as exc:
                 raise ScenarioError(f"{where}: {key}: {exc}; move clock.start or choose another market") from None
-    planner = scenario.planner
-    if planner is not None:
-        from dercosim.timeseries import weather
-        from dercosim.timeseries.prices import price_per_kwh
-
-        site = weather.get_site(scenario.site.weather)
-        times = weather.time_index(scenario.clock.start, scenario.n_steps, scenario.clock.step_s, site.tz)
-        try:
-            price_per_kwh(planner.b2g_market, times)
-        except ValueError as exc:
-            raise ScenarioError(f"{where}: planner.b2g_market: {exc}; move clock.start or choose another "
-                                f"market") from None
     return drawn
 
 

@@ -28,7 +28,8 @@ import os
 
 
 class Dying:
-    """Follows the residual; in a host with DIE_AT set, the host process dies at that simulated time."""
+    """Follows the residual; in a host with DIE_AT set, the host process dies at that simulated time; with MARK
+    set, it leaves that file at 5 simulated minutes (so a test knows the run is under way)."""
     period_s = 60
     inputs = ("net_kw",)
     outputs = ("p_set_kw", "follow_residual")
@@ -36,6 +37,8 @@ class Dying:
     def step(self, t, obs):
         if os.environ.get("DIE_AT") and t >= int(os.environ["DIE_AT"]):
             os._exit(3)
+        if os.environ.get("MARK") and t == 300:
+            open(os.environ["MARK"], "w").close()
         return {"p_set_kw": 0.0, "follow_residual": 1.0}
 '''
 
@@ -192,30 +195,14 @@ def test_a_reset_connection_fails_the_waiting_calls_as_a_closed_one_does():
     assert isinstance(end, EndOfRequests)
 
 
-MARKING = '''
-import os
-
-
-class Marking:
-    """Follows the residual; at 5 simulated minutes it leaves a file, so a test knows the run is under way."""
-    period_s = 60
-    inputs = ("net_kw",)
-    outputs = ("p_set_kw", "follow_residual")
-
-    def step(self, t, obs):
-        if t == 300:
-            open(os.environ["MARK"], "w").close()
-        return {"p_set_kw": 0.0, "follow_residual": 1.0}
-'''
-
 
 def test_a_served_host_whose_run_is_killed_exits(tmp_path: Path):
     """kill -9 of the run: the host's connection is reset or closed, and it ends instead of waiting forever."""
-    (tmp_path / "marking.py").write_text(MARKING)
+    (tmp_path / "dying.py").write_text(DYING)
     mark = tmp_path / "mark"
     port = _free_port()
     host = _serve(tmp_path, port, env={"MARK": str(mark)})
-    text = BASE.read_text().replace('controller = "rule_based"', 'controller = "marking.py:Marking"')
+    text = BASE.read_text().replace('controller = "rule_based"', 'controller = "dying.py:Dying"')
     path = tmp_path / "s.toml"
     path.write_text(text + f'\n[processes]\ncontrollers = "connect:127.0.0.1:{port}"\n')
     run = subprocess.Popen([sys.executable, "-m", "dercosim.cli", "run", str(path), "--out", str(tmp_path / "runs"),
