@@ -79,8 +79,32 @@ def serve(kind: str, addr: str, server: bool, controller: str | None = None, sta
     if server:
         asyncio.run(_serve_once(sim, host, port, start_timeout_s, ready))
     else:
+        _leave_signals_to_the_run()
         asyncio.run(mosaik_api_v3.run_as_client(sim, host, port))
     return 0
+
+
+def _leave_signals_to_the_run() -> None:
+    """A simulator the run started (mosaik's ``cmd``) is in the run's process group, so Ctrl-C in the terminal, or
+    a SIGTERM to the group, reaches it too. Dying then would turn the run's clean stop (the record joined, exit
+    130/143) into "connection lost": the simulator ignores both and ends when the run closes its connection.
+    Should the run itself die without closing it, a watch on the parent process ends the simulator within ~1 s,
+    so it never outlives the run."""
+    import os
+    import signal
+    import threading
+    import time
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)  # the run is gone (its connection may not have told us): do not outlive it
+
+    threading.Thread(target=watch, name="dercosim-parent-watch", daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> int:

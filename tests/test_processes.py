@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -24,6 +25,7 @@ EVERY_KIND = "\n".join(f'{k} = "subprocess"' for k in ("grid", "households", "ba
                                                        "contract"))
 
 DYING = '''
+import json
 import os
 
 
@@ -218,3 +220,97 @@ def test_a_served_host_whose_run_is_killed_exits(tmp_path: Path):
         run.kill()
         host.kill()
     assert host.returncode is not None
+
+
+def _children(pid: int) -> list[int]:
+    """The live processes whose parent is ``pid`` (read from /proc; zombies count as gone)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _run_in_its_own_group(tmp_path: Path) -> tuple[subprocess.Popen, list[int], Path]:
+    """A CLI run with four simulators in subprocesses, in a process group of its own (as a shell starts a job),
+    once it is 5 simulated minutes in; and its simulator processes."""
+    (tmp_path / "dying.py").write_text(DYING)
+    mark = tmp_path / "mark"
+    text = BASE.read_text().replace('controller = "rule_based"', 'controller = "dying.py:Dying"')
+    path = tmp_path / "s.toml"
+    path.write_text(text + "\n[processes]\n" + "\n".join(f'{k} = "subprocess"' for k in
+                                                         ("grid", "households", "batteries", "controllers")) + "\n")
+    run = subprocess.Popen([sys.executable, "-m", "dercosim.cli", "run", str(path), "--out", str(tmp_path / "runs"),
+                            "--quiet"], cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                           env={**os.environ, "MARK": str(mark)}, start_new_session=True)
+    while not mark.exists():  # wait for the event, not for a time
+        assert run.poll() is None, run.stderr.read()
+        time.sleep(0.05)
+    sims = _children(run.pid)
+    assert len(sims) == 4
+    return run, sims, tmp_path / "runs"
+
+
+def _gone(pids: list[int]) -> bool:
+    deadline = time.monotonic() + 600  # generous for a loaded machine: a hang fails here
+    while any(_alive(p) for p in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+def test_ctrl_c_to_the_whole_process_group_stops_the_run_cleanly_and_no_simulator_outlives_it(tmp_path: Path):
+    """Ctrl-C in a terminal signals the run and the simulators it started: the run still stops cleanly (130, the
+    record joined and summarised), not as a lost connection."""
+    import signal
+
+    run, sims, runs = _run_in_its_own_group(tmp_path)
+    try:
+        os.killpg(run.pid, signal.SIGINT)
+        err = run.communicate(timeout=600)[1]
+    finally:
+        run.kill()
+    assert run.returncode == 130, err
+    assert "stopped by SIGINT" in err and "Traceback" not in err
+    (folder,) = runs.iterdir()
+    assert json.loads((folder / "summary.json").read_text())["interrupted"]["signal"] == "SIGINT"
+    assert pd.read_parquet(folder / "timeseries.parquet").time_s.max() >= 300
+    assert _gone(sims)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+def test_kill_9_of_the_run_leaves_no_simulator_process_behind(tmp_path: Path):
+    run, sims, _ = _run_in_its_own_group(tmp_path)
+    run.kill()
+    run.wait()
+    assert _gone(sims)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+def test_kill_9_of_one_simulator_process_stops_the_run_with_connection_lost(tmp_path: Path):
+    import signal
+
+    run, sims, runs = _run_in_its_own_group(tmp_path)
+    try:
+        os.kill(sims[0], signal.SIGKILL)
+        err = run.communicate(timeout=600)[1]
+    finally:
+        run.kill()
+    assert run.returncode == 1, err
+    assert "connection lost" in err and "Traceback" not in err
+    (folder,) = runs.iterdir()
+    assert pd.read_parquet(folder / "timeseries.parquet").time_s.max() >= 300
+    assert _gone(sims[1:])
