@@ -374,7 +374,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
 
     try:
-        serve(kind, args.addr, server=True, controller=args.controller, start_timeout_s=args.timeout_s, ready=ready)
+        serve(kind, args.addr, server=True, controller=args.controller, start_timeout_s=args.timeout_s, ready=ready,
+              say=lambda msg: print(msg, file=sys.stderr, flush=True))
     except OSError as exc:
         raise RunError(f"cannot serve at {args.addr}: {exc.strerror or exc}") from None
     except RuntimeError as exc:

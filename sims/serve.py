@@ -41,16 +41,75 @@ def parse_addr(addr: str) -> tuple[str, int]:
     return host, int(port)
 
 
-async def _serve_once(sim: Any, host: str, port: int, timeout_s: float, ready: Callable[[], None]) -> None:
-    """mosaik_api_v3's ``run_as_server``, saying when the port is bound (so a caller knows it may connect)."""
+class _Replay:
+    """A stream reader that first gives back the bytes already read from it (the run's first message)."""
+
+    def __init__(self, reader: asyncio.StreamReader, head: bytes) -> None:
+        self.reader, self.head = reader, head
+
+    async def readexactly(self, n: int) -> bytes:
+        if not self.head:
+            return await self.reader.readexactly(n)
+        take, self.head = self.head[:n], self.head[n:]
+        return take + (await self.reader.readexactly(n - len(take)) if len(take) < n else b"")
+
+
+#: how long a new connection may take to send the first bytes of mosaik's ``init`` request
+FIRST_BYTES_S = 30.0
+
+
+async def _first_request(reader: asyncio.StreamReader) -> tuple[bytes, Any]:
+    """The raw bytes and the decoded content of a connection's first message, if it is mosaik's ``init``
+    request (``[0, id, ["init", [sid], {...}]]``); ``ValueError`` saying what it is not, otherwise."""
+    import json
+
+    head = await asyncio.wait_for(reader.readexactly(5), FIRST_BYTES_S)
+    if head[4:5] != b"[":  # mosaik frames JSON arrays behind a 4-byte length; an HTTP probe, a port scan are not
+        raise ValueError(f"it does not speak mosaik's protocol (it began with {head!r})")
+    body = head[4:] + await reader.readexactly(int.from_bytes(head[:4], "big") - 1)
+    try:
+        msg = json.loads(body)
+        kind, msg_id, (func, args, kwargs) = msg
+        if kind != 0 or func != "init" or not isinstance(msg_id, int) or not isinstance(args[0], str):
+            raise ValueError
+        assert isinstance(kwargs, dict)
+    except (ValueError, TypeError, IndexError, AssertionError, UnicodeDecodeError):
+        raise ValueError("its first message is not mosaik's init request") from None
+    return head + body[1:], msg
+
+
+async def _serve_once(sim: Any, kind: str, host: str, port: int, timeout_s: float, ready: Callable[[], None],
+                      say: Callable[[str], None]) -> None:
+    """mosaik_api_v3's ``run_as_server``, saying when the port is bound (so a caller knows it may connect), and
+    serving the first run that asks for this kind of simulator: a connection that is not a mosaik run (a port
+    scan, a health check, a browser) is closed and said; a run that asks for another kind is refused with a
+    reply that names both (its ``[processes]`` key points at the wrong host); the host keeps waiting."""
     import mosaik_api_v3
-    from mosaik_api_v3.connection import Channel
+    from mosaik_api_v3.connection import FAILURE, Channel, encode
 
     got: asyncio.Future = asyncio.get_running_loop().create_future()
 
     async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if not got.done():
-            got.set_result(Channel(reader, writer))
+        peer = writer.get_extra_info("peername")
+        where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        try:
+            raw, (_, msg_id, (_, (sid, *_), _)) = await _first_request(reader)
+        except (ValueError, asyncio.TimeoutError, asyncio.IncompleteReadError, OSError) as exc:
+            why = exc if isinstance(exc, ValueError) else ("it sent nothing" if isinstance(exc, asyncio.TimeoutError)
+                                                           else "it closed before a whole message")
+            say(f"dercosim: ignored a connection from {where}: {why}; still waiting for a run")
+            writer.close()
+            return
+        asked = sid.rpartition("-")[0]
+        if asked != kind or got.done():
+            why = (f"this host serves {kind}, the run asked it for {asked} (check [processes] {asked.lower()})"
+                   if asked != kind else "this host already serves another run")
+            writer.write(encode([FAILURE, msg_id, ["ValueError", why]]))
+            await writer.drain()
+            writer.close()
+            say(f"dercosim: refused a run from {where}: {why}" + ("; still waiting for a run" if not got.done() else ""))
+            return
+        got.set_result(Channel(_Replay(reader, raw), writer))  # type: ignore[arg-type]
 
     server = await asyncio.start_server(connected, host, port)
     ready()
@@ -67,7 +126,7 @@ async def _serve_once(sim: Any, host: str, port: int, timeout_s: float, ready: C
 
 
 def serve(kind: str, addr: str, server: bool, controller: str | None = None, start_timeout_s: int = 3600,
-          ready: Callable[[], None] = lambda: None) -> int:
+          ready: Callable[[], None] = lambda: None, say: Callable[[str], None] = lambda msg: None) -> int:
     """Run the simulator until the run it belongs to ends (or its connection drops); ``ready()`` once listening."""
     import mosaik_api_v3
 
@@ -77,7 +136,7 @@ def serve(kind: str, addr: str, server: bool, controller: str | None = None, sta
     sim = make_simulator(kind, controller)
     host, port = parse_addr(addr)
     if server:
-        asyncio.run(_serve_once(sim, host, port, start_timeout_s, ready))
+        asyncio.run(_serve_once(sim, kind, host, port, start_timeout_s, ready, say))
     else:
         _leave_signals_to_the_run()
         asyncio.run(mosaik_api_v3.run_as_client(sim, host, port))

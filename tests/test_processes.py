@@ -314,3 +314,28 @@ def test_kill_9_of_one_simulator_process_stops_the_run_with_connection_lost(tmp_
     (folder,) = runs.iterdir()
     assert pd.read_parquet(folder / "timeseries.parquet").time_s.max() >= 300
     assert _gone(sims[1:])
+
+
+def test_a_served_host_ignores_a_stray_connection_refuses_a_run_of_another_kind_and_serves_the_right_one(
+        tmp_path: Path, capsys):
+    port = _free_port()
+    host = _serve(tmp_path, port)
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as probe:  # a browser, a health check, a port scan
+            probe.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            said = host.stderr.readline()
+        assert "ignored a connection" in said and "does not speak mosaik's protocol" in said
+        socket.create_connection(("127.0.0.1", port)).close()  # connects and goes
+        assert "ignored a connection" in host.stderr.readline()
+        wrong = tmp_path / "wrong.toml"
+        wrong.write_text(BASE.read_text() + f'\n[processes]\ngrid = "connect:127.0.0.1:{port}"\n')
+        assert cli.main(["run", str(wrong), "--until", "10min", "--out", str(tmp_path / "runs"), "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert "this host serves Controllers, the run asked it for Grid" in err and "dercosim bug" not in err
+        assert "refused a run" in host.stderr.readline()
+        right = _scenario(tmp_path, f'controllers = "connect:127.0.0.1:{port}"')
+        result = run_scenario(right, tmp_path / "right", progress=False)
+        assert result.summary["steps"] == 30
+        assert host.wait(timeout=600) == 0  # the run it served has ended: so does the host
+    finally:
+        host.kill()
