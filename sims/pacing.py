@@ -60,12 +60,16 @@ class Pacer:
             raise ValueError(f"abort_after must be ≥ 1, got {self.abort_after}")
 
     def call(self, name: str, step: Callable[..., Any], sim: Any, t: int, inputs: dict, max_advance: int) -> Any:
+        from dercosim.sims.recorder import STOP  # (the recorder module imports this one)
+
         now = time.perf_counter()
         if self.epoch is None:
             self.epoch = now - t / self.factor
         slot_start = self.epoch + t / self.factor
-        if now < slot_start:
-            time.sleep(slot_start - now)
+        if now < slot_start and STOP.wait(slot_start - now):
+            # asked to stop while waiting for the slot (a minute at --realtime 1): step now, unpaced and untimed,
+            # so the stop is seen at once (the recorder ends the run at its next step)
+            return step(sim, t, inputs, max_advance)
         began = time.perf_counter()
         nxt = step(sim, t, inputs, max_advance)
         ended = time.perf_counter()

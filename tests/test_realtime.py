@@ -82,3 +82,30 @@ def test_realtime_flags_without_realtime_are_refused(tmp_path: Path, capsys):
     assert rc == 2 and "need --realtime" in capsys.readouterr().err and not (tmp_path / "runs").exists()
     rc = cli.main(["run", "ieee33_households", "--realtime", "0", "--out", str(tmp_path / "runs"), "--quiet"])
     assert rc == 2 and "positive" in capsys.readouterr().err and not (tmp_path / "runs").exists()
+
+
+
+def test_a_stop_while_waiting_for_a_slot_is_acted_on_at_once():
+    """At factor 0.01 the second minute's slot begins 100 min after the first. A stop (SIGTERM, Ctrl-C) asked in
+    between steps at once, unpaced (the recorder then ends the run), not after the slot (the old pacer slept
+    through it: 40 s of a minute at --realtime 1)."""
+    import threading
+
+    pacer = Pacer(factor=0.01, step_s=60, say=lambda msg: None)
+    stepped = []
+
+    def step(sim, t, inputs, max_advance):
+        stepped.append(t)
+        return t + 60
+
+    pacer.call("Sim-0", step, None, 0, {}, 0)  # its slot is now
+    waiting = threading.Thread(target=pacer.call, args=("Sim-0", step, None, 60, {}, 0), daemon=True)
+    STOP.clear()
+    try:
+        waiting.start()
+        STOP.set()
+        waiting.join(timeout=600)  # 6,000 s if the wait were not interrupted
+    finally:
+        STOP.clear()
+    assert not waiting.is_alive() and stepped == [0, 60]
+    assert list(pacer.table().t_s) == [0]  # the unpaced step is not timed against a slot
