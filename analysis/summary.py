@@ -312,7 +312,7 @@ def market_figures(df: pd.DataFrame | Recorded, run: RunInputs) -> tuple[dict[st
     st = settle(meter[billed].to_numpy(), meter[central].to_numpy() if central else np.zeros((minutes, 0)),
                 first["committed_kwh"].to_numpy(), first["wholesale_per_kwh"].to_numpy(),
                 first["imbalance_per_kwh"].to_numpy(), tariff.import_price(times), tariff.export_price(times),
-                step_h, steps, m.vpw_share, m.imbalance_rule)
+                step_h, steps, m.vpw_share, m.imbalance_rule, m.imbalance_where)
     table = pd.DataFrame({
         "interval_start": first["time"].to_numpy(), "bid_kwh": first["bid_kwh"].to_numpy(),
         "committed_kwh": st.committed_kwh, "delivered_kwh": st.delivered_kwh, "imbalance_kwh": st.imbalance_kwh,
@@ -331,6 +331,7 @@ def market_figures(df: pd.DataFrame | Recorded, run: RunInputs) -> tuple[dict[st
     self_consumed = consumed_kwh - float(imports.sum().sum() * step_h)  # met by own generation and battery
     summary = {
         "wholesale": m.wholesale, "imbalance": m.imbalance, "imbalance_rule": m.imbalance_rule,
+        "imbalance_where": m.imbalance_where,
         "clearing": m.clearing, "residual_demand_slope": m.residual_demand_slope,
         "interval_s": m.interval_s, "intervals": int(n_int), "currency": tariff.currency,
         "milp_failures": int(agg["milp_failures"].max()) if len(agg) else 0,
@@ -344,14 +345,21 @@ def market_figures(df: pd.DataFrame | Recorded, run: RunInputs) -> tuple[dict[st
         "market_revenue_net": float(st.revenue.sum() - st.imbalance_cost.sum()),
         "bill_total": float(st.bills.sum() + bills_outside.sum()), "vpw_kwh": float(st.vpw_kwh.sum()),
         "households_in_portfolio": len(billed), "households_outside": len(outside),
-        "self_consumption_rate": self_consumed / consumed_kwh if consumed_kwh > 0 else None,
+        # the three published meanings of "self-consumption" (Couraud et al. 2022 and its preprint), each by name
+        "self_consumed_share": self_consumed / consumed_kwh if consumed_kwh > 0 else None,
+        "minutes_not_exporting_share": float((meter[homes] >= -1e-9).to_numpy().mean()),
+        "fleet_supplied_share": ((self_consumed + float(st.vpw_kwh.sum())) / consumed_kwh
+                                 if consumed_kwh > 0 else None),
         "self_supplied_minutes_share": float((imports <= 1e-9).to_numpy().mean()),
         "definitions": "delivered = export − import of the portfolio (household meters after batteries and the "
                        "aggregator's plants) per interval; revenue on the committed volume at the wholesale price; "
                        "imbalance cost |delivered − committed| × imbalance price (or GB single price); "
-                       "self_consumption_rate = energy self-consumed (consumed − imported) / energy consumed "
-                       "(households); "
-                       "self_supplied_minutes_share = household-minutes without import",
+                       "self_consumed_share = energy consumed at the home meters that was not imported "
+                       "(consumed − imported, per minute) / energy consumed; "
+                       "minutes_not_exporting_share = home-minutes without export (the authors' time metric); "
+                       "fleet_supplied_share = energy consumed that the fleet supplied (own generation, battery, or "
+                       "the virtual private wire from other fleet meters and the aggregator's plants) / energy "
+                       "consumed; self_supplied_minutes_share = home-minutes without import",
         "bills_per_household": {**{n: float(b) for n, b in zip(billed, st.bills)},
                                 **{n: float(b) for n, b in zip(outside, bills_outside)}},
     }

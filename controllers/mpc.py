@@ -16,7 +16,9 @@ Objective (ε = sign(RE)), all energies over ``dt``::
   − v1·e1 − v2·e2,  e1 + e2 ≤ soc_end                   value of energy left in the battery, in two
                                                         capped tiers (the rest is worth nothing)
   + c_both·Σ (pc + pd) + c_cap·Σ ve                     never both ways at once; the export cap is soft
-  [+ reg·Σ (pc² + pd²)]                                 qp only: makes the optimum unique
+  [+ reg·Σ (pc² + pd²)]                                 qp only: makes the optimum unique; reg is relative to
+                                                        the battery's power (a kWh at full power costs the same
+                                                        on a 5.3-kW and a 371-kW battery)
 
 Constraints: ``0 ≤ pi ≤ import cap``; SoC dynamics with η_c, 1/η_d; SoC and
 power bounds; ``pe − ve ≤ export cap``; ``sh ≥ target − soc_end``;
@@ -27,6 +29,14 @@ with the market interval (≤ 30 min), and without a value on what is left in
 the battery the plan would never store anything beyond it. The controller
 sets the tiers from the price ahead and the expected deficit
 (:meth:`HouseholdMPC.auto_soc_value`); a fixed value can be given instead.
+It is finite (a capped amount) when there is no outlook yet, and 0 for a
+battery with no load behind it (a central plant's), whose energy serves the
+market's commitments and SoC target only.
+
+RE < 0 in an interval with a commitment (the fleet is ahead of it): "absorb"
+(default; the paper's text and the authors' code: the home imports its w_i
+share) or "ignore" (the literal ε = −1: no RE term, the export penalty
+doubled); ``MPCInputs.absorb_negative_re``.
 
 Formulations: ``"qp"`` (default; PIQP) and ``"milp"`` (binaries for
 charge/discharge and import/export exclusivity; HiGHS). Both are casadi
@@ -90,7 +100,13 @@ class Weights:
     w_re: float = 1.0
     both_ways_per_kwh: float = 1e-3  #: c_both
     cap_violation_per_kwh: float = 1000.0  #: c_cap; must outweigh every other term (a kWh of missed RE costs w_re/E_step ≈ 11)
-    regularisation: float = 1e-3  #: reg (qp only), per kW² h; ~3 % of the energy price at full power
+    #: qp only: the marginal cost of a kWh charged or discharged at full power (2·reg·P_max); reg per kW² h is this
+    #: over 2·P_max, so it scales with the battery (1e-3 per kW² h at 5.3 kW; ~5 % of the energy price)
+    regularisation_per_kwh: float = 0.0106
+
+    def reg_per_kw2h(self, battery: "BatteryModel") -> float:
+        """reg of the qp objective for ``battery``, per kW² h."""
+        return self.regularisation_per_kwh / (2.0 * max(battery.p_charge_max_kw, battery.p_discharge_max_kw))
 
 
 @dataclass
@@ -109,6 +125,7 @@ class MPCInputs:
     soc_value_cap_kwh: float = math.inf  #: how much of it is worth v1 (kWh stored)
     soc_value2_per_kwh: float = 0.0  #: v2 (≤ v1): value of the next tier
     soc_value2_cap_kwh: float = 0.0  #: its size (kWh stored); energy beyond both tiers is worth nothing
+    absorb_negative_re: bool = True  #: RE < 0: import the share (True) or no RE term (False; see the module doc)
 
 
 @dataclass
@@ -276,8 +293,8 @@ class MPCProblem:
         if self.formulation != "qp":
             return objective
         sl = self.layout.slices
-        return objective - self.weights.regularisation * self.dt_h * float(xv[sl["pc"]] @ xv[sl["pc"]]
-                                                                           + xv[sl["pd"]] @ xv[sl["pd"]])
+        reg = self.weights.reg_per_kw2h(self.battery)
+        return objective - reg * self.dt_h * float(xv[sl["pc"]] @ xv[sl["pc"]] + xv[sl["pd"]] @ xv[sl["pd"]])
 
 
 #: the status a solver reports on success (a batch that did not raise succeeded in every call)
@@ -423,11 +440,11 @@ def _batch_function(key: tuple, name: str) -> Any:
     return ca.Function(f"household_mpc_{name}_batch", [q], [x, sol["f"], inside])
 
 
-def _regularisation(x: Any, layout: _Layout, dt_h: float, w: Weights, formulation: str) -> Any:
+def _regularisation(x: Any, layout: _Layout, dt_h: float, w: Weights, formulation: str, b: BatteryModel) -> Any:
     if formulation != "qp":
         return 0
     sl = layout.slices
-    return w.regularisation * dt_h * (ca.sumsqr(x[sl["pc"]]) + ca.sumsqr(x[sl["pd"]]))
+    return w.reg_per_kw2h(b) * dt_h * (ca.sumsqr(x[sl["pc"]]) + ca.sumsqr(x[sl["pd"]]))
 
 
 def _formulation(x: Any, p: Any, layout: _Layout, b: BatteryModel, h: int, dt_h: float, w: Weights,
@@ -442,7 +459,7 @@ def _formulation(x: Any, p: Any, layout: _Layout, b: BatteryModel, h: int, dt_h:
     f = (dt_h * (ca.dot(c_imp, pi) + k_exp * ca.sum1(pe) + w.both_ways_per_kwh * ca.sum1(pc + pd)
                  + w.cap_violation_per_kwh * ca.sum1(ve))
          + k_sh * sh + k_ab * ab - v1 * e1 - v2 * e2
-         + _regularisation(x, layout, dt_h, w, formulation))
+         + _regularisation(x, layout, dt_h, w, formulation, b))
     # soc before step k; step 0 adds soc0 through the bounds (casadi's soc[:0] is not empty: h = 1 apart)
     soc_prev = ca.vertcat(0, soc[:h - 1]) if h > 1 else ca.SX.zeros(1)
     net_export = dt_h * ca.sum1(pe - pi)
@@ -485,9 +502,11 @@ def _arguments_many(inputs: list[MPCInputs], b: BatteryModel, layout: _Layout, h
     v1, v2 = field("soc_value_per_kwh"), field("soc_value2_per_kwh")
     eps = np.sign(re_kwh)
     e_step = max(b.p_charge_max_kw, b.p_discharge_max_kw) * dt_h
+    absorb = np.array([inp.absorb_negative_re for inp in inputs], dtype=bool)
+    re_term = np.where((eps < 0) & ~absorb, 0.0, np.abs(eps))  # "ignore": no RE term when RE < 0
     p = np.vstack([residual, c_imp, (1 - eps) * w.export_penalty_per_kwh,
                    s_mode * (1 - eps * eps) * w.w_soc / b.capacity_kwh,
-                   np.abs(eps) * w.w_re / e_step, v1, np.minimum(v2, v1)])
+                   re_term * w.w_re / e_step, v1, np.minimum(v2, v1)])
     soc_lo, soc_hi = b.soc_min_frac * b.capacity_kwh, b.soc_max_frac * b.capacity_kwh
     sl = layout.slices
     lbx, ubx = np.zeros((layout.n, n)), np.full((layout.n, n), INF)
@@ -601,13 +620,14 @@ def solve_with_opti(problem: MPCProblem, inp: MPCInputs) -> Plan:
             opti.subject_to(pe[k] - ve[k] <= inp.export_cap_kw)
         cost += dt * (float(inp.import_price[k]) * pi_k + (1 - eps) * w.export_penalty_per_kwh * pe[k]
                       + w.both_ways_per_kwh * (pc[k] + pd[k]) + w.cap_violation_per_kwh * ve[k])
-        cost += w.regularisation * dt * (pc[k] ** 2 + pd[k] ** 2)
+        cost += w.reg_per_kw2h(b) * dt * (pc[k] ** 2 + pd[k] ** 2)
         net_export += dt * (pe[k] - pi_k)
     opti.subject_to(sh >= 0)
     opti.subject_to(sh >= inp.soc_target_frac * b.capacity_kwh - soc[ha - 1])
     opti.subject_to(ab >= inp.re_kwh - net_export)
     opti.subject_to(ab >= net_export - inp.re_kwh)
-    cost += inp.s_mode * (1 - eps * eps) * w.w_soc / b.capacity_kwh * sh + abs(eps) * w.w_re / e_step * ab
+    re_term = 0.0 if eps < 0 and not inp.absorb_negative_re else abs(eps)
+    cost += inp.s_mode * (1 - eps * eps) * w.w_soc / b.capacity_kwh * sh + re_term * w.w_re / e_step * ab
     opti.subject_to(opti.bounded(0, e1, inp.soc_value_cap_kwh))
     opti.subject_to(opti.bounded(0, e2, inp.soc_value2_cap_kwh))
     opti.subject_to(e1 + e2 <= soc[ha - 1])
@@ -628,7 +648,7 @@ def solve_with_opti(problem: MPCProblem, inp: MPCInputs) -> Plan:
     tol = 1e-3
     follows = bool(abs(p_bat[0] + inp.residual_kw[0]) < tol and -p_bat[0] < b.p_discharge_max_kw - tol
                    and p_bat[0] < b.p_charge_max_kw - tol)
-    reg = w.regularisation * dt * float(np.sum(np.atleast_1d(sol.value(pc)) ** 2 + np.atleast_1d(sol.value(pd)) ** 2))
+    reg = w.reg_per_kw2h(b) * dt * float(np.sum(np.atleast_1d(sol.value(pc)) ** 2 + np.atleast_1d(sol.value(pd)) ** 2))
     return Plan(True, str(stats.get("return_status", "")), solve_s, p_bat, p_imp, p_exp,
                 np.atleast_1d(sol.value(soc)), float(sol.value(cost)) - reg, follows)
 
@@ -689,6 +709,9 @@ class HouseholdMPCParams(BaseModel):
     s_mode: Annotated[int, Field(ge=0, le=1)] = 0  #: 0 or 1 (a whole number: true is not taken as 1)
     soc_target_frac: Annotated[float, Field(ge=0, le=1)] = 0.0
     use_contract: bool = False  #: read RE, S and the SoC target from the smart contract (a [contract] scenario)
+    #: RE < 0 in a committed interval: "absorb" (import the w_i share; the paper's text and the authors' code) or
+    #: "ignore" (the literal ε = −1: no RE term, the export penalty doubled)
+    negative_re: Literal["absorb", "ignore"] = "absorb"
 
 
 class HouseholdMPC:
@@ -733,7 +756,7 @@ class HouseholdMPC:
                  export_penalty_per_kwh: float = 0.01, w_soc: float = 10.0, w_re: float = 1.0,
                  surplus_kw: float = 0.5,
                  re_kwh: float = 0.0, s_mode: float = 0.0, soc_target_frac: float = 0.0,
-                 use_contract: bool = False) -> None:
+                 use_contract: bool = False, negative_re: str = "absorb") -> None:
         self.period_s = int(period_s)
         self.use_contract = bool(use_contract)
         if self.use_contract:
@@ -759,6 +782,10 @@ class HouseholdMPC:
         self.surplus_kw = float(surplus_kw)
         self.weights = Weights(export_penalty_per_kwh=export_penalty_per_kwh, w_soc=w_soc, w_re=w_re)
         self.re_kwh, self.s_mode, self.soc_target_frac = float(re_kwh), float(s_mode), float(soc_target_frac)
+        if negative_re not in ("absorb", "ignore"):
+            raise ValueError(f"negative_re must be 'absorb' or 'ignore', got {negative_re!r}")
+        self.negative_re = negative_re
+        self.no_load = False  #: a battery with no load behind it (a central plant's): its stored energy is worth 0
         self._history = np.empty(1440)  # the observed residual, one value per minute (grown by doubling)
         self._n_history = 0
         self.problem: MPCProblem | None = None
@@ -775,7 +802,9 @@ class HouseholdMPC:
         self.problem = self._problem_for(self.market_interval_s // 60)
         self.import_price = np.asarray(context["import_price"], float)
         self.start_s_of_day = int(context["start_s_of_day"])
-        truth = np.asarray(context["load_kw"], float) - np.asarray(context["pv_kw"], float)
+        load = np.asarray(context["load_kw"], float)
+        self.no_load = bool(len(load)) and not np.any(load > 0)
+        truth = load - np.asarray(context["pv_kw"], float)
         self.forecaster = make_forecaster(self.forecaster_kind, truth=truth, window=self.forecast_window,
                                           accuracy=self.forecast_accuracy, grid_min=self.forecast_grid_min,
                                           rng=rng_for(int(context["seed"]), f"forecast:{context['household']}"))
@@ -816,14 +845,23 @@ class HouseholdMPC:
 
         Tier 1: the expected deficit in the highest-price minutes before surplus
         PV refills the battery, valued at that price; tier 2: the deficit at the
-        next price level. Without an outlook: the highest price of the next
-        24 h, for any amount.
+        next price level. Without an outlook (the first day, before the same
+        minutes of yesterday exist): the highest price of the next 24 h, for
+        the deficit expected until the outlook begins at the mean rate observed
+        so far (finite: an unlimited amount made a large battery hoard its
+        energy). A battery with no load behind it stores no value: 0.
         """
+        if self.no_load:
+            return (0.0, 0.0), (0.0, 0.0)
         scale = self.soc_value_factor * self.battery.eta_discharge
         ahead = self.outlook(k_end, 1440)
         prices = self.import_price[k_end:k_end + 1440]
         if ahead is None:
-            return (scale * float(np.max(prices)) if len(prices) else 0.0, math.inf), (0.0, 0.0)
+            seen = self.history
+            rate_kw = float(np.clip(seen, 0, None).mean()) if len(seen) else 0.0
+            until_outlook_h = max(1440 - k_end, 0) / 60.0
+            cap_kwh = rate_kw * until_outlook_h / self.battery.eta_discharge
+            return (scale * float(np.max(prices)) if len(prices) else 0.0, cap_kwh), (0.0, 0.0)
         surplus = np.flatnonzero(ahead < -self.surplus_kw)
         stop = min(int(surplus[0]) if len(surplus) else len(ahead), len(prices))
         deficit = np.clip(ahead[:stop], 0, None) / 60.0 / self.battery.eta_discharge  # kWh stored per minute
@@ -904,7 +942,8 @@ class HouseholdMPC:
             soc_kwh=float(obs["soc_kwh"]), residual_kw=residual, import_price=prices, re_kwh=re_kwh,
             s_mode=s_mode, soc_target_frac=soc_target, export_cap_kw=export_cap,
             import_cap_kw=self.import_cap_kw, soc_value_per_kwh=tiers[0][0], soc_value_cap_kwh=tiers[0][1],
-            soc_value2_per_kwh=tiers[1][0], soc_value2_cap_kwh=tiers[1][1]), residual
+            soc_value2_per_kwh=tiers[1][0], soc_value2_cap_kwh=tiers[1][1],
+            absorb_negative_re=self.negative_re == "absorb"), residual
 
     def _answer(self, plan: Plan, obs: dict[str, float], residual: np.ndarray) -> dict[str, float]:
         """The setpoints and diagnostics of a plan (the rule-based action if it failed)."""

@@ -88,11 +88,13 @@ class Settlement:
 
 def settle(meter_kw: np.ndarray, plant_kw: np.ndarray, committed_kwh: np.ndarray, wholesale_price: np.ndarray,
            imbalance_price: np.ndarray, import_price: np.ndarray, export_price: np.ndarray, step_h: float,
-           steps_per_interval: int, vpw_share: float = 0.48, imbalance_rule: str = "absolute") -> Settlement:
+           steps_per_interval: int, vpw_share: float = 0.48, imbalance_rule: str = "absolute",
+           imbalance_where: str = "committed") -> Settlement:
     """Settle a fleet. ``meter_kw`` (minutes, households): net power at each household meter (load convention,
     after the battery); ``plant_kw`` (minutes, plants): the aggregator's plants (load convention: generation
     is negative); ``committed_kwh``, the two market prices: per interval; ``import_price``/``export_price``:
-    per minute (household tariff)."""
+    per minute (household tariff). ``imbalance_where``: imbalance is charged in the intervals with a commitment
+    ("committed", as the authors' code of Couraud et al. 2022 settles) or in every interval ("every_interval")."""
     meter = np.asarray(meter_kw, float)
     plant = np.asarray(plant_kw, float).reshape(len(meter), -1)
     n_int = len(np.asarray(committed_kwh))
@@ -105,10 +107,14 @@ def settle(meter_kw: np.ndarray, plant_kw: np.ndarray, committed_kwh: np.ndarray
     committed = np.asarray(committed_kwh, float)
     revenue = committed * np.asarray(wholesale_price, float)
     diff = delivered - committed
+    if imbalance_where not in ("committed", "every_interval"):
+        raise ValueError(f"imbalance_where must be 'committed' or 'every_interval', got {imbalance_where!r}")
     if imbalance_rule == "absolute":
         imbalance_cost = np.abs(diff) * np.asarray(imbalance_price, float)
     else:
         imbalance_cost = -diff * np.asarray(imbalance_price, float)
+    if imbalance_where == "committed":
+        imbalance_cost = np.where(committed > 1e-9, imbalance_cost, 0.0)
     imp = np.clip(meter, 0.0, None) * step_h
     exp_hh = np.clip(-meter, 0.0, None) * step_h
     exp_plants = np.clip(-plant, 0.0, None).sum(axis=1) * step_h

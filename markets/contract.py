@@ -7,13 +7,31 @@ aggregator's series — the virtual SoC target ``SoC^{t,A}``, the commitment
 report: the SoC now, the net export since its last report and the net
 export since the interval started. Every round it computes
 
-    RE^{t,A} = E_c^t − Σ_k E_e^{t,k}                                   (12)
-    w_e^k = W_e^k / Σ W_e,   W_e^k = SoC_k if (E_e^{tsc,k} ≥ 0 AND SoC_k ≥ SoC^{t,A}) else 0   (10)–(11)
+    RE^{t,A} = E_c^t − Σ_k E_e^{t,k} − Σ_meters E_e^{tsc,m} · (rounds left)   (12), anticipated
+    w_e^k = W_e^k / Σ W_e,   W_e^k = SoC_k if (E_e^{tsc,k} ≥ 0 OR SoC_k ≥ SoC^{t,A}) else 0   (10)–(11)
     w_i^k = W_i^k / Σ W_i,   W_i^k = 1 − SoC_k
 
 and sends ``RE^{t,A}``, ``w_e^k`` and ``w_i^k`` to every household, whose
 HEMS then aims at ``RE^{t,k} = RE^{t,A} · w^k − (its net export since that
 message)`` (w_e when RE^{t,A} ≥ 0, else w_i; eq. (7)).
+
+Three readings, as the authors' MATLAB code and contract (their public
+repository ``bcouraud/RT_Battery_Control``) resolve the paper's text:
+
+- **No commitment, no target.** In an interval with nothing committed
+  (E_c^t = 0) the reply carries no RE (``Reply.committed`` is False and
+  RE^{t,k} = 0: ε = 0 for every home, which then serves itself). Otherwise
+  RE^{t,A} = −(the plants' exports) < 0 there, and every home would import
+  to cancel the plants.
+- **Eq. (11) reads OR** (``w_export_rule = "or"``): a battery at or above the
+  target, or one that exported since its last report, shares the export.
+  ``"and"`` keeps the literal AND, which shut low homes out of large evening
+  commitments.
+- **Meters without a battery are anticipated** (``anticipate_meters``): a plant
+  or a home without a battery will go on exporting, so RE^{t,A} subtracts
+  each meter's last report (its export over the last round) times the rounds
+  left in the interval (``compute(rounds_left)``); without it the batteries
+  are asked for the whole remainder and over-deliver.
 
 Edge cases the paper leaves open, as dercosim resolves them:
 
@@ -31,7 +49,7 @@ Edge cases the paper leaves open, as dercosim resolves them:
   but they get no weights and no reply. Without them a plant that exports
   more or less than forecast would leave a gap no battery is asked to close.
 - **Negative exports** (imports) count as they are: they raise ``RE^{t,A}``
-  and make ``W_e`` of that household 0 (the AND rule).
+  and, under the AND rule, make ``W_e`` of that household 0.
 - **Interval reset**: :meth:`SmartContract.start_interval` zeroes the
   exports since the interval start and forgets the reports, so a report of
   the previous interval never counts in the next.
@@ -72,9 +90,12 @@ class Reply:
     soc_target_frac: float  #: SoC^{t,A} of the interval
     mode_s: float  #: S^t of the interval
     interval: int
+    committed: bool = True  #: the interval has a commitment; without one there is no RE (module doc)
 
     def re_household_kwh(self, exported_since_kwh: float) -> float:
-        """RE^{t,k} = RE^{t,A} · w − net export since this reply (eq. (7))."""
+        """RE^{t,k} = RE^{t,A} · w − net export since this reply (eq. (7)); 0 in an interval with no commitment."""
+        if not self.committed:
+            return 0.0
         w = self.w_export if self.re_fleet_kwh >= 0 else self.w_import
         return self.re_fleet_kwh * w - exported_since_kwh
 
@@ -88,10 +109,17 @@ class _Household:
     reported: bool = False
 
 
-class SmartContract:
-    """State and rules of the coordination contract (see the module doc)."""
+W_EXPORT_RULES = ("or", "and")
 
-    def __init__(self) -> None:
+
+class SmartContract:
+    """State and rules of the coordination contract (see the module doc). ``w_export_rule``: eq. (11) read as
+    "or" (default) or "and"; ``anticipate_meters``: RE^{t,A} subtracts the meters' expected remaining export."""
+
+    def __init__(self, w_export_rule: str = "or", anticipate_meters: bool = True) -> None:
+        if w_export_rule not in W_EXPORT_RULES:
+            raise ValueError(f"w_export_rule must be one of {W_EXPORT_RULES}, got {w_export_rule!r}")
+        self.w_export_rule, self.anticipate_meters = w_export_rule, bool(anticipate_meters)
         self.households: dict[str, _Household] = {}
         self.soc_target_frac: list[float] = []
         self.committed_kwh: list[float] = []
@@ -156,27 +184,37 @@ class SmartContract:
         k = self.interval
         return series[k] if 0 <= k < len(series) and math.isfinite(series[k]) else default
 
-    def remaining_kwh(self) -> float:
-        """RE^{t,A} = E_c^t − Σ_k E_e^{t,k} (eq. (12))."""
+    def remaining_kwh(self, rounds_left: int = 0) -> float:
+        """RE^{t,A} = E_c^t − Σ_k E_e^{t,k} (eq. (12)), minus, with ``anticipate_meters``, each reporting meter's
+        export since its last report times ``rounds_left`` (the rounds still to come in the interval)."""
         committed = self._series(self.committed_kwh, 0.0)
-        return committed - sum(h.export_in_interval_kwh for h in self.households.values())
+        re = committed - sum(h.export_in_interval_kwh for h in self.households.values())
+        if self.anticipate_meters and rounds_left > 0:
+            re -= sum(h.export_since_last_kwh for h in self.households.values()
+                      if h.reported and not h.storage) * int(rounds_left)
+        return re
 
-    def compute(self) -> dict[str, Reply]:
-        """One round: RE^{t,A} and every household's weights (eqs. (10)–(12), edge cases in the module doc)."""
+    def compute(self, rounds_left: int = 0) -> dict[str, Reply]:
+        """One round: RE^{t,A} and every household's weights (eqs. (10)–(12), edge cases in the module doc).
+        ``rounds_left``: rounds of the interval after this one (the meters' anticipated export)."""
         self.rounds += 1
         target = self._series(self.soc_target_frac, 0.0)
         mode = self._series(self.mode_s, 0.0)
-        re = self.remaining_kwh()
+        committed = abs(self._series(self.committed_kwh, 0.0)) > ENERGY_TOL_KWH
+        re = self.remaining_kwh(rounds_left)
         reported = [name for name, h in self.households.items() if h.reported and h.storage]
-        # compared with the EVM's resolution (half a mWh, half a ppm), the same in both engines: an export of
-        # -5e-17 kWh is floating-point noise of a household that exported nothing, not an import
-        w_e_raw = {n: (self.households[n].soc_frac
-                       if (self.households[n].export_since_last_kwh >= -ENERGY_TOL_KWH
-                           and self.households[n].soc_frac >= target - SOC_TOL_FRAC) else 0.0)
-                   for n in reported}
+        either = self.w_export_rule == "or"
+
+        def shares(h: _Household) -> bool:
+            # compared with the EVM's resolution (half a mWh, half a ppm), the same in both engines: an export of
+            # -5e-17 kWh is floating-point noise of a household that exported nothing, not an import
+            exported, high = h.export_since_last_kwh >= -ENERGY_TOL_KWH, h.soc_frac >= target - SOC_TOL_FRAC
+            return (exported or high) if either else (exported and high)
+
+        w_e_raw = {n: self.households[n].soc_frac if shares(self.households[n]) else 0.0 for n in reported}
         w_i_raw = {n: 1.0 - self.households[n].soc_frac for n in reported}
         w_e, w_i = _normalised(w_e_raw), _normalised(w_i_raw)
-        return {name: Reply(re, w_e.get(name, 0.0), w_i.get(name, 0.0), target, mode, self.interval)
+        return {name: Reply(re, w_e.get(name, 0.0), w_i.get(name, 0.0), target, mode, self.interval, committed)
                 for name, h in self.households.items() if h.storage}
 
 

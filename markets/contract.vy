@@ -1,11 +1,13 @@
 # pragma version ~=0.4.3
 """
 @title Fleet coordination contract (Couraud et al. 2022, section III-B), dercosim
-@notice The rules of dercosim.controllers.contract.SmartContract in fixed point:
+@notice The rules of dercosim.markets.contract.SmartContract in fixed point:
         SoC, SoC target and weights in ppm (1,000,000 = 1), energies in mWh
         (1e-6 kWh, signed: + = export). Each round computes
-        RE = E_c - sum of the reported exports since the interval start (12) and
-        the weights w_e (10)-(11, AND rule) and w_i, and logs them in one Round event.
+        RE = E_c - sum of the reported exports since the interval start (12), minus
+        (anticipate) each meter's last report times the rounds left, and the weights
+        w_e (10)-(11, the OR rule, or AND) and w_i, and logs them in one Round event
+        with whether the interval has a commitment (without one there is no RE).
         Members with storage (battery households) get weights; meters without storage (the
         aggregator's plants, households without a battery) count in RE only.
         Edge cases as the Python contract: when no reporting household qualifies
@@ -33,6 +35,7 @@ event Round:
     re_mwh: int256
     soc_target_ppm: int256
     mode_s: uint256
+    committed: bool
     w_export_ppm: DynArray[int256, MAX_MEMBERS]
     w_import_ppm: DynArray[int256, MAX_MEMBERS]
 
@@ -49,11 +52,15 @@ committed_mwh: public(HashMap[uint256, int256])
 soc_target_ppm: public(HashMap[uint256, int256])
 mode_s: public(HashMap[uint256, uint256])
 rounds: public(uint256)
+w_export_or: public(bool)  # eq. (11): True = OR (the authors' code), False = AND (the paper's text)
+anticipate: public(bool)  # RE subtracts the meters' expected remaining export
 
 
 @deploy
-def __init__():
+def __init__(w_export_or: bool, anticipate: bool):
     self.aggregator = msg.sender
+    self.w_export_or = w_export_or
+    self.anticipate = anticipate
 
 
 @external
@@ -124,7 +131,7 @@ def update_batch(index: DynArray[uint256, MAX_MEMBERS], soc: DynArray[int256, MA
 
 
 @internal
-def _compute():
+def _compute(rounds_left: uint256):
     k: uint256 = self.interval
     target: int256 = self.soc_target_ppm[k]
     n: uint256 = len(self.members)
@@ -132,12 +139,15 @@ def _compute():
     w_i: DynArray[int256, MAX_MEMBERS] = []
     reported: DynArray[bool, MAX_MEMBERS] = []
     exported: int256 = 0
+    ahead: int256 = 0
     sum_e: int256 = 0
     sum_i: int256 = 0
     n_reported: int256 = 0
     for i: uint256 in range(n, bound=MAX_MEMBERS):
         if self.reported_in[i] == k + 1 and not self.storage[i]:
             exported += self.export_interval_mwh[i]  # a meter: counts in RE, no weights
+            if self.anticipate:
+                ahead += self.export_last_mwh[i] * convert(rounds_left, int256)
             w_e.append(0)
             w_i.append(0)
             reported.append(False)
@@ -145,7 +155,10 @@ def _compute():
             soc: int256 = self.soc_ppm[i]
             exported += self.export_interval_mwh[i]
             e: int256 = 0
-            if self.export_last_mwh[i] >= 0 and soc >= target:  # the AND rule of W_e
+            if self.w_export_or:
+                if self.export_last_mwh[i] >= 0 or soc >= target:
+                    e = soc
+            elif self.export_last_mwh[i] >= 0 and soc >= target:
                 e = soc
             w_e.append(e)
             w_i.append(SCALE - soc)
@@ -168,22 +181,23 @@ def _compute():
             else:
                 w_i[i] = SCALE // n_reported
     self.rounds += 1
-    log Round(interval=k, round_no=self.rounds, re_mwh=self.committed_mwh[k] - exported, soc_target_ppm=target,
-              mode_s=self.mode_s[k], w_export_ppm=w_e, w_import_ppm=w_i)
+    log Round(interval=k, round_no=self.rounds, re_mwh=self.committed_mwh[k] - exported - ahead,
+              soc_target_ppm=target, mode_s=self.mode_s[k], committed=self.committed_mwh[k] != 0,
+              w_export_ppm=w_e, w_import_ppm=w_i)
 
 
 @external
-def compute():
+def compute(rounds_left: uint256):
     """One round: RE of the fleet and every household's weights, logged in a Round event."""
     assert msg.sender == self.aggregator, "only the aggregator"
-    self._compute()
+    self._compute(rounds_left)
 
 
 @external
 def update_and_compute(index: DynArray[uint256, MAX_MEMBERS], soc: DynArray[int256, MAX_MEMBERS],
                        export_last: DynArray[int256, MAX_MEMBERS],
-                       export_interval: DynArray[int256, MAX_MEMBERS]):
+                       export_interval: DynArray[int256, MAX_MEMBERS], rounds_left: uint256):
     """A whole round in one transaction: the reports that arrived, then the computation."""
     assert msg.sender == self.aggregator, "only the aggregator"
     self._update_batch(index, soc, export_last, export_interval)
-    self._compute()
+    self._compute(rounds_left)

@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dercosim.markets.contract import ContractError, Reply
+from dercosim.markets.contract import W_EXPORT_RULES, ContractError, Reply
 
 SOURCE = Path(__file__).with_name("contract.vy")
 PPM = 1_000_000  #: SoC, SoC target and weights: parts per million
@@ -121,7 +121,8 @@ class GasLog:
 class EVMContract:
     """The coordination contract on an in-process EVM chain (see the module doc)."""
 
-    def __init__(self, households: Sequence[str], fork: str = "prague", mode: str = "batched") -> None:
+    def __init__(self, households: Sequence[str], fork: str = "prague", mode: str = "batched",
+                 w_export_rule: str = "or", anticipate_meters: bool = True) -> None:
         if mode not in MODES:
             raise ValueError(f"evm mode must be one of {MODES}, got {mode!r}")
         from eth.vm import forks
@@ -149,7 +150,9 @@ class EVMContract:
         self._tx = {"gas": GAS_LIMIT_TX, **({"gasPrice": 10 ** 9} if fork == "istanbul" else {})}
         self.gas = GasLog()
         factory = self.w3.eth.contract(abi=artefact["abi"], bytecode=artefact["bytecode"])
-        receipt = self._send(factory.constructor(), self.aggregator)
+        if w_export_rule not in W_EXPORT_RULES:
+            raise ValueError(f"w_export_rule must be one of {W_EXPORT_RULES}, got {w_export_rule!r}")
+        receipt = self._send(factory.constructor(w_export_rule == "or", bool(anticipate_meters)), self.aggregator)
         if receipt.contractAddress is None:
             raise RuntimeError(f"deploying the contract on {fork} failed")
         self.gas.deploy_gas = receipt.gasUsed
@@ -228,18 +231,18 @@ class EVMContract:
             index = self.index.get(household, len(self.names) + 10 ** 6)  # unregistered: the chain rejects it
             self._pending.append((index, soc, last, total))
 
-    def compute(self) -> dict[str, Reply]:
+    def compute(self, rounds_left: int = 0) -> dict[str, Reply]:
         """One round: the transaction(s) of the mode; the replies from the Round event."""
         from web3.logs import DISCARD
 
         try:
             if self.mode == "per_household":
-                receipt = self._round_tx(self.c.functions.compute(), self.aggregator)
+                receipt = self._round_tx(self.c.functions.compute(int(rounds_left)), self.aggregator)
             else:
                 cols = list(zip(*self._pending)) if self._pending else [(), (), (), ()]
                 self._pending = []
-                receipt = self._round_tx(self.c.functions.update_and_compute(*(list(c) for c in cols)),
-                                         self.aggregator)
+                receipt = self._round_tx(self.c.functions.update_and_compute(*(list(c) for c in cols),
+                                                                             int(rounds_left)), self.aggregator)
         except ContractError:
             self._round_gas, self._round_wall_s = 0, 0.0  # a round that did not happen on chain
             raise
@@ -256,7 +259,7 @@ class EVMContract:
         for name, we, wi in zip(self.registered, args["w_export_ppm"], args["w_import_ppm"]):
             if not self.storage[name]:
                 continue  # a meter gets no reply
-            replies[name] = Reply(re, we / PPM, wi / PPM, target, mode, int(args["interval"]))
+            replies[name] = Reply(re, we / PPM, wi / PPM, target, mode, int(args["interval"]), bool(args["committed"]))
         return replies
 
     def gas_summary(self) -> dict[str, Any]:

@@ -433,6 +433,8 @@ class MarketConfig(_Model):
     #: most 1e-3: 1 MWh more export would lower the price by 1 per kWh, ten times the bundled prices' range
     residual_demand_slope: Annotated[float, Field(ge=0, le=1e-3)] = 0.0
     imbalance_rule: Literal["absolute", "gb_single_price"] = "absolute"  #: |X − E_c| × price, or (E_c − X) × price
+    #: where imbalance is charged: in the intervals with a commitment (the authors' code) or in every interval
+    imbalance_where: Literal["committed", "every_interval"] = "committed"
     vpw_share: Fraction = 0.48  #: virtual private wire: share of the import price for fleet-covered energy
     #: household groups that are the aggregator's own plants (not billed; their export is the portfolio's)
     central_groups: list[Name] = []
@@ -468,6 +470,12 @@ class ContractConfig(_Model):
     window_s: Annotated[float, Field(gt=0, le=60)] = 10.0  #: a round closes this long after the reports are sent, s
     latency: LatencyConfig = LatencyConfig()  #: one-way, per message
     loss_prob: Annotated[float, Field(ge=0, le=0.9)] = 0.0
+    #: eq. (11) of Couraud et al. 2022: a battery shares the export if it exported since its last report "or" (the
+    #: authors' code) / "and" (the paper's text) its SoC is at or above the target
+    w_export_rule: Literal["or", "and"] = "or"
+    #: RE^{t,A} subtracts the expected remaining export of the meters without a battery (plants, homes without
+    #: one): their last round's export times the rounds left in the interval
+    anticipate_meters: bool = True
 
     @model_validator(mode="after")
     def _whole_minutes(self) -> ContractConfig:

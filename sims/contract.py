@@ -84,12 +84,14 @@ class ContractSim(mosaik_api_v3.Simulator):
              window_s: float = 10.0, interval_s: int = 1800, start_s_of_day: int = 0,
              households: Sequence[str] = (), latency: dict[str, Any] | None = None, loss_prob: float = 0.0,
              seed: int = 0, engine: str = "python", evm_fork: str = "prague", evm_mode: str = "batched",
-             gas_log_path: str | None = None, meters: Sequence[str] = ()) -> Meta:
+             gas_log_path: str | None = None, meters: Sequence[str] = (), w_export_rule: str = "or",
+             anticipate_meters: bool = True) -> Meta:
         """``households``: the battery households (weights, RE); ``meters``: the portfolio's other meters (the
         aggregator's plants, households without a battery), whose exports count in RE only;
         ``engine``: "python" (the rules in Python) or "evm" (the Vyper contract on an in-process py-evm
         chain; the Python rules run beside it on the same rounded inputs as the reference);
-        ``gas_log_path``: where the EVM's gas per transaction is written at the end (JSON)."""
+        ``gas_log_path``: where the EVM's gas per transaction is written at the end (JSON);
+        ``w_export_rule``, ``anticipate_meters``: see :class:`dercosim.markets.contract.SmartContract`."""
         from dercosim.timeseries.rng import rng_for
 
         if interval_s % round_s or round_s % step_s:
@@ -102,12 +104,13 @@ class ContractSim(mosaik_api_v3.Simulator):
         self.storage = {name: name not in meter_names for name in self.names}
         if engine not in ("python", "evm"):
             raise ValueError(f"engine must be 'python' or 'evm', got {engine!r}")
-        self.contract = SmartContract()
+        self.contract = SmartContract(w_export_rule, anticipate_meters)
         self.evm = None
         if engine == "evm":
             from dercosim.markets.contract_evm import EVMContract
 
-            self.evm = EVMContract(self.names, fork=evm_fork, mode=evm_mode)
+            self.evm = EVMContract(self.names, fork=evm_fork, mode=evm_mode, w_export_rule=w_export_rule,
+                                   anticipate_meters=anticipate_meters)
         self.gas_log_path = gas_log_path
         for name in self.names:
             self.contract.register(name, storage=self.storage[name])
@@ -125,6 +128,7 @@ class ContractSim(mosaik_api_v3.Simulator):
         self.replies_lost = 0
         self.interval: int | None = None
         self.series = {"committed_kwh": 0.0, "soc_target_frac": math.nan, "mode_s": 0.0}
+        self.re_sent_kwh = 0.0  #: RE^{t,A} of the last round
         return self.meta
 
     def create(self, num: int, model: str) -> list[dict]:
@@ -138,7 +142,7 @@ class ContractSim(mosaik_api_v3.Simulator):
 
     # ------------------------------------------------------------ messages
 
-    def _close_round(self, round_no: int) -> Any:
+    def _close_round(self, round_no: int, sent_s: int) -> Any:
         """A process: wait for the window, take the reports that arrived, compute, reply."""
         yield self.env.timeout(self.window_s)
         inbox = self.network.inbox("contract")
@@ -165,14 +169,22 @@ class ContractSim(mosaik_api_v3.Simulator):
             if not accepted:
                 self.rejected += 1  # counted; that household's report is treated as lost
         self._apply_series()
-        replies = self.contract.compute()
+        rounds_left = self._rounds_left(sent_s)
+        replies = self.contract.compute(rounds_left)
+        self.re_sent_kwh = self.contract.remaining_kwh(rounds_left)
         if self.evm is not None:
-            replies = self._evm_round(replies)
+            replies = self._evm_round(replies, rounds_left)
         self.rounds += 1
         for name, reply in replies.items():
             lost_before = self.network.lost
             self.network.send("contract", name, reply)
             self.replies_lost += self.network.lost - lost_before
+
+    def _rounds_left(self, sent_s: int) -> int:
+        """Rounds' worth of the current interval left after the reports sent at ``sent_s``: how long the meters'
+        last reported rate (their export over the last round) is expected to go on."""
+        into = (self.start_s_of_day + sent_s) % self.interval_s
+        return (self.interval_s - into) // self.round_s
 
     def _apply_series(self) -> None:
         k = self.interval if self.interval is not None else 0
@@ -187,12 +199,12 @@ class ContractSim(mosaik_api_v3.Simulator):
             self.evm.set_series([target], [s["committed_kwh"]], [s["mode_s"]], first_interval=k)
             self._evm_sent_series = sent
 
-    def _evm_round(self, reference: dict[str, Reply]) -> dict[str, Reply]:
+    def _evm_round(self, reference: dict[str, Reply], rounds_left: int) -> dict[str, Reply]:
         """The round on chain; its replies are what the members get. Gas and the gap to the Python rules are
         kept for this minute's record."""
         assert self.evm is not None  # engine "evm"
         try:
-            replies = self.evm.compute()
+            replies = self.evm.compute(rounds_left)
         except ContractError:  # the round's transaction reverted: counted; this round's Python replies go out
             self.evm.failed_rounds += 1
             return reference
@@ -229,10 +241,10 @@ class ContractSim(mosaik_api_v3.Simulator):
             self.interval = interval
             self._apply_series()
             self.contract.start_interval(interval)
+            self.re_sent_kwh = self.contract.remaining_kwh()  # the new commitment, until the first round closes
             if self.evm is not None:
                 self.evm.start_interval(interval)
-            for m in self.members.values():
-                m.export_since_report_kwh = 0.0
+            for m in self.members.values():  # (the export since the last report runs on: it is a rate)
                 m.export_in_interval_kwh = 0.0
         step_h = self.step_s / 3600.0
         for eid, attrs in inputs.items():
@@ -258,7 +270,7 @@ class ContractSim(mosaik_api_v3.Simulator):
                                                      "export_in_interval_kwh": m.export_in_interval_kwh,
                                                      "round": round_no, "interval": self.interval})
                 m.export_since_report_kwh = 0.0
-            self.env.process(self._close_round(round_no))
+            self.env.process(self._close_round(round_no, time))
         return time + self.step_s
 
     def get_data(self, outputs: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
@@ -267,7 +279,7 @@ class ContractSim(mosaik_api_v3.Simulator):
             if eid == self.contract_eid:
                 values = {"contract_rounds": float(self.rounds), "reports_late": float(self.late),
                           "reports_lost": float(self._reports_lost()), "replies_lost": float(self.replies_lost),
-                          "re_fleet_kwh": float(self.contract.remaining_kwh()),
+                          "re_fleet_kwh": float(self.re_sent_kwh),
                           "contract_rejected": float(self.rejected),
                           **{a: self._evm_step.get(a, math.nan) for a in EVM_OUT}}
             else:

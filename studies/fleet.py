@@ -21,15 +21,21 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 
 from dercosim.scenarios.config import ScenarioError
 
 CASES = ("s0", "s1", "s2", "s3", "s4", "s5")
-#: Couraud et al. 2022, Table II (monthly, GBP; self-consumption rate)
+#: Couraud et al. 2022, Table II (monthly, GBP) and section IV-B: the self-consumption rate (energy self-consumed /
+#: energy consumed) and the share of time the homes were self-supplied, as dercosim reads it (home-minutes not
+#: exporting), of s5 and s4
 PAPER = {"s0": {}, "s1": {"total_revenue": 2032.0}, "s2": {"total_revenue": 2722.0},
-         "s3": {"total_revenue": 3438.0}, "s4": {"total_revenue": 3689.0, "self_consumption_rate": 0.41},
-         "s5": {"total_revenue": 1014.0, "self_consumption_rate": 0.22}}
+         "s3": {"total_revenue": 3438.0},
+         "s4": {"total_revenue": 3689.0, "self_consumed_share": 0.41, "minutes_not_exporting_share": 0.64},
+         "s5": {"total_revenue": 1014.0, "self_consumed_share": 0.22, "minutes_not_exporting_share": 0.28}}
+#: the three meanings of self-consumption, each under its own name (see ``summary.json`` → market → definitions)
+SELF_CONSUMPTION = ("self_consumed_share", "minutes_not_exporting_share", "fleet_supplied_share")
 
 
 def _run_case(case: str, duration_s: int, out_dir: str) -> tuple[str, dict[str, Any], float]:
@@ -56,12 +62,13 @@ def row(case: str, summary: dict[str, Any], baseline: dict[str, Any] | None) -> 
             "market_revenue": revenue, "imbalance_cost": imbalance,
             "total_revenue": None if reduction is None else reduction + revenue - imbalance,
             # the homes only: a central battery's charging is not a household's import
-            "self_consumption_rate": market.get("self_consumption_rate", hh.get("self_sufficiency")),
+            **{name: market.get(name) for name in SELF_CONSUMPTION},
             "self_supplied_minutes_share": market.get("self_supplied_minutes_share"),
             "mean_abs_deviation_of_committed": market.get("mean_abs_deviation_of_committed"),
             "v_min_pu": v.get("min_pu"), "minutes_outside_limits": v.get("minutes_outside_limits"),
             "paper_total_revenue_month": PAPER[case].get("total_revenue"),
-            "paper_self_consumption_rate": PAPER[case].get("self_consumption_rate")}
+            "paper_self_consumed_share": PAPER[case].get("self_consumed_share"),
+            "paper_minutes_not_exporting_share": PAPER[case].get("minutes_not_exporting_share")}
 
 
 def fleet_study(out_dir: Path, duration_s: int, cases: tuple[str, ...] = CASES, workers: int | None = None,
@@ -118,10 +125,11 @@ def plot_fleet_power(study_dir: Path, path: Path) -> Path:
 
 def markdown(table: pd.DataFrame, duration_s: int) -> str:
     head = ("| scenario | bills | bill reduction vs s0 | market revenue | imbalance cost | total revenue | "
-            "self-consumption | minutes self-supplied | mean |Δ|/committed | v min (pu) | min outside limits | "
-            "paper total revenue (month) | paper self-consumption |")
+            "self-consumed (energy) | minutes not exporting | fleet-supplied (energy) | minutes without import | "
+            "mean |Δ|/committed | v min (pu) | min outside limits | paper total revenue (month) | "
+            "paper self-consumed | paper minutes |")
     lines = [f"# Couraud et al. 2022, Table II, reproduced over {duration_s / 86400:g} days (GBP)", "", head,
-             "|" + " --- |" * 13]
+             "|" + " --- |" * 16]
 
     def f(x: Any, spec: str = ".2f") -> str:
         return "—" if x is None or (isinstance(x, float) and x != x) else format(x, spec)
@@ -129,12 +137,17 @@ def markdown(table: pd.DataFrame, duration_s: int) -> str:
     for r in table.to_dict("records"):
         lines.append(f"| {r['scenario']} | {f(r['bill_total'])} | {f(r['bill_reduction_vs_s0'])} | "
                      f"{f(r['market_revenue'])} | {f(r['imbalance_cost'])} | {f(r['total_revenue'])} | "
-                     f"{f(r['self_consumption_rate'], '.1%')} | {f(r['self_supplied_minutes_share'], '.1%')} | "
+                     f"{f(r['self_consumed_share'], '.1%')} | {f(r['minutes_not_exporting_share'], '.1%')} | "
+                     f"{f(r['fleet_supplied_share'], '.1%')} | {f(r['self_supplied_minutes_share'], '.1%')} | "
                      f"{f(r['mean_abs_deviation_of_committed'], '.1%')} | {f(r['v_min_pu'], '.4f')} | "
                      f"{f(r['minutes_outside_limits'], '.0f')} | {f(r['paper_total_revenue_month'], '.0f')} | "
-                     f"{f(r['paper_self_consumption_rate'], '.0%')} |")
-    lines += ["", "total revenue = bill reduction vs s0 + market revenue − imbalance cost; self-consumption = "
-              "(consumed − imported) / consumed over the households.", ""]
+                     f"{f(r['paper_self_consumed_share'], '.0%')} | "
+                     f"{f(r['paper_minutes_not_exporting_share'], '.0%')} |")
+    lines += ["", "total revenue = bill reduction vs s0 + market revenue − imbalance cost; self-consumed = "
+              "(consumed − imported) / consumed at the home meters, per minute; minutes not exporting = share of "
+              "home-minutes without export (the authors' time metric); fleet-supplied = consumed energy from own "
+              "generation, the battery or the fleet's other meters and plants (virtual private wire) / consumed; "
+              "minutes without import = share of home-minutes without import.", ""]
     return "\n".join(lines)
 
 
@@ -148,9 +161,16 @@ def plot(table: pd.DataFrame, path: Path) -> Path:
     ax1.bar(table["scenario"], pd.to_numeric(table["total_revenue"], errors="coerce").fillna(0.0), color="tab:blue")
     ax1.set_ylabel("total revenue (GBP)")
     ax1.set_title("total revenue: bill reduction + market − imbalance")
-    ax2.bar(table["scenario"], 100 * table["self_consumption_rate"].fillna(0.0), color="tab:green")
-    ax2.set_ylabel("self-consumption (%)")
-    ax2.set_title("self-consumption rate")
+    x = np.arange(len(table))
+    labels = {"self_consumed_share": "self-consumed (energy)", "minutes_not_exporting_share": "minutes not exporting",
+              "fleet_supplied_share": "fleet-supplied (energy)"}
+    for i, (name, label) in enumerate(labels.items()):
+        values = 100 * pd.to_numeric(table[name], errors="coerce").fillna(0.0)
+        ax2.bar(x + (i - 1) * 0.27, values, width=0.27, label=label)
+    ax2.set_xticks(x, table["scenario"])
+    ax2.set_ylabel("share (%)")
+    ax2.set_title("self-consumption, three meanings")
+    ax2.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

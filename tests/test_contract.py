@@ -9,8 +9,8 @@ import pytest
 from dercosim.markets.contract import ContractError, SmartContract
 
 
-def contract(n: int = 3, committed: float = 6.0, target: float = 0.5) -> SmartContract:
-    c = SmartContract()
+def contract(n: int = 3, committed: float = 6.0, target: float = 0.5, rule: str = "or") -> SmartContract:
+    c = SmartContract(w_export_rule=rule)
     for k in range(n):
         c.register(f"h{k}")
     c.set_series([target, target], [committed, 2.0], [1.0, 0.0])
@@ -19,7 +19,7 @@ def contract(n: int = 3, committed: float = 6.0, target: float = 0.5) -> SmartCo
 
 
 def test_weights_sum_to_one_and_follow_the_soc():
-    c = contract()
+    c = contract(rule="and")
     c.update("h0", 0.9, 0.2)
     c.update("h1", 0.6, 0.1)
     c.update("h2", 0.3, 0.0)  # below the target: no export share
@@ -31,12 +31,67 @@ def test_weights_sum_to_one_and_follow_the_soc():
     assert r["h2"].w_import == pytest.approx(0.7 / (0.1 + 0.4 + 0.7))  # the emptiest battery takes the most
 
 
-def test_w_e_uses_the_and_rule():
-    c = contract(2)
+def test_w_e_under_the_and_rule_needs_both_an_export_and_a_soc_at_the_target():
+    c = contract(2, rule="and")
     c.update("h0", 0.8, -0.1)  # above the target but importing: 0
     c.update("h1", 0.6, 0.05)
     r = c.compute()
     assert r["h0"].w_export == 0.0 and r["h1"].w_export == 1.0
+
+
+def test_the_or_rule_admits_a_home_below_the_target_that_has_exported():
+    """Eq. (11) as the authors' code reads it: a home below the SoC target that exported since its last report
+    shares a large evening commitment; under AND it was shut out. A home below the target that imported does not."""
+    c = contract(3, target=0.5)
+    c.update("h0", 0.9, 0.1)  # above the target, exported
+    c.update("h1", 0.3, 0.2)  # below the target, exported: in under OR
+    c.update("h2", 0.2, -0.3)  # below the target, imported: out under both
+    r = c.compute()
+    assert r["h1"].w_export == pytest.approx(0.3 / 1.2) and r["h0"].w_export == pytest.approx(0.9 / 1.2)
+    assert r["h2"].w_export == 0.0
+    high = contract(2, target=0.5)
+    high.update("h0", 0.8, -0.1)  # above the target but importing: in under OR
+    high.update("h1", 0.6, 0.05)
+    assert high.compute()["h0"].w_export == pytest.approx(0.8 / 1.4)
+    literal = contract(3, target=0.5, rule="and")
+    for args in (("h0", 0.9, 0.1), ("h1", 0.3, 0.2), ("h2", 0.2, -0.3)):
+        literal.update(*args)
+    assert literal.compute()["h1"].w_export == 0.0
+
+
+def test_an_interval_with_nothing_committed_sends_no_target():
+    """No commitment, no RE: the homes serve themselves instead of importing to cancel the plants' export."""
+    c = SmartContract()
+    for name in ("h0", "h1"):
+        c.register(name)
+    c.register("plant", storage=False)
+    c.set_series([0.5, 0.5], [0.0, 3.0], [0.0, 1.0])
+    c.start_interval(0)
+    c.update("h0", 0.6, 0.0)
+    c.update("h1", 0.6, 0.0)
+    c.update("plant", 0.0, 4.0, 4.0)  # the plant exports: RE^{t,A} = -4 kWh
+    r = c.compute(rounds_left=3)
+    assert r["h0"].re_fleet_kwh < 0 and not r["h0"].committed
+    assert r["h0"].re_household_kwh(0.0) == 0.0 and r["h1"].re_household_kwh(-0.7) == 0.0
+    c.start_interval(1)  # a committed interval: the target is back
+    c.update("h0", 0.6, 0.0)
+    c.update("h1", 0.6, 0.0)
+    r = c.compute()
+    assert r["h0"].committed and r["h0"].re_household_kwh(0.0) == pytest.approx(1.5)
+
+
+def test_the_meters_expected_remaining_export_is_anticipated():
+    """A plant exporting 1 kWh per round with 4 rounds left will export ~4 kWh more: the batteries are asked for
+    the rest only (without anticipation they would be asked for all of it and over-deliver)."""
+    for anticipate, expected in ((True, 20.0 - 1.0 - 4 * 1.0), (False, 20.0 - 1.0)):
+        c = SmartContract(anticipate_meters=anticipate)
+        c.register("h0")
+        c.register("plant", storage=False)
+        c.set_series([0.5], [20.0], [1.0])
+        c.start_interval(0)
+        c.update("h0", 0.6, 0.0)
+        c.update("plant", 0.0, 1.0, 1.0)
+        assert c.compute(rounds_left=4)["h0"].re_fleet_kwh == pytest.approx(expected)
 
 
 def test_remaining_export_falls_by_exactly_what_households_report():
@@ -74,8 +129,8 @@ def test_the_interval_reset_forgets_exports_and_reports():
 
 def test_when_nobody_qualifies_the_share_is_split_equally_among_those_who_reported():
     c = contract(3, target=0.9)
-    c.update("h0", 0.5, 0.0)
-    c.update("h1", 0.4, 0.0)  # both below the 0.9 target: Σ W_e = 0
+    c.update("h0", 0.5, -0.1)
+    c.update("h1", 0.4, -0.2)  # both below the 0.9 target and importing: Σ W_e = 0
     r = c.compute()
     assert r["h0"].w_export == r["h1"].w_export == 0.5
     assert r["h2"].w_export == 0.0 and r["h2"].w_import == 0.0  # never reported: no share
@@ -182,7 +237,7 @@ def test_floating_point_noise_is_not_an_import_and_both_engines_read_it_alike():
     from dercosim.markets.contract import ENERGY_TOL_KWH
     from dercosim.markets.contract_evm import to_mwh
 
-    c = contract(3)
+    c = contract(3, target=0.9)  # all below the target: the export decides (OR rule)
     c.update("h0", 0.8, -5e-17)
     c.update("h1", 0.6, 0.05)
     c.update("h2", 0.7, -1e-6)  # 1 mWh imported

@@ -30,30 +30,35 @@ def rounded_reports(n: int, seed: int) -> list[tuple[str, float, float, float]]:
     return out
 
 
-def both(names: list[str], fork: str, mode: str) -> tuple[EVMContract, SmartContract]:
-    evm, py = EVMContract(names, fork=fork, mode=mode), SmartContract()
-    for name in names:
-        evm.register(name)
-        py.register(name)
+def both(names: list[str], fork: str, mode: str, rule: str = "or",
+         meters: tuple[str, ...] = ()) -> tuple[EVMContract, SmartContract]:
+    evm = EVMContract([*names, *meters], fork=fork, mode=mode, w_export_rule=rule)
+    py = SmartContract(w_export_rule=rule)
+    for name in [*names, *meters]:
+        evm.register(name, storage=name not in meters)
+        py.register(name, storage=name not in meters)
     for c in (evm, py):
         c.set_series([0.45, 0.6], [2.5, -1.0], [1.0, 0.0], first_interval=0)
         c.start_interval(0)
     return evm, py
 
 
-@pytest.mark.parametrize("fork,mode", [("istanbul", "per_household"), ("prague", "batched")])
-def test_the_evm_gives_the_python_weights_and_re_to_the_fixed_point_resolution(fork, mode):
+@pytest.mark.parametrize("fork,mode,rule", [("istanbul", "per_household", "and"), ("prague", "batched", "or"),
+                                           ("prague", "per_household", "or")])
+def test_the_evm_gives_the_python_weights_and_re_to_the_fixed_point_resolution(fork, mode, rule):
     names = [f"h{i}" for i in range(12)]
-    evm, py = both(names, fork, mode)
+    evm, py = both(names, fork, mode, rule, meters=("plant",))
     for interval in (0, 1):
         if interval:
             evm.start_interval(1)
             py.start_interval(1)
-        for report in rounded_reports(10, seed=interval)[:10]:  # h10, h11 never report
+        plant = ("plant", 0.0, to_mwh(0.7) / MWH_PER_KWH, to_mwh(1.9) / MWH_PER_KWH)
+        for report in [*rounded_reports(10, seed=interval)[:10], plant]:  # h10, h11 never report
             evm.update(*report)
             py.update(*report)
-        got, want = evm.compute(), py.compute()
+        got, want = evm.compute(rounds_left=3), py.compute(rounds_left=3)  # the plant's 0.7 kWh/round anticipated
         for name in names:
+            assert got[name].committed == want[name].committed
             # weights are floored to a ppm on chain: within 1e-6; RE is an exact integer sum
             assert abs(got[name].w_export - want[name].w_export) <= 1e-6
             assert abs(got[name].w_import - want[name].w_import) <= 1e-6
@@ -66,9 +71,9 @@ def test_the_evm_gives_the_python_weights_and_re_to_the_fixed_point_resolution(f
 
 def test_when_nobody_qualifies_the_chain_splits_equally_among_those_who_reported():
     evm, py = both(["a", "b", "c"], "prague", "batched")
-    for c in (evm, py):  # both below the 0.45 target: W_e = 0 for all
-        c.update("a", 0.2, 0.1, 0.1)
-        c.update("b", 0.3, 0.1, 0.2)
+    for c in (evm, py):  # both below the 0.45 target and importing: W_e = 0 for all
+        c.update("a", 0.2, -0.1, 0.1)
+        c.update("b", 0.3, -0.1, 0.2)
     got = evm.compute()
     assert got["a"].w_export == got["b"].w_export == 0.5 and got["c"].w_export == 0.0
     assert got["a"].re_fleet_kwh == pytest.approx(2.5 - 0.3, abs=1e-9)

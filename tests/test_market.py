@@ -102,17 +102,35 @@ def test_vpw_bills_the_covered_share_of_an_importer_at_48_percent():
     np.testing.assert_allclose(s.bills * 60, [0.0, 0.30 * 1.5 + 0.48 * 0.30 * 1.5, 0.30 * 0.5 + 0.48 * 0.30 * 0.5])
 
 
-def test_with_no_commitment_the_imbalance_cost_is_the_export_times_the_imbalance_price():
+def test_imbalance_is_charged_only_where_a_bid_exists_by_default():
+    """The authors' code of Couraud et al. 2022 settles imbalance in the intervals with a commitment only; an
+    interval without one is the plants' and homes' own business (14.9 of s2's 49.8 GBP on 1 June was charged
+    there before)."""
     rng = np.random.default_rng(3)
     meter = rng.normal(-0.5, 1.0, (60, 5))
     plant = -np.abs(rng.normal(20, 3, (60, 1)))
-    s = settle(meter, plant, np.zeros(2), [0.05, 0.06], [0.07, 0.09], np.full(60, 0.2), np.zeros(60), 1 / 60, 30)
+    committed = np.array([0.0, 5.0])
+    s = settle(meter, plant, committed, [0.05, 0.06], [0.07, 0.09], np.full(60, 0.2), np.zeros(60), 1 / 60, 30)
+    exported = -(meter.sum(axis=1) + plant[:, 0]).reshape(2, 30).sum(axis=1) / 60
+    np.testing.assert_allclose(s.imbalance_cost, [0.0, abs(exported[1] - 5.0) * 0.09])
+    every = settle(meter, plant, committed, [0.05, 0.06], [0.07, 0.09], np.full(60, 0.2), np.zeros(60), 1 / 60, 30,
+                   imbalance_where="every_interval")
+    np.testing.assert_allclose(every.imbalance_cost, np.abs(exported - committed) * [0.07, 0.09])
+
+
+def test_with_no_commitment_the_imbalance_cost_is_the_export_times_the_imbalance_price():
+    """(charged in every interval, the option)"""
+    rng = np.random.default_rng(3)
+    meter = rng.normal(-0.5, 1.0, (60, 5))
+    plant = -np.abs(rng.normal(20, 3, (60, 1)))
+    s = settle(meter, plant, np.zeros(2), [0.05, 0.06], [0.07, 0.09], np.full(60, 0.2), np.zeros(60), 1 / 60, 30,
+               imbalance_where="every_interval")
     exported = -(meter.sum(axis=1) + plant[:, 0]).reshape(2, 30).sum(axis=1) / 60
     np.testing.assert_allclose(s.delivered_kwh, exported)
     np.testing.assert_allclose(s.imbalance_cost, exported * [0.07, 0.09])
     assert np.all(s.revenue == 0)
     gb = settle(meter, plant, np.zeros(2), [0.05, 0.06], [0.07, 0.09], np.full(60, 0.2), np.zeros(60), 1 / 60, 30,
-                imbalance_rule="gb_single_price")
+                imbalance_rule="gb_single_price", imbalance_where="every_interval")
     np.testing.assert_allclose(gb.imbalance_cost, -exported * [0.07, 0.09])  # long: paid the imbalance price
 
 
