@@ -245,3 +245,33 @@ def test_floating_point_noise_is_not_an_import_and_both_engines_read_it_alike():
     assert r["h0"].w_export == pytest.approx(0.8 / 1.4) and r["h2"].w_export == 0.0
     for kwh in (-5e-17, -4e-7, -6e-7, -1e-6, 0.0, 3e-7):
         assert (kwh >= -ENERGY_TOL_KWH) == (to_mwh(kwh) >= 0), kwh
+
+
+def test_in_an_interval_with_nothing_committed_no_home_is_given_a_target_to_track():
+    """The contract simulator end to end (reports over the network, replies, RE^{t,k} per member): with nothing
+    committed and the plant exporting, every home's RE is 0, so its MPC has no reason to import to cancel the
+    plant (313 of 402 kWh of s4's home imports on 1 June 2016 were that); with a commitment the target returns."""
+    from dercosim.sims.contract import ContractSim
+
+    def run(committed: float) -> list[dict]:
+        sim = ContractSim()
+        sim.init("C", round_s=300, window_s=10.0, interval_s=1800, households=["h0", "h1"], meters=["plant"],
+                 latency={"kind": "constant", "a": 1.0}, seed=1)
+        sim.create(1, "Contract")
+        sim.create(3, "Member")
+        out = []
+        for k in range(20):
+            inputs = {"contract": {"committed_kwh": {"m": committed}, "soc_target_frac": {"m": 0.5},
+                                   "mode_s": {"m": 1.0}},
+                      "sc_h0": {"meter_kw": {"b": 0.0}, "soc_frac": {"b": 0.6}},
+                      "sc_h1": {"meter_kw": {"b": 0.0}, "soc_frac": {"b": 0.6}},
+                      "sc_plant": {"meter_kw": {"b": -40.0}}}  # the plant exports 40 kW
+            sim.step(60 * k, inputs, 10 ** 9)
+            out.append(sim.get_data({"contract": ["re_fleet_kwh"], "sc_h0": ["re_kwh"], "sc_h1": ["re_kwh"]}))
+        return out
+
+    idle = run(0.0)
+    assert idle[-1]["contract"]["re_fleet_kwh"] < -5  # the plant is "ahead" of a commitment of nothing
+    assert all(o["sc_h0"]["re_kwh"] == 0.0 and o["sc_h1"]["re_kwh"] == 0.0 for o in idle)
+    busy = run(30.0)
+    assert busy[-1]["sc_h0"]["re_kwh"] > 0  # a commitment beyond the plant's anticipated export: a target
