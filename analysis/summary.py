@@ -198,10 +198,12 @@ def _household_economics(df: pd.DataFrame | Recorded, run: RunInputs, stamps: pd
         "meter_export_kwh": float(export_kwh.sum()),
         "self_consumption": float(max(fleet_pv - export_kwh.sum(), 0.0) / fleet_pv) if fleet_pv > 0 else None,
         "self_sufficiency": float((demand_kwh.sum() - import_kwh.sum()) / demand_kwh.sum()),
+        "minutes_not_exporting_share": float((meter >= -1e-9).to_numpy().mean()),
         "bill_total": float(bills.sum()),
         "currency": tariff.currency,
         "definitions": "self_consumption = (PV + wind - export)/(PV + wind); self_sufficiency = (demand - import)/demand, "
-                       "demand = load + HVAC; import/export at the meter after the battery",
+                       "demand = load + HVAC; import/export at the meter after the battery; minutes_not_exporting_share = "
+                       "household-minutes without export",
         "per_household": per,
     }
 
@@ -346,9 +348,9 @@ def market_figures(df: pd.DataFrame | Recorded, run: RunInputs) -> tuple[dict[st
         "bill_total": float(st.bills.sum() + bills_outside.sum()), "vpw_kwh": float(st.vpw_kwh.sum()),
         "households_in_portfolio": len(billed), "households_outside": len(outside),
         # the three published meanings of "self-consumption" (Couraud et al. 2022 and its preprint), each by name
-        "self_consumed_share": self_consumed / consumed_kwh if consumed_kwh > 0 else None,
+        "self_consumed_share": max(self_consumed, 0.0) / consumed_kwh if consumed_kwh > 0 else None,
         "minutes_not_exporting_share": float((meter[homes] >= -1e-9).to_numpy().mean()),
-        "fleet_supplied_share": ((self_consumed + float(st.vpw_kwh.sum())) / consumed_kwh
+        "fleet_supplied_share": (max(self_consumed + float(st.vpw_kwh.sum()), 0.0) / consumed_kwh
                                  if consumed_kwh > 0 else None),
         "self_supplied_minutes_share": float((imports <= 1e-9).to_numpy().mean()),
         "definitions": "delivered = export − import of the portfolio (household meters after batteries and the "

@@ -114,12 +114,15 @@ W_EXPORT_RULES = ("or", "and")
 
 class SmartContract:
     """State and rules of the coordination contract (see the module doc). ``w_export_rule``: eq. (11) read as
-    "or" (default) or "and"; ``anticipate_meters``: RE^{t,A} subtracts the meters' expected remaining export."""
+    "or" (default) or "and"; ``anticipate_meters``: RE^{t,A} subtracts the meters' expected remaining export;
+    ``target_without_commitment``: send RE in intervals with nothing committed too (the old reading)."""
 
-    def __init__(self, w_export_rule: str = "or", anticipate_meters: bool = True) -> None:
+    def __init__(self, w_export_rule: str = "or", anticipate_meters: bool = True,
+                 target_without_commitment: bool = False) -> None:
         if w_export_rule not in W_EXPORT_RULES:
             raise ValueError(f"w_export_rule must be one of {W_EXPORT_RULES}, got {w_export_rule!r}")
         self.w_export_rule, self.anticipate_meters = w_export_rule, bool(anticipate_meters)
+        self.target_without_commitment = bool(target_without_commitment)
         self.households: dict[str, _Household] = {}
         self.soc_target_frac: list[float] = []
         self.committed_kwh: list[float] = []
@@ -200,7 +203,7 @@ class SmartContract:
         self.rounds += 1
         target = self._series(self.soc_target_frac, 0.0)
         mode = self._series(self.mode_s, 0.0)
-        committed = abs(self._series(self.committed_kwh, 0.0)) > ENERGY_TOL_KWH
+        committed = abs(self._series(self.committed_kwh, 0.0)) > ENERGY_TOL_KWH or self.target_without_commitment
         re = self.remaining_kwh(rounds_left)
         reported = [name for name, h in self.households.items() if h.reported and h.storage]
         either = self.w_export_rule == "or"

@@ -54,13 +54,15 @@ mode_s: public(HashMap[uint256, uint256])
 rounds: public(uint256)
 w_export_or: public(bool)  # eq. (11): True = OR (the authors' code), False = AND (the paper's text)
 anticipate: public(bool)  # RE subtracts the meters' expected remaining export
+always_target: public(bool)  # RE also in intervals with nothing committed
 
 
 @deploy
-def __init__(w_export_or: bool, anticipate: bool):
+def __init__(w_export_or: bool, anticipate: bool, always_target: bool):
     self.aggregator = msg.sender
     self.w_export_or = w_export_or
     self.anticipate = anticipate
+    self.always_target = always_target
 
 
 @external
@@ -182,7 +184,7 @@ def _compute(rounds_left: uint256):
                 w_i[i] = SCALE // n_reported
     self.rounds += 1
     log Round(interval=k, round_no=self.rounds, re_mwh=self.committed_mwh[k] - exported - ahead,
-              soc_target_ppm=target, mode_s=self.mode_s[k], committed=self.committed_mwh[k] != 0,
+              soc_target_ppm=target, mode_s=self.mode_s[k], committed=self.committed_mwh[k] != 0 or self.always_target,
               w_export_ppm=w_e, w_import_ppm=w_i)
 
 

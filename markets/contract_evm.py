@@ -122,7 +122,8 @@ class EVMContract:
     """The coordination contract on an in-process EVM chain (see the module doc)."""
 
     def __init__(self, households: Sequence[str], fork: str = "prague", mode: str = "batched",
-                 w_export_rule: str = "or", anticipate_meters: bool = True) -> None:
+                 w_export_rule: str = "or", anticipate_meters: bool = True,
+                 target_without_commitment: bool = False) -> None:
         if mode not in MODES:
             raise ValueError(f"evm mode must be one of {MODES}, got {mode!r}")
         from eth.vm import forks
@@ -152,7 +153,8 @@ class EVMContract:
         factory = self.w3.eth.contract(abi=artefact["abi"], bytecode=artefact["bytecode"])
         if w_export_rule not in W_EXPORT_RULES:
             raise ValueError(f"w_export_rule must be one of {W_EXPORT_RULES}, got {w_export_rule!r}")
-        receipt = self._send(factory.constructor(w_export_rule == "or", bool(anticipate_meters)), self.aggregator)
+        receipt = self._send(factory.constructor(w_export_rule == "or", bool(anticipate_meters),
+                                                 bool(target_without_commitment)), self.aggregator)
         if receipt.contractAddress is None:
             raise RuntimeError(f"deploying the contract on {fork} failed")
         self.gas.deploy_gas = receipt.gasUsed

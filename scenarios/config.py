@@ -476,6 +476,9 @@ class ContractConfig(_Model):
     #: RE^{t,A} subtracts the expected remaining export of the meters without a battery (plants, homes without
     #: one): their last round's export times the rounds left in the interval
     anticipate_meters: bool = True
+    #: send RE in intervals with nothing committed too (before this reading: every home then imported to cancel the
+    #: plants' export; a central battery covered the homes' night demand the plan gave it)
+    target_without_commitment: bool = False
 
     @model_validator(mode="after")
     def _whole_minutes(self) -> ContractConfig:

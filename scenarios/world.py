@@ -571,7 +571,8 @@ def _connect_contract(world: _Wiring, run: RunInputs, aggregator: Any, battery_o
                       start_s_of_day=int((times[0] - times[0].normalize()).total_seconds()), households=names,
                       latency=c.latency.model_dump(), loss_prob=c.loss_prob, seed=scenario.seed, engine=c.engine,
                       evm_fork=c.evm_fork, evm_mode=c.evm_mode, gas_log_path=str(gas_log_path), meters=meters,
-                      w_export_rule=c.w_export_rule, anticipate_meters=c.anticipate_meters)
+                      w_export_rule=c.w_export_rule, anticipate_meters=c.anticipate_meters,
+                      target_without_commitment=c.target_without_commitment)
     contract = sim.Contract()
     world.connect(aggregator, contract, "committed_kwh", "soc_target_frac", "mode_s")
     members = dict(zip(names + meters, sim.Member.create(len(names) + len(meters))))

@@ -85,13 +85,13 @@ class ContractSim(mosaik_api_v3.Simulator):
              households: Sequence[str] = (), latency: dict[str, Any] | None = None, loss_prob: float = 0.0,
              seed: int = 0, engine: str = "python", evm_fork: str = "prague", evm_mode: str = "batched",
              gas_log_path: str | None = None, meters: Sequence[str] = (), w_export_rule: str = "or",
-             anticipate_meters: bool = True) -> Meta:
+             anticipate_meters: bool = True, target_without_commitment: bool = False) -> Meta:
         """``households``: the battery households (weights, RE); ``meters``: the portfolio's other meters (the
         aggregator's plants, households without a battery), whose exports count in RE only;
         ``engine``: "python" (the rules in Python) or "evm" (the Vyper contract on an in-process py-evm
         chain; the Python rules run beside it on the same rounded inputs as the reference);
         ``gas_log_path``: where the EVM's gas per transaction is written at the end (JSON);
-        ``w_export_rule``, ``anticipate_meters``: see :class:`dercosim.markets.contract.SmartContract`."""
+        ``w_export_rule``, ``anticipate_meters``, ``target_without_commitment``: see :class:`dercosim.markets.contract.SmartContract`."""
         from dercosim.timeseries.rng import rng_for
 
         if interval_s % round_s or round_s % step_s:
@@ -104,13 +104,14 @@ class ContractSim(mosaik_api_v3.Simulator):
         self.storage = {name: name not in meter_names for name in self.names}
         if engine not in ("python", "evm"):
             raise ValueError(f"engine must be 'python' or 'evm', got {engine!r}")
-        self.contract = SmartContract(w_export_rule, anticipate_meters)
+        self.contract = SmartContract(w_export_rule, anticipate_meters, target_without_commitment)
         self.evm = None
         if engine == "evm":
             from dercosim.markets.contract_evm import EVMContract
 
             self.evm = EVMContract(self.names, fork=evm_fork, mode=evm_mode, w_export_rule=w_export_rule,
-                                   anticipate_meters=anticipate_meters)
+                                   anticipate_meters=anticipate_meters,
+                                   target_without_commitment=target_without_commitment)
         self.gas_log_path = gas_log_path
         for name in self.names:
             self.contract.register(name, storage=self.storage[name])

@@ -62,7 +62,11 @@ def row(case: str, summary: dict[str, Any], baseline: dict[str, Any] | None) -> 
             "market_revenue": revenue, "imbalance_cost": imbalance,
             "total_revenue": None if reduction is None else reduction + revenue - imbalance,
             # the homes only: a central battery's charging is not a household's import
-            **{name: market.get(name) for name in SELF_CONSUMPTION},
+            **({name: market.get(name) for name in SELF_CONSUMPTION} if market else {
+                # no aggregator (s0, s1, s5): the same definitions over the homes' meters; no fleet supplies them
+                "self_consumed_share": hh.get("self_sufficiency"),
+                "minutes_not_exporting_share": hh.get("minutes_not_exporting_share"),
+                "fleet_supplied_share": hh.get("self_sufficiency")}),
             "self_supplied_minutes_share": market.get("self_supplied_minutes_share"),
             "mean_abs_deviation_of_committed": market.get("mean_abs_deviation_of_committed"),
             "v_min_pu": v.get("min_pu"), "minutes_outside_limits": v.get("minutes_outside_limits"),

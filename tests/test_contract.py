@@ -78,6 +78,14 @@ def test_an_interval_with_nothing_committed_sends_no_target():
     c.update("h1", 0.6, 0.0)
     r = c.compute()
     assert r["h0"].committed and r["h0"].re_household_kwh(0.0) == pytest.approx(1.5)
+    old = SmartContract(target_without_commitment=True)  # the earlier reading, kept as an option
+    old.register("h0")
+    old.register("plant", storage=False)
+    old.set_series([0.5], [0.0], [0.0])
+    old.start_interval(0)
+    old.update("h0", 0.6, 0.0)
+    old.update("plant", 0.0, 4.0, 4.0)
+    assert old.compute()["h0"].re_household_kwh(0.0) == pytest.approx(-4.0)  # import to cancel the plant
 
 
 def test_the_meters_expected_remaining_export_is_anticipated():
