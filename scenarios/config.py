@@ -368,6 +368,8 @@ class AdmmConfig(_Model):
     rho: Annotated[float, Field(gt=0, le=1e6)] = 0.01  #: penalty, currency per kW² (per hour of the exchanged vector)
     eps_abs: Annotated[float, Field(gt=0, le=1000)] = 0.01  #: ε of both residuals, per element (kW); the paper's ε1 = ε2
     eps_rel: Annotated[float, Field(ge=0, le=1)] = 0.0  #: relative part (Boyd et al.), 0 = absolute only
+    #: ε_abs bounds each element of the residual ("per_element", Boyd et al.) or its whole norm ("whole")
+    eps_reading: Literal["per_element", "whole"] = "per_element"
     max_iter: Annotated[int, Field(ge=1, le=100_000)] = 500
     partial_barrier: Annotated[int, Field(ge=1)] | None = None  #: S of N (async); None = all
     max_delay: Annotated[int, Field(ge=1, le=10_000)] = 1  #: τ, iterations (async)

@@ -138,24 +138,43 @@ def serve(kind: str, addr: str, server: bool, controller: str | None = None, sta
     if server:
         asyncio.run(_serve_once(sim, kind, host, port, start_timeout_s, ready, say))
     else:
-        _leave_signals_to_the_run()
+        _leave_signals_to_the_run(sim)
         asyncio.run(mosaik_api_v3.run_as_client(sim, host, port))
     return 0
 
 
-def _leave_signals_to_the_run() -> None:
+def _leave_signals_to_the_run(sim: Any) -> None:
     """A simulator the run started (mosaik's ``cmd``) is in the run's process group, so Ctrl-C in the terminal, or
-    a SIGTERM to the group, reaches it too. Dying then would turn the run's clean stop (the record joined, exit
-    130/143) into "connection lost": the simulator ignores both and ends when the run closes its connection.
-    Should the run itself die without closing it, a watch on the parent process ends the simulator within ~1 s,
-    so it never outlives the run."""
+    a SIGTERM to the group (``kill %1``), reaches it too. Dying then would turn the run's clean stop (the record
+    joined, exit 130/143) into "connection lost": the simulator ignores SIGINT, and takes a SIGTERM as "exit once
+    the run has said stop" (mosaik terminates its subprocesses that way at the end and waits only 1 s: the exit
+    then skips the interpreter's slow teardown). Should the run itself die without closing the connection, a
+    watch on the parent process ends the simulator within ~1 s, so it never outlives the run."""
     import os
     import signal
     import threading
     import time
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
+    state = {"finished": False, "asked": False}
+
+    def on_term(signum: int, frame: object) -> None:
+        if state["finished"]:
+            os._exit(0)
+        state["asked"] = True  # the run is still stepping: it will say stop
+
+    finalize = sim.finalize
+
+    def finalize_then_exit_if_asked() -> None:
+        try:
+            finalize()
+        finally:
+            state["finished"] = True
+            if state["asked"]:
+                os._exit(0)
+
+    sim.finalize = finalize_then_exit_if_asked
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, on_term)
     parent = os.getppid()
 
     def watch() -> None:

@@ -32,7 +32,8 @@ drives ρ to where the stopping test accepts points 3.5 % above the optimum;
 the relative one does not.
 
 Stopping (Boyd et al. §3.3.1, absolute and relative parts, or ``max_iter``):
-primal residual ‖x − z‖ ≤ ε_pri = √n ε_abs + ε_rel max(‖x‖, ‖z‖), and a
+primal residual ‖x − z‖ ≤ ε_pri = √n ε_abs + ε_rel max(‖x‖, ‖z‖) (``eps_reading =
+"whole"`` drops the √n: ε_abs then bounds the whole residual's norm), and a
 dual residual. ``dual_residual = "change"`` (default) asks ‖z − z_prev‖ ≤
 ε_pri: both tests in the units of x, so the same ε means the same thing
 whatever the currency of the costs. ``"boyd"`` is the
@@ -107,6 +108,8 @@ class ADMMSettings:
     freeze_after: int = 100
     balance: Literal["relative", "absolute"] = "relative"  #: residual balancing on scaled or raw residuals
     dual_residual: Literal["change", "boyd"] = "change"  #: stop on ‖z − z_prev‖ ≤ ε_pri, or ρ‖z − z_prev‖ ≤ ε_dual
+    #: ε_abs bounds each element ("per_element": √n ε_abs on the norm, Boyd et al.) or the whole residual's norm
+    eps_reading: Literal["per_element", "whole"] = "per_element"
 
 
 @dataclass
@@ -225,8 +228,9 @@ def run_admm(agents: Sequence[Agent], coupling: Coupling, settings: ADMMSettings
             r_primal = float(np.linalg.norm(xs - zs))
             dz = float(np.linalg.norm(zs - np.concatenate(z_old)))
             r_dual = dz * (rho if s.dual_residual == "boyd" else 1.0)
-            eps_pri = np.sqrt(len(xs)) * s.eps_abs + s.eps_rel * max(np.linalg.norm(xs), np.linalg.norm(zs))
-            eps_dual = (np.sqrt(len(xs)) * s.eps_abs + s.eps_rel * np.linalg.norm(ls) if s.dual_residual == "boyd"
+            scale = np.sqrt(len(xs)) if s.eps_reading == "per_element" else 1.0
+            eps_pri = scale * s.eps_abs + s.eps_rel * max(np.linalg.norm(xs), np.linalg.norm(zs))
+            eps_dual = (scale * s.eps_abs + s.eps_rel * np.linalg.norm(ls) if s.dual_residual == "boyd"
                         else eps_pri)  # "change": ‖z − z_prev‖ in the units of x, against the primal tolerance
             rows.append({"iteration": k + 1, "t_s": env.now, "r_primal": r_primal, "r_dual": r_dual,
                          "eps_pri": eps_pri, "eps_dual": eps_dual, "rho": rho, "dz": dz, "fresh": len(fresh),
