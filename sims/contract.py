@@ -16,8 +16,9 @@ arrives after its round closed is counted as late and used in the next
 round (one from an earlier market interval is counted and dropped). Each
 report carries the household's net export since the interval started, as
 the paper's HEMS sends it, so a lost or late report loses no energy. The contract then computes RE^{t,A}
-and the weights (:class:`dercosim.markets.contract.SmartContract`) and
-replies; a member whose reply is lost keeps its last RE and weights. A
+and the weights (:class:`dercosim.markets.contract.SmartContract`: eq. (11) read OR, no RE where nothing is
+committed, the meters' export anticipated over the rounds left in the interval, which this simulator
+counts from the round's time) and replies; a member whose reply is lost keeps its last RE and weights. A
 member's ``re_kwh`` is its share of the last reply minus what it exported
 since that reply arrived (eq. (7)). The simulator steps every minute (the
 meters are minute values); messages are delivered at their simulated
