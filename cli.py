@@ -105,10 +105,29 @@ class _StopOnSignals:
             signal.signal(sig, handler)
 
 
+def _with_overrides(path: Path, overrides: list[str]) -> Scenario:
+    """The scenario file at ``path`` with each ``KEY=VALUE`` of ``run --set`` (the syntax of ``sweep --set``, one
+    value) applied to its TOML, validated again as a whole: a wrong key or value names its key path."""
+    import tomllib
+
+    from dercosim.studies.sweep import parse_set, set_path, validate_data
+
+    data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+    for text in overrides:
+        key, values = parse_set(text)
+        if len(values) != 1:
+            raise ScenarioError(f"--set {text!r}: run takes one value per key (several are a sweep: dercosim sweep)")
+        data = set_path(data, key, values[0])
+    return validate_data(data, path)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from dercosim.scenarios.world import RunInterrupted, run_scenario, with_duration
 
     path, scenario = _load(args.scenario)
+    overrides = list(args.set or []) + ([f"seed={args.seed}"] if args.seed is not None else [])
+    if overrides:
+        scenario = _with_overrides(path, overrides)
     if args.until is not None:
         try:
             until_s = parse_duration_s(args.until)
@@ -593,6 +612,9 @@ def pd_concat(tables: dict) -> Any:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dercosim", description=__doc__.split("\n\n")[0])
+    from dercosim import __version__
+
+    parser.add_argument("--version", action="version", version=f"dercosim {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a scenario and write runs/<name>-<timestamp>/")
     run.add_argument("scenario", help="scenario TOML file or bundled scenario name")
@@ -608,6 +630,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="real time: stop cleanly after N late slots in a row of one simulator (exit code 4)")
     run.add_argument("--baseline", help="a finished run folder (e.g. of fleet_market_s0): report the bill "
                                         "reduction against its household bills")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="override one key of the scenario, as sweep's --set with one value (repeatable), e.g. "
+                          "--set contract.interval_s=60 or --set 'households.groups[0].per_bus=1'")
+    run.add_argument("--seed", type=int, help="the scenario's seed (the same as --set seed=N)")
     run.set_defaults(func=cmd_run)
     show = sub.add_parser("show", help="print the resolved scenario (all defaults filled in)")
     show.add_argument("scenario")

@@ -203,7 +203,7 @@ def plan_cases(path: Path, sets: list[tuple[str, list[Any]]], seeds: int = 1,
                 for k, v in params.items():
                     data = set_path(data, k, v)
                 data = set_path(data, "seed", seed)
-                scenario = _validate(data, path)
+                scenario = validate_data(data, path)
                 if until_s is not None:
                     scenario = with_duration(scenario, until_s)
                 cases.append(Case(label, params, seed, scenario.model_dump_json(), None))
@@ -212,8 +212,9 @@ def plan_cases(path: Path, sets: list[tuple[str, list[Any]]], seeds: int = 1,
     return cases
 
 
-def _validate(data: dict, path: Path) -> Scenario:
-    """As :func:`load_scenario` does for a file: strict schema, then the checks that need more."""
+def validate_data(data: dict, path: Path) -> Scenario:
+    """A scenario's TOML data (as read from ``path``, then changed), validated as :func:`load_scenario` does for a
+    file: strict schema, then the checks that need more; errors name ``path`` and the key path."""
     from pydantic import ValidationError
 
     try:

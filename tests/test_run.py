@@ -231,3 +231,32 @@ def test_a_run_where_nothing_converges_still_reports(tmp_path: Path):
     assert s["voltage"]["minutes_outside_limits"] is None and s["voltage"]["minutes_below_min"] is None
     assert s["energy_kwh"]["line_losses"] is None and s["energy_kwh"]["feeder_head_import"] is None
     assert (tmp_path / "allfail" / "voltage_envelope.png").exists()
+
+
+def test_run_set_and_seed_override_keys_and_are_checked_like_the_file(tmp_path: Path, capsys):
+    """`run --set KEY=VALUE` (sweep's syntax, one value) and `--seed N` change the scenario the run records; a wrong
+    key or a sweep's list is one clear line before anything is written."""
+    base = cli.bundled_scenarios()["households_pv_battery"]
+    out = tmp_path / "runs"
+    assert cli.main(["run", str(base), "--until", "10min", "--out", str(out), "--quiet", "--seed", "7",
+                     "--set", "batteries.groups[0].capacity_kwh=7.5", "--set", "tariff.import_per_kwh=0.2"]) == 0
+    (folder,) = out.iterdir()
+    ran = load_scenario(folder / "scenario.toml")
+    assert ran.seed == 7 and ran.batteries.groups[0].capacity_kwh == 7.5 and ran.tariff.import_per_kwh == 0.2
+    assert json.loads((folder / "summary.json").read_text())["seed"] == 7
+    capsys.readouterr()
+    for args, words in ((["--set", "batteries.groups[0].capacity_kwh=-1"], "batteries.groups[0].capacity_kwh: Input should be greater than 0"),
+                        (["--set", "clock.step_s=60,120"], "one value per key"),
+                        (["--set", "nonsense.key=1"], "nonsense")):
+        assert cli.main(["run", str(base), "--out", str(tmp_path / "bad"), "--quiet", *args]) == 2
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1, err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_version(capsys):
+    from dercosim import __version__
+
+    with pytest.raises(SystemExit) as end:
+        cli.main(["--version"])
+    assert end.value.code == 0 and capsys.readouterr().out.strip() == f"dercosim {__version__}"
