@@ -70,12 +70,12 @@ async def _first_request(reader: asyncio.StreamReader) -> tuple[bytes, Any]:
     try:
         msg = json.loads(body)
         kind, msg_id, (func, args, kwargs) = msg
-        if kind != 0 or func != "init" or not isinstance(msg_id, int) or not isinstance(args[0], str):
+        if (kind != 0 or func != "init" or not isinstance(msg_id, int) or not isinstance(args[0], str)
+                or not isinstance(kwargs, dict)):
             raise ValueError
-        assert isinstance(kwargs, dict)
-    except (ValueError, TypeError, IndexError, AssertionError, UnicodeDecodeError):
+    except (ValueError, TypeError, IndexError, UnicodeDecodeError):
         raise ValueError("its first message is not mosaik's init request") from None
-    return head + body[1:], msg
+    return head[:4] + body, msg
 
 
 async def _serve_once(sim: Any, kind: str, host: str, port: int, timeout_s: float, ready: Callable[[], None],

@@ -78,27 +78,28 @@ def test_an_interval_with_nothing_committed_sends_no_target():
     c.update("h1", 0.6, 0.0)
     r = c.compute()
     assert r["h0"].committed and r["h0"].re_household_kwh(0.0) == pytest.approx(1.5)
-    old = SmartContract(target_without_commitment=True)  # the earlier reading, kept as an option
-    old.register("h0")
-    old.register("plant", storage=False)
-    old.set_series([0.5], [0.0], [0.0])
-    old.start_interval(0)
-    old.update("h0", 0.6, 0.0)
-    old.update("plant", 0.0, 4.0, 4.0)
+    old = _home_and_plant(0.0, 4.0, target_without_commitment=True)  # the earlier reading, kept as an option
     assert old.compute()["h0"].re_household_kwh(0.0) == pytest.approx(-4.0)  # import to cancel the plant
+
+
+def _home_and_plant(committed_kwh: float, plant_kwh: float, **options) -> SmartContract:
+    """A contract with one battery home (SoC 0.6, nothing exported) and a plant that exported ``plant_kwh`` in
+    its first report of interval 0."""
+    c = SmartContract(**options)
+    c.register("h0")
+    c.register("plant", storage=False)
+    c.set_series([0.5], [committed_kwh], [1.0 if committed_kwh else 0.0])
+    c.start_interval(0)
+    c.update("h0", 0.6, 0.0)
+    c.update("plant", 0.0, plant_kwh, plant_kwh)
+    return c
 
 
 def test_the_meters_expected_remaining_export_is_anticipated():
     """A plant exporting 1 kWh per round with 4 rounds left will export ~4 kWh more: the batteries are asked for
     the rest only (without anticipation they would be asked for all of it and over-deliver)."""
     for anticipate, expected in ((True, 20.0 - 1.0 - 4 * 1.0), (False, 20.0 - 1.0)):
-        c = SmartContract(anticipate_meters=anticipate)
-        c.register("h0")
-        c.register("plant", storage=False)
-        c.set_series([0.5], [20.0], [1.0])
-        c.start_interval(0)
-        c.update("h0", 0.6, 0.0)
-        c.update("plant", 0.0, 1.0, 1.0)
+        c = _home_and_plant(20.0, 1.0, anticipate_meters=anticipate)
         assert c.compute(rounds_left=4)["h0"].re_fleet_kwh == pytest.approx(expected)
 
 

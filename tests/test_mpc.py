@@ -344,7 +344,7 @@ def test_the_two_highest_price_levels_are_np_uniques():
         np.testing.assert_array_equal(_two_highest(prices), expected)
 
 
-# ---------------------------------------------------------------- Couraud et al. 2022 as SPEC D resolves it
+# ---------------------------------------------------------------- Couraud et al. 2022, "Real-Time Control of Distributed Batteries with Blockchain-Enabled Market Export Commitments": eq. (5) as resolved here
 
 CENTRAL = BatteryModel(721.0, 371.0, 371.0, 0.9, 0.9, 0.0, 1.0)  #: the fleet's 70 batteries as one (s2, s3)
 
