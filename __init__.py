@@ -5,7 +5,10 @@ controllers, a day-ahead market and a smart contract on one clock, from a scenar
 
     import dercosim as dc
     sc = dc.load("fleet_market_s4")          # a bundled scenario's name or a path
-    res = dc.run(sc, until="2h", out="runs/s4-2h")
+    sc.set("contract.interval_s", 60)        # one key, validated again as a whole
+    res = dc.run(sc, start="10:00", until="2h")
+    res.households                           # a tidy frame, read lazily from the run folder
+    res.plot.market()                        # a matplotlib figure
 
 The command line (``dercosim run``, ``show``, ``validate``, ``study``, ``sweep``) does the same from a shell.
 """
@@ -17,14 +20,14 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.2.0.dev0"
 
 if TYPE_CHECKING:
-    from dercosim.api import load, run
+    from dercosim.api import Result, ScenarioError, load, run
 
-__all__ = ["__version__", "load", "run"]
+__all__ = ["Result", "ScenarioError", "__version__", "load", "run"]
 
 
 def __getattr__(name: str) -> Any:
     # the API pulls in pydantic and the scenario schema: only when it is used, so ``import dercosim`` stays light
-    if name in ("load", "run"):
+    if name in ("load", "run", "Result", "ScenarioError"):
         from dercosim import api
 
         return getattr(api, name)

@@ -15,6 +15,7 @@ SCENARIO is a path to a TOML file or the name of a bundled scenario.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import sys
@@ -28,6 +29,9 @@ from dercosim.scenarios.bundled import bundled_scenarios, resolve_path
 from dercosim.scenarios.config import ScenarioError, Scenario, parse_duration_s, scenario_to_toml
 from dercosim.scenarios.load import checked, load_scenario
 from dercosim.sims import MOVABLE
+
+#: dercosim's messages (progress, details); configured by main() from -q / -v
+LOG = logging.getLogger("dercosim")
 
 
 def _load(arg: str) -> tuple[Path, Scenario]:
@@ -135,6 +139,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise ScenarioError(f"--until: {exc}") from None
         if until_s % scenario.clock.step_s:
             raise ScenarioError(f"--until: {until_s} s is not a whole number of {scenario.clock.step_s}-s steps")
+    record_from_s = 0
+    if args.start is not None:
+        from dercosim.api import window
+
+        scenario, record_from_s = window(scenario, args.start, args.until, f"{path} (--start {args.start})")
+    elif args.until is not None:
         scenario = checked(with_duration(scenario, until_s), f"{path} (--until {args.until})")
     baseline = _baseline_bills(args.baseline, scenario) if args.baseline else None
     pacer = None
@@ -152,8 +162,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     elif args.realtime_abort_after is not None or args.deadline_ms != 0.0:
         raise ScenarioError("--deadline-ms and --realtime-abort-after need --realtime")
     out_dir = make_run_dir(Path(args.out), scenario.name)
-    say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    say = LOG.info
     say(f"dercosim: {path} -> {out_dir}")
+    if LOG.isEnabledFor(logging.DEBUG):
+        from dercosim.environment import versions
+        from dercosim.scenarios.world import _placements
+
+        LOG.debug("versions: " + ", ".join(f"{k} {v}" for k, v in versions().items() if v is not None))
+        LOG.debug(f"simulators: {_placements(scenario)}")
+        if record_from_s:
+            LOG.debug(f"window: {record_from_s} s simulated before recording starts")
 
     def kept() -> str:
         if (out_dir / "timeseries.parquet").exists() or (out_dir / "timeseries.parquet.parts").exists():
@@ -163,7 +181,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     stopper = _StopOnSignals()
     try:
         with stopper:
-            result = run_scenario(scenario, out_dir, progress=not args.quiet, log=say, realtime=pacer)
+            result = run_scenario(scenario, out_dir, progress=not args.quiet, log=say, realtime=pacer,
+                                  record_from_s=record_from_s)
     except RunInterrupted as exc:
         summary = out_dir / "summary.json"
         print(f"stopped by {exc.signal_name}" + (f"; what was recorded is joined in {out_dir / 'timeseries.parquet'}"
@@ -190,7 +209,8 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"reduction {r['reduction']:.2f} ({r['reduction_pct']:.1f} %) for {r['households']} households")
     v = s["voltage"]
     setup_s = s["wall_time_s"] - s["run_wall_time_s"]
-    print(f"{s['steps']} steps in {s['run_wall_time_s']:.1f} s ({s['ms_per_step']:.2f} ms/step), after "
+    simulated = f" of {s['steps'] + s['window']['warm_up_s'] // s['step_s']} simulated" if "window" in s else ""
+    print(f"{s['steps']} steps recorded{simulated} in {s['run_wall_time_s']:.1f} s ({s['ms_per_step']:.2f} ms/step), after "
           f"{setup_s:.1f} s of set-up and reporting; power flow failures: {s['powerflow']['failures']}")
     if v["min_pu"] is None:
         print("voltage: no power flow converged")
@@ -198,7 +218,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"voltage {v['min_pu']:.4f} pu (bus {v['min_bus']}) .. {v['max_pu']:.4f} pu (bus {v['max_bus']}); "
               f"{v['minutes_outside_limits']:.0f} min outside {v['limits_pu']}")
     losses = s["energy_kwh"]["line_losses"]
-    print(f"line losses {'unknown' if losses is None else f'{losses:.1f} kWh'}; results in {result.out_dir}")
+    print(f"line losses {'unknown' if losses is None else f'{losses:.1f} kWh'}")
+    m = s.get("market")
+    if m is not None and m.get("intervals"):
+        print(f"market: {m['intervals']} intervals, revenue {m['wholesale_revenue']:.2f} {m['currency']}, imbalance "
+              f"cost {m['imbalance_cost']:.2f}, net {m['market_revenue_net']:.2f}; household bills "
+              f"{m['bill_total']:.2f} {m['currency']} in total")
+    elif s.get("households", {}).get("bill_total") is not None:
+        h = s["households"]
+        print(f"household bills {h['bill_total']:.2f} {h['currency']} in total ({h['count']} households)")
+    if "window" in s:
+        print(f"the window from {s['window']['start']}: {s['window']['warm_up_s']} s before it were simulated, "
+              f"not recorded")
+    print(f"results in {result.out_dir}")
     late = stopper.late_signal
     if late is not None:  # the run had finished: its results are whole, but the process was asked to stop
         print(f"stopped by {late} after the last step; the results are complete", file=sys.stderr)
@@ -273,7 +305,33 @@ def cmd_show(args: argparse.Namespace) -> int:
     path, scenario = _load(args.scenario)
     print(f"# resolved scenario from {path}")
     print(scenario_to_toml(scenario), end="")
+    if scenario.hems.controller is not None:
+        from dercosim.controllers.registry import load_controller_class, parameter_table
+
+        cls = load_controller_class(scenario.hems.controller, scenario.source_dir)
+        table = parameter_table(cls, dict(scenario.hems.params))
+        print(f"\n# controller {scenario.hems.controller!r} ({cls.__module__}.{cls.__qualname__}): its parameters "
+              f"(hems.params), as this scenario runs them; * = set by the scenario, else the default")
+        width = max((len(f"{n} = {_toml_value(v)}") for n, v, _, _ in table), default=0)
+        for name, value, default, what in table:
+            mark = "*" if name in scenario.hems.params else " "
+            shown = f"{name} = {_toml_value(value)}"
+            note = f"default {_toml_value(default)}" + (f"; {what}" if what else "")
+            print(f"# {mark} {shown:<{width}}  # {note}")
     return 0
+
+
+def _toml_value(value: Any) -> str:
+    """A parameter value as TOML writes it (inf as inf, strings quoted); ``...`` (required) as "required"."""
+    if value is ...:
+        return "required"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return str(value)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -292,7 +350,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     from dercosim.studies import value_stacking as studies
 
-    say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    say = LOG.info
     if args.what == "fleet":
         return _study_fleet(args, say)
     if args.what in ("contract-interval", "forecast"):
@@ -347,7 +405,13 @@ def cmd_study(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from dercosim.studies import sweep
 
-    say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    from dercosim.environment import MissingExtra, require_extra
+
+    try:
+        require_extra("sweep")
+    except MissingExtra as exc:
+        raise ScenarioError(f"sweep: {exc}") from None
+    say = LOG.info
     path, scenario = _load(args.scenario)
     if not args.set:
         raise ScenarioError("sweep: give at least one --set KEY=V1,V2 (e.g. --set contract.interval_s=60,300)")
@@ -406,7 +470,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from dercosim.analysis.validate import validate
 
-    say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    say = LOG.info
     target = Path(args.target)
     if not target.is_dir():  # a scenario: run it first
         path, scenario = _load(args.target)
@@ -610,17 +674,33 @@ def pd_concat(tables: dict) -> Any:
                      ignore_index=True)
 
 
+def _configure_logging(verbosity: int) -> None:
+    """dercosim's messages through :mod:`logging` (logger ``dercosim``) on stderr: ``-q`` warnings only, default
+    progress (INFO), ``-v`` details (DEBUG). Errors are printed whatever the level."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    LOG.handlers[:] = [handler]
+    LOG.propagate = False
+    LOG.setLevel(logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dercosim", description=__doc__.split("\n\n")[0])
+    # every subcommand takes -q and -v (after its name: dercosim run -q ...)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="warnings and results only: no progress")
+    common.add_argument("-v", "--verbose", action="count", default=0, help="more detail (versions, placements)")
     from dercosim import __version__
 
     parser.add_argument("--version", action="version", version=f"dercosim {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run a scenario and write runs/<name>-<timestamp>/")
+    run = sub.add_parser("run", parents=[common], help="run a scenario and write runs/<name>-<timestamp>/")
     run.add_argument("scenario", help="scenario TOML file or bundled scenario name")
     run.add_argument("--until", help="run length from the start, e.g. 6h, 90min, 3600 (replaces clock.duration)")
+    run.add_argument("--start", metavar="TIME", help="record from TIME on: 10:00 (on the scenario's start date), "
+                     "'2016-06-21 10:00' or an offset such as 10h; the steps before it are simulated, not recorded, "
+                     "so the window's numbers are the whole run's (--until then counts from TIME)")
     run.add_argument("--out", default="runs", help="parent folder of the run folder (default: runs)")
-    run.add_argument("--quiet", action="store_true", help="no progress output")
     run.add_argument("--realtime", nargs="?", type=float, const=1.0, default=None, metavar="FACTOR",
                      help="pace every step to the wall clock: FACTOR simulated seconds per wall second (default 1; "
                           "60 = a simulated minute per second); deadline report in summary.json -> realtime")
@@ -635,12 +715,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "--set contract.interval_s=60 or --set 'households.groups[0].per_bus=1'")
     run.add_argument("--seed", type=int, help="the scenario's seed (the same as --set seed=N)")
     run.set_defaults(func=cmd_run)
-    show = sub.add_parser("show", help="print the resolved scenario (all defaults filled in)")
+    show = sub.add_parser("show", parents=[common], help="print the resolved scenario (all defaults filled in)")
     show.add_argument("scenario")
     show.set_defaults(func=cmd_show)
-    lst = sub.add_parser("list", help="list the bundled scenarios")
+    lst = sub.add_parser("list", parents=[common], help="list the bundled scenarios")
     lst.set_defaults(func=cmd_list)
-    study = sub.add_parser("study", help="studies: ADMM modes and value streams of a value-stacking scenario; "
+    study = sub.add_parser("study", parents=[common], help="studies: ADMM modes and value streams of a value-stacking scenario; "
                                          "the fleet scenarios 0-5 (Table II)",
                            description="modes: ADMM in each mode (sync, sync with latency, sync_naive, async, "
                                        "async + adaptive rho) against the centralised optimum; convergence figure "
@@ -669,9 +749,8 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--milp", action="store_true",
                        help="streams: also solve each variant with its binaries as a MILP (slow without B2B)")
     study.add_argument("--out", default="runs", help="parent folder of the study folder (default: runs)")
-    study.add_argument("--quiet", action="store_true", help="no progress output")
     study.set_defaults(func=cmd_study)
-    sw = sub.add_parser("sweep", help="the cross product of scenario values (and seeds) on dask.distributed",
+    sw = sub.add_parser("sweep", parents=[common], help="the cross product of scenario values (and seeds) on dask.distributed",
                         description="Each --set KEY=V1,V2 names a key path of the scenario (as in its error "
                                     "messages, e.g. households.groups[0].per_bus) and the values to try (read as "
                                     "TOML). One mosaik world per case on a LocalCluster (one worker per core) or "
@@ -686,9 +765,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--scheduler", help="address of an existing dask scheduler, e.g. tcp://10.0.0.5:8786")
     sw.add_argument("--resume", metavar="DIR", help="an earlier sweep folder: cases finished there are not re-run")
     sw.add_argument("--out", default="runs", help="parent folder of the sweep folder (default: runs)")
-    sw.add_argument("--quiet", action="store_true", help="no progress output")
     sw.set_defaults(func=cmd_sweep)
-    srv = sub.add_parser("serve", help="serve controllers (or the grid) for a run in another process or machine",
+    srv = sub.add_parser("serve", parents=[common], help="serve controllers (or the grid) for a run in another process or machine",
                          description="Waits at --addr for one run whose scenario says [processes] controllers = "
                                      "\"connect:HOST:PORT\", serves it with mosaik's protocol, and exits when "
                                      "the run ends.")
@@ -699,7 +777,7 @@ def build_parser() -> argparse.ArgumentParser:
                                           "the same class")
     srv.add_argument("--timeout-s", type=int, default=3600, help="give up if no run connects within this long")
     srv.set_defaults(func=cmd_serve)
-    val = sub.add_parser("validate", help="hold linear grid models and the controllers' beliefs against AC power flow",
+    val = sub.add_parser("validate", parents=[common], help="hold linear grid models and the controllers' beliefs against AC power flow",
                          description="TARGET: a finished run folder, or a scenario (run first). Writes "
                                      "TARGET/validation/: validation.json, validation.md and plots.")
     val.add_argument("target", help="run folder, scenario TOML file or bundled scenario name")
@@ -710,7 +788,6 @@ def build_parser() -> argparse.ArgumentParser:
                      help="re-solve N evenly spaced minutes with pandapower.runpp (default 60; 0 = off)")
     val.add_argument("--until", help="when running a scenario first: its run length")
     val.add_argument("--out", default="runs", help="when running a scenario first: parent of the run folder")
-    val.add_argument("--quiet", action="store_true")
     val.set_defaults(func=cmd_validate)
     return parser
 
@@ -719,6 +796,7 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     args = build_parser().parse_args(argv)
+    _configure_logging(-1 if getattr(args, "quiet", False) else getattr(args, "verbose", 0))
     try:
         return args.func(args)
     except (ScenarioError, ControllerError) as exc:

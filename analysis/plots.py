@@ -1,7 +1,14 @@
-"""The run's PNG plots, drawn from its recorded rows."""
+"""The run's figures, drawn from its recorded rows: one function per figure, each returning a matplotlib figure
+(None where the run has nothing to draw), named as the PNG it becomes in the run folder.
+
+:func:`plot_all` writes every figure a run has; :class:`dercosim.Result` draws one on request
+(``res.plot.voltage_envelope()``).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,183 +20,280 @@ from dercosim.analysis.results import Recorded, bus_voltages, has_rows, plan_vs_
 if TYPE_CHECKING:
     from dercosim.scenarios.config import Scenario
 
-def plot_all(df: pd.DataFrame | Recorded, scenario: Scenario, out_dir: str | Path,
-             tables: dict[str, pd.DataFrame] | None = None) -> list[Path]:
-    """Write the run's PNG plots (from its recorded rows) to ``out_dir``; returns their paths. ``tables``: what
-    :func:`~dercosim.analysis.summary.summarize` computed (the market's settlement per interval, also written to
-    ``market.csv``)."""
-    import matplotlib
+#: IEEE-33's slack bus (the substation, held at its set voltage): left out of the "max over buses" envelope
+SLACK_BUS = 1
 
-    matplotlib.use("Agg")
+
+@dataclass
+class Drawn:
+    """What a figure is drawn from: the recorded rows, the scenario, the run folder (for ``households.csv`` and
+    ``batteries.csv``) and the tables the summary computed (``"market"``: the settlement per interval)."""
+
+    recorded: pd.DataFrame | Recorded
+    scenario: Scenario
+    out_dir: Path
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    @property
+    def feeder(self) -> pd.DataFrame:
+        return rows_of(self.recorded, "feeder").set_index("time_s").sort_index()
+
+    @property
+    def times(self) -> pd.Series:
+        """Local time of each step (naive, for matplotlib), indexed by ``time_s``."""
+        return self.feeder["time"].dt.tz_localize(None)
+
+
+def step_post(ax: Any, t: pd.Series | pd.DatetimeIndex, y: Any, width: pd.Timedelta, **kw: Any) -> Any:
+    """A step curve whose every interval is drawn, the last included (``ax.step(where="post")`` stops at the
+    last interval's start)."""
+    t = pd.DatetimeIndex(t)
+    y = np.asarray(y, dtype=float)
+    if not len(t):
+        return ax.step([], [], where="post", **kw)
+    return ax.step(t.append(pd.DatetimeIndex([t[-1] + width])), np.append(y, y[-1]), where="post", **kw)
+
+
+def voltage_envelope(d: Drawn) -> Any:
+    """Min and max bus voltage per step (the slack bus left out of both), with the limits; the steps with a bus
+    outside them marked, and the steps whose power flow failed."""
     import matplotlib.pyplot as plt
 
-    out_dir = Path(out_dir)
-    feeder = rows_of(df, "feeder").set_index("time_s").sort_index()
-    t = feeder["time"].dt.tz_localize(None)
-    vm = bus_voltages(df)
-    lo, hi = scenario.grid.v_min_pu, scenario.grid.v_max_pu
-    paths = []
-
+    feeder, t = d.feeder, d.times
+    vm = bus_voltages(d.recorded)
+    vm = vm.drop(columns=[SLACK_BUS], errors="ignore")
+    lo, hi = d.scenario.grid.v_min_pu, d.scenario.grid.v_max_pu
+    vmin, vmax = vm.min(axis=1), vm.max(axis=1)
     fig, ax = plt.subplots(figsize=(10, 4))
-    ax.fill_between(t, vm.min(axis=1), vm.max(axis=1), color="tab:blue", alpha=0.25, label="range over buses")
-    ax.plot(t, vm.min(axis=1), color="tab:blue", lw=1, label="min over buses")
-    ax.plot(t, vm.max(axis=1), color="tab:orange", lw=1, label="max over buses")
+    ax.fill_between(t, vmin, vmax, color="tab:blue", alpha=0.25, label="range over buses")
+    ax.plot(t, vmin, color="tab:blue", lw=1, label="min over buses")
+    ax.plot(t, vmax, color="tab:orange", lw=1, label=f"max over buses (slack bus {SLACK_BUS} left out)")
     for limit in (lo, hi):
         ax.axhline(limit, color="tab:red", ls="--", lw=1)
+    below, above = (vmin < lo).to_numpy(), (vmax > hi).to_numpy()
+    if below.any():
+        ax.plot(t[below], vmin[below], "v", color="tab:red", ms=3, label=f"below {lo} pu ({int(below.sum())} steps)")
+    if above.any():
+        ax.plot(t[above], vmax[above], "^", color="tab:red", ms=3, label=f"above {hi} pu ({int(above.sum())} steps)")
     failed = ~feeder["converged"].astype(bool)
     if failed.any():
         ax.plot(t[failed.values], np.full(failed.sum(), lo), "kx", label="power flow failed")
     ax.set_ylabel("voltage (pu)")
-    ax.set_title(f"{scenario.name}: voltage envelope (limits {lo}–{hi} pu)")
+    ax.set_title(f"{d.scenario.name}: voltage envelope (limits {lo}–{hi} pu)")
     ax.legend(loc="best", fontsize=8)
     fig.autofmt_xdate()
-    paths.append(_save(fig, out_dir / "voltage_envelope.png"))
+    return fig
 
+
+def feeder_head_power(d: Drawn) -> Any:
+    """Active power at the feeder head, the base load and the line losses."""
+    import matplotlib.pyplot as plt
+
+    feeder, t = d.feeder, d.times
     fig, ax = plt.subplots(figsize=(10, 4))
     ax.plot(t, feeder["p_head_kw"], label="feeder head P")
     ax.plot(t, feeder["base_p_kw"], lw=1, ls=":", label="base load P")
     ax.plot(t, feeder["losses_kw"], lw=1, label="line losses")
     ax.axhline(0, color="k", lw=0.5)
     ax.set_ylabel("kW (positive = drawn from upstream)")
-    ax.set_title(f"{scenario.name}: feeder-head active power")
+    ax.set_title(f"{d.scenario.name}: feeder-head active power")
     ax.legend(loc="best", fontsize=8)
     fig.autofmt_xdate()
-    paths.append(_save(fig, out_dir / "feeder_head_power.png"))
+    return fig
 
-    deviation = np.maximum(lo - vm, vm - hi).max(axis=1).where(feeder["converged"].astype(bool).values)
-    worst = deviation.idxmax() if deviation.notna().any() else vm.index[0]
+
+def voltage_profile_worst(d: Drawn) -> Any:
+    """Voltage along each radial branch at the step furthest outside (or closest to) the limits."""
     from dercosim.analysis.validate import branch_profiles
 
-    fig = branch_profiles({"AC": vm.loc[worst].reindex(range(1, 34)).to_numpy()}, (lo, hi),
-                          f"{scenario.name}: voltage along each radial branch at the worst minute, "
-                          f"{feeder['time'].loc[worst]:%Y-%m-%d %H:%M}")
-    paths.append(_save(fig, out_dir / "voltage_profile_worst.png"))
+    feeder = d.feeder
+    vm = bus_voltages(d.recorded)
+    lo, hi = d.scenario.grid.v_min_pu, d.scenario.grid.v_max_pu
+    deviation = np.maximum(lo - vm, vm - hi).max(axis=1).where(feeder["converged"].astype(bool).values)
+    worst = deviation.idxmax() if deviation.notna().any() else vm.index[0]
+    return branch_profiles({"AC": vm.loc[worst].reindex(range(1, 34)).to_numpy()}, (lo, hi),
+                           f"{d.scenario.name}: voltage along each radial branch at the worst minute, "
+                           f"{feeder['time'].loc[worst]:%Y-%m-%d %H:%M}")
 
-    bat = rows_of(df, "battery")
-    if len(bat):
-        soc = bat.pivot(index="time_s", columns="entity", values="soc_frac")
-        power = bat.pivot(index="time_s", columns="entity", values="p_kw")
-        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
-        ax1.fill_between(t, soc.min(axis=1), soc.max(axis=1), alpha=0.25, label="range over batteries")
-        ax1.plot(t, soc.mean(axis=1), label="mean")
-        ax1.set_ylabel("state of charge (0..1)")
-        ax1.set_ylim(-0.02, 1.02)
-        ax1.legend(loc="best", fontsize=8)
-        ax1.set_title(f"{scenario.name}: {soc.shape[1]} batteries, PMS cycle {scenario.batteries.pms_cycle_s} s")
-        ax2.plot(t, power.sum(axis=1), label="fleet battery power (+ = charging)")
-        ax2.axhline(0, color="k", lw=0.5)
-        ax2.set_ylabel("kW")
-        ax2.legend(loc="best", fontsize=8)
-        fig.autofmt_xdate()
-        paths.append(_save(fig, out_dir / "batteries.png"))
-    if scenario.planner is not None and has_rows(df, "plan"):
-        paths.append(_plot_plan(df, scenario, out_dir, t))
-    market_table = (tables or {}).get("market")
-    if scenario.market is not None and has_rows(df, "market") and market_table is not None:
-        paths.append(_plot_market(df, scenario, out_dir, market_table))
-        if len(bat):
-            paths.append(_plot_three_households(df, scenario, out_dir))
-    if has_rows(df, "contract") and "evm_round_gas" in rows_of(df, "contract").columns:
-        paths.append(_plot_contract_gas(df, out_dir))
-    return paths
 
-def _plot_contract_gas(df: pd.DataFrame, out_dir: Path) -> Path:
+def batteries(d: Drawn) -> Any:
+    """The fleet's state-of-charge band and mean, and its total power."""
     import matplotlib.pyplot as plt
 
-    c = rows_of(df, "contract")
-    c = c[c["evm_round_gas"].notna()]
-    fig, ax = plt.subplots(figsize=(9, 3.5))
-    ax.plot(c["time"].dt.tz_localize(None), c["evm_round_gas"] / 1e6, ".", ms=3, label="gas per round")
-    ax.set_ylabel("gas per contract round (millions)")
-    ax2 = ax.twinx()
-    ax2.plot(c["time"].dt.tz_localize(None), c["evm_round_ms"], "x", ms=3, color="tab:red", label="EVM wall time")
-    ax2.set_ylabel("EVM wall time per round (ms)", color="tab:red")
-    ax.set_title("the smart contract on the EVM: gas and wall time of every round")
-    fig.autofmt_xdate()
-    return _save(fig, out_dir / "contract_gas.png")
-
-def _plot_three_households(df: pd.DataFrame, scenario: Scenario, out_dir: Path) -> Path:
-    """State of charge of three households with different assets over the run (Couraud et al. 2022, Fig. 6):
-    the largest PV, the largest wind turbine, and the largest demand."""
-    import matplotlib.pyplot as plt
-
-    households = pd.read_csv(out_dir / "households.csv")
-    batteries = pd.read_csv(out_dir / "batteries.csv", keep_default_na=False)
-    owned = households[households["name"].isin(set(batteries["household"]))]
-    picks: dict[str, str] = {}
-    for label, col in (("largest PV", "pv_kwp"), ("largest wind", "wind_kw"), ("largest demand", "annual_kwh")):
-        pool = owned[~owned["name"].isin(picks.values())]
-        if col in pool and len(pool) and pool[col].max() > 0:
-            picks[label] = str(pool.loc[pool[col].idxmax(), "name"])
-    bat = rows_of(df, "battery")
+    bat = rows_of(d.recorded, "battery")
+    if not len(bat):
+        return None
+    t = d.times
     soc = bat.pivot(index="time_s", columns="entity", values="soc_frac")
-    times = rows_of(df, "feeder").set_index("time_s").sort_index()["time"].dt.tz_localize(None)
-    by_household = dict(zip(batteries["household"], batteries["name"]))
-    fig, ax = plt.subplots(figsize=(10, 4))
-    for label, name in picks.items():
-        ax.plot(times.loc[soc.index], soc[by_household[name]], label=f"{name} ({label})")
-    target = rows_of(df, "market").set_index("time_s")["soc_target_frac"]
-    ax.step(times.loc[target.index], target, where="post", color="k", ls="--", lw=1, label="SoC target (aggregator)")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_ylabel("state of charge")
-    ax.set_title(f"{scenario.name}: three households' batteries")
-    ax.legend(fontsize=8)
-    fig.autofmt_xdate()
-    return _save(fig, out_dir / "soc_three_households.png")
-
-def _plot_market(df: pd.DataFrame | Recorded, scenario: Scenario, out_dir: Path, table: pd.DataFrame) -> Path:
-    """Committed vs delivered export per interval (Couraud et al. 2022, Fig. 5c) and the prices; writes market.csv."""
-    import matplotlib.pyplot as plt
-
-    table.to_csv(out_dir / "market.csv", index=False)
-    if table.empty:
-        return out_dir / "market.csv"
-    t = pd.to_datetime(table["interval_start"]).dt.tz_localize(None)
-    assert scenario.market is not None
-    width = pd.Timedelta(seconds=scenario.market.interval_s) * 0.8
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True)
-    ax1.bar(t, table["committed_kwh"], width=width, align="edge", color="tab:blue", alpha=0.5, label="committed")
-    ax1.step(t, table["delivered_kwh"], where="post", color="tab:orange", lw=1.5, label="delivered (net export)")
-    ax1.axhline(0, color="k", lw=0.5)
-    ax1.set_ylabel("kWh per interval")
-    ax1.set_title(f"{scenario.name}: fleet export committed day-ahead vs delivered")
+    power = bat.pivot(index="time_s", columns="entity", values="p_kw")
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
+    ax1.fill_between(t, soc.min(axis=1), soc.max(axis=1), alpha=0.25, label="range over batteries")
+    ax1.plot(t, soc.mean(axis=1), label="mean")
+    ax1.set_ylabel("state of charge (0..1)")
+    ax1.set_ylim(-0.02, 1.02)
     ax1.legend(loc="best", fontsize=8)
-    ax2.step(t, table["wholesale_per_kwh"] * 1000, where="post", label="wholesale (day-ahead)")
-    ax2.step(t, table["imbalance_per_kwh"] * 1000, where="post", label="imbalance", alpha=0.7)
-    ax2.set_ylabel("price per MWh")
+    ax1.set_title(f"{d.scenario.name}: {soc.shape[1]} batteries, PMS cycle {d.scenario.batteries.pms_cycle_s} s")
+    ax2.plot(t, power.sum(axis=1), label="fleet battery power (+ = charging)")
+    ax2.axhline(0, color="k", lw=0.5)
+    ax2.set_ylabel("kW")
     ax2.legend(loc="best", fontsize=8)
     fig.autofmt_xdate()
-    return _save(fig, out_dir / "market.png")
+    return fig
 
-def _plot_plan(df: pd.DataFrame, scenario: Scenario, out_dir: Path, t: pd.Series) -> Path:
+
+def plan_vs_ac_figure(d: Drawn) -> Any:
     """Planned (LinDistFlow) vs AC voltage at the community buses, and planned vs executed battery power."""
     import matplotlib.pyplot as plt
 
-    planned, ac, _ = plan_vs_ac(df)
-    plan = rows_of(df, "plan")
-    bat = rows_of(df, "battery").pivot(index="time_s", columns="bus", values="p_kw")
+    if d.scenario.planner is None or not has_rows(d.recorded, "plan"):
+        return None
+    t = d.times
+    planned, ac, _ = plan_vs_ac(d.recorded)
+    plan = rows_of(d.recorded, "plan")
+    bat = rows_of(d.recorded, "battery").pivot(index="time_s", columns="bus", values="p_kw")
     set_kw = plan.pivot(index="time_s", columns="bus", values="p_set_kw")
+    step = pd.Timedelta(seconds=d.scenario.clock.step_s)
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for k, b in enumerate(planned.columns):
         c = colors[k % len(colors)]
         ax1.plot(t.values, ac[b].values, color=c, lw=0.8, alpha=0.8, label=f"bus {int(b)} AC")
-        ax1.step(t.values, planned[b].values, where="post", color=c, lw=1.6, ls="--", label=f"bus {int(b)} plan")
+        step_post(ax1, t, planned[b].values, step, color=c, lw=1.6, ls="--", label=f"bus {int(b)} plan")
         ax2.plot(t.values, bat[b].values, color=c, lw=0.8, alpha=0.8)
-        ax2.step(t.values, set_kw[b].values, where="post", color=c, lw=1.6, ls="--", label=f"bus {int(b)}")
-    for limit in (scenario.grid.v_min_pu, scenario.grid.v_max_pu):
+        step_post(ax2, t, set_kw[b].values, step, color=c, lw=1.6, ls="--", label=f"bus {int(b)}")
+    for limit in (d.scenario.grid.v_min_pu, d.scenario.grid.v_max_pu):
         ax1.axhline(limit, color="tab:red", ls=":", lw=1)
     ax1.set_ylabel("voltage (pu)")
-    ax1.set_title(f"{scenario.name}: community buses — plan (LinDistFlow, dashed) vs AC power flow (solid)")
+    ax1.set_title(f"{d.scenario.name}: community buses — plan (LinDistFlow, dashed) vs AC power flow (solid)")
     ax1.legend(ncol=4, fontsize=7, loc="best")
     ax2.axhline(0, color="k", lw=0.5)
     ax2.set_ylabel("battery kW (+ = charging)")
     ax2.set_title("community batteries: hourly schedule (dashed) vs executed by the PMS (solid)")
     ax2.legend(ncol=6, fontsize=7, loc="best")
     fig.autofmt_xdate()
-    return _save(fig, out_dir / "plan_vs_ac.png")
+    return fig
 
-def _save(fig: Any, path: Path) -> Path:
+
+def market(d: Drawn) -> Any:
+    """Committed vs delivered export per interval (Couraud et al. 2022, Fig. 5c) and the prices."""
+    import matplotlib.pyplot as plt
+
+    table = d.tables.get("market")
+    if d.scenario.market is None or table is None or table.empty:
+        return None
+    t = pd.to_datetime(table["interval_start"]).dt.tz_localize(None)
+    interval = pd.Timedelta(seconds=d.scenario.market.interval_s)
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True)
+    ax1.bar(t, table["committed_kwh"], width=interval * 0.8, align="edge", color="tab:blue", alpha=0.5,
+            label="committed")
+    step_post(ax1, t, table["delivered_kwh"], interval, color="tab:orange", lw=1.5, label="delivered (net export)")
+    ax1.axhline(0, color="k", lw=0.5)
+    ax1.set_ylabel("kWh per interval")
+    ax1.set_title(f"{d.scenario.name}: fleet export committed day-ahead vs delivered")
+    ax1.legend(loc="best", fontsize=8)
+    currency = d.scenario.tariff.currency
+    step_post(ax2, t, table["wholesale_per_kwh"] * 1000, interval, label="wholesale (day-ahead)")
+    step_post(ax2, t, table["imbalance_per_kwh"] * 1000, interval, label="imbalance", alpha=0.7)
+    ax2.set_ylabel(f"{currency} per MWh")
+    ax2.legend(loc="best", fontsize=8)
+    fig.autofmt_xdate()
+    return fig
+
+
+def soc_three_households(d: Drawn) -> Any:
+    """State of charge of three households with different assets over the run (Couraud et al. 2022, Fig. 6):
+    the largest PV, the largest wind turbine, and the largest demand; with the aggregator's SoC target."""
+    import matplotlib.pyplot as plt
+
+    if d.scenario.market is None or not has_rows(d.recorded, "market") or not has_rows(d.recorded, "battery"):
+        return None
+    households = pd.read_csv(d.out_dir / "households.csv")
+    fleet = pd.read_csv(d.out_dir / "batteries.csv", keep_default_na=False)
+    owned = households[households["name"].isin(set(fleet["household"]))]
+    picks: dict[str, str] = {}
+    for label, col in (("largest PV", "pv_kwp"), ("largest wind", "wind_kw"), ("largest demand", "annual_kwh")):
+        pool = owned[~owned["name"].isin(picks.values())]
+        if col in pool and len(pool) and pool[col].max() > 0:
+            picks[label] = str(pool.loc[pool[col].idxmax(), "name"])
+    soc = rows_of(d.recorded, "battery").pivot(index="time_s", columns="entity", values="soc_frac")
+    times = d.times
+    by_household = dict(zip(fleet["household"], fleet["name"]))
+    fig, ax = plt.subplots(figsize=(10, 4))
+    for label, name in picks.items():
+        ax.plot(times.loc[soc.index], soc[by_household[name]], label=f"{name} ({label})")
+    target = rows_of(d.recorded, "market").set_index("time_s").sort_index()["soc_target_frac"]
+    step_post(ax, times.loc[target.index], target, pd.Timedelta(seconds=d.scenario.clock.step_s), color="k",
+              ls="--", lw=1, label="SoC target (aggregator)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel("state of charge")
+    ax.set_title(f"{d.scenario.name}: three households' batteries")
+    ax.legend(fontsize=8)
+    fig.autofmt_xdate()
+    return fig
+
+
+def contract_gas(d: Drawn) -> Any:
+    """Gas and EVM wall time of every contract round (``[contract] engine = "evm"``)."""
+    import matplotlib.pyplot as plt
+
+    if not has_rows(d.recorded, "contract") or "evm_round_gas" not in rows_of(d.recorded, "contract").columns:
+        return None
+    c = rows_of(d.recorded, "contract")
+    c = c[c["evm_round_gas"].notna()]
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    gas = ax.plot(c["time"].dt.tz_localize(None), c["evm_round_gas"] / 1e6, ".", ms=3, label="gas per round")
+    ax.set_ylabel("gas per contract round (millions)")
+    ax2 = ax.twinx()
+    wall = ax2.plot(c["time"].dt.tz_localize(None), c["evm_round_ms"], "x", ms=3, color="tab:red",
+                    label="EVM wall time per round")
+    ax2.set_ylabel("EVM wall time per round (ms)", color="tab:red")
+    ax.legend(handles=gas + wall, loc="best", fontsize=8)
+    ax.set_title("the smart contract on the EVM: gas and wall time of every round")
+    fig.autofmt_xdate()
+    return fig
+
+
+#: every figure of a run, by the name of its PNG in the run folder
+PLOTS: dict[str, Callable[[Drawn], Any]] = {
+    "voltage_envelope": voltage_envelope,
+    "feeder_head_power": feeder_head_power,
+    "voltage_profile_worst": voltage_profile_worst,
+    "batteries": batteries,
+    "plan_vs_ac": plan_vs_ac_figure,
+    "market": market,
+    "soc_three_households": soc_three_households,
+    "contract_gas": contract_gas,
+}
+
+
+def write_tables(tables: dict[str, pd.DataFrame] | None, out_dir: str | Path) -> list[Path]:
+    """The per-interval tables the summary computed, as CSV (``market.csv``)."""
+    paths = []
+    if tables and tables.get("market") is not None:
+        path = Path(out_dir) / "market.csv"
+        tables["market"].to_csv(path, index=False)
+        paths.append(path)
+    return paths
+
+
+def plot_all(df: pd.DataFrame | Recorded, scenario: Scenario, out_dir: str | Path,
+             tables: dict[str, pd.DataFrame] | None = None) -> list[Path]:
+    """Write every figure of :data:`PLOTS` the run has to ``out_dir`` as PNG; returns their paths. ``tables``:
+    what :func:`~dercosim.analysis.summary.summarize` computed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    drawn = Drawn(df, scenario, Path(out_dir), dict(tables or {}))
+    paths = []
+    for name, draw in PLOTS.items():
+        fig = draw(drawn)
+        if fig is not None:
+            paths.append(save(fig, drawn.out_dir / f"{name}.png"))
+    return paths
+
+
+def save(fig: Any, path: Path) -> Path:
+    """Lay out, write (110 dpi) and close ``fig``."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 #: parquet schema metadata key: the attributes recorded for each kind of entity (JSON)
 KIND_COLUMNS_KEY = b"dercosim.kind_columns"
+#: parquet schema metadata key: dercosim's version and commit, Python's, the solvers' and engines' (JSON;
+#: :func:`dercosim.environment.versions`)
+VERSIONS_KEY = b"dercosim.versions"
 
 BASE_COLUMNS = ["time_s", "time", "entity", "kind", "bus"]
 
@@ -80,3 +84,169 @@ def plan_vs_ac(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFra
     ac = bus_voltages(df)[planned.columns]
     ac_hourly = ac.groupby(ac.index // 3600).transform("mean")
     return planned, ac, ac_hourly
+
+
+#: the kinds of entity a run records, by the name a :class:`Result` reads them under
+KINDS = {"feeder": "feeder", "buses": "bus", "households": "household", "batteries": "battery",
+         "controllers": "controller", "plans": "plan", "planner": "planner", "market": "market",
+         "contract": "contract", "members": "member"}
+
+
+class Result:
+    """A run folder, read lazily: nothing is read until asked for, and then only the rows and columns asked for.
+
+    ``res.households`` (and ``feeder``, ``buses``, ``batteries``, ``controllers``, ``plans``, ``planner``,
+    ``market``, ``contract``, ``members``): that kind's rows as a tidy frame, with only the columns recorded for
+    it. :meth:`frame` filters by time and entity (pyarrow filters: the rest is never read) and :meth:`wide` gives
+    one column as a time × entity frame. ``res.summary`` is ``summary.json``; ``res.plot.<name>()`` draws one
+    of the run's figures (:data:`dercosim.analysis.plots.PLOTS`).
+
+    Open an existing folder with ``Result.open(run_dir)``; :func:`dercosim.run` returns one.
+    """
+
+    def __init__(self, out_dir: str | Path, summary: dict | None = None) -> None:
+        self.out_dir = Path(out_dir)
+        self.parquet = self.out_dir / "timeseries.parquet"
+        self._summary = summary
+
+    @classmethod
+    def open(cls, run_dir: str | Path) -> Result:
+        """The run in ``run_dir``; FileNotFoundError names what is missing if it is not a run folder."""
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise FileNotFoundError(f"{run_dir}: no such folder")
+        missing = [f for f in ("timeseries.parquet", "summary.json") if not (run_dir / f).exists()]
+        if missing:
+            raise FileNotFoundError(f"{run_dir}: not a finished run folder ({' and '.join(missing)} missing)")
+        return cls(run_dir)
+
+    def __repr__(self) -> str:
+        return f"Result({str(self.out_dir)!r})"
+
+    @property
+    def summary(self) -> dict:
+        """``summary.json`` as a dict."""
+        if self._summary is None:
+            self._summary = json.loads((self.out_dir / "summary.json").read_text(encoding="utf-8"))
+        return self._summary
+
+    @property
+    def scenario(self) -> Any:
+        """The resolved scenario that ran (``scenario.toml``)."""
+        from dercosim.scenarios.load import load_scenario
+
+        return load_scenario(self.out_dir / "scenario.toml")
+
+    @property
+    def kinds(self) -> list[str]:
+        """The kinds of entity recorded (``"feeder"``, ``"bus"``, ``"household"``, ...)."""
+        import pyarrow.parquet as pq
+
+        kinds = pq.read_table(self.parquet, columns=["kind"], read_dictionary=["kind"]).column("kind").unique()
+        return sorted(kinds.to_pylist())
+
+    def columns(self, kind: str) -> list[str]:
+        """The columns recorded for ``kind`` (the base columns first)."""
+        import pyarrow.parquet as pq
+
+        schema = pq.read_schema(self.parquet)
+        meta = (schema.metadata or {}).get(KIND_COLUMNS_KEY)
+        wanted = json.loads(meta).get(kind, []) if meta else list(schema.names)
+        return BASE_COLUMNS + [c for c in schema.names if c in set(wanted) and c not in BASE_COLUMNS]
+
+    @property
+    def versions(self) -> dict:
+        """The software that produced the run (parquet metadata; :func:`dercosim.environment.versions`)."""
+        import pyarrow.parquet as pq
+
+        meta = (pq.read_schema(self.parquet).metadata or {}).get(VERSIONS_KEY)
+        return json.loads(meta) if meta else {}
+
+    def frame(self, kind: str, columns: list[str] | None = None, start_s: int | None = None,
+              end_s: int | None = None, entities: list[str] | None = None) -> pd.DataFrame:
+        """The rows of ``kind`` (tidy: one row per step and entity), reading only what is asked for.
+
+        ``columns``: recorded columns to read beside ``time_s``, ``time``, ``entity`` and ``bus`` (default: all of
+        the kind's); ``start_s`` ≤ ``time_s`` < ``end_s``: seconds since the run's start; ``entities``: names.
+        """
+        import pyarrow.parquet as pq
+
+        if kind in KINDS:
+            kind = KINDS[kind]
+        known = self.columns(kind)
+        if columns is not None:
+            unknown = [c for c in columns if c not in known]
+            if unknown:
+                raise KeyError(f"{self.out_dir}: {kind} has no column {unknown[0]!r}; it has "
+                               f"{', '.join(c for c in known if c not in BASE_COLUMNS)}")
+            known = [c for c in BASE_COLUMNS if c != "kind"] + [c for c in columns if c not in BASE_COLUMNS]
+        filters: list[tuple[str, str, Any]] = [("kind", "==", kind)]
+        if start_s is not None:
+            filters.append(("time_s", ">=", int(start_s)))
+        if end_s is not None:
+            filters.append(("time_s", "<", int(end_s)))
+        if entities is not None:
+            filters.append(("entity", "in", list(entities)))
+        read = [c for c in known if c != "kind"]
+        return pq.read_table(self.parquet, columns=read, filters=filters).to_pandas()
+
+    def wide(self, kind: str, column: str, **filters: Any) -> pd.DataFrame:
+        """One column of ``kind`` as a frame: rows the local time of each step, columns the entities (for buses,
+        the bus number). ``filters``: as :meth:`frame`."""
+        rows = self.frame(kind, [column], **filters)
+        by = "bus" if KINDS.get(kind, kind) == "bus" else "entity"
+        return rows.pivot(index="time", columns=by, values=column).sort_index(axis=1)
+
+    def __getattr__(self, name: str) -> pd.DataFrame:
+        if name in KINDS:
+            return self.frame(KINDS[name])
+        raise AttributeError(f"{type(self).__name__!r} has no attribute {name!r}")
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | set(KINDS))
+
+    @property
+    def plot(self) -> _Plots:
+        """``res.plot.voltage_envelope()`` (and every name of :data:`dercosim.analysis.plots.PLOTS`): the figure,
+        drawn from the run's records; ``save=True`` also writes it as PNG into the run folder."""
+        return _Plots(self)
+
+
+class _Plots:
+    def __init__(self, result: Result) -> None:
+        self._result = result
+        self._drawn: Any = None
+
+    def __dir__(self) -> list[str]:
+        from dercosim.analysis.plots import PLOTS
+
+        return sorted(PLOTS)
+
+    def __getattr__(self, name: str) -> Any:
+        from dercosim.analysis import plots
+
+        if name not in plots.PLOTS:
+            raise AttributeError(f"no figure {name!r}; the figures are {', '.join(plots.PLOTS)}")
+
+        def draw(save: bool = False) -> Any:
+            fig = plots.PLOTS[name](self._context())
+            if fig is None:
+                raise ValueError(f"{self._result.out_dir}: the run has nothing to draw in {name!r}")
+            if save:
+                fig.tight_layout()
+                fig.savefig(self._result.out_dir / f"{name}.png", dpi=110)
+            return fig
+
+        draw.__doc__ = plots.PLOTS[name].__doc__
+        return draw
+
+    def _context(self) -> Any:
+        from dercosim.analysis.plots import Drawn
+
+        if self._drawn is None:
+            res = self._result
+            tables = {}
+            if (res.out_dir / "market.csv").exists():
+                tables["market"] = pd.read_csv(res.out_dir / "market.csv")
+            self._drawn = Drawn(read_recorded(res.parquet), res.scenario, res.out_dir, tables)
+        return self._drawn

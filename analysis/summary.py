@@ -213,7 +213,12 @@ def _battery_figures(df: pd.DataFrame | Recorded, scenario: Scenario, batteries:
     last_soc = bat.sort_values("time_s").groupby("entity")["soc_kwh"].last()
     table = batteries.set_index("name")
     sums = sums.loc[table.index]
-    closure = (last_soc.loc[table.index] - table["soc_init_kwh"]) - (
+    soc_start = table["soc_init_kwh"]
+    if len(bat) and int(bat["time_s"].min()) > 0:  # a window (run --start): the SoC its first step began from
+        first = bat[bat["time_s"] == bat["time_s"].min()].set_index("entity").loc[table.index]
+        soc_start = first["soc_kwh"] - (table["eta_charge"] * first["e_charge_kwh"] - first["e_discharge_kwh"]
+                                        / table["eta_discharge"] - first["e_self_discharge_kwh"])
+    closure = (last_soc.loc[table.index] - soc_start) - (
         table["eta_charge"] * sums["e_charge_kwh"] - sums["e_discharge_kwh"] / table["eta_discharge"]
         - sums["e_self_discharge_kwh"])
     cycles = sums["e_discharge_kwh"] / table["capacity_kwh"]
@@ -229,7 +234,7 @@ def _battery_figures(df: pd.DataFrame | Recorded, scenario: Scenario, batteries:
         "equivalent_full_cycles_mean": float(cycles.mean()),
         "energy_balance_max_error_kwh": float(closure.abs().max()),
         "per_battery": {n: {"household": table.loc[n, "household"] or None, "bus": int(table.loc[n, "bus"]),
-                            "soc_start_kwh": float(table.loc[n, "soc_init_kwh"]),
+                            "soc_start_kwh": float(soc_start[n]),
                             "soc_end_kwh": float(last_soc[n]),
                             "charged_kwh": float(sums.loc[n, "e_charge_kwh"]),
                             "discharged_kwh": float(sums.loc[n, "e_discharge_kwh"]),

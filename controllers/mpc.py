@@ -682,7 +682,9 @@ class HouseholdMPCParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
+    #: the MPC plans every this many seconds (whole minutes) and sends the first step's setpoint
     period_s: Annotated[int, BeforeValidator(whole_number), Field(ge=60, le=3600), AfterValidator(_minutes)] = 120
+    #: "qp": the quadratic program (casadi, qp_solver); "milp": the mixed-integer form on HiGHS
     formulation: Literal["qp", "milp"] = "qp"
     #: for the qp formulation (the milp uses HiGHS); "opti_rebuilt" writes the problem in casadi.Opti and rebuilds it
     #: every call (OSQP, no retry) - the naive path, for benchmarks/fullstack.py and as an independent check
@@ -690,23 +692,33 @@ class HouseholdMPCParams(BaseModel):
     #: "interval": one QP the size of the market interval, the steps past its end fixed at 0; "remaining": one QP
     #: per number of minutes left (smaller, faster; the same optimum, setpoints within the solver's tolerance)
     qp_horizon: Literal["interval", "remaining"] = "interval"
+    #: the household's residual forecast over the horizon: from its own minute history, or an oracle
     forecaster: Literal["perfect", "persistence", "linear_regression", "noisy"] = "linear_regression"
     forecast_window: Annotated[int, Field(ge=2, le=1440)] = 30  #: minutes of history (linear regression)
     forecast_accuracy: Annotated[float, Field(ge=0, le=1)] = 0.25  #: relative error of "noisy"
     forecast_grid_min: Annotated[int, Field(ge=1, le=1440)] = 120  #: minutes between the error's points
+    #: the plan runs to the end of the current market interval, s (the scenario's [market] interval)
     market_interval_s: Annotated[int, Field(ge=300, le=86400), AfterValidator(_minutes),
                                  AfterValidator(_divides_day)] = 1800
+    #: the export cap drops to 0 while the bus voltage of the previous step is above this, pu
     v_export_limit_pu: Annotated[float, Field(gt=0.5, le=1.5)] = 1.10
     export_cap_kw: Annotated[float, Field(ge=0, allow_inf_nan=True)] = math.inf  #: inf = no cap
     import_cap_kw: Annotated[float, Field(ge=0, allow_inf_nan=True)] = math.inf
     soc_value: Literal["auto"] | Annotated[float, Field(ge=0, le=100)] = "auto"  #: currency per kWh stored
+    #: "auto" soc_value = this × η_d × the highest import price the stored energy could displace
     soc_value_factor: Annotated[float, Field(ge=0, le=2)] = 0.95
+    #: small cost of exporting, currency/kWh (scaled by 1 − ε with a commitment)
     export_penalty_per_kwh: Annotated[float, Field(ge=0, le=1000)] = 0.01
+    #: weight of the SoC-target shortfall in S = 1 mode (per kWh of capacity)
     w_soc: Annotated[float, Field(ge=0, le=1e4)] = 10.0
+    #: weight of |RE − planned net export| (per kWh of one step's energy)
     w_re: Annotated[float, Field(ge=0, le=1e4)] = 1.0
+    #: a residual below −surplus_kw counts as surplus PV that refills the battery (the soc_value outlook), kW
     surplus_kw: Annotated[float, Field(ge=0, le=1000)] = 0.5
+    #: RE without a contract: the energy the household should export in the interval, kWh (0 = none)
     re_kwh: Annotated[float, Field(ge=-1e6, le=1e6)] = 0.0
     s_mode: Annotated[int, Field(ge=0, le=1)] = 0  #: 0 or 1 (a whole number: true is not taken as 1)
+    #: the SoC target without a contract, fraction of capacity
     soc_target_frac: Annotated[float, Field(ge=0, le=1)] = 0.0
     use_contract: bool = False  #: read RE, S and the SoC target from the smart contract (a [contract] scenario)
     #: RE < 0 in a committed interval: "absorb" (import the w_i share; the paper's text and the authors' code) or

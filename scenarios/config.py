@@ -163,6 +163,7 @@ class _Model(BaseModel):
 class Clock(_Model):
     """When the run starts (local standard time of the site), how long it lasts, and the step."""
 
+    #: first step, site's local standard time ("2016-06-21" or "2016-06-21T10:00")
     start: Annotated[datetime, BeforeValidator(_to_datetime), AfterValidator(_check_year)] = datetime(2016, 6, 21)
     duration: Duration = 86400  #: seconds, or "6h", "1d", ... (at most one year)
     step_s: Literal[60] = 60  #: profiles are 1-minute; the grid solves every step
@@ -175,20 +176,27 @@ class Clock(_Model):
 
 
 class SiteConfig(_Model):
+    #: bundled weather: Greensboro NC TMY3 (NSRDB), or proxies for Brisbane and Great Britain
     weather: Literal[tuple(SITES)] = "greensboro_tmy3"  # type: ignore[valid-type]
 
 
 class BaseLoad(_Model):
     """The case's own load at every bus: ``scale`` × case load × ``shape`` (daily, max 1)."""
 
+    #: multiplier of the case's own bus loads (IEEE-33: 3.715 MW, 2.3 Mvar in total)
     scale: Annotated[float, Field(ge=0, le=10)] = 1.0
+    #: daily shape of the base load: BDEW H0 household profile (max 1) or flat
     shape: Literal["bdew_h25", "flat"] = "bdew_h25"
 
 
 class GridConfig(_Model):
+    #: the network solved every step (IEEE 33-bus, Baran & Wu 1989)
     feeder: Literal["ieee33"] = "ieee33"
+    #: AC power flow: "fast" = lightsim2grid's Newton-Raphson on the same net; "pandapower" = runpp
     engine: Literal["fast", "pandapower"] = "fast"
+    #: lower voltage limit, pu (minutes outside are counted, plotted and validated)
     v_min_pu: Annotated[float, Field(ge=0.5, le=1.0)] = 0.90
+    #: upper voltage limit, pu
     v_max_pu: Annotated[float, Field(ge=1.0, le=1.5)] = 1.10
     line_max_i_ka: Annotated[float, Field(gt=0, le=10)] | None = None  #: thermal rating of every line, kA
     base_load: BaseLoad = BaseLoad()
@@ -203,23 +211,31 @@ class GridConfig(_Model):
 class HouseholdGroup(_Model):
     """``per_bus`` households at each of ``buses``; parameters drawn uniformly from [low, high]."""
 
+    #: prefix of the households' names (<name>_<bus>_<k>)
     name: Name = "hh"
+    #: feeder buses (2..33) or "all"
     buses: Annotated[list[BusNumber], BeforeValidator(_all_buses), Field(min_length=1, max_length=10 * N_BUS)]
+    #: households at each bus
     per_bus: Annotated[int, Field(ge=1, le=MAX_HOUSEHOLDS)] = 1
     annual_kwh: AnnualKwhRange = (2500.0, 5000.0)  #: per home, kWh/year
+    #: load power factor (lagging)
     power_factor: Annotated[float, Field(ge=0.5, le=1)] = 0.95
     pv_share: Fraction = 0.5  #: fraction of the group with PV
+    #: PV peak power drawn per household, kWp [low, high]
     pv_kwp: KwRange = (3.0, 6.0)
     #: fraction of the group with a wind turbine instead (drawn among those without PV; pv_share + wind_share ≤ 1)
     wind_share: Fraction = 0.0
     wind_kw: KwRange = (2.0, 6.0)  #: rated power of a turbine, kW
     wind_hub_height_m: Annotated[float, Field(ge=2, le=200)] = 15.0  #: hub height, m (the weather's wind is measured at 10 m)
+    #: PV tilt, degrees from horizontal [low, high]
     pv_tilt_deg: Annotated[tuple[Tilt, Tilt], BeforeValidator(_pair), AfterValidator(_ordered)] = (15.0, 35.0)
+    #: PV azimuth, degrees clockwise from north [low, high]
     pv_azimuth_deg: Annotated[tuple[Azimuth, Azimuth], BeforeValidator(_pair),
                               AfterValidator(_ordered)] = (135.0, 225.0)
     #: homes behind each household entity (a community: their summed load)
     aggregate: Annotated[int, Field(ge=1, le=MAX_HOMES)] = 1
     hvac_share: Fraction = 0.0  #: fraction of the group with HVAC (Ratnam et al. 2023 eq. 5 thermal model)
+    #: what the HVAC does when on
     hvac_mode: Literal["cooling", "heating"] = "cooling"
     hvac_p_max_kw: PositiveKwRange = (2.0, 3.5)  #: electric power when on, kW
     hvac_cop: CopRange = (2.5, 3.5)  #: thermal kW per electric kW
@@ -243,17 +259,26 @@ class Households(_Model):
 class BatteryGroup(_Model):
     """Batteries on households (``at = "households"``) or directly on buses (``at = "buses"``)."""
 
+    #: prefix of the batteries' names
     name: Name = "bat"
+    #: on households (behind their meter) or directly on buses
     at: Literal["households", "buses"] = "households"
     households: Literal["with_pv", "all"] = "with_pv"  #: which households of ``household_group`` get one
     household_group: Name | None = None  #: restrict to one household group (None = every group)
     buses: Annotated[list[BusNumber], Field(max_length=10 * N_BUS)] = []  #: for at = "buses": one battery per bus
+    #: usable energy, kWh
     capacity_kwh: Annotated[float, Field(gt=0, le=100_000)] = 10.3
+    #: charging power limit, kW
     p_charge_max_kw: Annotated[float, Field(gt=0, le=100_000)] = 5.3
+    #: discharging power limit, kW
     p_discharge_max_kw: Annotated[float, Field(gt=0, le=100_000)] = 5.3
+    #: charging efficiency (stored = η × drawn)
     eta_charge: Efficiency = 0.9
+    #: discharging efficiency (delivered = η × taken)
     eta_discharge: Efficiency = 0.9
+    #: lowest state of charge the PMS allows, fraction of capacity
     soc_min_frac: Fraction = 0.0
+    #: highest state of charge the PMS allows, fraction of capacity
     soc_max_frac: Fraction = 1.0
     self_discharge_per_h: Annotated[float, Field(ge=0, lt=1)] = 0.0  #: fraction of stored energy lost per hour
     soc_init_frac: FractionRange = (0.51, 0.51)  #: fixed, or [low, high] drawn per battery
@@ -289,6 +314,7 @@ class HemsConfig(_Model):
     #: registered name, "module:Class" or "file.py:Class" (relative to this file)
     controller: Annotated[str, Field(min_length=1, max_length=500)] | None = None
     params: dict[str, Any] = {}  #: passed to the controller's constructor; checked against its ``Params`` if any
+    #: households the controller runs for
     applies_to: Literal["with_battery", "with_hvac", "all"] = "with_battery"
     #: wall-clock budget of one controller call, s; an overrun is reported by controller and household (None: none)
     step_timeout_s: Annotated[float, Field(gt=0, le=3600)] | None = None
@@ -307,18 +333,26 @@ LocalTime = Annotated[time, BeforeValidator(_to_time)]
 
 
 class TouPeriodConfig(_Model):
+    #: local time the period starts ("16:00")
     start: LocalTime
+    #: local time it ends (exclusive; may wrap past midnight)
     end: LocalTime
+    #: import price within the period, currency/kWh
     import_per_kwh: Price
 
 
 class AgileConfig(_Model):
     """Agile Octopus (dynamic UK import tariff): min(multiplier × day-ahead + peak adder 16–19 h, cap) × (1 + VAT)."""
 
+    #: the day-ahead series the tariff follows
     market: Literal[tuple(MARKETS)] = "gb_n2ex"  # type: ignore[valid-type]
+    #: × day-ahead price
     multiplier: Annotated[float, Field(ge=0, le=10)] = 2.2
+    #: added 16:00–19:00, currency/kWh
     peak_adder_per_kwh: Price = 0.12
+    #: price cap before VAT, currency/kWh
     cap_per_kwh: Price = 0.35
+    #: VAT rate
     vat: Annotated[float, Field(ge=0, le=1)] = 0.05
 
 
@@ -329,8 +363,11 @@ class TariffConfig(_Model):
     kind: Literal["fixed", "agile_octopus"] = "fixed"
     agile: AgileConfig = AgileConfig()
 
+    #: ISO 4217 code of every price and bill
     currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] = "GBP"
+    #: retail import price, currency/kWh (fixed tariff; outside tou periods)
     import_per_kwh: Price = 0.15
+    #: export (feed-in) price, currency/kWh
     export_per_kwh: Price = 0.05
     tou: Annotated[list[TouPeriodConfig], Field(max_length=96)] = []
     #: two-part tariff: price per kW of each day's peak demand (0 = none), currency/kW/day
@@ -342,8 +379,11 @@ class TariffConfig(_Model):
 class LatencyConfig(_Model):
     """One-way message latency, s: constant ``a``; uniform ``a``..``b``; lognormal median ``a``, log-sd ``b``."""
 
+    #: the latency's distribution
     kind: Literal["constant", "uniform", "lognormal"] = "constant"
+    #: constant value, uniform low, or lognormal median, s
     a: Seconds = 0.0
+    #: uniform high, or lognormal log-sd
     b: Seconds = 0.0
 
     @model_validator(mode="after")
@@ -364,24 +404,33 @@ class AdmmConfig(_Model):
     exchange); the engine's own defaults are for unit-scaled problems.
     """
 
+    #: synchronous, synchronous with a naive deadline, or asynchronous (partial barrier, bounded delay)
     mode: Literal["sync", "sync_naive", "async"] = "sync"
     rho: Annotated[float, Field(gt=0, le=1e6)] = 0.01  #: penalty, currency per kW² (per hour of the exchanged vector)
     eps_abs: Annotated[float, Field(gt=0, le=1000)] = 0.01  #: ε of both residuals, per element (kW); the paper's ε1 = ε2
     eps_rel: Annotated[float, Field(ge=0, le=1)] = 0.0  #: relative part (Boyd et al.), 0 = absolute only
     #: ε_abs bounds each element of the residual ("per_element", Boyd et al.) or its whole norm ("whole")
     eps_reading: Literal["per_element", "whole"] = "per_element"
+    #: iteration cap (the plan of the last iterate is used, and flagged, if reached)
     max_iter: Annotated[int, Field(ge=1, le=100_000)] = 500
     partial_barrier: Annotated[int, Field(ge=1)] | None = None  #: S of N (async); None = all
     max_delay: Annotated[int, Field(ge=1, le=10_000)] = 1  #: τ, iterations (async)
     deadline_s: Annotated[float, Field(gt=0, le=3600)] = 1.0  #: sync_naive: how long the operator waits per iteration, s
+    #: a community resends its last message after this long without a reply, s
     resend_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
     compute_s: Seconds = 0.0  #: simulated time a community needs per subproblem, s
     latency: LatencyConfig = LatencyConfig()
+    #: probability that a message is lost (seeded)
     loss_prob: Annotated[float, Field(ge=0, le=0.9)] = 0.0
+    #: residual balancing of ρ (Boyd et al. 2011, 3.4.1)
     adaptive: bool = False
+    #: adaptive ρ: multiply or divide by this
     factor: Annotated[float, Field(gt=1, le=100)] = 2.0
+    #: adaptive ρ: when one residual exceeds the other by this ratio
     ratio: Annotated[float, Field(gt=1, le=1e6)] = 10.0
+    #: adaptive ρ: iterations the imbalance must last before ρ changes
     hysteresis: Annotated[int, Field(ge=1, le=10_000)] = 1
+    #: adaptive ρ: no change after this many iterations
     freeze_after: Annotated[int, Field(ge=1, le=100_000)] = 100
     balance: Literal["relative", "absolute"] = "relative"  #: residual balancing on scaled (default) or raw residuals
     dual_residual: Literal["change", "boyd"] = "change"  #: stop on ‖z − z_prev‖ ≤ ε (kW), or Boyd's ρ‖z − z_prev‖
@@ -396,17 +445,21 @@ class StreamsConfig(_Model):
 class PlannerConfig(_Model):
     """Community-battery value stacking (Jiang & Wang 2024): an ADMM plan each day handed to batteries and HVAC."""
 
+    #: the planner (only community-battery value stacking so far)
     kind: Literal["value_stacking"] = "value_stacking"
     communities: str  #: household group whose entities are the communities (use ``aggregate``)
     batteries: str  #: battery group (at = "buses") with one battery on each community's bus
+    #: wholesale price series the batteries trade with the grid at
     b2g_market: Literal[tuple(MARKETS)] = "nem_qld"  # type: ignore[valid-type]
     replan: Literal["daily", "hourly"] = "daily"  #: hourly: re-plan every hour to the end of the day
+    #: charge/discharge exclusivity: LP relaxation or MILP (HiGHS)
     binaries: Literal["relaxed", "mixed_integer"] = "relaxed"
     central: bool = True  #: also solve the centralised problem and report the ADMM's cost gap
     degradation_per_kw2h: Annotated[float, Field(ge=0, le=10)] = 1e-4  #: α_b, currency per kW² per hour
     trade_penalty_per_kwh: Price = 1e-3  #: the relaxation's small penalty on local buy and sell
     discomfort_per_c2: Annotated[float, Field(ge=0, le=1000)] = 0.0  #: β (off by default: the paper leaves it out of its objective)
     p_et_max_kw: Annotated[float, Field(ge=0, le=100_000)] = 100.0  #: local-market buy/sell limit per community
+    #: limit of the feeder-head exchange, kW
     p_grid_max_kw: Annotated[float, Field(gt=0, le=100_000)] = 1000.0
     v_margin_pu: Annotated[float, Field(ge=0, lt=0.1)] = 0.0  #: the operator plans within [v_min + m, v_max − m]
     streams: StreamsConfig = StreamsConfig()
@@ -416,6 +469,7 @@ class PlannerConfig(_Model):
 class MarketForecastConfig(_Model):
     """The aggregator's day-ahead forecast of the fleet's demand and production (prices are known day-ahead)."""
 
+    #: noisy (seeded relative error) or perfect
     kind: Literal["noisy", "perfect"] = "noisy"
     accuracy: Fraction = 0.25  #: relative error (standard deviation) at each forecast point
     step_min: Annotated[int, Field(ge=1, le=1440)] = 120  #: minutes between forecast points (interpolated between)
@@ -424,7 +478,9 @@ class MarketForecastConfig(_Model):
 class MarketConfig(_Model):
     """A day-ahead aggregator for the fleet on the wholesale market (Couraud et al. 2022, phases 1–2)."""
 
+    #: day-ahead price series the fleet's export is sold at (bundled, see the data page)
     wholesale: Literal[tuple(MARKETS)] = "gb_n2ex"  # type: ignore[valid-type]
+    #: price series imbalance is settled at
     imbalance: Literal[tuple(MARKETS)] = "gb_ssp"  # type: ignore[valid-type]
     interval_s: Annotated[int, Field(ge=300, le=86400)] = 1800  #: market interval; must divide a day
     bid_limit_per_kwh: Annotated[float, Field(ge=-100, le=100)] = 0.0  #: bid only where the forecast price is above this
@@ -471,6 +527,7 @@ class ContractConfig(_Model):
     interval_s: Annotated[int, Field(ge=60, le=900)] = 300  #: t_sc, a round every this many seconds
     window_s: Annotated[float, Field(gt=0, le=60)] = 10.0  #: a round closes this long after the reports are sent, s
     latency: LatencyConfig = LatencyConfig()  #: one-way, per message
+    #: probability that a report or reply is lost (seeded); a lost message is counted
     loss_prob: Annotated[float, Field(ge=0, le=0.9)] = 0.0
     #: eq. (11) of Couraud et al. 2022: a battery shares the export if it exported since its last report "or" (the
     #: authors' code) / "and" (the paper's text) its SoC is at or above the target
@@ -512,11 +569,17 @@ class ProcessesConfig(_Model):
     value-stacking planner stay in-process.
     """
 
+    #: where the simulator runs: "inprocess", "subprocess" or "connect:HOST:PORT" (dercosim serve)
     grid: Placement = "inprocess"
+    #: as grid
     households: Placement = "inprocess"
+    #: as grid
     batteries: Placement = "inprocess"
+    #: as grid
     controllers: Placement = "inprocess"
+    #: as grid
     market: Placement = "inprocess"
+    #: as grid
     contract: Placement = "inprocess"
     #: how long mosaik waits for a simulator in another process to start or stop, s (mosaik's own default,
     #: 10 s, is too short on a busy host)
@@ -524,8 +587,11 @@ class ProcessesConfig(_Model):
 
 
 class Scenario(_Model):
+    #: the run's name: run folders are runs/<name>-<timestamp>/
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)]
+    #: one line shown by dercosim list
     description: Annotated[str, Field(max_length=2000)] = ""
+    #: every random draw (fleet, profiles, forecasts, latencies) derives from it, keyed by purpose and day
     seed: Annotated[int, Field(ge=0, le=2 ** 63 - 1)] = 0
     clock: Clock = Clock()
     site: SiteConfig = SiteConfig()
@@ -551,6 +617,34 @@ class Scenario(_Model):
     @property
     def n_steps(self) -> int:
         return self.clock.duration // self.clock.step_s
+
+    def set(self, key: str, value: Any) -> Scenario:
+        """Set one key and validate the whole scenario again, as a file is; returns the scenario (changed in
+        place), so calls chain: ``sc.set("contract.engine", "evm").set("seed", 3)``.
+
+        ``key`` is a key path as the error messages and ``dercosim run --set`` write it (``"contract.interval_s"``,
+        ``"batteries.groups[0].capacity_kwh"``); a missing section is created with its defaults. A wrong key or
+        value raises :class:`ScenarioError` naming the key path, and leaves the scenario as it was.
+        """
+        from dercosim.scenarios.load import check_scenario
+        from dercosim.studies.sweep import set_path
+
+        where = f"{self.name} (set {key} = {value!r})"
+        try:
+            data = set_path(self.model_dump(mode="python", exclude_none=True), key, value)
+        except (ScenarioError, ValueError, TypeError) as exc:
+            raise ScenarioError(f"{where}: {exc}") from None
+        try:
+            new = Scenario.model_validate(data)
+        except ValidationError as exc:
+            raise ScenarioError(format_validation_error(where, exc)) from None
+        new._source_dir = self._source_dir
+        check_scenario(new, where)
+        for name in type(self).model_fields:
+            object.__setattr__(self, name, getattr(new, name))
+        object.__setattr__(self, "__pydantic_fields_set__", new.__pydantic_fields_set__)
+        self._checked_as = self.model_dump_json()  # check_scenario passed on exactly this
+        return self
 
     @property
     def source_dir(self) -> Path:

@@ -39,6 +39,13 @@ def check_scenario(scenario: Scenario, where: str | Path | None = None) -> fleet
     file; the scenario's name if None) and the key. Returns the fleet it drew.
     """
     where = where if where is not None else scenario.name
+    if scenario.contract is not None and scenario.contract.engine == "evm":
+        from dercosim.environment import MissingExtra, require_extra
+
+        try:
+            require_extra("evm")
+        except MissingExtra as exc:
+            raise ScenarioError(f"{where}: contract.engine: {exc}") from None
     hems = scenario.hems
     if hems.controller is not None:
         from dercosim.controllers.registry import ControllerError, load_controller_class, param_errors

@@ -24,7 +24,6 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -37,10 +36,11 @@ import pandas as pd
 from dercosim.devices.battery import BatteryParams
 from dercosim.controllers.base import household_io
 from dercosim.controllers.registry import ControllerError, load_controller_class
-from dercosim.analysis import plots, summary as summaries
-from dercosim.analysis.results import read_recorded
+from dercosim.analysis import plots as plot_module, summary as summaries
+from dercosim.analysis.results import Result, read_recorded
 from dercosim.scenarios.fleet import Fleet
 from dercosim.scenarios.resolve import RunInputs
+from dercosim.environment import versions
 from dercosim.scenarios.config import Scenario, ScenarioError, scenario_to_toml
 from dercosim.scenarios.load import check_scenario
 from dercosim.sims.planner import COMMUNITY_OUT, OPERATOR_OUT
@@ -69,11 +69,8 @@ BATTERY_OBS = {"soc_kwh": "soc_kwh", "soc_frac": "soc_frac", "p_kw": "battery_p_
                "soc_min_frac": "soc_min_frac", "soc_max_frac": "soc_max_frac"}
 
 
-@dataclass
-class RunResult:
-    out_dir: Path
-    parquet: Path
-    summary: dict[str, Any]
+#: what :func:`run_scenario` returns: the run folder, read lazily (its summary already in memory)
+RunResult = Result
 
 
 def with_duration(scenario: Scenario, duration_s: int) -> Scenario:
@@ -142,7 +139,8 @@ def strict_json(data: Any) -> str:
 
 
 def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
-                 log: Callable[[str], None] = lambda msg: None, realtime: Pacer | None = None) -> RunResult:
+                 log: Callable[[str], None] = lambda msg: None, realtime: Pacer | None = None,
+                 record_from_s: int = 0, plots: bool = True) -> RunResult:
     """Run ``scenario`` and write its results to ``out_dir`` (created; must not hold files yet).
 
     Everything is checked before anything is written (:func:`~dercosim.scenarios.load.check_scenario`).
@@ -152,6 +150,10 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
     every step to the wall clock and report deadlines (:mod:`dercosim.sims.pacing`;
     ``summary.json`` → ``realtime``, ``realtime.parquet``, ``realtime_lateness.png``);
     its abort stops the run like a signal, with its reason.
+
+    ``record_from_s``: the window of ``dercosim run --start``: the steps before it are simulated (the same states,
+    plans and commitments as in the whole run) but not recorded, and the summary and plots cover the window
+    only (``summary.json`` → ``window``). ``plots``: False writes no figures.
     """
     wall_start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -161,6 +163,11 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
         raise ScenarioError(f"{out_dir}: the run folder already holds files; two runs never share a folder")
     step_s = scenario.clock.step_s
     n_steps = scenario.n_steps
+    if not 0 <= record_from_s < n_steps * step_s or record_from_s % step_s:
+        raise ScenarioError(f"the window's start ({record_from_s} s after the scenario's start) must be a whole "
+                            f"number of {step_s}-s steps within the run's {n_steps * step_s} s")
+    if record_from_s and realtime is not None:
+        raise ScenarioError("a window (--start) cannot run in real time: the warm-up would be paced too")
     table, hvac, batteries = drawn.households, drawn.hvac, drawn.batteries
     out_dir.mkdir(parents=True, exist_ok=True)
     log(f"{len(table)} households ({int((table.pv_kwp > 0).sum())} with PV, {int((hvac['p_max_kw'] > 0).sum())} "
@@ -180,7 +187,7 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
     lost: str | None = None
     run_start = time.perf_counter()
     try:
-        parquet = _build(world, run, out_dir, log)
+        parquet = _build(world, run, out_dir, log, record_from_s)
         log(f"running {n_steps} steps of {step_s} s from {times[0]:%Y-%m-%d %H:%M} ({site.tz})"
             + (f" in real time x{realtime.factor:g}" if realtime is not None else ""))
         # everything built so far (profiles, networks, solvers) lives for the whole run: out of the garbage
@@ -228,6 +235,7 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
     tables: dict[str, pd.DataFrame] = {}
     summary = summaries.summarize(recorded, run, wall_time_s=time.perf_counter() - wall_start, run_wall_s=run_wall_s,
                                   tables=tables)
+    summary["versions"] = versions()
     if "contract" in summary and scenario.contract is not None and scenario.contract.engine == "evm":
         summary["contract"]["evm"] = summaries.evm_figures(recorded, out_dir / "contract_gas.json")
     if realtime is not None:
@@ -236,15 +244,23 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
         steps.to_parquet(out_dir / "realtime.parquet", index=False)
         if len(steps):
             pacing.plot_lateness(steps, realtime.deadline_ms, out_dir / "realtime_lateness.png")
+    if record_from_s:  # the wall time covers the warm-up too: per simulated step
+        summary["ms_per_step"] = round(1000.0 * run_wall_s / max(summary["steps"] + record_from_s // step_s, 1), 3)
+        summary["window"] = {"start": str(times[0] + pd.Timedelta(seconds=record_from_s)),
+                             "warm_up_s": record_from_s, "simulated_from": str(times[0]),
+                             "note": "the steps before the window were simulated, not recorded: the window's "
+                                     "numbers are the whole run's"}
     if interrupted is not None:
         reason = (lost if lost is not None else realtime.aborted if realtime is not None and realtime.aborted
                   else _signal_of(interrupted))
         summary["interrupted"] = {"signal": reason, "steps_recorded": summary["steps"], "steps_planned": n_steps}
     write_text_atomically(out_dir / "summary.json", strict_json(summary))
-    plots.plot_all(recorded, scenario, out_dir, tables)
+    plot_module.write_tables(tables, out_dir)
+    if plots:
+        plot_module.plot_all(recorded, scenario, out_dir, tables)
     if interrupted is not None:
         raise RunInterrupted(summary["interrupted"]["signal"], out_dir) from None
-    return RunResult(out_dir=out_dir, parquet=parquet, summary=summary)
+    return Result(out_dir, summary)
 
 
 def _progress_bar(n_steps: int, step_s: int) -> Any:
@@ -426,7 +442,7 @@ def _shutdown_quietly(world: mosaik.World) -> None:
 
 
 def _build(mosaik_world: mosaik.World, run: RunInputs, out_dir: Path,
-           log: Callable[[str], None] = lambda msg: None) -> Path:
+           log: Callable[[str], None] = lambda msg: None, record_from_s: int = 0) -> Path:
     world = _Wiring(mosaik_world)  # entity connections between simulators travel as whole columns (sims/tables.py)
     scenario, site, times = run.scenario, run.site, run.times
     table, hvac, batteries = run.fleet.households, run.fleet.hvac, run.fleet.batteries
@@ -551,7 +567,8 @@ def _build(mosaik_world: mosaik.World, run: RunInputs, out_dir: Path,
     rec_sim = world.start("Recorder", step_s=step_s)
     recorder = rec_sim.Recorder(path=str(parquet), entities=entities, columns=columns,
                                 start=times[0].tz_localize(None).isoformat(), tz=site.tz,
-                                flush_every_s=scenario.recorder.flush_every_s, tables=to_record)
+                                flush_every_s=scenario.recorder.flush_every_s, tables=to_record,
+                                record_from_s=record_from_s)
     for sid in recorded:
         world.connect(tables[sid], recorder, TABLE_ATTR)  # the recorder has no Table: a plain connection
     return parquet

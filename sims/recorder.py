@@ -27,7 +27,8 @@ from typing import Callable, Any
 
 import mosaik_api_v3
 from mosaik_api_v3.types import Meta
-from dercosim.analysis.results import KIND_COLUMNS_KEY
+from dercosim.analysis.results import KIND_COLUMNS_KEY, VERSIONS_KEY
+from dercosim.environment import versions
 from dercosim.sims.pacing import paced
 from dercosim.sims.tables import TABLE_ATTR
 import numpy as np
@@ -54,7 +55,7 @@ META = {
     "api_version": "3.0",
     "type": "time-based",
     "models": {"Recorder": {"public": True, "any_inputs": True,
-                            "params": ["path", "entities", "columns", "start", "tz", "flush_every_s", "tables"],
+                            "params": ["path", "entities", "columns", "start", "tz", "flush_every_s", "tables", "record_from_s"],
                             "attrs": []}},
 }
 
@@ -121,11 +122,12 @@ class RecorderSim(mosaik_api_v3.Simulator):
 
     def create(self, num: int, model: str, path: str, entities: dict[str, dict[str, Any]],
                columns: dict[str, str], start: str, tz: str, flush_every_s: int = 3600,
-               tables: dict[str, dict[str, list[str]]] | None = None) -> list[dict]:
+               tables: dict[str, dict[str, list[str]]] | None = None, record_from_s: int = 0) -> list[dict]:
         """``entities``: mosaik full id -> {entity, kind, bus}; ``columns``: attribute -> "float64"|"bool";
         ``tables``: full id of a simulator's ``Table`` entity (:mod:`dercosim.sims.tables`) -> {attribute: the
         full id of the entity each of its values belongs to, in order; None for a value not to record (the
-        Table also carries columns for other simulators)}."""
+        Table also carries columns for other simulators)}; ``record_from_s``: steps before this time (the warm-up
+        of ``dercosim run --start``) are simulated but not recorded."""
         if num != 1 or self.eid is not None:
             raise ValueError("RecorderSim holds exactly one Recorder")
         self.eid = "recorder"
@@ -140,6 +142,7 @@ class RecorderSim(mosaik_api_v3.Simulator):
             else pd.Timestamp(start)
         self.start_epoch_s = int(self.start.timestamp())
         self.flush_every_s = int(flush_every_s)
+        self.record_from_s = int(record_from_s)
         types = {"float64": pa.float64(), "bool": pa.bool_()}
         self.tables = {tid: {attr: list(srcs) for attr, srcs in cols.items()} for tid, cols in (tables or {}).items()}
         kind_columns: dict[str, set[str]] = {}  # what is recorded for each kind (for readers: schema metadata)
@@ -152,7 +155,8 @@ class RecorderSim(mosaik_api_v3.Simulator):
             [("time_s", pa.int64()), ("time", pa.timestamp("s", tz=str(self.start.tz))), ("entity", pa.string()),
              ("kind", pa.string()), ("bus", pa.int16())]
             + [(name, types[kind]) for name, kind in self.columns.items()],
-            metadata={KIND_COLUMNS_KEY: json.dumps({k: sorted(v) for k, v in sorted(kind_columns.items())})},
+            metadata={KIND_COLUMNS_KEY: json.dumps({k: sorted(v) for k, v in sorted(kind_columns.items())}),
+                      VERSIONS_KEY: json.dumps(versions())},
         )
         self._order = list(entities)  # rows in the order the world registered the entities
         self._known = set(self._order)
@@ -201,6 +205,8 @@ class RecorderSim(mosaik_api_v3.Simulator):
             raise StopRequested(f"stop requested ({STOP_REASON['signal']}) at t = {time} s")
         if PROGRESS is not None:  # one simulated step recorded
             PROGRESS(1)
+        if time < self.record_from_s:  # the warm-up before the window (run --start)
+            return time + self.step_s
         given = dict(inputs.get(self.eid, {}))
         tables = {tid: cols for tid, cols in given.pop(TABLE_ATTR, {}).items() if tid in self.tables}
         present = set().union(*given.values(), *(self._table_entities[tid] for tid in tables)) & self._known
