@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    creates .venv, installs dercosim, runs the default scenario
 #   make test   creates .venv, installs dercosim with test extras, runs the tests
+# (both install every extra at the versions constraints.txt pins; make docs builds the site into site/)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -48,7 +49,7 @@ lint: $(VENV)/.installed
 # The scenario and command-line references are generated first (docs/gen_reference.py)
 docs: $(VENV)/.installed
 	$(BIN)/python docs/gen_reference.py
-	$(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 # constraints.txt again from a fresh venv with the loose ranges of pyproject.toml resolved today
 lock:

@@ -1,6 +1,7 @@
-"""``dercosim`` command line: run, show and list scenarios; studies of value-stacking scenarios.
+"""dercosim's command line: run, show and list scenarios; the papers' studies; sweeps; served simulators; validation.
 
-    dercosim run SCENARIO [--until 6h] [--out runs/] [--quiet] [--realtime [FACTOR] [--deadline-ms MS] [--realtime-abort-after N]]
+    dercosim run SCENARIO [--until 6h] [--start 10:00] [--out runs/] [-q | -v] [--set KEY=VALUE] [--seed N]
+                          [--realtime [FACTOR] [--deadline-ms MS] [--realtime-abort-after N]] [--baseline RUN_DIR]
     dercosim show SCENARIO
     dercosim list
     dercosim study modes SCENARIO [--max-iter N] [--out runs/]
@@ -8,6 +9,7 @@
     dercosim study shared-storage | cluster-sizing | price-maker [--seed N] [--out runs/]
     dercosim serve controllers|grid|households|batteries|market|contract [--addr HOST:PORT] [--controller file.py:Class]
     dercosim sweep SCENARIO --set KEY=V1,V2 [--set ...] [--seeds N] [--workers N | --scheduler ADDR] [--resume DIR]
+    dercosim validate RUN_DIR|SCENARIO [--model NAME] [--engine-check N]
 
 SCENARIO is a path to a TOML file or the name of a bundled scenario.
 """
