@@ -576,6 +576,7 @@ def _study_sharing(args: argparse.Namespace, say: Callable[[str], None]) -> int:
     else:
         table = ss.price_maker_study(units=units, days=args.days, seed=args.seed, log=say)
         table.to_csv(out_dir / "price_maker.csv", index=False)
+        ss.plot_price_maker(table, out_dir / "price_maker.png")
         shown = [c for c in ("units", "central_cost", "admm_cost", "admm_gap", "admm_iterations", "central_s",
                              "admm_s", "rolling_gap", "rolling_s", "traded_mwh", "price_taker_traded_mwh")
                  if c in table]

@@ -296,8 +296,8 @@ def report_markdown(r: dict[str, Any]) -> str:
                   f"| model inside | {c['missed']} (missed) | {c['neither']} |", ""]
         if m["violations"]["missed_examples"]:
             ex = m["violations"]["missed_examples"][0]
-            lines.append(f"First missed: bus {ex['bus']} at {ex['time']}: AC {ex['ac_pu']:.4f} pu, model "
-                         f"{ex['model_pu']:.4f} pu.")
+            lines.append(f"First missed: bus {ex['bus']} at {ex['time']}: AC {visibly(ex['ac_pu'], lo, hi)} pu, "
+                         f"model {visibly(ex['model_pu'], lo, hi)} pu.")
             lines.append("")
     if r["beliefs"]:
         lines += ["## The controllers' beliefs", ""]
@@ -364,6 +364,18 @@ def plot(rec: Recorded, errors: dict[str, np.ndarray], r: dict[str, Any], out_di
              colLabels=["both outside", "missed", "false alarm", "both inside"], loc="center")
     ax.set_title("minutes: model vs AC against the voltage limits", fontsize=9)
     _save(fig, out_dir / "violations.png")
+
+
+def visibly(value: float, lo: float, hi: float) -> str:
+    """``value`` (pu) with the fewest digits (at least 4) that leave it on the same side of both limits as it is:
+    0.899996 pu prints as 0.899996, never as 0.9000, which would read as inside [0.9, 1.1]."""
+    for digits in range(4, 13):
+        text = f"{value:.{digits}f}"
+        shown = float(text)
+        if (shown < lo) == (value < lo) and (shown > hi) == (value > hi) and (shown == lo) == (value == lo) \
+                and (shown == hi) == (value == hi):
+            return text
+    return repr(value)
 
 
 def branch_profiles(curves: dict[str, np.ndarray], limits: tuple[float, float], title: str) -> Any:

@@ -106,7 +106,7 @@ def plot_fleet_power(study_dir: Path, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(10, 4))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
     for case in ("s5", "s4"):
         (run,) = [p for p in (study_dir / case).glob("timeseries.parquet")]
         df = pd.read_parquet(run)
@@ -117,7 +117,7 @@ def plot_fleet_power(study_dir: Path, path: Path) -> Path:
             net = net + bat.groupby("time")["p_kw"].sum()
         ax.plot(net.index.tz_localize(None), net.to_numpy(), lw=1, label=f"{case}")
     ax.axhline(0, color="k", lw=0.5)
-    ax.set_ylabel("households' net power at the meters (kW, + = import)")
+    ax.set_ylabel("households' net power at the meters\n(kW, + = import)")
     ax.set_title("fleet power: s4 (batteries, market, contract) against s5 (PV or wind only)")
     ax.legend(fontsize=8)
     fig.autofmt_xdate()
@@ -130,7 +130,7 @@ def plot_fleet_power(study_dir: Path, path: Path) -> Path:
 def markdown(table: pd.DataFrame, duration_s: int) -> str:
     head = ("| scenario | bills | bill reduction vs s0 | market revenue | imbalance cost | total revenue | "
             "self-consumed (energy) | minutes not exporting | fleet-supplied (energy) | minutes without import | "
-            "mean |Δ|/committed | v min (pu) | min outside limits | paper total revenue (month) | "
+            "mean \\|Δ\\|/committed | v min (pu) | min outside limits | paper total revenue (month) | "
             "paper self-consumed | paper minutes |")
     lines = [f"# Couraud et al. 2022, Table II, reproduced over {duration_s / 86400:g} days (GBP)", "", head,
              "|" + " --- |" * 16]

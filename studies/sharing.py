@@ -335,3 +335,40 @@ def price_maker_study(units: tuple[int, ...] = (2, 10, 100), days: int = 7, seed
             log(f"  {n} units: central {central.wall_s:.2f} s, ADMM {admm.wall_s:.2f} s "
                 f"({admm.iterations} it., gap {row['admm_gap']:+.2e}), rolling {rolled.wall_s:.2f} s")
     return pd.DataFrame(rows)
+
+
+def plot_price_maker(table: pd.DataFrame, path: Path, currency: str = "GBP") -> Path:
+    """Price-maker storage per fleet size: the cost of the period by the centralised optimum, ADMM and the rolling
+    horizon (left), and their wall time (right, log scale) — Solà Vilalta, Anjos and Cruise 2022."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.arange(len(table))
+    labels = [str(int(u)) for u in table["units"]]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    methods = [("central", "centralised (HiGHS)"), ("admm", "ADMM"), ("rolling", "ADMM, rolling horizon")]
+    width = 0.8 / len(methods)
+    for k, (key, label) in enumerate(methods):
+        if f"{key}_cost" not in table:
+            continue
+        bars = ax1.bar(x + (k - 1) * width, table[f"{key}_cost"], width, label=label)
+        ax1.bar_label(bars, fmt="%.0f", fontsize=6, padding=2)
+        ax2.plot(labels, table[f"{key}_s"], "o-", label=label)
+    ax1.axhline(0, color="k", lw=0.5)
+    ax1.set_xticks(x, labels)
+    ax1.set_xlabel("storage units")
+    ax1.set_ylabel(f"cost of the period ({currency}; < 0 = profit)")
+    ax1.ticklabel_format(axis="y", useOffset=False, style="plain")
+    ax1.set_title("price-maker storage: cost by method")
+    ax1.legend(fontsize=8)
+    ax2.set_yscale("log")
+    ax2.set_xlabel("storage units")
+    ax2.set_ylabel("wall time (s)")
+    ax2.set_title("solve time")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

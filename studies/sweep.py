@@ -38,6 +38,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import itertools
+import json
 import logging
 import math
 import shutil
@@ -314,8 +315,14 @@ def run_sweep(path: Path, cases: list[Case], out_dir: Path, workers: int | None 
                 for lg, level in zip(quiet, levels):
                     lg.setLevel(level)
     table = _write(out_dir, cases, rows, keys)
-    plot_sweep(table, keys, out_dir)
+    plot_sweep(table, keys, out_dir, currency=_currency(cases))
     return table
+
+
+def _currency(cases: list[Case]) -> str:
+    """The tariff currency of the sweep's cases ("" if they differ or none is valid)."""
+    found = {json.loads(c.scenario_json).get("tariff", {}).get("currency") for c in cases if c.scenario_json}
+    return found.pop() if len(found) == 1 and None not in found else ""
 
 
 def _finished(out_dir: Path) -> dict[str, dict[str, Any]]:
@@ -362,8 +369,15 @@ def _markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_sweep(table: pd.DataFrame, keys: list[str], out_dir: Path) -> list[Path]:
-    """Per swept parameter: each headline figure against its values (mean over the other cases, min–max bars)."""
+#: headline figures in money (their axis says the currency) and in shares (shown in %)
+MONEY = {"bill_total", "wholesale_revenue", "imbalance_cost"}
+SHARES = {"self_sufficiency", "mean_abs_deviation_of_committed", "self_consumed_share", "minutes_not_exporting_share",
+          "fleet_supplied_share"}
+
+
+def plot_sweep(table: pd.DataFrame, keys: list[str], out_dir: Path, currency: str = "") -> list[Path]:
+    """Per swept parameter: each headline figure against its values (mean over the other cases, min–max bars).
+    Plain tick labels (no offset: 2793.1 reads as 2793.1, not as 0.1 + 2.793e3); money in ``currency``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -379,11 +393,13 @@ def plot_sweep(table: pd.DataFrame, keys: list[str], out_dir: Path) -> list[Path
         x = [str(v) for v in groups.groups]
         fig, axes = plt.subplots(1, len(figures), figsize=(3.4 * len(figures), 3.2), squeeze=False)
         for ax, col in zip(axes[0], figures):
-            stats = groups[col].agg(["mean", "min", "max"]).astype(float)
+            stats = groups[col].agg(["mean", "min", "max"]).astype(float) * (100.0 if col in SHARES else 1.0)
             mean = stats["mean"].to_numpy()
             ax.errorbar(x, mean, yerr=[mean - stats["min"].to_numpy(), stats["max"].to_numpy() - mean],
                         marker="o", capsize=3)
-            ax.set_title(col, fontsize=9)
+            unit = f" ({currency})" if col in MONEY and currency else " (%)" if col in SHARES else ""
+            ax.set_title(col + unit, fontsize=9)
+            ax.ticklabel_format(axis="y", useOffset=False, style="plain")
             ax.set_xlabel(k.split(".")[-1])
             ax.grid(alpha=0.3)
         fig.suptitle(f"sweep over {k}")

@@ -258,8 +258,10 @@ def plot_streams(studies: dict[str, StreamsStudy], path: Path) -> Path:
         ax1.bar(np.arange(len(names)) + (k - (len(variants) - 1) / 2) * width, costs, width,
                 label=v + (" (voltage limits dropped: infeasible)" if dropped else ""), hatch="//" if dropped else None)
     every = np.concatenate([t[f"{which}_cost"].to_numpy(float) for t in tables.values()])
-    span = max(every.max() - every.min(), 1e-9)
-    ax1.set_ylim(every.min() - 0.15 * span, every.max() + 0.1 * span)
+    # from zero (a bar's length is its value); the differences, small beside the cost, are written on the bars
+    ax1.set_ylim(min(0.0, 1.1 * every.min()), max(0.0, 1.15 * every.max()))
+    for container in ax1.containers:
+        ax1.bar_label(container, fmt="%.1f", fontsize=6, rotation=90, padding=2)
     ax1.set_xticks(range(len(names)), names)
     ax1.set_ylabel(f"cost of the day ({next(iter(studies.values())).currency})")
     ax1.set_title(f"cost with each value stream switched off ({'ADMM' if which == 'admm' else 'centralised'})")
