@@ -211,8 +211,9 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"reduction {r['reduction']:.2f} ({r['reduction_pct']:.1f} %) for {r['households']} households")
     v = s["voltage"]
     setup_s = s["wall_time_s"] - s["run_wall_time_s"]
-    simulated = f" of {s['steps'] + s['window']['warm_up_s'] // s['step_s']} simulated" if "window" in s else ""
-    print(f"{s['steps']} steps recorded{simulated} in {s['run_wall_time_s']:.1f} s ({s['ms_per_step']:.2f} ms/step), after "
+    simulated = (f" recorded of {s['steps'] + s['window']['warm_up_s'] // s['step_s']} simulated" if "window" in s
+                 else "")
+    print(f"{s['steps']} steps{simulated} in {s['run_wall_time_s']:.1f} s ({s['ms_per_step']:.2f} ms/step), after "
           f"{setup_s:.1f} s of set-up and reporting; power flow failures: {s['powerflow']['failures']}")
     if v["min_pu"] is None:
         print("voltage: no power flow converged")
@@ -308,7 +309,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"# resolved scenario from {path}")
     print(scenario_to_toml(scenario), end="")
     if scenario.hems.controller is not None:
-        from dercosim.controllers.registry import load_controller_class, parameter_table
+        from dercosim.controllers.registry import load_controller_class
+        from dercosim.scenarios.reference import parameter_table
 
         cls = load_controller_class(scenario.hems.controller, scenario.source_dir)
         table = parameter_table(cls, dict(scenario.hems.params))

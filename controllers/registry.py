@@ -160,35 +160,3 @@ def make_controller(cls: type, spec: str, params: dict[str, Any], label: str,
         raise ControllerError(f"{where}: diagnostics {clash} reuse observation/setpoint names")
     return ctrl
 
-
-def parameter_table(cls: type, params: dict[str, Any]) -> list[tuple[str, Any, Any, str]]:
-    """(name, value this scenario gives it, default, what it is) for each parameter of controller ``cls``: from its
-    ``Params`` model (defaults and ``#:`` comments), else :meth:`BaseController.parameters`, else the
-    constructor's signature. A value of ``...`` means none is given and there is no default."""
-    model = getattr(cls, "Params", None)
-    if isinstance(model, type) and issubclass(model, BaseModel):
-        from dercosim.scenarios.reference import field_docs
-
-        docs = field_docs(model)
-        resolved = model.model_validate(params).model_dump()
-        return [(name, resolved.get(name, ...), ... if info.is_required() else info.default,
-                 docs.get(name, info.description or "")) for name, info in model.model_fields.items()]
-    declared = getattr(cls, "parameters", None)
-    if callable(declared):
-        try:
-            defaults = dict(declared())
-        except TypeError:
-            defaults = None
-        if defaults is not None:
-            return [(n, params.get(n, d), d, "") for n, d in defaults.items()]
-    try:
-        signature = inspect.signature(cls)
-    except (TypeError, ValueError):
-        return [(n, v, ..., "") for n, v in params.items()]
-    out = []
-    for name, p in signature.parameters.items():
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            continue
-        default = ... if p.default is p.empty else p.default
-        out.append((name, params.get(name, default), default, ""))
-    return out

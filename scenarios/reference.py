@@ -1,4 +1,5 @@
-"""The scenario schema as a reference: every key with its type, bounds, default and the comment that documents it.
+"""The scenario schema as a reference: every key with its type, bounds, default and the comment that documents it;
+the same for a controller's parameters.
 
 The sections and keys are the pydantic models of :mod:`dercosim.scenarios.config`; a key's text is its ``#:``
 comment there (above the field or at the end of its line), so the reference cannot drift from the code.
@@ -150,3 +151,34 @@ def markdown(model: type[BaseModel], prefix: str = "") -> str:
                                 else (f"{path}.{name}[]" if path else f"{name}[]", sub))
         text.append("")
     return "\n".join(text)
+
+
+def parameter_table(cls: type, params: dict[str, Any]) -> list[tuple[str, Any, Any, str]]:
+    """(name, value this scenario gives it, default, what it is) for each parameter of controller ``cls``: from its
+    ``Params`` model (defaults and ``#:`` comments), else :meth:`BaseController.parameters`, else the
+    constructor's signature. A value of ``...`` means none is given and there is no default."""
+    model = getattr(cls, "Params", None)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        docs = field_docs(model)
+        resolved = model.model_validate(params).model_dump()
+        return [(name, resolved.get(name, ...), ... if info.is_required() else info.default,
+                 docs.get(name, info.description or "")) for name, info in model.model_fields.items()]
+    declared = getattr(cls, "parameters", None)
+    if callable(declared):
+        try:
+            defaults = dict(declared())
+        except TypeError:
+            defaults = None
+        if defaults is not None:
+            return [(n, params.get(n, d), d, "") for n, d in defaults.items()]
+    try:
+        signature = inspect.signature(cls)
+    except (TypeError, ValueError):
+        return [(n, v, ..., "") for n, v in params.items()]
+    out = []
+    for name, p in signature.parameters.items():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        default = ... if p.default is p.empty else p.default
+        out.append((name, params.get(name, default), default, ""))
+    return out
