@@ -218,7 +218,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if v["min_pu"] is None:
         print("voltage: no power flow converged")
     else:
-        print(f"voltage {v['min_pu']:.4f} pu (bus {v['min_bus']}) .. {v['max_pu']:.4f} pu (bus {v['max_bus']}); "
+        names = {end: f" {v[end + '_bus_name']!r}" if f"{end}_bus_name" in v else "" for end in ("min", "max")}
+        print(f"voltage {v['min_pu']:.4f} pu (bus {v['min_bus']}{names['min']}) .. {v['max_pu']:.4f} pu "
+              f"(bus {v['max_bus']}{names['max']}); "
               f"{v['minutes_outside_limits']:.0f} min outside {v['limits_pu']}")
     losses = s["energy_kwh"]["line_losses"]
     print(f"line losses {'unknown' if losses is None else f'{losses:.1f} kWh'}")

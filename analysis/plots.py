@@ -20,9 +20,6 @@ from dercosim.analysis.results import Recorded, bus_voltages, has_rows, plan_vs_
 if TYPE_CHECKING:
     from dercosim.scenarios.config import Scenario
 
-#: IEEE-33's slack bus (the substation, held at its set voltage): left out of the "max over buses" envelope
-SLACK_BUS = 1
-
 
 @dataclass
 class Drawn:
@@ -37,6 +34,13 @@ class Drawn:
     @property
     def feeder(self) -> pd.DataFrame:
         return rows_of(self.recorded, "feeder").set_index("time_s").sort_index()
+
+    @property
+    def grid(self) -> Any:
+        """The run's feeder (:class:`dercosim.grids.feeders.Feeder`)."""
+        from dercosim.grids.feeders import load_feeder
+
+        return load_feeder(self.scenario.grid.feeder)
 
     @property
     def times(self) -> pd.Series:
@@ -55,19 +59,21 @@ def step_post(ax: Any, t: pd.Series | pd.DatetimeIndex, y: Any, width: pd.Timede
 
 
 def voltage_envelope(d: Drawn) -> Any:
-    """Min and max bus voltage per step (the slack bus left out of both), with the limits; the steps with a bus
-    outside them marked, and the steps whose power flow failed."""
+    """Min and max bus voltage per step (the slack buses, held at their set voltage, left out of both), with the
+    limits; the steps with a bus outside them marked, and the steps whose power flow failed."""
     import matplotlib.pyplot as plt
 
     feeder, t = d.feeder, d.times
+    slack = list(d.grid.slack_numbers)
     vm = bus_voltages(d.recorded)
-    vm = vm.drop(columns=[SLACK_BUS], errors="ignore")
+    vm = vm.drop(columns=slack, errors="ignore")
     lo, hi = d.scenario.grid.v_min_pu, d.scenario.grid.v_max_pu
     vmin, vmax = vm.min(axis=1), vm.max(axis=1)
     fig, ax = plt.subplots(figsize=(10, 4))
     ax.fill_between(t, vmin, vmax, color="tab:blue", alpha=0.25, label="range over buses")
     ax.plot(t, vmin, color="tab:blue", lw=1, label="min over buses")
-    ax.plot(t, vmax, color="tab:orange", lw=1, label=f"max over buses (slack bus {SLACK_BUS} left out)")
+    left_out = f"slack bus {slack[0]}" if len(slack) == 1 else f"{len(slack)} slack buses"
+    ax.plot(t, vmax, color="tab:orange", lw=1, label=f"max over buses ({left_out} left out)")
     for limit in (lo, hi):
         ax.axhline(limit, color="tab:red", ls="--", lw=1)
     below, above = (vmin < lo).to_numpy(), (vmax > hi).to_numpy()
@@ -111,9 +117,10 @@ def voltage_profile_worst(d: Drawn) -> Any:
     lo, hi = d.scenario.grid.v_min_pu, d.scenario.grid.v_max_pu
     deviation = np.maximum(lo - vm, vm - hi).max(axis=1).where(feeder["converged"].astype(bool).values)
     worst = deviation.idxmax() if deviation.notna().any() else vm.index[0]
-    return branch_profiles({"AC": vm.loc[worst].reindex(range(1, 34)).to_numpy()}, (lo, hi),
+    grid = d.grid
+    return branch_profiles({"AC": vm.loc[worst].reindex(range(1, grid.n_bus + 1)).to_numpy()}, (lo, hi),
                            f"{d.scenario.name}: voltage along each radial branch at the worst minute, "
-                           f"{feeder['time'].loc[worst]:%Y-%m-%d %H:%M}")
+                           f"{feeder['time'].loc[worst]:%Y-%m-%d %H:%M}", grid)
 
 
 def batteries(d: Drawn) -> Any:

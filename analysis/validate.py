@@ -19,8 +19,10 @@ the recorded AC voltages:
 Models: ``lindistflow_squared`` and ``lindistflow_magnitude`` (Baran & Wu
 1989, branch form; see :mod:`dercosim.grids.lindistflow`), or a user's class
 (``file.py:Class``, ``module:Class`` or a registered name, as controllers)
-with ``voltages(p_kw: ndarray[33], q_kvar: ndarray[33]) -> ndarray[33]``
-(pu; bus order 1..33; load convention).
+with ``voltages(p_kw: ndarray[n], q_kvar: ndarray[n])`` returning the n bus voltages (pu) in bus-number order, or
+a mapping from the feeder's bus names to voltages (load convention; a constructor that takes ``bus_names`` gets
+the feeder's). The linear models need a radial feeder: on a meshed one they are refused with the reason, and the
+engine cross-check and the beliefs still run.
 
 Writes ``validation/`` in the run folder: ``validation.json``, a report
 ``validation.md`` and plots.
@@ -59,8 +61,8 @@ class Recorded:
     scenario: Scenario
     time_s: np.ndarray  #: (T,) minutes with a converged power flow
     stamps: pd.Series
-    vm_pu: np.ndarray  #: (T, 33) AC voltages
-    p_kw: np.ndarray  #: (T, 33) net injections per bus, load convention
+    vm_pu: np.ndarray  #: (T, n) AC voltages, bus-number order
+    p_kw: np.ndarray  #: (T, n) net injections per bus, load convention
     q_kvar: np.ndarray
     p_head_kw: np.ndarray  #: (T,)
     failed_minutes: int
@@ -92,8 +94,9 @@ def load_run(run_dir: str | Path) -> Recorded:
                               f"re-run its scenario.toml")
     bus = df[df.kind == "bus"]
     vm = bus.pivot(index="time_s", columns="bus", values="vm_pu").sort_index(axis=1)
-    if vm.shape[1] != 33:
-        raise ValidationError(f"{run_dir}: {vm.shape[1]} buses recorded; validation knows the IEEE 33-bus feeder")
+    feeder = _feeder(scenario)
+    if vm.shape[1] != feeder.n_bus:
+        raise ValidationError(f"{run_dir}: {vm.shape[1]} buses recorded; {feeder.title} has {feeder.n_bus}")
     p = bus.pivot(index="time_s", columns="bus", values="p_net_kw").sort_index(axis=1)
     q = bus.pivot(index="time_s", columns="bus", values="q_net_kvar").sort_index(axis=1)
     feeder = df[df.kind == "feeder"].set_index("time_s").sort_index()
@@ -103,29 +106,56 @@ def load_run(run_dir: str | Path) -> Recorded:
                     feeder["p_head_kw"].loc[vm.index[ok]].to_numpy(), int((~ok).sum()), df)
 
 
-def model_voltages(spec: str, p_kw: np.ndarray, q_kvar: np.ndarray, base_dir: Path) -> np.ndarray:
-    """(T, 33) voltages of model ``spec`` for every minute; built-ins vectorised, a user's class minute by minute."""
-    from dercosim.grids import ieee33
+def _feeder(scenario: Scenario) -> Any:
+    from dercosim.grids.feeders import FeederError, load_feeder
+
+    try:
+        return load_feeder(scenario.grid.feeder)
+    except FeederError as exc:
+        raise ValidationError(str(exc)) from None
+
+
+def model_voltages(spec: str, p_kw: np.ndarray, q_kvar: np.ndarray, base_dir: Path,
+                   feeder: Any = None) -> np.ndarray:
+    """(T, n) voltages of model ``spec`` for every minute; built-ins vectorised, a user's class minute by minute.
+    ``feeder``: the run's (:class:`dercosim.grids.feeders.Feeder`; IEEE-33 if None)."""
+    from dercosim.grids.feeders import load_feeder
     from dercosim.grids.lindistflow import LinDistFlow
 
+    feeder = feeder if feeder is not None else load_feeder("ieee33")
+    n = feeder.n_bus
     if spec in BUILTIN:
-        ldf = LinDistFlow.from_pandapower(ieee33.make_net())
+        try:
+            ldf = LinDistFlow.from_pandapower(feeder.make_net())
+        except ValueError as exc:
+            raise ValidationError(f"--model {spec}: {feeder.title}: {exc} (the AC run itself is unaffected)") from None
         form: Literal["squared", "magnitude"] = "squared" if spec == "lindistflow_squared" else "magnitude"
         return ldf.voltages_pu_many(p_kw, q_kvar, form)
+    import inspect
+
     from dercosim.controllers.registry import ControllerError, load_controller_class
 
     try:
         cls = load_controller_class(spec, base_dir)
-        model = cls()
+        takes_names = "bus_names" in inspect.signature(cls).parameters
+        model = cls(bus_names=list(feeder.names)) if takes_names else cls()
     except (ControllerError, Exception) as exc:  # noqa: BLE001 - a user's class may fail any way
         raise ValidationError(f"--model {spec!r}: {exc}") from None
     if not callable(getattr(model, "voltages", None)):
-        raise ValidationError(f"--model {spec!r}: the class needs voltages(p_kw, q_kvar) -> 33 voltages (pu)")
+        raise ValidationError(f"--model {spec!r}: the class needs voltages(p_kw, q_kvar) -> {n} voltages (pu)")
     out = np.empty_like(np.asarray(p_kw, float))
     for t in range(len(out)):
-        v = np.asarray(model.voltages(p_kw[t].copy(), q_kvar[t].copy()), float)
-        if v.shape != (33,):
-            raise ValidationError(f"--model {spec!r}: voltages() returned shape {v.shape}, expected (33,)")
+        got = model.voltages(p_kw[t].copy(), q_kvar[t].copy())
+        if isinstance(got, dict) or hasattr(got, "index"):  # by bus name
+            missing = [b for b in feeder.names if b not in got]
+            if missing:
+                raise ValidationError(f"--model {spec!r}: voltages() gave no voltage for bus {missing[0]!r} "
+                                      f"({len(missing)} of {n} missing)")
+            v = np.array([float(got[b]) for b in feeder.names])
+        else:
+            v = np.asarray(got, float)
+        if v.shape != (n,):
+            raise ValidationError(f"--model {spec!r}: voltages() returned shape {v.shape}, expected ({n},)")
         out[t] = v
     return out
 
@@ -186,12 +216,11 @@ def compare(rec: Recorded, v_model: np.ndarray, v_min_pu: float, v_max_pu: float
 
 def engine_check(rec: Recorded, n: int) -> dict[str, Any]:
     """Re-solve ``n`` evenly spaced minutes with ``pandapower.runpp``; largest difference from the record."""
-    from dercosim.grids import ieee33
     from dercosim.grids.powerflow import PandapowerEngine
 
     if n <= 0 or not len(rec.time_s):
         return {"minutes": 0}
-    engine = PandapowerEngine(ieee33.make_net(rec.scenario.grid.line_max_i_ka))
+    engine = PandapowerEngine(_feeder(rec.scenario).make_net(rec.scenario.grid.line_max_i_ka))
     picks = np.unique(np.linspace(0, len(rec.time_s) - 1, min(n, len(rec.time_s))).round().astype(int))
     worst, where = 0.0, None
     for t in picks:
@@ -263,10 +292,20 @@ def validate(target: str | Path, models: list[str] | None = None, engine_minutes
                               "minutes": int(len(rec.time_s)), "minutes_without_ac": rec.failed_minutes,
                               "models": {}}
     errors = {}
+    feeder = _feeder(rec.scenario)
+    refused = {}
     for spec in models:
         log(f"model {spec}")
-        v = model_voltages(spec, rec.p_kw, rec.q_kvar, rec.run_dir)
+        try:
+            v = model_voltages(spec, rec.p_kw, rec.q_kvar, rec.run_dir, feeder)
+        except ValidationError as exc:
+            if spec not in BUILTIN or feeder.radial:
+                raise
+            refused[spec] = str(exc)  # a meshed feeder: the linear models do not apply; the rest goes on
+            continue
         result["models"][spec], errors[spec] = compare(rec, v, *limits)
+    if refused:
+        result["models_refused"] = refused
     result["beliefs"] = beliefs(rec)
     log(f"engine cross-check on {engine_minutes} minutes")
     result["engine_check"] = engine_check(rec, engine_minutes)
@@ -285,6 +324,8 @@ def report_markdown(r: dict[str, Any]) -> str:
     for name, m in r["models"].items():
         lines.append(f"| {name} | {m['max_abs_error_pu']:.5f} | {m['at_bus']} | {m['mean_error_pu']:+.5f} | "
                      f"{m['p95_abs_error_pu']:.5f} | {'yes' if m['conservative_for_undervoltage'] else 'no: above AC in ' + str(m['above_ac']['minutes']) + ' minutes at buses ' + str(m['above_ac']['buses'][:8])} |")
+    for name, why in r.get("models_refused", {}).items():
+        lines.append(f"| {name} | refused: {why} | | | | |")
     lines += ["", "Error = model − AC. A positive error at low voltage means the model would see a violation later than "
               "the feeder does.", "", "## Voltage limits: what each model would have told a planner", ""]
     for name, m in r["models"].items():
@@ -334,7 +375,7 @@ def plot(rec: Recorded, errors: dict[str, np.ndarray], r: dict[str, Any], out_di
         lim = max(float(np.abs(err).max()), 1e-6) if err.size else 1e-6
         im = ax.imshow(err.T, aspect="auto", origin="lower", cmap="RdBu_r", vmin=-lim, vmax=lim,
                        extent=(float(hours[0]) if len(hours) else 0.0, float(hours[-1]) if len(hours) else 1.0,
-                               0.5, 33.5))
+                               0.5, rec.vm_pu.shape[1] + 0.5))
         fig.colorbar(im, ax=ax, label="model − AC (pu)")
         ax.set_xlabel("hours since start")
         ax.set_ylabel("bus")
@@ -354,10 +395,12 @@ def plot(rec: Recorded, errors: dict[str, np.ndarray], r: dict[str, Any], out_di
         curves.update({name: rec.vm_pu[t] + err[t] for name, err in errors.items()})
         fig = branch_profiles(curves, (rec.scenario.grid.v_min_pu, rec.scenario.grid.v_max_pu),
                               f"{rec.scenario.name}: voltage along each radial branch at the lowest minute, "
-                              f"{rec.stamps.iloc[t]}")
+                              f"{rec.stamps.iloc[t]}", _feeder(rec.scenario))
         _save(fig, out_dir / "profile_worst_minute.png")
-    fig, ax = plt.subplots(figsize=(6, 1 + 0.6 * max(len(r["models"]), 1)))
     rows = [(n, m["violations"]["minutes"]) for n, m in r["models"].items()]
+    if not rows:  # every linear model refused (a meshed feeder)
+        return
+    fig, ax = plt.subplots(figsize=(6, 1 + 0.6 * max(len(r["models"]), 1)))
     cells = [[c["both"], c["missed"], c["false_alarm"], c["neither"]] for _, c in rows]
     ax.axis("off")
     ax.table(cellText=cells, rowLabels=[n for n, _ in rows],
@@ -378,14 +421,36 @@ def visibly(value: float, lo: float, hi: float) -> str:
     return repr(value)
 
 
-def branch_profiles(curves: dict[str, np.ndarray], limits: tuple[float, float], title: str) -> Any:
-    """Voltage along each radial branch of IEEE-33 (one panel per branch, buses in order from the
-    substation, never a line between buses on different branches). ``curves``: name → 33 voltages (pu)."""
+def branch_profiles(curves: dict[str, np.ndarray], limits: tuple[float, float], title: str,
+                    feeder: Any = None) -> Any:
+    """Voltage along each radial path of the feeder, from the slack outwards (one panel per path, never a line
+    between buses on different paths); on IEEE-33 its four named branches. A meshed feeder: every bus against
+    its distance in buses from the slack. ``curves``: name → the n bus voltages (pu), bus-number order."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(BRANCHES), figsize=(14, 4), sharey=True,
-                             gridspec_kw={"width_ratios": [len(b) for b in BRANCHES.values()]})
-    for ax, (branch, buses) in zip(axes, BRANCHES.items()):
+    if feeder is None or feeder.spec == "ieee33":
+        paths = dict(BRANCHES)
+    elif feeder.radial:
+        found = feeder.paths()
+        longest = sorted(found, key=len, reverse=True)[:6]  # the six longest paths: a readable figure
+        paths = {f"to {feeder.name_of(p[-1])}": p for p in found if p in longest}
+    else:
+        paths = {}
+    if not paths:  # meshed: one panel, buses by hops from the slack
+        hops = _hops(feeder)
+        fig, ax = plt.subplots(figsize=(10, 4))
+        for k, (name, v) in enumerate(curves.items()):
+            ax.plot(hops, np.asarray(v), "o" if k == 0 else ".", ms=3, label=name, color="k" if k == 0 else None)
+        for limit in limits:
+            ax.axhline(limit, color="tab:red", ls=":", lw=1)
+        ax.set_xlabel("buses from the slack (meshed feeder)")
+        ax.set_ylabel("voltage (pu)")
+        ax.legend(fontsize=7)
+        fig.suptitle(title, fontsize=10)
+        return fig
+    fig, axes = plt.subplots(1, len(paths), figsize=(14, 4), sharey=True, squeeze=False,
+                             gridspec_kw={"width_ratios": [len(b) for b in paths.values()]})
+    for ax, (branch, buses) in zip(axes[0], paths.items()):
         idx = [b - 1 for b in buses]
         x = np.arange(len(buses))
         for k, (name, v) in enumerate(curves.items()):
@@ -393,13 +458,39 @@ def branch_profiles(curves: dict[str, np.ndarray], limits: tuple[float, float], 
                     color="k" if k == 0 else None)
         for limit in limits:
             ax.axhline(limit, color="tab:red", ls=":", lw=1)
-        ax.set_xticks(x, [str(b) for b in buses], fontsize=7)
-        ax.set_title(branch, fontsize=9)
-        ax.set_xlabel("bus")
-    axes[0].set_ylabel("voltage (pu)")
-    axes[0].legend(fontsize=7)
+        step = 1 if len(buses) <= 20 else len(buses) // 8
+        ax.set_xticks(x[::step], [str(b) for b in buses][::step], fontsize=7)
+        ax.set_title(branch, fontsize=8, wrap=True)
+        ax.set_xlabel("bus number")
+    axes[0][0].set_ylabel("voltage (pu)")
+    axes[0][0].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     return fig
+
+
+def _hops(feeder: Any) -> np.ndarray:
+    """Buses between each bus and its nearest slack, over in-service branches."""
+    from collections import deque
+
+    net = feeder.net
+    n = feeder.n_bus
+    adjacent: list[list[int]] = [[] for _ in range(n)]
+    for table, a, b in (("line", "from_bus", "to_bus"), ("trafo", "hv_bus", "lv_bus")):
+        t = net[table][net[table].in_service.astype(bool)] if len(net[table]) else net[table]
+        for u, v in zip(t[a].astype(int), t[b].astype(int)):
+            adjacent[u].append(v)
+            adjacent[v].append(u)
+    hops = np.full(n, -1)
+    queue = deque(s - 1 for s in feeder.slack_numbers)
+    for s in queue:
+        hops[s] = 0
+    while queue:
+        u = queue.popleft()
+        for v in adjacent[u]:
+            if hops[v] < 0:
+                hops[v] = hops[u] + 1
+                queue.append(v)
+    return hops
 
 
 def _save(fig: Any, path: Path) -> None:

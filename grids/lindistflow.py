@@ -45,44 +45,80 @@ class LinDistFlow:
     root: int
     s_base_mva: float
     v_root_pu: float
+    #: off-nominal voltage ratio from the root to each bus (transformers whose rated voltages or tap differ from
+    #: their buses'); None where every ratio is 1
+    ratio: np.ndarray | None = None
 
     @classmethod
     def from_pandapower(cls, net: pp.pandapowerNet, s_base_mva: float = 1.0) -> LinDistFlow:
-        """Extract the tree from the in-service lines; raises if they do not form one radial tree."""
+        """Extract the tree from the in-service lines and two-winding transformers; raises if they do not form one
+        radial tree from one external grid.
+
+        Lines are per unit on their buses' nominal voltage; a transformer is its series impedance (``vk_percent``,
+        ``vkr_percent`` on its rating, referred to ``s_base_mva``; magnetising branch neglected), and where its
+        rated voltages or tap differ from its buses' nominal voltages, an ideal ratio (:attr:`ratio`).
+        """
         n = len(net.bus)
         if not np.array_equal(net.bus.index.values, np.arange(n)):
             raise ValueError("bus indices must be 0..n-1")
-        root = int(net.ext_grid.bus.iloc[0])
-        v_kv = float(net.bus.vn_kv.iloc[root])
-        z_base = v_kv ** 2 / s_base_mva
+        if int(net.ext_grid.in_service.sum()) != 1:
+            raise ValueError(f"LinDistFlow needs one external grid; the net has {int(net.ext_grid.in_service.sum())}")
+        if "trafo3w" in net and len(net.trafo3w) and net.trafo3w.in_service.any():
+            raise ValueError("LinDistFlow does not model three-winding transformers")
+        root = int(net.ext_grid.bus[net.ext_grid.in_service.astype(bool)].iloc[0])
+        vn_kv = net.bus.vn_kv.to_numpy(float)
+        z_base = vn_kv ** 2 / s_base_mva  # per bus
         lines = net.line[net.line.in_service]
-        r = (lines.r_ohm_per_km * lines.length_km / lines.parallel).to_numpy() / z_base
-        x = (lines.x_ohm_per_km * lines.length_km / lines.parallel).to_numpy() / z_base
-        neighbours: dict[int, list[tuple[int, float, float]]] = {b: [] for b in range(n)}
-        for f, t, rr, xx in zip(lines.from_bus.to_numpy(), lines.to_bus.to_numpy(), r, x):
-            neighbours[int(f)].append((int(t), rr, xx))
-            neighbours[int(t)].append((int(f), rr, xx))
+        from_bus = lines.from_bus.to_numpy(int)
+        r = (lines.r_ohm_per_km * lines.length_km / lines.parallel).to_numpy() / z_base[from_bus]
+        x = (lines.x_ohm_per_km * lines.length_km / lines.parallel).to_numpy() / z_base[from_bus]
+        #: bus -> [(neighbour, r_pu, x_pu, voltage ratio from this bus to the neighbour)]
+        neighbours: dict[int, list[tuple[int, float, float, float]]] = {b: [] for b in range(n)}
+        for f, t, rr, xx in zip(from_bus, lines.to_bus.to_numpy(), r, x):
+            neighbours[int(f)].append((int(t), rr, xx, 1.0))
+            neighbours[int(t)].append((int(f), rr, xx, 1.0))
+        if len(net.trafo):
+            for tr in net.trafo[net.trafo.in_service.astype(bool)].itertuples():
+                hv, lv = int(tr.hv_bus), int(tr.lv_bus)
+                parallel = float(getattr(tr, "parallel", 1) or 1)
+                z = float(tr.vk_percent) / 100.0 * s_base_mva / float(tr.sn_mva) / parallel
+                rr = float(tr.vkr_percent) / 100.0 * s_base_mva / float(tr.sn_mva) / parallel
+                xx = float(np.sqrt(max(z * z - rr * rr, 0.0)))
+                tap = 1.0
+                step = getattr(tr, "tap_step_percent", float("nan"))
+                if step == step and getattr(tr, "tap_pos", None) == getattr(tr, "tap_pos", None):
+                    tap = 1.0 + (float(tr.tap_pos) - float(tr.tap_neutral)) * float(step) / 100.0
+                    if str(getattr(tr, "tap_side", "hv")) == "lv":
+                        tap = 1.0 / tap
+                a = (vn_kv[hv] / float(tr.vn_hv_kv)) * (float(tr.vn_lv_kv) / vn_kv[lv]) / tap  # hv pu -> lv pu
+                neighbours[hv].append((lv, rr, xx, a))
+                neighbours[lv].append((hv, rr, xx, 1.0 / a))
         parent = np.full(n, -2)
         parent[root] = -1
         r_pu, x_pu = np.zeros(n), np.zeros(n)
+        ratio = np.ones(n)
         order = []
         queue = deque([root])
         while queue:
             i = queue.popleft()
             order.append(i)
-            for j, rr, xx in neighbours[i]:
+            for j, rr, xx, a in neighbours[i]:
                 if parent[j] == -2:
                     parent[j], r_pu[j], x_pu[j] = i, rr, xx
+                    ratio[j] = ratio[i] * a
                     queue.append(j)
                 elif j != parent[i]:
-                    raise ValueError(f"the in-service lines form a loop (at buses {i} and {j}); LinDistFlow needs a tree")
+                    raise ValueError(f"the in-service lines form a loop (at buses {i} and {j}); LinDistFlow needs a "
+                                     f"radial feeder")
         if np.any(parent == -2):
             raise ValueError(f"buses not connected to the root: {np.flatnonzero(parent == -2).tolist()}")
         subtree = np.eye(n)
         for j in reversed(order):  # children before parents
             if parent[j] >= 0:
                 subtree[parent[j]] += subtree[j]
-        return cls(parent, r_pu, x_pu, subtree, root, s_base_mva, float(net.ext_grid.vm_pu.iloc[0]))
+        v_root = float(net.ext_grid.vm_pu[net.ext_grid.in_service.astype(bool)].iloc[0])
+        off_nominal = None if np.allclose(ratio, 1.0, rtol=0, atol=1e-12) else ratio
+        return cls(parent, r_pu, x_pu, subtree, root, s_base_mva, v_root, off_nominal)
 
     def branch_flows_kw(self, p_kw: np.ndarray, q_kvar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Flow into each bus from its parent (kW, kVAr); the root's entry is the feeder-head flow."""
@@ -95,12 +131,16 @@ class LinDistFlow:
         s_base_kva = self.s_base_mva * 1000.0
         drop = (p @ self.subtree.T) * (self.r_pu / s_base_kva) + (q @ self.subtree.T) * (self.x_pu / s_base_kva)
         drop[:, self.root] = 0.0
+        if self.ratio is not None:  # each drop referred to the root's side of the off-nominal ratios
+            drop = drop / self.ratio ** 2 if form == "squared" else drop / self.ratio
         path_drop = drop @ self.subtree
         if form == "squared":
-            return np.sqrt(np.clip(self.v_root_pu ** 2 - 2.0 * path_drop, 0.0, None))
-        if form == "magnitude":
-            return self.v_root_pu - path_drop / self.v_root_pu
-        raise ValueError(f"form must be 'squared' or 'magnitude', got {form!r}")
+            v = np.sqrt(np.clip(self.v_root_pu ** 2 - 2.0 * path_drop, 0.0, None))
+        elif form == "magnitude":
+            v = self.v_root_pu - path_drop / self.v_root_pu
+        else:
+            raise ValueError(f"form must be 'squared' or 'magnitude', got {form!r}")
+        return v if self.ratio is None else v * self.ratio
 
     def voltages_pu(self, p_kw: np.ndarray, q_kvar: np.ndarray, form: Form = "squared") -> np.ndarray:
         """Voltage magnitude per bus (pu) for net loads ``p_kw``, ``q_kvar`` per bus (load convention)."""
@@ -108,9 +148,13 @@ class LinDistFlow:
         s_base_kva = self.s_base_mva * 1000.0
         drop = self.r_pu * p_flow / s_base_kva + self.x_pu * q_flow / s_base_kva
         drop[self.root] = 0.0
+        if self.ratio is not None:
+            drop = drop / self.ratio ** 2 if form == "squared" else drop / self.ratio
         path_drop = self.subtree.T @ drop  # sum over the lines from the root down to each bus
         if form == "squared":
-            return np.sqrt(np.clip(self.v_root_pu ** 2 - 2.0 * path_drop, 0.0, None))
-        if form == "magnitude":
-            return self.v_root_pu - path_drop / self.v_root_pu
-        raise ValueError(f"form must be 'squared' or 'magnitude', got {form!r}")
+            v = np.sqrt(np.clip(self.v_root_pu ** 2 - 2.0 * path_drop, 0.0, None))
+        elif form == "magnitude":
+            v = self.v_root_pu - path_drop / self.v_root_pu
+        else:
+            raise ValueError(f"form must be 'squared' or 'magnitude', got {form!r}")
+        return v if self.ratio is None else v * self.ratio

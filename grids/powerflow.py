@@ -85,6 +85,7 @@ class PandapowerEngine:
         ):
             raise ValueError("the net needs exactly one load per bus, load index == bus index")
         self._lines = np.flatnonzero(self.net.line.in_service.values)
+        self._trafos = np.flatnonzero(self.net.trafo.in_service.values) if len(self.net.trafo) else np.zeros(0, int)
         # numba is not a dependency; say so instead of letting runpp warn every call.
         self._runpp_kwargs = {"numba": False, **runpp_kwargs}
 
@@ -99,12 +100,15 @@ class PandapowerEngine:
         except pp.LoadflowNotConverged:
             return _failed(self.n_bus, len(self._lines))
         res_line = self.net.res_line.iloc[self._lines]
+        losses_kw = float(res_line.pl_mw.sum() * 1000.0)
+        if len(self._trafos):  # transformer losses too (a feeder with a substation transformer)
+            losses_kw += float(self.net.res_trafo.pl_mw.iloc[self._trafos].sum() * 1000.0)
         return PowerFlowResult(
             vm_pu=self.net.res_bus.vm_pu.to_numpy(copy=True),
             va_degree=self.net.res_bus.va_degree.to_numpy(copy=True),
             line_i_ka=res_line.i_from_ka.to_numpy(copy=True),
             line_loading_pct=res_line.loading_percent.to_numpy(copy=True),
-            losses_kw=float(res_line.pl_mw.sum() * 1000.0),
+            losses_kw=losses_kw,
             p_head_kw=float(self.net.res_ext_grid.p_mw.sum() * 1000.0),
             q_head_kvar=float(self.net.res_ext_grid.q_mvar.sum() * 1000.0),
             converged=True,
@@ -134,8 +138,19 @@ class LightsimEngine:
         self.max_iter = max_iter
         self._lines = np.flatnonzero(net.line.in_service.values)
         self._max_i_ka = (net.line.max_i_ka * net.line.df * net.line.parallel).to_numpy()[self._lines]
-        vm_slack = float(net.ext_grid.vm_pu.iloc[0])
-        self._v_flat = np.full(self.n_bus, vm_slack, dtype=complex)
+        self._trafos = int(net.trafo.in_service.sum()) if len(net.trafo) else 0
+        if self._trafos:
+            # transformers shift angles (Dyn5: 150°) and steps: a flat start at the slack's voltage diverges. Start
+            # from pandapower's solution of the unloaded net instead (the same start after every failure)
+            unloaded = copy.deepcopy(net)
+            unloaded.load["p_mw"] = 0.0
+            unloaded.load["q_mvar"] = 0.0
+            pp.runpp(unloaded, numba=False, calculate_voltage_angles=True)
+            self._v_flat = (unloaded.res_bus.vm_pu.to_numpy(float)
+                            * np.exp(1j * np.radians(unloaded.res_bus.va_degree.to_numpy(float))))
+        else:
+            vm_slack = float(net.ext_grid.vm_pu.iloc[0])
+            self._v_flat = np.full(self.n_bus, vm_slack, dtype=complex)
         self._v_start = self._v_flat.copy()
 
     def solve(self, p_kw: np.ndarray, q_kvar: np.ndarray) -> PowerFlowResult:
@@ -162,6 +177,8 @@ class LightsimEngine:
         lines = self._lines
         i_ka = np.asarray(i_or_ka)[lines]
         losses_kw = float(np.sum(np.asarray(p_or)[lines] + np.asarray(p_ex)[lines]) * 1000.0)
+        if self._trafos:  # transformer losses too: power in at the high side + at the low side
+            losses_kw += float((np.sum(grid.get_trafo_res1()[0]) + np.sum(grid.get_trafo_res2()[0])) * 1000.0)
         p_gen, q_gen, _ = grid.get_gen_res()
         return PowerFlowResult(
             vm_pu=np.abs(v),
@@ -175,9 +192,87 @@ class LightsimEngine:
         )
 
 
+def islands(net: pp.pandapowerNet) -> list[np.ndarray]:
+    """The buses (0-based positions) of each part of the net an external grid supplies, one array per external
+    grid's part, from in-service lines, transformers and impedances."""
+    n = len(net.bus)
+    adjacent: list[list[int]] = [[] for _ in range(n)]
+    for table, a, b in (("line", "from_bus", "to_bus"), ("trafo", "hv_bus", "lv_bus"),
+                        ("impedance", "from_bus", "to_bus")):
+        if table in net and len(net[table]):
+            t = net[table][net[table].in_service.astype(bool)]
+            for u, v in zip(t[a].astype(int), t[b].astype(int)):
+                adjacent[u].append(v)
+                adjacent[v].append(u)
+    part = np.full(n, -1)
+    out: list[np.ndarray] = []
+    for root in net.ext_grid.bus[net.ext_grid.in_service.astype(bool)].astype(int):
+        if part[root] >= 0:
+            continue
+        k = len(out)
+        part[root] = k
+        stack, members = [root], [root]
+        while stack:
+            u = stack.pop()
+            for v in adjacent[u]:
+                if part[v] < 0:
+                    part[v] = k
+                    stack.append(v)
+                    members.append(v)
+        out.append(np.array(sorted(members)))
+    return out
+
+
+class IslandsEngine:
+    """A net of several parts, each supplied by its own external grid (``mv_oberrhein``, ``lv_schutterwald``):
+    one engine per part (lightsim2grid solves one connected network), the results stitched back in bus and
+    line order. Converged only if every part converged."""
+
+    def __init__(self, net: pp.pandapowerNet, parts: list[np.ndarray], make: type) -> None:
+        import pandapower.toolbox as tb
+
+        self.n_bus = len(net.bus)
+        self.parts = parts
+        in_service = net.line.index[net.line.in_service.astype(bool)]
+        where = {int(label): k for k, label in enumerate(in_service)}  # line label -> slot in the results
+        self.engines, self.line_slots = [], []
+        for buses in parts:
+            sub = tb.select_subnet(net, buses, include_switch_buses=False, include_results=False)
+            sub.load.drop(sub.load.index, inplace=True)
+            lines = [where[int(i)] for i in sub.line.index[sub.line.in_service.astype(bool)]]
+            tb.create_continuous_bus_index(sub, start=0)
+            tb.create_continuous_elements_index(sub)
+            for k in range(len(sub.bus)):
+                pp.create_load(sub, bus=k, p_mw=0.0, q_mvar=0.0, index=k)
+            self.engines.append(make(sub))
+            self.line_slots.append(np.array(lines, int))
+        self.n_line = len(in_service)
+
+    def solve(self, p_kw: np.ndarray, q_kvar: np.ndarray) -> PowerFlowResult:
+        p, q = _check_shape(p_kw, q_kvar, self.n_bus)
+        vm, va = np.full(self.n_bus, np.nan), np.full(self.n_bus, np.nan)
+        i_ka, loading = np.full(self.n_line, np.nan), np.full(self.n_line, np.nan)
+        losses = p_head = q_head = 0.0
+        converged = True
+        for buses, lines, engine in zip(self.parts, self.line_slots, self.engines):
+            r = engine.solve(p[buses], q[buses])
+            converged = converged and r.converged
+            vm[buses], va[buses] = r.vm_pu, r.va_degree
+            i_ka[lines], loading[lines] = r.line_i_ka, r.line_loading_pct
+            losses += r.losses_kw
+            p_head += r.p_head_kw
+            q_head += r.q_head_kvar
+        if not converged:
+            return _failed(self.n_bus, self.n_line)
+        return PowerFlowResult(vm, va, i_ka, loading, losses, p_head, q_head, True)
+
+
 def make_engine(name: EngineName, net: pp.pandapowerNet) -> PowerFlowEngine:
     """Engine by scenario name: "fast" (lightsim2grid, default) or "pandapower"."""
     if name == "fast":
+        parts = islands(net) if int(net.ext_grid.in_service.sum()) > 1 else []
+        if len(parts) > 1:
+            return IslandsEngine(net, parts, LightsimEngine)
         return LightsimEngine(net)
     if name == "pandapower":
         return PandapowerEngine(net)

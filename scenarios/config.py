@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr,
-                      ValidationError, model_validator)
+                      ValidationError, ValidationInfo, model_validator)
 
-from dercosim.grids.ieee33 import N_BUS
 from dercosim.timeseries.prices import MARKETS
 from dercosim.timeseries.weather import SITES
 
@@ -104,14 +103,77 @@ def _to_time(value: Any) -> Any:
     raise ValueError(f"expected a local time such as 07:00:00 or '07:00', got {value!r}")
 
 
-def _check_bus(bus: int) -> int:
-    if not 1 <= bus <= N_BUS:
-        raise ValueError(f"expected a bus of the IEEE 33-bus feeder, 1..{N_BUS} (1-based numbering)")
-    return bus
+#: most buses a list of buses may name (lv_schutterwald has 2,940)
+MAX_BUSES = 20_000
 
 
-def _all_buses(value: Any) -> Any:
-    return list(range(2, N_BUS + 1)) if value == "all" else value
+class _BadBus:
+    """A bus reference the feeder does not have, left in place by :func:`resolve_buses` so that the field's own
+    check reports it at its key path, every such reference at once."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _bus_ref(value: Any) -> Any:
+    if isinstance(value, _BadBus):
+        raise ValueError(value.message)
+    return value
+
+
+def resolve_buses(data: Any, source_dir: Path | None = None) -> Any:
+    """Scenario data with every bus reference a number on its feeder: ``buses = "all"`` (the buses that carry a
+    load in the case), bus names, and numbers checked against the feeder's size; a feeder JSON path made
+    absolute (relative to ``source_dir``, the scenario file's folder). Errors name the key path. A copy: ``data``
+    is not changed."""
+    from dercosim.grids.feeders import FeederError, buses_of
+
+    if not isinstance(data, dict):
+        return data
+    grid = data.get("grid")
+    spec = grid.get("feeder", "ieee33") if isinstance(grid, dict) else "ieee33"
+    if not isinstance(spec, str):
+        return data  # the field's own check says what is wrong
+    if spec.endswith(".json") and not Path(spec).is_absolute():
+        base = source_dir if source_dir is not None else Path.cwd()
+        spec = str((base / spec).resolve())
+        data = {**data, "grid": {**(grid if isinstance(grid, dict) else {}), "feeder": spec}}
+    lists = []
+    for section, key in (("households", "groups"), ("batteries", "groups")):
+        groups = data.get(section, {}).get(key) if isinstance(data.get(section), dict) else None
+        if isinstance(groups, list):
+            for i, group in enumerate(groups):
+                if isinstance(group, dict) and "buses" in group:
+                    lists.append((section, key, i, group))
+    if not lists:
+        return data
+    try:
+        buses = buses_of(spec)
+    except FeederError as exc:
+        raise ValueError(str(exc)) from None
+    data = {**data}
+    for section, key, i, group in lists:
+        refs = group["buses"]
+        if refs == "all":
+            numbers: list[Any] = list(buses.load_numbers)
+        elif isinstance(refs, list):
+            numbers = []
+            for ref in refs:
+                if isinstance(ref, bool) or not isinstance(ref, (int, str)):
+                    numbers.append(ref)  # the field's own check says what is wrong
+                    continue
+                try:
+                    numbers.append(buses.number_of(ref))
+                except FeederError as exc:
+                    numbers.append(_BadBus(f"{exc} (got {ref!r})"))
+        else:
+            continue
+        section_data = {**data[section]}
+        groups = list(section_data[key])
+        groups[i] = {**group, "buses": numbers}
+        section_data[key] = groups
+        data[section] = section_data
+    return data
 
 
 def _pair(value: Any) -> Any:
@@ -131,7 +193,8 @@ def _ordered(pair: tuple[float, float]) -> tuple[float, float]:
 # ``Annotated[float, Field(ge=low, le=high)]`` (``gt`` where the low end is open) so that static type checkers read
 # it as a float; a range ``[low, high]`` (or one number for a fixed value) is a pair of those, ordered.
 Duration = Annotated[int, BeforeValidator(parse_duration_s)]
-BusNumber = Annotated[int, AfterValidator(_check_bus)]
+#: a bus's number on the feeder (names and "all" resolved before, by the scenario's own validator)
+BusNumber = Annotated[int, BeforeValidator(_bus_ref), Field(ge=1)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
 FractionRange = Annotated[tuple[Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(ge=0, le=1)]],
                           BeforeValidator(_pair), AfterValidator(_ordered)]
@@ -190,8 +253,9 @@ class BaseLoad(_Model):
 
 
 class GridConfig(_Model):
-    #: the network solved every step (IEEE 33-bus, Baran & Wu 1989)
-    feeder: Literal["ieee33"] = "ieee33"
+    #: the network solved every step: "ieee33" (Baran & Wu 1989), a pandapower network's function name, a
+    #: SimBench code or a pandapower JSON file (relative to the scenario file); see the feeder guide
+    feeder: Annotated[str, Field(min_length=1, max_length=500)] = "ieee33"
     #: AC power flow: "fast" = lightsim2grid's Newton-Raphson on the same net; "pandapower" = runpp
     engine: Literal["fast", "pandapower"] = "fast"
     #: lower voltage limit, pu (minutes outside are counted, plotted and validated)
@@ -213,8 +277,9 @@ class HouseholdGroup(_Model):
 
     #: prefix of the households' names (<name>_<bus>_<k>)
     name: Name = "hh"
-    #: feeder buses (2..33) or "all"
-    buses: Annotated[list[BusNumber], BeforeValidator(_all_buses), Field(min_length=1, max_length=10 * N_BUS)]
+    #: feeder buses by number (IEEE-33: 1..33) or by the net's bus name, or "all" (the buses that carry a load in
+    #: the case)
+    buses: Annotated[list[BusNumber], Field(min_length=1, max_length=MAX_BUSES)]
     #: households at each bus
     per_bus: Annotated[int, Field(ge=1, le=MAX_HOUSEHOLDS)] = 1
     annual_kwh: AnnualKwhRange = (2500.0, 5000.0)  #: per home, kWh/year
@@ -236,6 +301,9 @@ class HouseholdGroup(_Model):
     aggregate: Annotated[int, Field(ge=1, le=MAX_HOMES)] = 1
     hvac_share: Fraction = 0.0  #: fraction of the group with HVAC (Ratnam et al. 2023 eq. 5 thermal model)
     #: what the HVAC does when on
+    #: the group's households replace the case's own loads at their buses (a feeder whose loads are households:
+    #: SimBench LV, Kerber, Dickert), so no load is counted twice; the case's load elsewhere stays
+    replaces_case_loads: bool = False
     hvac_mode: Literal["cooling", "heating"] = "cooling"
     hvac_p_max_kw: PositiveKwRange = (2.0, 3.5)  #: electric power when on, kW
     hvac_cop: CopRange = (2.5, 3.5)  #: thermal kW per electric kW
@@ -265,7 +333,7 @@ class BatteryGroup(_Model):
     at: Literal["households", "buses"] = "households"
     households: Literal["with_pv", "all"] = "with_pv"  #: which households of ``household_group`` get one
     household_group: Name | None = None  #: restrict to one household group (None = every group)
-    buses: Annotated[list[BusNumber], Field(max_length=10 * N_BUS)] = []  #: for at = "buses": one battery per bus
+    buses: Annotated[list[BusNumber], Field(max_length=MAX_BUSES)] = []  #: for at = "buses": one battery per bus (numbers or names)
     #: usable energy, kWh
     capacity_kwh: Annotated[float, Field(gt=0, le=100_000)] = 10.3
     #: charging power limit, kW
@@ -635,7 +703,7 @@ class Scenario(_Model):
         except (ScenarioError, ValueError, TypeError) as exc:
             raise ScenarioError(f"{where}: {exc}") from None
         try:
-            new = Scenario.model_validate(data)
+            new = Scenario.model_validate(data, context={"source_dir": self._source_dir})
         except ValidationError as exc:
             raise ScenarioError(format_validation_error(where, exc)) from None
         new._source_dir = self._source_dir
@@ -650,6 +718,13 @@ class Scenario(_Model):
     def source_dir(self) -> Path:
         """Folder of the scenario file (for controllers given as "file.py:Class"); cwd if none."""
         return self._source_dir or Path.cwd()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _buses(cls, data: Any, info: ValidationInfo) -> Any:
+        """Bus names and "all" become numbers on the scenario's feeder (:func:`resolve_buses`)."""
+        context = info.context if isinstance(info.context, dict) else {}
+        return resolve_buses(data, context.get("source_dir"))
 
     @model_validator(mode="after")
     def _size(self) -> Scenario:
@@ -831,7 +906,7 @@ def parse_scenario(path: str | Path) -> Scenario:
     if _depth(data) > MAX_DEPTH:  # also when a library has raised the recursion limit (py-evm does)
         raise ScenarioError(f"{path}: nested too deeply to be a scenario (more than {MAX_DEPTH} levels)")
     try:
-        scenario = Scenario.model_validate(data, strict=True)
+        scenario = Scenario.model_validate(data, strict=True, context={"source_dir": path.resolve().parent})
     except ValidationError as exc:
         raise ScenarioError(format_validation_error(path, exc)) from None
     except RecursionError:

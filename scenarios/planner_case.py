@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 
 from dercosim.planning.valuestack import Community, Feeder, Market
-from dercosim.grids import ieee33
+from dercosim.grids.feeders import load_feeder
 from dercosim.grids.lindistflow import LinDistFlow
-from dercosim.scenarios.config import Scenario
+from dercosim.scenarios.config import Scenario, ScenarioError
 from dercosim.timeseries.prices import price_per_kwh
 from dercosim.scenarios.resolve import RunInputs, base_load_shape
 
@@ -133,19 +133,26 @@ def build_case(run: RunInputs) -> ValueStackingCase:
         "r_c_per_kw": hvac_rows["r_c_per_kw"], "t_min_c": hvac_rows["t_set_c"] - hvac_rows["band_c"] / 2,
         "t_max_c": hvac_rows["t_set_c"] + hvac_rows["band_c"] / 2, "t0_c": hvac_rows["t_init_c"],
         "t_pref_c": hvac_rows["t_set_c"]})
-    net = ieee33.make_net()
-    base_p = np.zeros(ieee33.N_BUS)
-    base_q = np.zeros(ieee33.N_BUS)
-    np.add.at(base_p, net.load.bus.to_numpy(int), net.load.p_mw.to_numpy() * 1000.0)
-    np.add.at(base_q, net.load.bus.to_numpy(int), net.load.q_mvar.to_numpy() * 1000.0)
+    feeder = load_feeder(scenario.grid.feeder)
+    net = feeder.make_net()
+    try:
+        ldf = LinDistFlow.from_pandapower(net)
+    except ValueError as exc:
+        raise ScenarioError(f"planner: the value-stacking plan needs a radial feeder (LinDistFlow): {feeder.title}: "
+                            f"{exc}") from None
+    base_p = feeder.base_p_kw.copy()  # the case's own load per bus, but where households replace it
+    base_q = feeder.base_q_kvar.copy()
+    for g in scenario.households.groups:
+        if g.replaces_case_loads:
+            base_p[np.asarray(g.buses, int) - 1] = 0.0
+            base_q[np.asarray(g.buses, int) - 1] = 0.0
     shape_h = hourly_mean(np.asarray(base_shape, float), step_s)
     base_q_h = np.outer(shape_h, base_q)
     for j, b in enumerate(buses):
         base_q_h[:, b - 1] += q_h[:, j]
     line_max = None
     if scenario.grid.line_max_i_ka is not None:
-        v_kv = float(net.bus.vn_kv.iloc[0])
-        line_max = np.full(ieee33.N_BUS, np.sqrt(3) * v_kv * scenario.grid.line_max_i_ka * 1000.0)
+        line_max = np.sqrt(3) * feeder.vn_kv * scenario.grid.line_max_i_ka * 1000.0
     imp = tariff.import_price(times)
     b2g = price_per_kwh(p.b2g_market, times)
     return ValueStackingCase(
@@ -154,7 +161,7 @@ def build_case(run: RunInputs) -> ValueStackingCase:
         t_out_c=hourly_mean(run.day_outdoor_temperature_c[ahead], step_s), q_kvar=q_h, battery=battery, hvac=hv,
         import_per_kwh=hourly_mean(imp, step_s), b2g_per_kwh=hourly_mean(b2g, step_s),
         feed_per_kwh=hourly_mean(tariff.export_price(times), step_s), peak_per_kw=tariff.peak_demand_per_kw,
-        base_p_kw=np.outer(shape_h, base_p), base_q_kvar=base_q_h, ldf=LinDistFlow.from_pandapower(net),
+        base_p_kw=np.outer(shape_h, base_p), base_q_kvar=base_q_h, ldf=ldf,
         v_min_pu=scenario.grid.v_min_pu + p.v_margin_pu,
         v_max_pu=scenario.grid.v_max_pu - p.v_margin_pu, p_line_max_kw=line_max,
         degradation_per_kw2h=p.degradation_per_kw2h, trade_penalty_per_kwh=p.trade_penalty_per_kwh,

@@ -41,6 +41,7 @@ from dercosim.analysis.results import Result, read_recorded
 from dercosim.scenarios.fleet import Fleet
 from dercosim.scenarios.resolve import RunInputs
 from dercosim.environment import versions
+from dercosim.grids.feeders import load_feeder
 from dercosim.scenarios.config import Scenario, ScenarioError, scenario_to_toml
 from dercosim.scenarios.load import check_scenario
 from dercosim.sims.planner import COMMUNITY_OUT, OPERATOR_OUT
@@ -178,6 +179,10 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
     write_text_atomically(out_dir / "scenario.toml", scenario_to_toml(resolved))
     table.assign(hvac_p_max_kw=hvac["p_max_kw"]).to_csv(out_dir / "households.csv", index=False)
     batteries.to_csv(out_dir / "batteries.csv", index=False)
+    grid = load_feeder(scenario.grid.feeder)
+    pd.DataFrame({"bus": grid.numbers, "name": list(grid.names), "vn_kv": grid.vn_kv,
+                  "slack": np.isin(grid.numbers, grid.slack_numbers), "case_p_kw": grid.base_p_kw,
+                  "case_q_kvar": grid.base_q_kvar}).to_csv(out_dir / "buses.csv", index=False)
 
     timeout_s = scenario.processes.start_timeout_s
     world = mosaik.World(sim_config(scenario), mosaik_config={"start_timeout": timeout_s, "stop_timeout": timeout_s},
@@ -236,6 +241,12 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
     summary = summaries.summarize(recorded, run, wall_time_s=time.perf_counter() - wall_start, run_wall_s=run_wall_s,
                                   tables=tables)
     summary["versions"] = versions()
+    if scenario.grid.feeder != "ieee33":  # the net's own bus names beside the numbers
+        summary["feeder"] = {"spec": scenario.grid.feeder, "title": grid.title, "buses": grid.n_bus,
+                             "radial": grid.radial, "slack_buses": list(grid.slack_numbers)}
+        for end in ("min", "max"):
+            if summary["voltage"].get(f"{end}_bus") is not None:
+                summary["voltage"][f"{end}_bus_name"] = grid.name_of(summary["voltage"][f"{end}_bus"])
     if "contract" in summary and scenario.contract is not None and scenario.contract.engine == "evm":
         summary["contract"]["evm"] = summaries.evm_figures(recorded, out_dir / "contract_gas.json")
     if realtime is not None:
@@ -450,8 +461,10 @@ def _build(mosaik_world: mosaik.World, run: RunInputs, out_dir: Path,
     step_s = scenario.clock.step_s
 
     grid_sim = _start(world, scenario, "Grid", step_s=step_s)
+    replaced = sorted({int(b) for g in scenario.households.groups if g.replaces_case_loads for b in g.buses})
     feeder = grid_sim.Feeder(feeder=scenario.grid.feeder, engine=scenario.grid.engine,
-                             base_shape=base_shape.tolist(), line_max_i_ka=scenario.grid.line_max_i_ka)
+                             base_shape=base_shape.tolist(), line_max_i_ka=scenario.grid.line_max_i_ka,
+                             **({"no_base_at": replaced} if replaced else {}))
     buses = {int(child.eid.removeprefix("bus_")): child for child in feeder.children}
     entities: dict[str, dict[str, Any]] = {feeder.full_id: {"entity": "feeder", "kind": "feeder", "bus": None}}
     entities.update({b.full_id: {"entity": b.eid, "kind": "bus", "bus": n} for n, b in buses.items()})

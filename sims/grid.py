@@ -17,7 +17,7 @@ import mosaik_api_v3
 from mosaik_api_v3.types import Meta
 import numpy as np
 
-from dercosim.grids import ieee33
+from dercosim.grids.feeders import load_feeder
 from dercosim.grids.powerflow import PowerFlowEngine, PowerFlowResult, make_engine
 from dercosim.sims.pacing import paced
 from dercosim.sims.tables import tabled
@@ -30,7 +30,7 @@ META = {
     "api_version": "3.0",
     "type": "time-based",
     "models": {
-        "Feeder": {"public": True, "params": ["feeder", "engine", "base_shape", "line_max_i_ka"],
+        "Feeder": {"public": True, "params": ["feeder", "engine", "base_shape", "line_max_i_ka", "no_base_at"],
                    "attrs": FEEDER_ATTRS},
         "Bus": {"public": False, "params": [], "attrs": BUS_ATTRS},
     },
@@ -55,18 +55,25 @@ class GridSim(mosaik_api_v3.Simulator):
         return self.meta
 
     def create(self, num: int, model: str, feeder: str = "ieee33", engine: str = "fast",
-               base_shape: list[float] | None = None, line_max_i_ka: float | None = None) -> list[dict]:
+               base_shape: list[float] | None = None, line_max_i_ka: float | None = None,
+               no_base_at: list[int] | None = None) -> list[dict]:
+        """``no_base_at``: bus numbers whose case load households replace (no base load there)."""
         if model != "Feeder" or num != 1 or self.engine is not None:
             raise ValueError("GridSim holds exactly one Feeder; create it once with num=1")
-        if feeder != "ieee33":
-            raise ValueError(f"unknown feeder {feeder!r}")
-        net = ieee33.make_net(line_max_i_ka)
+        case = load_feeder(feeder)  # a JSON file's path is absolute here (the scenario resolved it)
+        net = case.make_net(line_max_i_ka)
         self.engine = make_engine(engine, net)  # type: ignore[arg-type]
-        self.has_rating = line_max_i_ka is not None
-        self.base_p_kw, self.base_q_kvar = ieee33.base_load_kw()
+        # IEEE-33's case file has no line ratings (a placeholder): loading only with line_max_i_ka; other nets
+        # carry their own
+        self.has_rating = line_max_i_ka is not None or feeder != "ieee33"
+        self.base_p_kw, self.base_q_kvar = case.base_p_kw.copy(), case.base_q_kvar.copy()
+        if no_base_at:
+            idx = np.asarray(no_base_at, int) - 1
+            self.base_p_kw[idx] = 0.0
+            self.base_q_kvar[idx] = 0.0
         self.base_shape = np.asarray(base_shape if base_shape is not None else [1.0], float)
         self.constant_shape = base_shape is None
-        self.bus_of = {f"bus_{b}": ieee33.bus_index(int(b)) for b in ieee33.bus_numbers()}  # eid -> 0-based
+        self.bus_of = {f"bus_{b}": int(b) - 1 for b in case.numbers}  # eid -> 0-based position
         children = [{"eid": eid, "type": "Bus", "rel": []} for eid in self.bus_of]
         return [{"eid": "feeder", "type": "Feeder", "rel": [], "children": children}]
 

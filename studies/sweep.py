@@ -219,7 +219,7 @@ def validate_data(data: dict, path: Path) -> Scenario:
     from pydantic import ValidationError
 
     try:
-        scenario = Scenario.model_validate(data, strict=True)
+        scenario = Scenario.model_validate(data, strict=True, context={"source_dir": path.resolve().parent})
     except ValidationError as exc:
         raise ScenarioError(format_validation_error(path, exc)) from None
     scenario._source_dir = path.resolve().parent
