@@ -494,6 +494,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"{name:24s} max |error| {m['max_abs_error_pu']:.5f} pu (bus {m['at_bus']}), mean {m['mean_error_pu']:+.5f}; "
               f"{'conservative' if m['conservative_for_undervoltage'] else 'NOT conservative'} for undervoltage; "
               f"violation minutes missed {c['missed']}, false alarms {c['false_alarm']}")
+    for name, why in r.get("models_refused", {}).items():
+        print(f"{name:24s} refused: {why}")
     e = r["engine_check"]
     if e.get("minutes"):
         print(f"engine cross-check: {e['minutes']} minutes, max |dV| {e['max_abs_diff_pu']:.2e} pu "
