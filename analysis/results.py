@@ -87,7 +87,7 @@ def plan_vs_ac(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFra
 
 
 #: the kinds of entity a run records, by the name a :class:`Result` reads them under
-KINDS = {"feeder": "feeder", "buses": "bus", "households": "household", "batteries": "battery",
+KINDS = {"feeder": "feeder", "buses": "bus", "lines": "line", "households": "household", "batteries": "battery",
          "controllers": "controller", "plans": "plan", "planner": "planner", "market": "market",
          "contract": "contract", "members": "member"}
 

@@ -136,6 +136,21 @@ def summarize(df: pd.DataFrame | Recorded, run: RunInputs, wall_time_s: float, r
     if scenario.grid.line_max_i_ka is not None:
         summary["lines"] = {"rating_ka": scenario.grid.line_max_i_ka,
                             "max_loading_pct": float(feeder["line_loading_max_pct"].max())}
+    elif scenario.grid.feeder != "ieee33" and feeder["line_loading_max_pct"].notna().any():
+        summary["lines"] = {"rating_ka": "the case's own", "max_loading_pct": float(feeder["line_loading_max_pct"].max())}
+    hh_rows = rows_of(df, "household")
+    if scenario.inverters.mode != "unity" and "pv_curtailed_kw" in hh_rows:
+        q = hh_rows["pv_q_kvar"].to_numpy(float)
+        delivered = float(hh_rows["pv_kw"].sum() * step_h)
+        curtailed = float(hh_rows["pv_curtailed_kw"].sum() * step_h)
+        summary["inverters"] = {
+            "mode": scenario.inverters.mode, "s_per_kwp": scenario.inverters.s_per_kwp,
+            "pv_available_kwh": delivered + curtailed, "pv_delivered_kwh": delivered, "pv_curtailed_kwh": curtailed,
+            "q_injected_kvarh": float(np.clip(q, 0, None).sum() * step_h),
+            "q_absorbed_kvarh": float(np.clip(-q, 0, None).sum() * step_h),
+            "definitions": "available = delivered + curtailed (the array's output before the inverter's cap); "
+                           "reactive power + = injected (generator convention), from the bus voltage of the "
+                           "previous power flow"}
     return summary
 
 #: Couraud et al. 2022: gas of one household's transaction on their private chain

@@ -45,7 +45,7 @@ import numpy as np
 from dercosim.grids import ieee33
 
 #: a SimBench code: voltage levels, grid type, scenario and switch type, e.g. "1-LV-rural1--0-sw"
-SIMBENCH_CODE = re.compile(r"^1-(EHV|HV|MV|LV|EHVHV|HVMV|MVLV)(-[A-Za-z0-9]+)*--[0-2]-(sw|no_sw)$")
+SIMBENCH_CODE = re.compile(r"^1-(EHV|HV|MV|LV)[A-Z]*-.+-[0-2]-(sw|no_sw)$")
 
 #: pandapower networks whose loads are single households (a household group can take them over one for one)
 HOUSEHOLD_CASES = ("create_kerber", "create_dickert", "lv_schutterwald", "ieee_european_lv", "1-LV-")
@@ -231,7 +231,7 @@ def _raw_net(spec: str, source_dir: Path | None) -> tuple[Any, str, bool]:
                               "pip install 'dercosim[grids]'") from None
         codes = [c for c in simbench.collect_all_simbench_codes() if c.startswith("1-")]
         if spec not in codes:
-            near = [c for c in codes if c.split("--")[0] == spec.split("--")[0]][:6] or \
+            near = [c for c in codes if c.split("-")[:2] == spec.split("-")[:2] and c.endswith("0-sw")][:6] or \
                 [c for c in codes if "-LV-" in c and c.endswith("--0-sw")][:6]
             raise FeederError(f"grid.feeder: {spec!r} is not a SimBench code; e.g. {', '.join(near)}")
         with warnings.catch_warnings():

@@ -614,6 +614,46 @@ class ContractConfig(_Model):
         return self
 
 
+class InverterConfig(_Model):
+    """The households' PV inverters: curtailment and reactive power from the bus voltage of the previous power
+    flow (IEEE Std 1547-2018 Volt-VAr and Volt-Watt), within each inverter's rating. "unity": the PV at unity
+    power factor, never curtailed (the default; what every run did before)."""
+
+    #: "unity", "fixed_pf", "volt_var", "volt_watt" or "volt_var_watt"
+    mode: Literal["unity", "fixed_pf", "volt_var", "volt_watt", "volt_var_watt"] = "unity"
+    #: inverter rating, kVA per kWp of the array (1.0-1.2 leaves room for reactive power at full output)
+    s_per_kwp: Annotated[float, Field(ge=0.5, le=3.0)] = 1.1
+    #: fixed_pf: the power factor
+    pf: Annotated[float, Field(ge=0.5, le=1.0)] = 0.95
+    #: fixed_pf: absorb reactive power (lowers the voltage) rather than inject it
+    pf_absorbing: bool = True
+    #: Volt-VAr curve: voltages, pu (increasing), and reactive power as a fraction of the rating (+ = injected);
+    #: IEEE 1547-2018 Category B default
+    volt_var_v_pu: Annotated[list[Annotated[float, Field(ge=0.5, le=1.5)]], Field(min_length=2, max_length=8)] = \
+        [0.92, 0.98, 1.02, 1.08]
+    volt_var_q_frac: Annotated[list[Annotated[float, Field(ge=-1, le=1)]], Field(min_length=2, max_length=8)] = \
+        [0.44, 0.0, 0.0, -0.44]
+    #: Volt-Watt curve: voltages, pu (increasing), and the active-power cap as a fraction of the rating
+    volt_watt_v_pu: Annotated[list[Annotated[float, Field(ge=0.5, le=1.5)]], Field(min_length=2, max_length=8)] = \
+        [1.06, 1.10]
+    volt_watt_p_frac: Annotated[list[Annotated[float, Field(ge=0, le=1)]], Field(min_length=2, max_length=8)] = \
+        [1.0, 0.2]
+    #: share of the gap to the Volt-VAr / Volt-Watt curve closed each step (1 = at once; below 1 damps the swing a
+    #: once-a-step voltage reading would otherwise cause, as OpenDSS's DeltaQ_factor)
+    delta_factor: Annotated[float, Field(gt=0, le=1)] = 0.3
+
+    @model_validator(mode="after")
+    def _curves(self) -> InverterConfig:
+        for name, v, y in (("volt_var", self.volt_var_v_pu, self.volt_var_q_frac),
+                           ("volt_watt", self.volt_watt_v_pu, self.volt_watt_p_frac)):
+            if len(v) != len(y):
+                raise ValueError(f"{name}_v_pu and {name}_{'q' if name == 'volt_var' else 'p'}_frac need the same "
+                                 f"number of points (got {len(v)} and {len(y)})")
+            if any(b <= a for a, b in zip(v, v[1:])):
+                raise ValueError(f"{name}_v_pu must increase (got {v})")
+        return self
+
+
 class RecorderConfig(_Model):
     flush_every_s: Annotated[int, Field(ge=60, le=86_400)] = 3600  #: write a row group this often (simulated s)
 
@@ -671,6 +711,7 @@ class Scenario(_Model):
     planner: PlannerConfig | None = None
     market: MarketConfig | None = None
     contract: ContractConfig | None = None
+    inverters: InverterConfig = InverterConfig()
     recorder: RecorderConfig = RecorderConfig()
     processes: ProcessesConfig = ProcessesConfig()
     _source_dir: Path | None = PrivateAttr(default=None)

@@ -54,12 +54,14 @@ from dercosim.sims.tables import TABLE_ATTR, TABLE_EID
 from dercosim.sims import recorder as recorder_sim
 from dercosim.sims.connection import harden_channels
 from dercosim.sims.recorder import STOP, STOP_REASON, StopRequested
-from dercosim.sims.grid import FEEDER_ATTRS
+from dercosim.sims.grid import FEEDER_ATTRS, LINE_ATTRS
 
 SIM_CONFIG = {kind: {"python": target} for kind, target in SIMULATORS.items()}
 harden_channels()  # a simulator process killed hard resets its connection: "connection lost", not a hang
 BUS_RECORDED = ["vm_pu", "va_degree", "p_net_kw", "q_net_kvar"]
 HOUSEHOLD_RECORDED = ["load_kw", "pv_kw", "wind_kw", "hvac_kw", "net_kw", "q_kvar", "t_indoor_c", "t_outdoor_c"]
+#: with PV inverters that act ([inverters] mode other than "unity"): what each held back and its reactive power
+INVERTER_RECORDED = ["pv_curtailed_kw", "pv_q_kvar"]
 BATTERY_RECORDED = ["p_kw", "soc_kwh", "soc_frac", "e_charge_kwh", "e_discharge_kwh", "e_self_discharge_kwh",
                     "e_clipped_kwh", "meter_kw", "follow_residual", "p_set_kw"]
 #: observations a household itself provides (same time) and those of its battery (time-shifted)
@@ -465,17 +467,24 @@ def _build(mosaik_world: mosaik.World, run: RunInputs, out_dir: Path,
     feeder = grid_sim.Feeder(feeder=scenario.grid.feeder, engine=scenario.grid.engine,
                              base_shape=base_shape.tolist(), line_max_i_ka=scenario.grid.line_max_i_ka,
                              **({"no_base_at": replaced} if replaced else {}))
-    buses = {int(child.eid.removeprefix("bus_")): child for child in feeder.children}
+    buses = {int(child.eid.removeprefix("bus_")): child for child in feeder.children if child.type == "Bus"}
+    lines = [child for child in feeder.children if child.type == "Line"]
     entities: dict[str, dict[str, Any]] = {feeder.full_id: {"entity": "feeder", "kind": "feeder", "bus": None}}
     entities.update({b.full_id: {"entity": b.eid, "kind": "bus", "bus": n} for n, b in buses.items()})
+    if lines:  # the from-bus of each in-service line, in the engine's order
+        net = load_feeder(scenario.grid.feeder).net
+        from_bus = (net.line.from_bus[net.line.in_service.astype(bool)].to_numpy(int) + 1).tolist()
+        entities.update({ln.full_id: {"entity": ln.eid, "kind": "line", "bus": b} for ln, b in zip(lines, from_bus)})
 
     households: dict[str, Any] = {}
+    acting = scenario.inverters.mode != "unity" and len(table) > 0  # PV inverters that act on the voltage
     if len(table):
         hh_sim = _start(world, scenario, "Households", step_s=step_s, names=table["name"].tolist(),
                              bus=table["bus"].tolist(), load_kw=load_kw, pv_kw=pv_kw,
                              power_factor=table["power_factor"].tolist(),
                              t_outdoor_c=run.outdoor_temperature_c,
-                             hvac={k: v.tolist() for k, v in hvac.items()}, wind_kw=run.wind_kw)
+                             hvac={k: v.tolist() for k, v in hvac.items()}, wind_kw=run.wind_kw,
+                             **({"inverter": _inverter(scenario, table)} if acting else {}))
         households = {e.eid: e for e in hh_sim.Household.create(len(table))}
     has_hvac = dict(zip(table["name"], hvac["p_max_kw"] > 0))
     hh_bus = dict(zip(table["name"], table["bus"].astype(int)))
@@ -501,6 +510,8 @@ def _build(mosaik_world: mosaik.World, run: RunInputs, out_dir: Path,
 
     for name, hh in households.items():
         bus = buses[hh_bus[name]]
+        if acting:  # the inverter reads its bus's voltage of the previous power flow
+            world.connect(bus, hh, "vm_pu", time_shifted=True, initial_data={"vm_pu": 1.0})
         if name in battery_of:
             world.connect(hh, bus, "q_kvar")
         else:
@@ -545,12 +556,14 @@ def _build(mosaik_world: mosaik.World, run: RunInputs, out_dir: Path,
             entities[ent.full_id] = {"entity": ent.eid, "kind": "planner" if ent.eid == "operator" else "plan",
                                      "bus": None if ent.eid == "operator" else hh_bus[ent.eid]}
 
-    columns = {a: ("bool" if a == "converged" else "float64") for a in FEEDER_ATTRS + BUS_RECORDED}
+    columns = {a: ("bool" if a == "converged" else "float64") for a in FEEDER_ATTRS + BUS_RECORDED
+               + (LINE_ATTRS if lines else [])}
     columns.update({a: "float64" for a in COMMUNITY_OUT + OPERATOR_OUT})
     columns.update({a: "float64" for a in MARKET_OUTPUTS + CONTRACT_OUT + MEMBER_OUT})
     if scenario.contract is not None and scenario.contract.engine == "evm":
         columns.update({a: "float64" for a in EVM_OUT})
-    columns.update({a: "float64" for a in HOUSEHOLD_RECORDED + BATTERY_RECORDED + diagnostics})
+    columns.update({a: "float64" for a in HOUSEHOLD_RECORDED + BATTERY_RECORDED + diagnostics
+                    + (INVERTER_RECORDED if acting else [])})
     # what is recorded, per simulator: {attribute: its entities}; each simulator hands it over as one Table
     # entity (whole columns, sims/tables.py) instead of one mosaik value per entity and attribute
     recorded: dict[str, dict[str, list[Any]]] = {}
@@ -562,8 +575,10 @@ def _build(mosaik_world: mosaik.World, run: RunInputs, out_dir: Path,
     record(feeder, FEEDER_ATTRS)
     for bus in buses.values():
         record(bus, BUS_RECORDED)
+    for line in lines:
+        record(line, LINE_ATTRS)
     for hh in households.values():
-        record(hh, HOUSEHOLD_RECORDED)
+        record(hh, HOUSEHOLD_RECORDED + (INVERTER_RECORDED if acting else []))
     for ent in battery_entities:
         record(ent, BATTERY_RECORDED)
     for ctrl in ctrls:
@@ -585,6 +600,17 @@ def _build(mosaik_world: mosaik.World, run: RunInputs, out_dir: Path,
     for sid in recorded:
         world.connect(tables[sid], recorder, TABLE_ATTR)  # the recorder has no Table: a plain connection
     return parquet
+
+
+def _inverter(scenario: Scenario, table: pd.DataFrame) -> dict[str, Any]:
+    """The households' inverter settings for the household simulator (JSON-serialisable): the mode and curves,
+    and each household's rating (kVA per kWp of its array)."""
+    inv = scenario.inverters
+    return {"mode": inv.mode, "pf": inv.pf, "pf_absorbing": inv.pf_absorbing,
+            "volt_var_v_pu": list(inv.volt_var_v_pu), "volt_var_q_frac": list(inv.volt_var_q_frac),
+            "volt_watt_v_pu": list(inv.volt_watt_v_pu), "volt_watt_p_frac": list(inv.volt_watt_p_frac),
+            "delta_factor": inv.delta_factor,
+            "s_rated_kva": (table["pv_kwp"].to_numpy(float) * inv.s_per_kwp).tolist()}
 
 
 def _connect_contract(world: _Wiring, run: RunInputs, aggregator: Any, battery_of: dict[str, Any],

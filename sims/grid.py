@@ -1,6 +1,7 @@
 """mosaik simulator of the feeder: base load + connected injections per bus, AC power flow every step.
 
-One ``Feeder`` entity with one ``Bus`` child per bus (eid ``bus_<n>``, 1-based).
+One ``Feeder`` entity with one ``Bus`` child per bus (eid ``bus_<n>``, 1-based) and, where the lines have
+ratings, one ``Line`` child per in-service line (eid ``line_<k>``: ``loading_pct``, ``i_ka``).
 Connect anything with ``p_kw``/``q_kvar`` (load convention) to a bus; these
 are inputs only, summed per bus. Outputs per bus: ``vm_pu``, ``va_degree``, ``p_net_kw``,
 ``q_net_kvar`` (base + connected). Feeder-wide: ``losses_kw``, ``p_head_kw``,
@@ -25,6 +26,7 @@ from dercosim.sims.tables import tabled
 FEEDER_ATTRS = ["losses_kw", "p_head_kw", "q_head_kvar", "converged", "vm_min_pu", "vm_max_pu",
                 "line_loading_max_pct", "base_p_kw"]
 BUS_ATTRS = ["p_kw", "q_kvar", "vm_pu", "va_degree", "p_net_kw", "q_net_kvar"]
+LINE_ATTRS = ["loading_pct", "i_ka"]
 
 META = {
     "api_version": "3.0",
@@ -33,6 +35,7 @@ META = {
         "Feeder": {"public": True, "params": ["feeder", "engine", "base_shape", "line_max_i_ka", "no_base_at"],
                    "attrs": FEEDER_ATTRS},
         "Bus": {"public": False, "params": [], "attrs": BUS_ATTRS},
+        "Line": {"public": False, "params": [], "attrs": LINE_ATTRS},
     },
 }
 
@@ -75,6 +78,10 @@ class GridSim(mosaik_api_v3.Simulator):
         self.constant_shape = base_shape is None
         self.bus_of = {f"bus_{b}": int(b) - 1 for b in case.numbers}  # eid -> 0-based position
         children = [{"eid": eid, "type": "Bus", "rel": []} for eid in self.bus_of]
+        # one Line per in-service line (engine order) where the lines have ratings: loading and current per step
+        n_lines = int(net.line.in_service.sum()) if self.has_rating else 0
+        self.line_of = {f"line_{k + 1}": k for k in range(n_lines)}
+        children += [{"eid": eid, "type": "Line", "rel": []} for eid in self.line_of]
         return [{"eid": "feeder", "type": "Feeder", "rel": [], "children": children}]
 
     def step(self, time: int, inputs: dict[str, dict[str, dict[str, Any]]], max_advance: int) -> int:
@@ -108,6 +115,9 @@ class GridSim(mosaik_api_v3.Simulator):
                     else float("nan"),
                     "base_p_kw": self.base_now_kw,
                 }
+            elif eid in self.line_of:
+                k = self.line_of[eid]
+                values = {"loading_pct": float(r.line_loading_pct[k]), "i_ka": float(r.line_i_ka[k])}
             else:
                 i = self.bus_of[eid]
                 values = {"vm_pu": float(r.vm_pu[i]), "va_degree": float(r.va_degree[i]),

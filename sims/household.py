@@ -5,7 +5,10 @@ Outputs per household (load convention): ``load_kw`` (demand without HVAC),
 load + HVAC − PV − wind (positive = drawn from the grid, before any
 battery), ``q_kvar`` (load and HVAC at the household's power factor,
 generation at unity), ``t_indoor_c``, ``t_outdoor_c`` and
-``bus`` (1-based). HVAC follows the thermal model of Jiang & Wang 2024, eq. (5)
+``bus`` (1-based). With PV inverters that act (``inverter`` given to ``init``), ``pv_kw`` is what the inverter
+delivers after curtailment, ``pv_curtailed_kw`` what it held back and ``pv_q_kvar`` its reactive power
+(+ = injected), from the time-shifted input ``vm_pu`` of the household's bus (``devices.inverter``); ``q_kvar``
+then includes it. HVAC follows the thermal model of Jiang & Wang 2024, eq. (5)
 (``devices.thermal``); a thermostat runs it unless the input
 ``hvac_set_kw`` (from a controller, time-shifted) gives a finite power.
 """
@@ -20,13 +23,14 @@ import mosaik_api_v3
 from mosaik_api_v3.types import Meta
 import numpy as np
 
+from dercosim.devices.inverter import InverterOutput, InverterSettings, inverter_output
 from dercosim.devices.thermal import indoor_temperature_next, thermostat
 from dercosim.sims.entities import hand_out
 from dercosim.sims.pacing import paced
 from dercosim.sims.tables import entity_data, positions, tabled
 
 ATTRS = ["load_kw", "pv_kw", "wind_kw", "hvac_kw", "net_kw", "q_kvar", "t_indoor_c", "t_outdoor_c", "bus",
-         "hvac_set_kw"]
+         "hvac_set_kw", "vm_pu", "pv_curtailed_kw", "pv_q_kvar"]
 META = {
     "api_version": "3.0",
     "type": "time-based",
@@ -43,13 +47,17 @@ class HouseholdSim(mosaik_api_v3.Simulator):
 
     def init(self, sid: str, time_resolution: float = 1.0, step_s: int = 60, names: Sequence[str] = (),
              bus: Sequence[int] = (), load_kw: Any = None, pv_kw: Any = None, power_factor: Sequence[float] = (),
-             t_outdoor_c: Any = None, hvac: dict[str, list[float]] | None = None, wind_kw: Any = None) -> Meta:
+             t_outdoor_c: Any = None, hvac: dict[str, list[float]] | None = None, wind_kw: Any = None,
+             inverter: dict[str, Any] | None = None) -> Meta:
         """``load_kw``, ``pv_kw``, ``wind_kw``: (n_steps, n), one row per step from t = 0 (``wind_kw`` None:
         no turbines); ``t_outdoor_c``: (n_steps,).
 
         ``hvac``: per-household lists ``p_max_kw`` (0 = no HVAC), ``c_kwh_per_c``,
         ``r_c_per_kw``, ``mu`` (+COP cooling, −COP heating), ``t_set_c``,
         ``band_c``, ``t_init_c``.
+
+        ``inverter``: the PV inverters' settings (:class:`dercosim.devices.inverter.InverterSettings` fields) and
+        ``s_rated_kva`` per household; None: PV at unity power factor, never curtailed.
         """
         self.step_s = int(step_s)
         self.names = list(names)
@@ -76,6 +84,14 @@ class HouseholdSim(mosaik_api_v3.Simulator):
         self.hvac_on = np.zeros(n, bool)
         self.hvac_kw = np.zeros(n)
         self.k = 0
+        self.inverter = None
+        if inverter is not None:
+            settings: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in inverter.items()
+                                        if k != "s_rated_kva"}
+            self.inverter = InverterSettings(**settings)
+            self.s_rated = np.asarray(inverter["s_rated_kva"], float)
+            self.pv_now, self.pv_q, self.pv_cut = np.zeros(n), np.zeros(n), np.zeros(n)
+            self.last_out: InverterOutput | None = None
         return self.meta
 
     def create(self, num: int, model: str) -> list[dict]:
@@ -101,19 +117,36 @@ class HouseholdSim(mosaik_api_v3.Simulator):
             t_next = indoor_temperature_next(self.t_in, self.t_out[self.k], self.hvac_kw, self.hvac_mu,
                                              self.hvac_c, self.hvac_r, self.step_s / 3600.0)
             self.t_in = np.where(self.has_hvac, t_next, self.t_in)
+        if self.inverter is not None:
+            v_prev = np.ones(len(self.names))  # nominal until a power flow has answered (t = 0)
+            for eid, attrs in inputs.items():
+                values = attrs.get("vm_pu", {})
+                if values:
+                    v_prev[self.index[eid]] = float(next(iter(values.values())))  # NaN after a failed solve
+            out = inverter_output(self.pv_kw[self.k], self.s_rated, v_prev, self.inverter, last=self.last_out)
+            self.pv_now, self.pv_q, self.pv_cut = out.p_kw, out.q_kvar, out.curtailed_kw
+            self.last_out = out
         return time + self.step_s
 
     def _vector(self, attr: str) -> np.ndarray | None:
         """``attr`` of every household this step, in ``self.names`` order (None: not an output)."""
         k = self.k
+        inv = self.inverter is not None
+        if attr == "pv_kw" and inv:
+            return self.pv_now
         if attr in ("load_kw", "pv_kw", "wind_kw"):
             return getattr(self, attr)[k]
         if attr == "hvac_kw":
             return self.hvac_kw
         if attr == "net_kw":
-            return self.load_kw[k] + self.hvac_kw - self.pv_kw[k] - self.wind_kw[k]
+            return self.load_kw[k] + self.hvac_kw - (self.pv_now if inv else self.pv_kw[k]) - self.wind_kw[k]
         if attr == "q_kvar":
-            return (self.load_kw[k] + self.hvac_kw) * self.tan_phi
+            q = (self.load_kw[k] + self.hvac_kw) * self.tan_phi
+            return q - self.pv_q if inv else q
+        if attr == "pv_curtailed_kw":
+            return self.pv_cut if inv else np.zeros(len(self.names))
+        if attr == "pv_q_kvar":
+            return self.pv_q if inv else np.zeros(len(self.names))
         if attr == "t_indoor_c":
             return np.where(self.has_hvac, self.t_in, np.nan)
         if attr == "t_outdoor_c":

@@ -143,6 +143,11 @@ def test_the_simbench_feeder_runs_with_households_in_place_of_its_loads(simbench
     balance = feeder.set_index("time_s").p_head_kw - (total + feeder.set_index("time_s").losses_kw)
     assert balance.abs().max() < 1e-3  # head = loads + losses (line and transformer), within 1 W
     assert feeder.line_loading_max_pct.notna().all()  # the case's own line ratings
+    lines = simbench_run.lines  # per line and step, with its from-bus
+    n_lines = int(load_feeder("1-LV-rural3--0-sw").net.line.in_service.sum())
+    assert lines.entity.nunique() == n_lines and len(lines) == n_lines * len(feeder)
+    worst = lines.groupby("time_s").loading_pct.max()
+    np.testing.assert_allclose(worst.to_numpy(), feeder.set_index("time_s").line_loading_max_pct.to_numpy())
 
 
 def test_validate_on_the_simbench_run(simbench_run, tmp_path: Path) -> None:
