@@ -190,12 +190,17 @@ class Result:
         read = [c for c in known if c != "kind"]
         return pq.read_table(self.parquet, columns=read, filters=filters).to_pandas()
 
-    def wide(self, kind: str, column: str, **filters: Any) -> pd.DataFrame:
+    def wide(self, kind: str, column: str, names: bool = False, **filters: Any) -> pd.DataFrame:
         """One column of ``kind`` as a frame: rows the local time of each step, columns the entities (for buses,
-        the bus number). ``filters``: as :meth:`frame`."""
+        the bus number; ``names=True``: the feeder's bus names, from ``buses.csv``). ``filters``: as
+        :meth:`frame`."""
         rows = self.frame(kind, [column], **filters)
         by = "bus" if KINDS.get(kind, kind) == "bus" else "entity"
-        return rows.pivot(index="time", columns=by, values=column).sort_index(axis=1)
+        wide = rows.pivot(index="time", columns=by, values=column).sort_index(axis=1)
+        if names and by == "bus":
+            table = pd.read_csv(self.out_dir / "buses.csv", dtype={"name": str})
+            wide.columns = table.set_index("bus").loc[wide.columns, "name"].to_numpy()
+        return wide
 
     def __getattr__(self, name: str) -> pd.DataFrame:
         if name in KINDS:

@@ -139,7 +139,7 @@ def summarize(df: pd.DataFrame | Recorded, run: RunInputs, wall_time_s: float, r
     elif scenario.grid.feeder != "ieee33" and feeder["line_loading_max_pct"].notna().any():
         summary["lines"] = {"rating_ka": "the case's own", "max_loading_pct": float(feeder["line_loading_max_pct"].max())}
     hh_rows = rows_of(df, "household")
-    if scenario.inverters.mode != "unity" and "pv_curtailed_kw" in hh_rows:
+    if "pv_curtailed_kw" in hh_rows:  # the inverters acted (a mode other than unity, or a controller's setpoints)
         q = hh_rows["pv_q_kvar"].to_numpy(float)
         delivered = float(hh_rows["pv_kw"].sum() * step_h)
         curtailed = float(hh_rows["pv_curtailed_kw"].sum() * step_h)

@@ -1,6 +1,7 @@
 """Where a simulated minute goes at 70, 500 and 2,000 households: mosaik, power flow, MPC, PMS, recorder.
 
     python benchmarks/scaling.py [--sizes 2,16,62] [--minutes 30] [--start-hour 11] [--qp-horizon remaining]
+    python benchmarks/scaling.py --feeder simbench [--minutes 1440 --start-hour 0]
 
 ``households_mpc`` with every household given PV and a battery (so every one
 runs the MPC, every 120 s), ``per_bus`` households on each of the 32 load
@@ -11,6 +12,10 @@ rest of the loop's wall time is mosaik's own (scheduling, the input and
 output dicts between simulators, each simulator's ``get_data``). Printed: ms
 per simulated minute, split by simulator, the growth against the smallest
 size per household, and the process's peak memory so far.
+
+``--feeder simbench``: ``simbench_lv_households`` (118 households on SimBench's ``1-LV-rural3--0-sw``, 129 buses
+behind a transformer) with PV and a battery on every household and the household MPC of ``households_mpc`` on
+every battery, one size.
 """
 
 from __future__ import annotations
@@ -43,6 +48,21 @@ def scenario(per_bus: int, minutes: int, start_hour: int = 11, qp_horizon: str =
     return s
 
 
+def simbench(minutes: int, start_hour: int = 11, qp_horizon: str = "interval") -> Scenario:
+    data = tomllib.loads(bundled_scenarios()["simbench_lv_households"].read_text())
+    mpc = tomllib.loads(bundled_scenarios()["households_mpc"].read_text())
+    data["name"] = "scaling_simbench"
+    data["clock"]["start"] = data["clock"]["start"].replace(hour=start_hour)
+    data["clock"]["duration"] = f"{minutes}min"
+    data["households"]["groups"][0].update(pv_share=1.0)
+    data["hems"] = {**mpc["hems"], "applies_to": "with_battery"}
+    data["hems"]["params"]["qp_horizon"] = qp_horizon
+    data["tariff"] = mpc["tariff"]
+    s = Scenario.model_validate(data, strict=True, context={"source_dir": bundled_scenarios()["households_mpc"].parent})
+    s._source_dir = bundled_scenarios()["households_mpc"].parent
+    return s
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="2,16,62", help="households per bus (default 2,16,62)")
@@ -50,12 +70,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--start-hour", type=int, default=11)
     ap.add_argument("--qp-horizon", choices=["interval", "remaining"], default="interval",
                     help="the MPC's QP size (the [hems.params] key; default: the scenario's default)")
+    ap.add_argument("--feeder", choices=["ieee33", "simbench"], default="ieee33",
+                    help="simbench: the SimBench LV scenario with the MPC on every battery (one size)")
     args = ap.parse_args(argv)
     print(f"{'households':>10} {'total':>8} {'mosaik':>8} " + " ".join(f"{c:>10}" for c in COLUMNS.values())
           + f" {'per hh':>8}   (ms per simulated minute; {args.minutes} min from {args.start_hour:02d}:00)")
     first = None
-    for per_bus in (int(v) for v in args.sizes.split(",")):
-        sc = scenario(per_bus, args.minutes, args.start_hour, args.qp_horizon)
+    sizes = [0] if args.feeder == "simbench" else [int(v) for v in args.sizes.split(",")]
+    for per_bus in sizes:
+        sc = (simbench(args.minutes, args.start_hour, args.qp_horizon) if args.feeder == "simbench"
+              else scenario(per_bus, args.minutes, args.start_hour, args.qp_horizon))
         pacer = Pacer(factor=1e12, step_s=60, deadline_ms=1e12, say=lambda msg: None)
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()

@@ -49,7 +49,13 @@ SETPOINTS: dict[str, str] = {
     "p_set_kw": "battery power setpoint, kW (+ = charging); held by the PMS unless following the residual",
     "follow_residual": "1 = the PMS follows the actual residual demand every cycle, 0 = hold p_set_kw",
     "hvac_set_kw": "HVAC electric power, kW (overrides the thermostat; clipped to [0, hvac_p_max_kw])",
+    "p_curtail_kw": "cap on the PV inverter's active power, kW (NaN = none; applied the next step)",
+    "q_set_kvar": "PV inverter reactive power, kvar (+ = injected; within its rating; NaN = its [inverters] mode "
+                  "decides; applied the next step)",
 }
+
+#: inverter setpoints: a controller writes them for a household with PV
+INVERTER_SETPOINTS = ("p_curtail_kw", "q_set_kvar")
 
 
 #: what every household provides, what one with HVAC and one with a battery add
@@ -62,9 +68,10 @@ BATTERY_INPUTS = ("soc_kwh", "soc_frac", "battery_p_kw", "capacity_kwh", "p_char
 CONTRACT_INPUTS = ("re_kwh", "s_mode", "soc_target_frac")
 
 
-def household_io(has_battery: bool, has_hvac: bool, has_contract: bool = False) -> tuple[list[str], list[str]]:
-    """(observations available, setpoints writable) for a household with or without a battery, HVAC and a
-    smart-contract membership."""
+def household_io(has_battery: bool, has_hvac: bool, has_contract: bool = False,
+                 has_pv: bool = False) -> tuple[list[str], list[str]]:
+    """(observations available, setpoints writable) for a household with or without a battery, HVAC, a
+    smart-contract membership and PV (whose inverter takes a curtailment cap and a reactive-power setpoint)."""
     available = list(HOUSEHOLD_INPUTS)
     if has_contract:
         available += CONTRACT_INPUTS
@@ -75,6 +82,8 @@ def household_io(has_battery: bool, has_hvac: bool, has_contract: bool = False) 
     if has_battery:
         available += BATTERY_INPUTS
         writable += ["p_set_kw", "follow_residual"]
+    if has_pv:
+        writable += list(INVERTER_SETPOINTS)
     return available, writable
 
 

@@ -76,10 +76,11 @@ def check_scenario(scenario: Scenario, where: str | Path | None = None) -> fleet
         has_hvac = dict(zip(table["name"], hvac["p_max_kw"] > 0))
         contract_members = set(drawn.contract_members) if scenario.contract else set()
         member = {n: n in contract_members for n in names}
-        kinds = {(n in owners, bool(has_hvac[n]), member[n]): n for n in reversed(names)}
+        has_pv = dict(zip(table["name"], table["pv_kwp"] > 0))
+        kinds = {(n in owners, bool(has_hvac[n]), member[n], bool(has_pv[n])): n for n in reversed(names)}
         cls = load_controller_class(hems.controller, scenario.source_dir)
-        for (has_battery, with_hvac, in_contract), label in kinds.items():
-            available, writable = household_io(has_battery, with_hvac, in_contract)
+        for (has_battery, with_hvac, in_contract, with_pv), label in kinds.items():
+            available, writable = household_io(has_battery, with_hvac, in_contract, with_pv)
             try:
                 make_controller(cls, hems.controller, dict(hems.params), label, set(available), set(writable))
             except ControllerError as exc:

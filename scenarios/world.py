@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from dercosim.devices.battery import BatteryParams
-from dercosim.controllers.base import household_io
+from dercosim.controllers.base import INVERTER_SETPOINTS, household_io
 from dercosim.controllers.registry import ControllerError, load_controller_class
 from dercosim.analysis import plots as plot_module, summary as summaries
 from dercosim.analysis.results import Result, read_recorded
@@ -477,7 +477,8 @@ def _build(mosaik_world: mosaik.World, run: RunInputs, out_dir: Path,
         entities.update({ln.full_id: {"entity": ln.eid, "kind": "line", "bus": b} for ln, b in zip(lines, from_bus)})
 
     households: dict[str, Any] = {}
-    acting = scenario.inverters.mode != "unity" and len(table) > 0  # PV inverters that act on the voltage
+    # PV inverters that act: on the voltage ([inverters] mode) or on a controller's setpoints
+    acting = len(table) > 0 and (scenario.inverters.mode != "unity" or _sets_inverters(scenario))
     if len(table):
         hh_sim = _start(world, scenario, "Households", step_s=step_s, names=table["name"].tolist(),
                              bus=table["bus"].tolist(), load_kw=load_kw, pv_kw=pv_kw,
@@ -602,6 +603,14 @@ def _build(mosaik_world: mosaik.World, run: RunInputs, out_dir: Path,
     return parquet
 
 
+def _sets_inverters(scenario: Scenario) -> bool:
+    """Whether the scenario's controller declares an inverter setpoint (then the households' inverters act)."""
+    if scenario.hems.controller is None:
+        return False
+    cls = load_controller_class(scenario.hems.controller, scenario.source_dir)
+    return any(a in INVERTER_SETPOINTS for a in getattr(cls, "outputs", ()))
+
+
 def _inverter(scenario: Scenario, table: pd.DataFrame) -> dict[str, Any]:
     """The households' inverter settings for the household simulator (JSON-serialisable): the mode and curves,
     and each household's rating (kVA per kWp of its array)."""
@@ -699,7 +708,8 @@ def _connect_controllers(world: _Wiring, run: RunInputs, households: dict[str, A
     hems = scenario.hems
     names = run.fleet.controlled  # not empty: check_scenario saw to it
     members = context.get("members", {})
-    io = [household_io(n in battery_of, bool(has_hvac[n]), n in members) for n in names]
+    has_pv = dict(zip(run.fleet.households["name"], run.fleet.households["pv_kwp"] > 0))
+    io = [household_io(n in battery_of, bool(has_hvac[n]), n in members, bool(has_pv[n])) for n in names]
     available, writable = [a for a, _ in io], [w for _, w in io]
     assert hems.controller is not None
     cls = load_controller_class(hems.controller, scenario.source_dir)
@@ -745,6 +755,9 @@ def _connect_controllers(world: _Wiring, run: RunInputs, households: dict[str, A
                 world.connect(ctrl, battery_of[name], *to_battery)
         if "hvac_set_kw" in gives:
             world.connect(ctrl, hh, "hvac_set_kw", time_shifted=True, initial_data={"hvac_set_kw": math.nan})
+        to_inverter = [a for a in INVERTER_SETPOINTS if a in gives]
+        if to_inverter:
+            world.connect(ctrl, hh, *to_inverter, time_shifted=True, initial_data={a: math.nan for a in to_inverter})
         contract_obs = [a for a in ("re_kwh", "s_mode", "soc_target_frac") if a in wants]
         if contract_obs:
             world.connect(members[name], ctrl, *contract_obs, time_shifted=True,

@@ -62,7 +62,10 @@ HOST_DIAGNOSTICS = ["step_ms", "fault", "overrun"]
 #: a power setpoint beyond this is a fault (no device of a distribution feeder comes near it), kW
 MAX_SETPOINT_KW = 1e6
 #: the fallback setpoints of a faulted step (see the module doc)
-FALLBACK = {"p_set_kw": 0.0, "follow_residual": 1.0, "hvac_set_kw": math.nan}
+#: setpoints whose NaN means "none this step" (the thermostat, the inverter's own mode)
+NAN_MEANS_NONE = ("hvac_set_kw", "p_curtail_kw", "q_set_kvar")
+FALLBACK = {"p_set_kw": 0.0, "follow_residual": 1.0, "hvac_set_kw": math.nan, "p_curtail_kw": math.nan,
+            "q_set_kvar": math.nan}
 
 
 class ControllerFault(Exception):
@@ -296,9 +299,9 @@ class ControllerSim(mosaik_api_v3.Simulator):
                 number = float(value)
             except (TypeError, ValueError):
                 raise ControllerFault(f"returned {name} = {value!r}, expected a number") from None
-            if name in SETPOINTS and not math.isfinite(number) and not (name == "hvac_set_kw" and math.isnan(number)):
+            if name in SETPOINTS and not math.isfinite(number) and not (name in NAN_MEANS_NONE and math.isnan(number)):
                 raise ControllerFault(f"returned {name} = {number!r}, expected a finite number")
-            if name in ("p_set_kw", "hvac_set_kw") and abs(number) > MAX_SETPOINT_KW:
+            if name in ("p_set_kw", "hvac_set_kw", "p_curtail_kw", "q_set_kvar") and abs(number) > MAX_SETPOINT_KW:
                 raise ControllerFault(f"returned {name} = {number!r}, beyond ±{MAX_SETPOINT_KW:g} kW")
             if name == "follow_residual" and number not in (0.0, 1.0):
                 raise ControllerFault(f"returned follow_residual = {number!r}, expected 0 or 1")

@@ -30,7 +30,7 @@ from dercosim.sims.pacing import paced
 from dercosim.sims.tables import entity_data, positions, tabled
 
 ATTRS = ["load_kw", "pv_kw", "wind_kw", "hvac_kw", "net_kw", "q_kvar", "t_indoor_c", "t_outdoor_c", "bus",
-         "hvac_set_kw", "vm_pu", "pv_curtailed_kw", "pv_q_kvar"]
+         "hvac_set_kw", "vm_pu", "pv_curtailed_kw", "pv_q_kvar", "p_curtail_kw", "q_set_kvar"]
 META = {
     "api_version": "3.0",
     "type": "time-based",
@@ -118,12 +118,17 @@ class HouseholdSim(mosaik_api_v3.Simulator):
                                              self.hvac_c, self.hvac_r, self.step_s / 3600.0)
             self.t_in = np.where(self.has_hvac, t_next, self.t_in)
         if self.inverter is not None:
-            v_prev = np.ones(len(self.names))  # nominal until a power flow has answered (t = 0)
+            n = len(self.names)
+            v_prev = np.ones(n)  # nominal until a power flow has answered (t = 0)
+            cap, q_set = np.full(n, np.nan), np.full(n, np.nan)  # a controller's setpoints (NaN: none)
             for eid, attrs in inputs.items():
-                values = attrs.get("vm_pu", {})
-                if values:
-                    v_prev[self.index[eid]] = float(next(iter(values.values())))  # NaN after a failed solve
-            out = inverter_output(self.pv_kw[self.k], self.s_rated, v_prev, self.inverter, last=self.last_out)
+                j = self.index[eid]
+                for attr, target in (("vm_pu", v_prev), ("p_curtail_kw", cap), ("q_set_kvar", q_set)):
+                    values = attrs.get(attr, {})
+                    if values:
+                        target[j] = float(next(iter(values.values())))  # vm_pu NaN after a failed solve
+            out = inverter_output(self.pv_kw[self.k], self.s_rated, v_prev, self.inverter, p_cap_kw=cap,
+                                  q_set_kvar=q_set, last=self.last_out)
             self.pv_now, self.pv_q, self.pv_cut = out.p_kw, out.q_kvar, out.curtailed_kw
             self.last_out = out
         return time + self.step_s

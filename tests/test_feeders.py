@@ -136,6 +136,8 @@ def test_the_simbench_feeder_runs_with_households_in_place_of_its_loads(simbench
     buses = pd.read_csv(simbench_run.out_dir / "buses.csv")
     assert len(buses) == 129 and buses.slack.sum() == 1
     assert s["voltage"]["min_bus_name"] == buses.set_index("bus").loc[s["voltage"]["min_bus"], "name"]
+    by_name = simbench_run.wide("bus", "vm_pu", names=True)
+    assert by_name.shape[1] == 129 and by_name.columns[0] == buses.name.iloc[0]
     feeder = simbench_run.feeder
     assert (feeder.base_p_kw == 0).all()  # every case load replaced by a household: none counted twice
     bus = simbench_run.buses

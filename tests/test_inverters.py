@@ -71,7 +71,7 @@ def test_volt_var_lowers_the_worst_overvoltage(midday: dict) -> None:
     assert vv["voltage"]["minutes_outside_limits"] < unity["voltage"]["minutes_outside_limits"]
     inv = vv["inverters"]
     assert inv["q_absorbed_kvarh"] > 0 and inv["pv_curtailed_kwh"] == 0.0  # Volt-VAr alone curtails nothing
-    assert "inverters" not in unity
+    assert "inverters" not in unity  # nothing acted, nothing recorded
 
 
 def test_energy_closes_with_the_inverters_acting(midday: dict) -> None:
@@ -88,3 +88,27 @@ def test_energy_closes_with_the_inverters_acting(midday: dict) -> None:
     # the reactive power the inverters absorbed reaches the feeder head
     q_total = res.buses.groupby("time_s").q_net_kvar.sum()
     np.testing.assert_allclose(q_total.to_numpy(), hh.groupby("time_s").q_kvar.sum().to_numpy(), atol=1e-9)
+
+
+def test_a_controller_curtails_and_sets_reactive_power(tmp_path) -> None:
+    """A plug-in controller's p_curtail_kw and q_set_kvar reach the inverter the next step, within its rating."""
+    (tmp_path / "curtail.py").write_text(
+        "class Curtail:\n"
+        "    period_s = 60\n"
+        "    inputs = ('pv_kw',)\n"
+        "    outputs = ('p_curtail_kw', 'q_set_kvar')\n"
+        "    def step(self, t, obs):\n"
+        "        return {'p_curtail_kw': 1.0, 'q_set_kvar': -0.5}\n")
+    text = bundled_scenarios()["simbench_lv_volt_var"].read_text().replace('mode = "volt_var"', 'mode = "unity"')
+    text += '\n[hems]\ncontroller = "curtail.py:Curtail"\napplies_to = "all"\n'
+    path = tmp_path / "curtail.toml"
+    path.write_text(text)
+    res = run_scenario(with_duration(load_scenario(path), 13 * 3600), tmp_path / "run", progress=False)
+    hh = res.households
+    later = hh[hh.time_s > 0]  # the setpoints of step t act from step t + 1
+    assert later.pv_kw.max() <= 1.0 + 1e-12
+    noon = later[later.time_s >= 12 * 3600]
+    assert (noon.pv_curtailed_kw > 0).all()  # 8-14 kWp at noon: every household is held to 1 kW
+    np.testing.assert_allclose(noon.pv_q_kvar, -0.5)
+    s = res.summary["inverters"]
+    assert s["pv_available_kwh"] == pytest.approx(s["pv_delivered_kwh"] + s["pv_curtailed_kwh"], rel=1e-12)
