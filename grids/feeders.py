@@ -69,6 +69,21 @@ class Buses:
     names: tuple[str, ...]  #: bus name per position
     aliases: dict[str, int] = field(repr=False)  #: every name a scenario may use (fused buses' too) -> number
     load_numbers: tuple[int, ...] = field(repr=False)  #: buses that carry a load in the case (``"all"``)
+    vn_kv: tuple[float, ...] = field(repr=False, default=())  #: nominal voltage per bus, kV
+
+    def load_numbers_at(self, level: str) -> list[int]:
+        """The load buses at a nominal voltage written as ``"0.4kV"`` (FeederError lists the levels there are)."""
+        found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*kV\s*", level)
+        levels = sorted({float(v) for v in self.vn_kv})
+        if found is None:
+            raise FeederError(f'expected "all", a voltage level such as "{levels[0]:g}kV" or a list of buses, '
+                              f"got {level!r}")
+        kv = float(found.group(1))
+        picked = [b for b in self.load_numbers if abs(self.vn_kv[b - 1] - kv) < 1e-6]
+        if not picked:
+            raise FeederError(f"{self.title} has no load bus at {kv:g} kV (its levels: "
+                              f"{', '.join(f'{v:g} kV' for v in levels)})")
+        return picked
 
     @property
     def n_bus(self) -> int:
@@ -93,7 +108,7 @@ class Buses:
 #: IEEE-33's buses without building the net (scenario validation need not import pandapower)
 IEEE33_BUSES = Buses(title="the IEEE 33-bus feeder", names=tuple(str(b) for b in range(1, ieee33.N_BUS + 1)),
                      aliases={str(b): b for b in range(1, ieee33.N_BUS + 1)},
-                     load_numbers=tuple(range(2, ieee33.N_BUS + 1)))
+                     load_numbers=tuple(range(2, ieee33.N_BUS + 1)), vn_kv=(12.66,) * ieee33.N_BUS)
 
 
 def buses_of(spec: str, source_dir: str | Path | None = None) -> Buses:
@@ -138,7 +153,8 @@ class Feeder:
 
     @property
     def buses(self) -> Buses:
-        return Buses(self.title, self.names, self.aliases, tuple(self.load_numbers))
+        return Buses(self.title, self.names, self.aliases, tuple(self.load_numbers),
+                     tuple(float(v) for v in self.vn_kv))
 
     def name_of(self, number: int) -> str:
         return self.names[int(number) - 1]

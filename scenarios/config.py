@@ -156,6 +156,11 @@ def resolve_buses(data: Any, source_dir: Path | None = None) -> Any:
         refs = group["buses"]
         if refs == "all":
             numbers: list[Any] = list(buses.load_numbers)
+        elif isinstance(refs, str):  # a voltage level: the load buses at it
+            try:
+                numbers = buses.load_numbers_at(refs)
+            except FeederError as exc:
+                numbers = [_BadBus(str(exc))]
         elif isinstance(refs, list):
             numbers = []
             for ref in refs:
@@ -277,8 +282,8 @@ class HouseholdGroup(_Model):
 
     #: prefix of the households' names (<name>_<bus>_<k>)
     name: Name = "hh"
-    #: feeder buses by number (IEEE-33: 1..33) or by the net's bus name, or "all" (the buses that carry a load in
-    #: the case)
+    #: feeder buses by number (IEEE-33: 1..33) or by the net's bus name, "all" (the buses that carry a load in
+    #: the case) or a voltage level ("0.4kV": the load buses at it)
     buses: Annotated[list[BusNumber], Field(min_length=1, max_length=MAX_BUSES)]
     #: households at each bus
     per_bus: Annotated[int, Field(ge=1, le=MAX_HOUSEHOLDS)] = 1

@@ -100,6 +100,11 @@ def test_buses_by_name_and_all_on_a_simbench_feeder(tmp_path: Path) -> None:
     assert load_scenario(path).households.groups[0].buses == f.load_numbers[:2]
     path.write_text(base)
     assert load_scenario(path).households.groups[0].buses == f.load_numbers
+    path.write_text(base.replace('buses = "all"', 'buses = "0.4kV"'))  # a voltage level: its load buses
+    assert load_scenario(path).households.groups[0].buses == [b for b in f.load_numbers if f.vn_kv[b - 1] == 0.4]
+    path.write_text(base.replace('buses = "all"', 'buses = "11kV"'))
+    with pytest.raises(ScenarioError, match=r"no load bus at 11 kV \(its levels: 0.4 kV, 20 kV\)"):
+        load_scenario(path)
     path.write_text(base.replace('buses = "all"', 'buses = ["LV1.101 Bus 4", "no such bus", 99]'))
     with pytest.raises(ScenarioError) as info:
         load_scenario(path)
