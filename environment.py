@@ -47,6 +47,10 @@ def _commit() -> str | None:
     """The git commit of the checkout dercosim runs from (``+dirty`` with uncommitted changes), None if none."""
     root = Path(__file__).resolve().parent
     try:
+        top = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        if not top or Path(top).resolve() != root:  # dercosim installed inside another project's repository
+            return None
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                               timeout=10, check=True).stdout.strip()
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],

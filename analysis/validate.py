@@ -425,7 +425,7 @@ def branch_profiles(curves: dict[str, np.ndarray], limits: tuple[float, float], 
                     feeder: Any = None) -> Any:
     """Voltage along each radial path of the feeder, from the slack outwards (one panel per path, never a line
     between buses on different paths); on IEEE-33 its four named branches. A meshed feeder: every bus against
-    its distance in buses from the slack. ``curves``: name → the n bus voltages (pu), bus-number order."""
+    its electrical distance from the slack (the smallest sum of branch impedances, pu on 1 MVA). ``curves``: name → the n bus voltages (pu), bus-number order."""
     import matplotlib.pyplot as plt
 
     if feeder is None or feeder.spec == "ieee33":
@@ -436,14 +436,15 @@ def branch_profiles(curves: dict[str, np.ndarray], limits: tuple[float, float], 
         paths = {f"to {feeder.name_of(p[-1])}": p for p in found if p in longest}
     else:
         paths = {}
-    if not paths:  # meshed: one panel, buses by hops from the slack
-        hops = _hops(feeder)
+    if not paths:  # meshed: one panel, buses by electrical distance from the slack
+        distance = electrical_distance(feeder)
         fig, ax = plt.subplots(figsize=(10, 4))
         for k, (name, v) in enumerate(curves.items()):
-            ax.plot(hops, np.asarray(v), "o" if k == 0 else ".", ms=3, label=name, color="k" if k == 0 else None)
+            ax.plot(distance, np.asarray(v), "o" if k == 0 else ".", ms=3, label=name,
+                    color="k" if k == 0 else None)
         for limit in limits:
             ax.axhline(limit, color="tab:red", ls=":", lw=1)
-        ax.set_xlabel("buses from the slack (meshed feeder)")
+        ax.set_xlabel("electrical distance from the slack, |Z| (pu on 1 MVA; a meshed feeder)")
         ax.set_ylabel("voltage (pu)")
         ax.legend(fontsize=7)
         fig.suptitle(title, fontsize=10)
@@ -468,29 +469,32 @@ def branch_profiles(curves: dict[str, np.ndarray], limits: tuple[float, float], 
     return fig
 
 
-def _hops(feeder: Any) -> np.ndarray:
-    """Buses between each bus and its nearest slack, over in-service branches."""
-    from collections import deque
+def electrical_distance(feeder: Any) -> np.ndarray:
+    """Each bus's smallest sum of branch impedance magnitudes to a slack bus (pu on 1 MVA, lines on their buses'
+    nominal voltage, transformers by ``vk_percent``), over in-service lines and transformers."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import dijkstra
 
     net = feeder.net
     n = feeder.n_bus
-    adjacent: list[list[int]] = [[] for _ in range(n)]
-    for table, a, b in (("line", "from_bus", "to_bus"), ("trafo", "hv_bus", "lv_bus")):
-        t = net[table][net[table].in_service.astype(bool)] if len(net[table]) else net[table]
-        for u, v in zip(t[a].astype(int), t[b].astype(int)):
-            adjacent[u].append(v)
-            adjacent[v].append(u)
-    hops = np.full(n, -1)
-    queue = deque(s - 1 for s in feeder.slack_numbers)
-    for s in queue:
-        hops[s] = 0
-    while queue:
-        u = queue.popleft()
-        for v in adjacent[u]:
-            if hops[v] < 0:
-                hops[v] = hops[u] + 1
-                queue.append(v)
-    return hops
+    vn = np.asarray(feeder.vn_kv, float)
+    rows, cols, weights = [], [], []
+    line = net.line[net.line.in_service.astype(bool)]
+    if len(line):
+        f = line.from_bus.to_numpy(int)
+        z_ohm = np.hypot(line.r_ohm_per_km, line.x_ohm_per_km).to_numpy() * line.length_km.to_numpy() \
+            / line.parallel.to_numpy()
+        rows += f.tolist()
+        cols += line.to_bus.to_numpy(int).tolist()
+        weights += (z_ohm / vn[f] ** 2).tolist()
+    trafo = net.trafo[net.trafo.in_service.astype(bool)] if len(net.trafo) else net.trafo
+    if len(trafo):
+        rows += trafo.hv_bus.to_numpy(int).tolist()
+        cols += trafo.lv_bus.to_numpy(int).tolist()
+        weights += (trafo.vk_percent.to_numpy(float) / 100.0 / trafo.sn_mva.to_numpy(float)).tolist()
+    graph = coo_matrix((np.maximum(weights, 1e-12), (rows, cols)), shape=(n, n)).tocsr()
+    found = dijkstra(graph, directed=False, indices=[s - 1 for s in feeder.slack_numbers], min_only=True)
+    return np.asarray(found, float)
 
 
 def _save(fig: Any, path: Path) -> None:

@@ -398,7 +398,9 @@ def _load(spec: str, source_dir: str | None, stamp: str) -> Feeder:
                       aliases={n: k + 1 for k, n in enumerate(names)}, slack_numbers=(ieee33.SLACK_BUS,),
                       base_p_kw=p, base_q_kvar=q, vn_kv=net.bus.vn_kv.to_numpy(float), radial=radial,
                       case_is_households=False, parent=parent)
-    key = hashlib.sha256(f"{spec}\0{source_dir}\0{stamp}\0{_versions_key()}\0v1".encode()).hexdigest()[:24]
+    # keyed by this module's own source too: a change to how nets are prepared never reads an old preparation
+    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+    key = hashlib.sha256(f"{spec}\0{source_dir}\0{stamp}\0{_versions_key()}\0{code}".encode()).hexdigest()[:24]
     path = _cache_dir() / f"feeder-{key}.pickle"
     try:
         found = pickle.loads(path.read_bytes())

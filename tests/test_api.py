@@ -130,6 +130,8 @@ def test_the_run_records_the_software_that_produced_it(whole_and_window: tuple[d
 
     assert in_summary["casadi"] == casadi.__version__ and in_summary["pandapower"] == pandapower.__version__
     assert in_summary["python"] == ".".join(map(str, sys.version_info[:3]))
+    commit = in_summary["commit"]  # the checkout's commit (+dirty), or None outside a checkout of dercosim
+    assert commit is None or len(commit.split("+")[0]) == 40
 
 
 def test_a_missing_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None:

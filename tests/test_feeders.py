@@ -123,6 +123,16 @@ def test_lindistflow_with_a_transformer_and_refused_on_a_meshed_feeder() -> None
     p = np.tile(meshed.base_p_kw, (2, 1))
     with pytest.raises(ValidationError, match="needs a radial feeder.*the AC run itself is unaffected"):
         model_voltages("lindistflow_squared", p, p * 0.3, Path("."), meshed)
+    # a meshed feeder's voltage profile: every bus by its electrical distance from the slack
+    from dercosim.analysis.validate import branch_profiles, electrical_distance
+
+    d = electrical_distance(meshed)
+    slack = meshed.slack_numbers[0] - 1
+    assert d[slack] == 0 and np.isfinite(d).all() and (np.delete(d, slack) > 0).all()
+    fig = branch_profiles({"AC": np.ones(meshed.n_bus)}, (0.9, 1.1), "meshed", meshed)
+    assert fig.axes[0].get_xlabel().startswith("electrical distance")
+    d33 = electrical_distance(load_feeder("ieee33"))
+    assert 0 == d33[0] < d33[1] < d33[17]  # along the main feeder, bus 18 furthest
 
 
 @pytest.fixture(scope="module")
