@@ -136,7 +136,7 @@ def summarize(df: pd.DataFrame | Recorded, run: RunInputs, wall_time_s: float, r
     if scenario.grid.line_max_i_ka is not None:
         summary["lines"] = {"rating_ka": scenario.grid.line_max_i_ka,
                             "max_loading_pct": float(feeder["line_loading_max_pct"].max())}
-    elif scenario.grid.feeder != "ieee33" and feeder["line_loading_max_pct"].notna().any():
+    elif feeder["line_loading_max_pct"].notna().any():  # the case's own ratings
         summary["lines"] = {"rating_ka": "the case's own", "max_loading_pct": float(feeder["line_loading_max_pct"].max())}
     hh_rows = rows_of(df, "household")
     if "pv_curtailed_kw" in hh_rows:  # the inverters acted (a mode other than unity, or a controller's setpoints)

@@ -135,6 +135,7 @@ class Feeder:
     vn_kv: np.ndarray = field(repr=False)  #: nominal voltage per bus, kV
     radial: bool  #: every supplied component is a tree (LinDistFlow applies)
     case_is_households: bool  #: the case's loads are single households (SimBench LV, Kerber, Dickert, ...)
+    rated_lines: bool  #: the case's lines carry thermal ratings (IEEE-33's file has only a placeholder)
     parent: np.ndarray = field(repr=False)  #: parent position of each bus on its tree (-1 at a slack or if meshed)
 
     @property
@@ -346,23 +347,21 @@ def prepare(net: Any, spec: str, title: str, case_is_households: bool) -> Feeder
     parent, radial = _tree(net, [s - 1 for s in slack])
     return Feeder(spec=spec, title=title, net=net, names=bus_names, aliases=aliases, slack_numbers=slack,
                   base_p_kw=base_p, base_q_kvar=base_q, vn_kv=net.bus.vn_kv.to_numpy(float), radial=radial,
-                  case_is_households=case_is_households, parent=parent)
+                  case_is_households=case_is_households, parent=parent, rated_lines=True)
 
 
 def _tree(net: Any, roots: list[int]) -> tuple[np.ndarray, bool]:
     """Parent of each bus on the tree of in-service lines and transformers from the roots, and whether the net is
     radial (every bus reached exactly once)."""
+    from dercosim.grids.powerflow import branch_ends
+
     n = len(net.bus)
     adjacent: list[list[int]] = [[] for _ in range(n)]
-    edges = 0
-    for table, a, b in (("line", "from_bus", "to_bus"), ("trafo", "hv_bus", "lv_bus"), ("impedance", "from_bus",
-                                                                                            "to_bus")):
-        if table in net and len(net[table]):
-            t = net[table][net[table].in_service.astype(bool)]
-            for u, v in zip(t[a].astype(int), t[b].astype(int)):
-                adjacent[u].append(v)
-                adjacent[v].append(u)
-                edges += 1
+    ends = branch_ends(net)
+    edges = len(ends)
+    for u, v in ends:
+        adjacent[u].append(v)
+        adjacent[v].append(u)
     parent = np.full(n, -1)
     seen = np.zeros(n, bool)
     radial = True
@@ -397,7 +396,7 @@ def _load(spec: str, source_dir: str | None, stamp: str) -> Feeder:
         return Feeder(spec="ieee33", title="the IEEE 33-bus feeder", net=net, names=names,
                       aliases={n: k + 1 for k, n in enumerate(names)}, slack_numbers=(ieee33.SLACK_BUS,),
                       base_p_kw=p, base_q_kvar=q, vn_kv=net.bus.vn_kv.to_numpy(float), radial=radial,
-                      case_is_households=False, parent=parent)
+                      case_is_households=False, parent=parent, rated_lines=False)
     # keyed by this module's own source too: a change to how nets are prepared never reads an old preparation
     code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
     key = hashlib.sha256(f"{spec}\0{source_dir}\0{stamp}\0{_versions_key()}\0{code}".encode()).hexdigest()[:24]

@@ -131,16 +131,7 @@ class LinDistFlow:
         s_base_kva = self.s_base_mva * 1000.0
         drop = (p @ self.subtree.T) * (self.r_pu / s_base_kva) + (q @ self.subtree.T) * (self.x_pu / s_base_kva)
         drop[:, self.root] = 0.0
-        if self.ratio is not None:  # each drop referred to the root's side of the off-nominal ratios
-            drop = drop / self.ratio ** 2 if form == "squared" else drop / self.ratio
-        path_drop = drop @ self.subtree
-        if form == "squared":
-            v = np.sqrt(np.clip(self.v_root_pu ** 2 - 2.0 * path_drop, 0.0, None))
-        elif form == "magnitude":
-            v = self.v_root_pu - path_drop / self.v_root_pu
-        else:
-            raise ValueError(f"form must be 'squared' or 'magnitude', got {form!r}")
-        return v if self.ratio is None else v * self.ratio
+        return self._voltages(self._referred(drop, form) @ self.subtree, form)
 
     def voltages_pu(self, p_kw: np.ndarray, q_kvar: np.ndarray, form: Form = "squared") -> np.ndarray:
         """Voltage magnitude per bus (pu) for net loads ``p_kw``, ``q_kvar`` per bus (load convention)."""
@@ -148,9 +139,17 @@ class LinDistFlow:
         s_base_kva = self.s_base_mva * 1000.0
         drop = self.r_pu * p_flow / s_base_kva + self.x_pu * q_flow / s_base_kva
         drop[self.root] = 0.0
-        if self.ratio is not None:
-            drop = drop / self.ratio ** 2 if form == "squared" else drop / self.ratio
-        path_drop = self.subtree.T @ drop  # sum over the lines from the root down to each bus
+        # sum over the lines from the root down to each bus
+        return self._voltages(self.subtree.T @ self._referred(drop, form), form)
+
+    def _referred(self, drop: np.ndarray, form: Form) -> np.ndarray:
+        """Each line's drop referred to the root's side of the off-nominal ratios (unchanged without any)."""
+        if self.ratio is None:
+            return drop
+        return drop / self.ratio ** 2 if form == "squared" else drop / self.ratio
+
+    def _voltages(self, path_drop: np.ndarray, form: Form) -> np.ndarray:
+        """Bus voltages (pu) from the summed drop between the root and each bus, in ``form``."""
         if form == "squared":
             v = np.sqrt(np.clip(self.v_root_pu ** 2 - 2.0 * path_drop, 0.0, None))
         elif form == "magnitude":

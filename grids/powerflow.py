@@ -192,18 +192,25 @@ class LightsimEngine:
         )
 
 
+def branch_ends(net: pp.pandapowerNet) -> list[tuple[int, int]]:
+    """(bus, bus) of every in-service line, two-winding transformer and impedance, by bus index."""
+    ends: list[tuple[int, int]] = []
+    for table, a, b in (("line", "from_bus", "to_bus"), ("trafo", "hv_bus", "lv_bus"),
+                        ("impedance", "from_bus", "to_bus")):
+        if table in net and len(net[table]):
+            t = net[table][net[table].in_service.astype(bool)]
+            ends += zip(t[a].astype(int).tolist(), t[b].astype(int).tolist())
+    return ends
+
+
 def islands(net: pp.pandapowerNet) -> list[np.ndarray]:
     """The buses (0-based positions) of each part of the net an external grid supplies, one array per external
     grid's part, from in-service lines, transformers and impedances."""
     n = len(net.bus)
     adjacent: list[list[int]] = [[] for _ in range(n)]
-    for table, a, b in (("line", "from_bus", "to_bus"), ("trafo", "hv_bus", "lv_bus"),
-                        ("impedance", "from_bus", "to_bus")):
-        if table in net and len(net[table]):
-            t = net[table][net[table].in_service.astype(bool)]
-            for u, v in zip(t[a].astype(int), t[b].astype(int)):
-                adjacent[u].append(v)
-                adjacent[v].append(u)
+    for u, v in branch_ends(net):
+        adjacent[u].append(v)
+        adjacent[v].append(u)
     part = np.full(n, -1)
     out: list[np.ndarray] = []
     for root in net.ext_grid.bus[net.ext_grid.in_service.astype(bool)].astype(int):

@@ -66,9 +66,7 @@ class GridSim(mosaik_api_v3.Simulator):
         case = load_feeder(feeder)  # a JSON file's path is absolute here (the scenario resolved it)
         net = case.make_net(line_max_i_ka)
         self.engine = make_engine(engine, net)  # type: ignore[arg-type]
-        # IEEE-33's case file has no line ratings (a placeholder): loading only with line_max_i_ka; other nets
-        # carry their own
-        self.has_rating = line_max_i_ka is not None or feeder != "ieee33"
+        self.has_rating = line_max_i_ka is not None or case.rated_lines
         self.base_p_kw, self.base_q_kvar = case.base_p_kw.copy(), case.base_q_kvar.copy()
         if no_base_at:
             idx = np.asarray(no_base_at, int) - 1
