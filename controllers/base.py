@@ -32,6 +32,8 @@ OBSERVATIONS: dict[str, str] = {
     "soc_kwh": "battery stored energy at the end of the previous step, kWh",
     "soc_frac": "battery state of charge at the end of the previous step, 0..1",
     "battery_p_kw": "battery mean power in the previous step, kW (+ = charging)",
+    "meter_kw": "the household's metered power in the previous step (net demand after the battery, what it is "
+                "billed for), kW (+ = import)",
     "capacity_kwh": "battery capacity, kWh",
     "p_charge_max_kw": "battery charge power limit, kW",
     "p_discharge_max_kw": "battery discharge power limit, kW",
@@ -61,7 +63,8 @@ INVERTER_SETPOINTS = ("p_curtail_kw", "q_set_kvar")
 #: what every household provides, what one with HVAC and one with a battery add
 HOUSEHOLD_INPUTS = ("load_kw", "pv_kw", "net_kw", "t_outdoor_c", "vm_pu")
 HVAC_INPUTS = ("hvac_kw", "t_indoor_c")
-BATTERY_INPUTS = ("soc_kwh", "soc_frac", "battery_p_kw", "capacity_kwh", "p_charge_max_kw", "p_discharge_max_kw",
+BATTERY_INPUTS = ("soc_kwh", "soc_frac", "battery_p_kw", "meter_kw", "capacity_kwh", "p_charge_max_kw",
+                  "p_discharge_max_kw",
                   "soc_min_frac", "soc_max_frac")
 
 

@@ -24,6 +24,7 @@ import math
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -67,13 +68,31 @@ BATTERY_RECORDED = ["p_kw", "soc_kwh", "soc_frac", "e_charge_kwh", "e_discharge_
 #: observations a household itself provides (same time) and those of its battery (time-shifted)
 HOUSEHOLD_OBS = ["load_kw", "pv_kw", "net_kw", "t_outdoor_c"]
 HVAC_OBS = ["hvac_kw", "t_indoor_c"]
-BATTERY_OBS = {"soc_kwh": "soc_kwh", "soc_frac": "soc_frac", "p_kw": "battery_p_kw", "capacity_kwh": "capacity_kwh",
+BATTERY_OBS = {"soc_kwh": "soc_kwh", "soc_frac": "soc_frac", "p_kw": "battery_p_kw", "meter_kw": "meter_kw",
+               "capacity_kwh": "capacity_kwh",
                "p_charge_max_kw": "p_charge_max_kw", "p_discharge_max_kw": "p_discharge_max_kw",
                "soc_min_frac": "soc_min_frac", "soc_max_frac": "soc_max_frac"}
 
 
 #: what :func:`run_scenario` returns: the run folder, read lazily (its summary already in memory)
 RunResult = Result
+
+
+@dataclass
+class AgentHook:
+    """Households whose controller comes from outside the scenario (a learning environment, :mod:`dercosim.gym`).
+
+    Their controller is ``spec`` with ``params_of(household)`` as its parameters, hosted by a controller simulator of
+    its own (one call per minute for all of them when the class has ``step_many``); every other household keeps
+    the scenario's controller. ``resolved`` is called with the run's inputs (fleet, times, tariff, market) before
+    the world is built; ``record_until_s``: steps from then on are simulated, not recorded.
+    """
+
+    spec: str
+    households: list[str]
+    params_of: Callable[[str], dict[str, Any]]
+    resolved: Callable[[RunInputs], None] | None = None
+    record_until_s: int | None = None
 
 
 def with_duration(scenario: Scenario, duration_s: int) -> Scenario:
@@ -143,7 +162,8 @@ def strict_json(data: Any) -> str:
 
 def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
                  log: Callable[[str], None] = lambda msg: None, realtime: Pacer | None = None,
-                 record_from_s: int = 0, plots: bool = True) -> RunResult:
+                 record_from_s: int = 0, plots: bool = True, agent: AgentHook | None = None,
+                 record: bool = True) -> RunResult | None:
     """Run ``scenario`` and write its results to ``out_dir`` (created; must not hold files yet).
 
     Everything is checked before anything is written (:func:`~dercosim.scenarios.load.check_scenario`).
@@ -156,13 +176,15 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
 
     ``record_from_s``: the window of ``dercosim run --start``: the steps before it are simulated (the same states,
     plans and commitments as in the whole run) but not recorded, and the summary and plots cover the window
-    only (``summary.json`` → ``window``). ``plots``: False writes no figures.
+    only (``summary.json`` → ``window``). ``plots``: False writes no figures. ``agent``: households driven from
+    outside (:class:`AgentHook`). ``record``: False writes nothing at all (no recorder, no summary; ``out_dir``
+    is not used) and returns None, for runs whose use is in their controllers (a learning environment's episodes).
     """
     wall_start = time.perf_counter()
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir) if record else Path(os.devnull)
     # built in Python, or changed since it was loaded (--until, a copy with updates): checked now
     drawn = Fleet.draw(scenario) if scenario.checked else check_scenario(scenario)
-    if out_dir.is_dir() and any(out_dir.iterdir()):
+    if record and out_dir.is_dir() and any(out_dir.iterdir()):
         raise ScenarioError(f"{out_dir}: the run folder already holds files; two runs never share a folder")
     step_s = scenario.clock.step_s
     n_steps = scenario.n_steps
@@ -172,19 +194,26 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
     if record_from_s and realtime is not None:
         raise ScenarioError("a window (--start) cannot run in real time: the warm-up would be paced too")
     table, hvac, batteries = drawn.households, drawn.hvac, drawn.batteries
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if agent is not None:
+        unknown = [n for n in agent.households if n not in set(table["name"])]
+        if unknown:
+            raise ScenarioError(f"agent households {unknown} are not in the scenario's fleet")
     log(f"{len(table)} households ({int((table.pv_kwp > 0).sum())} with PV, {int((hvac['p_max_kw'] > 0).sum())} "
         f"with HVAC), {len(batteries)} batteries; generating profiles")
     run = RunInputs.resolve(scenario, drawn)
     site, times = run.site, run.times
-    resolved = _plugin_files(scenario, out_dir)
-    write_text_atomically(out_dir / "scenario.toml", scenario_to_toml(resolved))
-    table.assign(hvac_p_max_kw=hvac["p_max_kw"]).to_csv(out_dir / "households.csv", index=False)
-    batteries.to_csv(out_dir / "batteries.csv", index=False)
+    if agent is not None and agent.resolved is not None:
+        agent.resolved(run)
     grid = load_feeder(scenario.grid.feeder)
-    pd.DataFrame({"bus": grid.numbers, "name": list(grid.names), "vn_kv": grid.vn_kv,
-                  "slack": np.isin(grid.numbers, grid.slack_numbers), "case_p_kw": grid.base_p_kw,
-                  "case_q_kvar": grid.base_q_kvar}).to_csv(out_dir / "buses.csv", index=False)
+    if record:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        resolved = _plugin_files(scenario, out_dir)
+        write_text_atomically(out_dir / "scenario.toml", scenario_to_toml(resolved))
+        table.assign(hvac_p_max_kw=hvac["p_max_kw"]).to_csv(out_dir / "households.csv", index=False)
+        batteries.to_csv(out_dir / "batteries.csv", index=False)
+        pd.DataFrame({"bus": grid.numbers, "name": list(grid.names), "vn_kv": grid.vn_kv,
+                      "slack": np.isin(grid.numbers, grid.slack_numbers), "case_p_kw": grid.base_p_kw,
+                      "case_q_kvar": grid.base_q_kvar}).to_csv(out_dir / "buses.csv", index=False)
 
     timeout_s = scenario.processes.start_timeout_s
     world = mosaik.World(sim_config(scenario), mosaik_config={"start_timeout": timeout_s, "stop_timeout": timeout_s},
@@ -194,7 +223,7 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
     lost: str | None = None
     run_start = time.perf_counter()
     try:
-        parquet = _build(world, run, out_dir, log, record_from_s)
+        parquet = _build(world, run, out_dir, log, record_from_s, agent, record)
         log(f"running {n_steps} steps of {step_s} s from {times[0]:%Y-%m-%d %H:%M} ({site.tz})"
             + (f" in real time x{realtime.factor:g}" if realtime is not None else ""))
         # everything built so far (profiles, networks, solvers) lives for the whole run: out of the garbage
@@ -235,8 +264,10 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
         if realtime is not None and realtime.aborted is not None:  # our stop, not the user's: leave no flag set
             STOP.clear()
     run_wall_s = time.perf_counter() - run_start
-    if interrupted is not None and not parquet.exists():
-        raise RunInterrupted(lost or _signal_of(interrupted), out_dir) from None
+    if interrupted is not None and (not record or not parquet.exists()):
+        raise RunInterrupted(lost or _signal_of(interrupted), out_dir if record else None) from None
+    if not record:
+        return None
 
     recorded = read_recorded(parquet)  # by kind: never the whole long table at once
     tables: dict[str, pd.DataFrame] = {}
@@ -455,7 +486,8 @@ def _shutdown_quietly(world: mosaik.World) -> None:
 
 
 def _build(mosaik_world: mosaik.World, run: RunInputs, out_dir: Path,
-           log: Callable[[str], None] = lambda msg: None, record_from_s: int = 0) -> Path:
+           log: Callable[[str], None] = lambda msg: None, record_from_s: int = 0, agent: AgentHook | None = None,
+           recording: bool = True) -> Path:
     world = _Wiring(mosaik_world)  # entity connections between simulators travel as whole columns (sims/tables.py)
     scenario, site, times = run.scenario, run.site, run.times
     table, hvac, batteries = run.fleet.households, run.fleet.hvac, run.fleet.batteries
@@ -478,7 +510,7 @@ def _build(mosaik_world: mosaik.World, run: RunInputs, out_dir: Path,
 
     households: dict[str, Any] = {}
     # PV inverters that act: on the voltage ([inverters] mode) or on a controller's setpoints
-    acting = len(table) > 0 and (scenario.inverters.mode != "unity" or _sets_inverters(scenario))
+    acting = len(table) > 0 and (scenario.inverters.mode != "unity" or _sets_inverters(scenario, agent))
     if len(table):
         hh_sim = _start(world, scenario, "Households", step_s=step_s, names=table["name"].tolist(),
                              bus=table["bus"].tolist(), load_kw=load_kw, pv_kw=pv_kw,
@@ -535,7 +567,19 @@ def _build(mosaik_world: mosaik.World, run: RunInputs, out_dir: Path,
 
     ctrls: list[Any] = []
     diagnostics: list[str] = []
-    if scenario.hems.controller is not None:
+    taken = set(agent.households) if agent is not None else set()
+    groups: list[_ControllerGroup] = []
+    if scenario.hems.controller is not None and any(n not in taken for n in run.fleet.controlled):
+        hems = scenario.hems
+        params = dict(hems.params)
+        groups.append(_ControllerGroup(hems.controller, [n for n in run.fleet.controlled if n not in taken],
+                                       lambda name: params, hems.on_fault, hems.step_timeout_s,
+                                       hems.threads or (os.cpu_count() or 1), hems.batch,
+                                       scenario.processes.controllers != "inprocess"))
+    if agent is not None and agent.households:  # in this process: it talks to the environment
+        groups.append(_ControllerGroup(agent.spec, list(agent.households), agent.params_of, "stop", None, 1, True,
+                                       False))
+    if groups:
         # profiles and prices from the run's start to a day past its last whole day: what a controller looks
         # ahead at does not depend on where the run stops
         outlook = run.outlook
@@ -544,8 +588,11 @@ def _build(mosaik_world: mosaik.World, run: RunInputs, out_dir: Path,
                   "start_s_of_day": int((times[0] - times[0].normalize()).total_seconds()),
                   "load_kw": run.day_load_kw[outlook], "pv_kw": run.day_pv_kw[outlook],
                   "import_price": import_price, "export_price": export_price, "members": members}
-        ctrls, diagnostics = _connect_controllers(world, run, households, has_hvac, battery_of, buses, hh_bus,
-                                                  shared)
+        for group in groups:
+            made, named = _connect_controllers(world, run, households, has_hvac, battery_of, buses, hh_bus, shared,
+                                               group)
+            ctrls += made
+            diagnostics += [d for d in named if d not in diagnostics]
         for ctrl in ctrls:
             entities[ctrl.full_id] = {"entity": ctrl.eid, "kind": "controller",
                                       "bus": hh_bus[ctrl.eid.removeprefix("ctrl_")]}
@@ -591,20 +638,29 @@ def _build(mosaik_world: mosaik.World, run: RunInputs, out_dir: Path,
     for ent in contract_entities:
         evm_out = EVM_OUT if scenario.contract is not None and scenario.contract.engine == "evm" else []
         record(ent, CONTRACT_OUT + evm_out if ent.eid == "contract" else MEMBER_OUT)
+    if not recording:
+        recorded = {}
     tables, to_record = world.finish(recorded)
     parquet = out_dir / "timeseries.parquet"
+    if not recording:
+        return parquet
     rec_sim = world.start("Recorder", step_s=step_s)
     recorder = rec_sim.Recorder(path=str(parquet), entities=entities, columns=columns,
                                 start=times[0].tz_localize(None).isoformat(), tz=site.tz,
                                 flush_every_s=scenario.recorder.flush_every_s, tables=to_record,
-                                record_from_s=record_from_s)
+                                record_from_s=record_from_s,
+                                record_until_s=agent.record_until_s if agent is not None else None)
     for sid in recorded:
         world.connect(tables[sid], recorder, TABLE_ATTR)  # the recorder has no Table: a plain connection
     return parquet
 
 
-def _sets_inverters(scenario: Scenario) -> bool:
-    """Whether the scenario's controller declares an inverter setpoint (then the households' inverters act)."""
+def _sets_inverters(scenario: Scenario, agent: AgentHook | None = None) -> bool:
+    """Whether the scenario's controller (or the agent's, for one of its households) declares an inverter setpoint
+    (then the households' inverters act)."""
+    if agent is not None and any(a in INVERTER_SETPOINTS for n in agent.households
+                                 for a in agent.params_of(n).get("outputs", ())):
+        return True
     if scenario.hems.controller is None:
         return False
     cls = load_controller_class(scenario.hems.controller, scenario.source_dir)
@@ -701,22 +757,34 @@ def _connect_planner(world: _Wiring, run: RunInputs, households: dict[str, Any],
     return [*plans, operator]
 
 
+@dataclass
+class _ControllerGroup:
+    """Households stepped by one controller class on one controller simulator (see :func:`_connect_controllers`)."""
+
+    spec: str
+    names: list[str]
+    params_of: Callable[[str], dict[str, Any]]
+    on_fault: str
+    step_timeout_s: float | None
+    threads: int
+    batch: bool
+    as_json: bool  #: the simulator is in another process: contexts travel as JSON
+
+
 def _connect_controllers(world: _Wiring, run: RunInputs, households: dict[str, Any], has_hvac: dict[str, bool],
                          battery_of: dict[str, Any], buses: dict[int, Any], hh_bus: dict[str, int],
-                         context: dict[str, Any]) -> tuple[list[Any], list[str]]:
+                         context: dict[str, Any], group: _ControllerGroup) -> tuple[list[Any], list[str]]:
     scenario, batteries = run.scenario, run.fleet.batteries
-    hems = scenario.hems
-    names = run.fleet.controlled  # not empty: check_scenario saw to it
+    names = group.names  # not empty: check_scenario (or the agent's caller) saw to it
     members = context.get("members", {})
     has_pv = dict(zip(run.fleet.households["name"], run.fleet.households["pv_kwp"] > 0))
     io = [household_io(n in battery_of, bool(has_hvac[n]), n in members, bool(has_pv[n])) for n in names]
     available, writable = [a for a, _ in io], [w for _, w in io]
-    assert hems.controller is not None
-    cls = load_controller_class(hems.controller, scenario.source_dir)
+    cls = load_controller_class(group.spec, scenario.source_dir)
     diagnostics = [str(d) for d in getattr(cls, "diagnostics", ())]
     ctrl_sim = _start(world, scenario, "Controllers", step_s=scenario.clock.step_s, diagnostics=diagnostics,
-                           on_fault=hems.on_fault, step_timeout_s=hems.step_timeout_s,
-                           threads=hems.threads or (os.cpu_count() or 1), batch=hems.batch)
+                      on_fault=group.on_fault, step_timeout_s=group.step_timeout_s, threads=group.threads,
+                      batch=group.batch)
     diagnostics = diagnostics + HOST_DIAGNOSTICS
     column = {n: j for j, n in enumerate(context["names"])}
     fields = ("capacity_kwh", "p_charge_max_kw", "p_discharge_max_kw", "eta_charge", "eta_discharge", "soc_min_frac",
@@ -726,11 +794,20 @@ def _connect_controllers(world: _Wiring, run: RunInputs, households: dict[str, A
         if row["household"] and row["household"] not in battery_rows:
             battery_rows[row["household"]] = {k: float(row[k]) for k in fields}
     contexts = [_context(context, n, hh_bus[n], column[n], battery_rows.get(n)) for n in names]
-    if scenario.processes.controllers != "inprocess":  # mosaik's protocol is JSON: arrays travel as lists
+    if group.as_json:  # mosaik's protocol is JSON: arrays travel as lists
         contexts = jsonable(contexts)
-    ctrls = ctrl_sim.Controller.create(len(names), spec=hems.controller, params=dict(hems.params), labels=names,
-                                       available=available, writable=writable, base_dir=str(scenario.source_dir),
-                                       contexts=contexts)
+    # one create per distinct parameter table (the scenario's controller: one; an agent's: one per kind of household)
+    by_params: dict[str, list[int]] = {}
+    for j, n in enumerate(names):
+        by_params.setdefault(json.dumps(group.params_of(n), sort_keys=True, default=str), []).append(j)
+    made: dict[int, Any] = {}
+    for rows in by_params.values():
+        created = ctrl_sim.Controller.create(len(rows), spec=group.spec, params=dict(group.params_of(names[rows[0]])),
+                                             labels=[names[j] for j in rows], available=[available[j] for j in rows],
+                                             writable=[writable[j] for j in rows],
+                                             base_dir=str(scenario.source_dir), contexts=[contexts[j] for j in rows])
+        made.update(zip(rows, created))
+    ctrls = [made[j] for j in range(len(names))]
     soc0 = dict(zip(batteries["household"], batteries["soc_init_kwh"]))
     statics = {n: row for n, row in zip(batteries["household"], batteries.to_dict("records"))}
     for name, ctrl in zip(names, ctrls):
@@ -747,6 +824,7 @@ def _connect_controllers(world: _Wiring, run: RunInputs, households: dict[str, A
             if pairs:
                 row = statics[name]
                 initial = {"soc_kwh": soc0[name], "soc_frac": soc0[name] / row["capacity_kwh"], "p_kw": 0.0,
+                           "meter_kw": math.nan,
                            **{k: row[k] for k in BATTERY_OBS if k in row}}
                 world.connect(battery_of[name], ctrl, *pairs, time_shifted=True,
                               initial_data={src: float(initial[src]) for src, _ in pairs})

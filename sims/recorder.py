@@ -55,7 +55,8 @@ META = {
     "api_version": "3.0",
     "type": "time-based",
     "models": {"Recorder": {"public": True, "any_inputs": True,
-                            "params": ["path", "entities", "columns", "start", "tz", "flush_every_s", "tables", "record_from_s"],
+                            "params": ["path", "entities", "columns", "start", "tz", "flush_every_s", "tables", "record_from_s",
+                                       "record_until_s"],
                             "attrs": []}},
 }
 
@@ -122,12 +123,14 @@ class RecorderSim(mosaik_api_v3.Simulator):
 
     def create(self, num: int, model: str, path: str, entities: dict[str, dict[str, Any]],
                columns: dict[str, str], start: str, tz: str, flush_every_s: int = 3600,
-               tables: dict[str, dict[str, list[str]]] | None = None, record_from_s: int = 0) -> list[dict]:
+               tables: dict[str, dict[str, list[str]]] | None = None, record_from_s: int = 0,
+               record_until_s: int | None = None) -> list[dict]:
         """``entities``: mosaik full id -> {entity, kind, bus}; ``columns``: attribute -> "float64"|"bool";
         ``tables``: full id of a simulator's ``Table`` entity (:mod:`dercosim.sims.tables`) -> {attribute: the
         full id of the entity each of its values belongs to, in order; None for a value not to record (the
         Table also carries columns for other simulators)}; ``record_from_s``: steps before this time (the warm-up
-        of ``dercosim run --start``) are simulated but not recorded."""
+        of ``dercosim run --start``) are simulated but not recorded; ``record_until_s``: nor are the steps from
+        this time on (a learning environment's last step, simulated only for its final observation)."""
         if num != 1 or self.eid is not None:
             raise ValueError("RecorderSim holds exactly one Recorder")
         self.eid = "recorder"
@@ -143,6 +146,7 @@ class RecorderSim(mosaik_api_v3.Simulator):
         self.start_epoch_s = int(self.start.timestamp())
         self.flush_every_s = int(flush_every_s)
         self.record_from_s = int(record_from_s)
+        self.record_until_s = None if record_until_s is None else int(record_until_s)
         types = {"float64": pa.float64(), "bool": pa.bool_()}
         self.tables = {tid: {attr: list(srcs) for attr, srcs in cols.items()} for tid, cols in (tables or {}).items()}
         kind_columns: dict[str, set[str]] = {}  # what is recorded for each kind (for readers: schema metadata)
@@ -205,7 +209,7 @@ class RecorderSim(mosaik_api_v3.Simulator):
             raise StopRequested(f"stop requested ({STOP_REASON['signal']}) at t = {time} s")
         if PROGRESS is not None:  # one simulated step recorded
             PROGRESS(1)
-        if time < self.record_from_s:  # the warm-up before the window (run --start)
+        if time < self.record_from_s or (self.record_until_s is not None and time >= self.record_until_s):
             return time + self.step_s
         given = dict(inputs.get(self.eid, {}))
         tables = {tid: cols for tid, cols in given.pop(TABLE_ATTR, {}).items() if tid in self.tables}

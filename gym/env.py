@@ -1,0 +1,487 @@
+"""A gymnasium environment whose step is one control period of the full co-simulation.
+
+The world (AC power flow every minute, batteries with their power-management loop inside the minute, the
+market and smart contract where the scenario has them, the scenario's controller for every household the
+agent does not control) runs in a worker thread; an :class:`~dercosim.gym.bridge.AgentController` hosted by its
+own controller simulator hands this environment the agent's observations and waits for its action. mosaik keeps
+the loop: nothing here steps a simulator.
+
+Observations
+    ``Box(shape=(households, len(observation_names)), float32)``: per controlled household (rows in
+    ``env.households`` order) what a plug-in controller sees (:data:`dercosim.controllers.base.OBSERVATIONS`:
+    load, PV, SoC, metered power and voltage of the previous step, the contract's RE and mode, ...) and four the
+    environment adds: ``import_price`` and ``export_price`` (currency/kWh, this step), ``hour_sin`` and
+    ``hour_cos`` (time of day). A value the world does not have yet (NaN, e.g. no SoC target before the first
+    market interval) is 0.
+
+Actions
+    ``Box(-1, 1, shape=(households, len(action_names)), float32)``, scaled per household:
+    ``p_set_kw``: a ≥ 0 charges at a × the charge limit, a < 0 discharges at |a| × the discharge limit (the PMS
+    holds it; ``follow_residual`` is 0 unless it is an action too); ``follow_residual``: 1 if a > 0;
+    ``hvac_set_kw``: (a + 1)/2 × the HVAC rating; ``p_curtail_kw``: (a + 1)/2 × the PV array's kWp (1: no cap);
+    ``q_set_kvar``: a × the inverter's kVA rating (+ injects).
+
+Reward
+    :func:`default_reward` unless ``reward=`` gives a function of the period's :class:`StepRecord` returning one
+    number per household (or one for all); the single-agent reward is their sum.
+
+References
+----------
+Towers, M. et al. (2024). Gymnasium: A Standard Interface for Reinforcement Learning Environments.
+arXiv:2407.17032.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium
+import numpy as np
+import pandas as pd
+from gymnasium import spaces
+
+from dercosim.controllers.base import OBSERVATIONS, household_io
+from dercosim.gym.bridge import Channel
+from dercosim.scenarios.config import Scenario, ScenarioError, parse_duration_s
+from dercosim.scenarios.load import check_scenario
+from dercosim.scenarios.resolve import RunInputs
+
+#: observations the environment computes itself (not from the world)
+ENV_OBSERVATIONS: dict[str, str] = {
+    "import_price": "import price this step, currency/kWh",
+    "export_price": "export price this step, currency/kWh",
+    "hour_sin": "sin(2π × hour of day / 24), local standard time",
+    "hour_cos": "cos(2π × hour of day / 24), local standard time",
+}
+#: the default observations, each kept where every controlled household has it
+DEFAULT_OBSERVATIONS = ("load_kw", "pv_kw", "soc_frac", "meter_kw", "vm_pu", "re_kwh", "s_mode", "soc_target_frac",
+                        "import_price", "export_price", "hour_sin", "hour_cos")
+ACTIONS = ("p_set_kw", "follow_residual", "hvac_set_kw", "p_curtail_kw", "q_set_kvar")
+#: the observation space's bounds by unit (values are clipped to them; no physical value comes near)
+_BOUNDS = {"frac": (0.0, 1.0), "pu": (0.0, 3.0), "price": (-1e3, 1e3), "time": (-1.0, 1.0), "power": (-1e4, 1e4)}
+
+
+def _bound(name: str) -> tuple[float, float]:
+    if name.endswith("_frac") or name == "s_mode":
+        return _BOUNDS["frac"]
+    if name.endswith("_pu"):
+        return _BOUNDS["pu"]
+    if name.endswith("_price"):
+        return _BOUNDS["price"]
+    if name.startswith("hour_"):
+        return _BOUNDS["time"]
+    return _BOUNDS["power"]  # kW, kWh, °C
+
+
+#: what the reward is computed from, read whenever a household has it
+_REWARD_INPUTS = ("net_kw", "load_kw", "pv_kw", "meter_kw", "battery_p_kw", "soc_frac", "vm_pu", "re_kwh")
+
+
+@dataclass
+class StepRecord:
+    """The minutes of one control period, per controlled household (rows) and minute (columns).
+
+    ``meter_kw`` is the household's metered power (after its battery; + = import), ``vm_pu`` its bus voltage
+    from that minute's AC power flow, ``re_kwh`` its unmet share of the fleet's commitment at the end of each
+    market interval that ended in the period (NaN in other minutes and for non-members). Prices are per minute.
+    """
+
+    households: list[str]
+    time: pd.DatetimeIndex  #: the start of each minute, local standard time
+    step_h: float
+    meter_kw: np.ndarray
+    vm_pu: np.ndarray
+    net_kw: np.ndarray
+    load_kw: np.ndarray
+    pv_kw: np.ndarray
+    battery_p_kw: np.ndarray
+    soc_frac: np.ndarray
+    re_kwh: np.ndarray
+    import_price: np.ndarray
+    export_price: np.ndarray
+    imbalance_price: np.ndarray  #: per minute, currency/kWh (NaN without a market)
+    v_min_pu: float
+    v_max_pu: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def bill(self) -> np.ndarray:
+        """Import cost − export revenue per household over the period, currency (energy charges only)."""
+        imp = np.clip(self.meter_kw, 0, None) * self.step_h
+        exp = np.clip(-self.meter_kw, 0, None) * self.step_h
+        return imp @ self.import_price - exp @ self.export_price
+
+    def imbalance(self) -> np.ndarray:
+        """Each household's share of the fleet's imbalance cost: |RE| left at an interval's end × its price."""
+        cost = np.abs(self.re_kwh) * self.imbalance_price
+        return np.nansum(cost, axis=1)
+
+    def voltage_excursion_pu_h(self) -> np.ndarray:
+        """Per household, Σ over minutes of how far its bus voltage was outside [v_min, v_max], pu·h."""
+        over = np.clip(self.vm_pu - self.v_max_pu, 0, None) + np.clip(self.v_min_pu - self.vm_pu, 0, None)
+        return np.nansum(over, axis=1) * self.step_h
+
+
+def default_reward(record: StepRecord, voltage_penalty_per_pu_h: float = 100.0) -> np.ndarray:
+    """−(bill + imbalance share + ``voltage_penalty_per_pu_h`` × voltage excursion) per household, currency.
+
+    The bill is the tariff's energy charges on the metered power (a peak-demand charge, being daily, is not
+    in it); the imbalance share is |RE| left at each market interval's end at that interval's imbalance price
+    (contract members only); the excursion is outside the scenario's ``[grid] v_min_pu``/``v_max_pu`` (or
+    the environment's ``v_band``). 100 per pu·h: a bus 0.01 pu too high for an hour costs 1 (GBP, USD, ...).
+    """
+    return -(record.bill() + record.imbalance() + voltage_penalty_per_pu_h * record.voltage_excursion_pu_h())
+
+
+class DercosimEnv(gymnasium.Env):  # type: ignore[misc]
+    """One control period of the co-simulation per step, for the households an agent controls.
+
+    Parameters
+    ----------
+    scenario : a :class:`~dercosim.scenarios.config.Scenario`, a bundled scenario's name or a TOML path. Its
+        ``[clock]`` is the pool of episodes: ``duration`` / ``episode`` of them, back to back from ``start``.
+    households : the controlled households: names, a number (the first n that can take every action), or None
+        (every household that can).
+    episode : an episode's length ("1d", "6h", seconds).
+    observations : names from :data:`~dercosim.controllers.base.OBSERVATIONS` and :data:`ENV_OBSERVATIONS`
+        (default :data:`DEFAULT_OBSERVATIONS`, each where every controlled household has it).
+    actions : names from :data:`ACTIONS` (default ``("p_set_kw",)``).
+    period_s : the control period, a multiple of 60 s.
+    reward : a function of a :class:`StepRecord` returning one number per household or one in all
+        (default :func:`default_reward`).
+    record : write each episode's run folder (``runs_dir``/<scenario>-<n>-<start>; readable by ``dercosim.Result``
+        and ``dercosim validate``); off by default (training speed).
+    v_band : the voltage band of the default reward, pu (default the scenario's grid limits).
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, scenario: Scenario | str | Path, households: Sequence[str] | int | None = None,
+                 episode: str | int = "1d", observations: Sequence[str] | None = None,
+                 actions: Sequence[str] = ("p_set_kw",), period_s: int = 60,
+                 reward: Callable[[StepRecord], Any] | None = None, record: bool = False,
+                 runs_dir: str | Path = "runs/gym", v_band: tuple[float, float] | None = None) -> None:
+        super().__init__()
+        if not isinstance(scenario, Scenario):
+            from dercosim.api import load
+
+            scenario = load(scenario)
+        self.scenario = scenario
+        step_s = scenario.clock.step_s
+        self.episode_s = parse_duration_s(episode)
+        if self.episode_s <= 0 or self.episode_s % step_s:
+            raise ScenarioError(f"episode ({episode!r}) must be a positive whole number of {step_s}-s steps")
+        self.n_episodes = scenario.clock.duration // self.episode_s
+        if self.n_episodes < 1:
+            raise ScenarioError(f"episode ({episode!r}, {self.episode_s} s) is longer than the scenario's clock "
+                                f"({scenario.clock.duration} s): lengthen [clock] duration")
+        if int(period_s) <= 0 or int(period_s) % step_s or self.episode_s % int(period_s):
+            raise ScenarioError(f"period_s ({period_s}) must be a multiple of the {step_s}-s step dividing the "
+                                f"episode ({self.episode_s} s)")
+        self.period_s = int(period_s)
+        unknown = [a for a in actions if a not in ACTIONS]
+        if unknown or not actions:
+            raise ScenarioError(f"actions {unknown or list(actions)}: expected some of {', '.join(ACTIONS)}")
+        self.action_names = tuple(actions)
+        fleet = check_scenario(scenario)
+        self._fleet = fleet
+        table = fleet.households
+        with_battery = set(fleet.batteries.loc[fleet.batteries["household"] != "", "household"])
+        hvac = dict(zip(table["name"], np.asarray(fleet.hvac["p_max_kw"], float)))
+        members = set(fleet.contract_members) if scenario.contract is not None else set()
+        io = {n: household_io(n in with_battery, hvac[n] > 0, n in members, pv > 0)
+              for n, pv in zip(table["name"], table["pv_kwp"])}
+        able = [n for n in table["name"] if all(a in io[n][1] for a in self.action_names)]
+        if households is None:
+            chosen = able
+        elif isinstance(households, (int, np.integer)):
+            chosen = able[:int(households)]
+            if len(chosen) < int(households):
+                raise ScenarioError(f"households = {households}: only {len(able)} households can take "
+                                    f"{', '.join(self.action_names)}")
+        else:
+            chosen = list(households)
+            missing = [n for n in chosen if n not in io]
+            unable = [n for n in chosen if n in io and n not in able]
+            if missing or unable:
+                raise ScenarioError(f"households {missing + unable}: "
+                                    + (f"{missing} not in the fleet; " if missing else "")
+                                    + (f"{unable} cannot take {', '.join(self.action_names)}" if unable else ""))
+        if not chosen:
+            raise ScenarioError(f"no household of {scenario.name!r} can take {', '.join(self.action_names)}")
+        self.households = chosen
+        available = [set(io[n][0]) for n in chosen]
+        common = set.intersection(*available)
+        if observations is None:
+            names = [o for o in DEFAULT_OBSERVATIONS if o in common or o in ENV_OBSERVATIONS]
+        else:
+            names = list(observations)
+            bad = [o for o in names if o not in OBSERVATIONS and o not in ENV_OBSERVATIONS]
+            lacking = [o for o in names if o in OBSERVATIONS and o not in common]
+            if bad or lacking:
+                raise ScenarioError("observations " + (f"{bad} unknown (known: {', '.join([*OBSERVATIONS, *ENV_OBSERVATIONS])}); "
+                                                       if bad else "")
+                                    + (f"{lacking} not available at every controlled household" if lacking else ""))
+        self.observation_names = tuple(names)
+        self._inputs = {n: [o for o in dict.fromkeys([*self.observation_names, *_REWARD_INPUTS])
+                            if o in OBSERVATIONS and o in io[n][0]] for n in chosen}
+        self._outputs = {n: list(dict.fromkeys([*self.action_names,
+                                                *(["follow_residual"] if "p_set_kw" in self.action_names else [])]))
+                         for n in chosen}
+        rows = table.set_index("name").loc[chosen]
+        bats = fleet.batteries[fleet.batteries["household"] != ""].drop_duplicates("household").set_index("household")
+        self._scale = {
+            "p_charge_max_kw": np.array([bats.loc[n, "p_charge_max_kw"] if n in bats.index else 0.0 for n in chosen]),
+            "p_discharge_max_kw": np.array([bats.loc[n, "p_discharge_max_kw"] if n in bats.index else 0.0
+                                            for n in chosen]),
+            "hvac_p_max_kw": np.array([hvac[n] for n in chosen]),
+            "pv_kwp": rows["pv_kwp"].to_numpy(float),
+            "s_rated_kva": rows["pv_kwp"].to_numpy(float) * scenario.inverters.s_per_kwp,
+        }
+        self._has_battery = np.array([n in with_battery for n in chosen])
+        self.reward_fn = reward or default_reward
+        self.record = bool(record)
+        self.runs_dir = Path(runs_dir)
+        self.v_band = v_band or (scenario.grid.v_min_pu, scenario.grid.v_max_pu)
+        h, f, a = len(chosen), len(self.observation_names), len(self.action_names)
+        low = np.array([_bound(o)[0] for o in self.observation_names], dtype=np.float32)
+        high = np.array([_bound(o)[1] for o in self.observation_names], dtype=np.float32)
+        self.observation_space = spaces.Box(np.tile(low, (h, 1)), np.tile(high, (h, 1)), dtype=np.float32)
+        self.action_space = spaces.Box(-1.0, 1.0, shape=(h, a), dtype=np.float32)
+        self._worker: threading.Thread | None = None
+        self._channel: Channel | None = None
+        self._outcome: dict[str, Any] = {}
+        self._run: RunInputs | None = None
+        self._series: dict[str, np.ndarray] = {}
+        self._episodes = 0
+        self.run_dir: Path | None = None  #: the last recorded episode's run folder
+        self.last_record: StepRecord | None = None
+
+    # -- episodes ---------------------------------------------------------------------------------------------
+    def episode_start(self, index: int) -> pd.Timestamp:
+        """The local start time of episode ``index`` of the scenario's pool."""
+        return pd.Timestamp(self.scenario.clock.start) + pd.Timedelta(seconds=index * self.episode_s)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        """Start an episode: ``options["episode"]`` (its index in the pool) or ``options["start"]`` (a time in the
+        pool), else one drawn from the environment's generator (seeded by ``seed``)."""
+        super().reset(seed=seed)
+        self._stop_episode()
+        options = options or {}
+        if "start" in options:
+            offset = (pd.Timestamp(options["start"]) - pd.Timestamp(self.scenario.clock.start)).total_seconds()
+            index = int(offset // self.episode_s)
+            if offset % self.episode_s or not 0 <= index < self.n_episodes:
+                raise ValueError(f"start {options['start']!r} is not an episode start of the pool (every "
+                                 f"{self.episode_s} s from {self.scenario.clock.start} for {self.n_episodes})")
+        elif "episode" in options:
+            index = int(options["episode"])
+            if not 0 <= index < self.n_episodes:
+                raise ValueError(f"episode {index}: the pool has {self.n_episodes} (0..{self.n_episodes - 1})")
+        else:
+            index = int(self.np_random.integers(self.n_episodes))
+        self._start_episode(index)
+        t, minutes = self._receive()
+        self._t = t
+        self._last = minutes[-1][1]
+        return self._observation(t, self._last), self._info(t)
+
+    def _start_episode(self, index: int) -> None:
+        from dercosim.scenarios.world import AgentHook, run_scenario
+
+        step_s = self.scenario.clock.step_s
+        start = self.episode_start(index)
+        clock = self.scenario.clock.model_copy(update={"start": start.to_pydatetime(),
+                                                       "duration": self.episode_s + step_s})
+        episode = Scenario.model_validate({**self.scenario.model_dump(), "clock": clock.model_dump()})
+        episode._source_dir = self.scenario._source_dir
+        channel = Channel(end_s=self.episode_s)
+        self._channel = channel
+        self._episodes += 1
+        self.episode_index = index
+        out = self.runs_dir / f"{self.scenario.name}-{self._episodes:05d}-{start:%Y%m%dT%H%M}"
+        self.run_dir = out if self.record else None
+        if self.record and out.exists() and any(out.iterdir()):
+            raise ScenarioError(f"{out}: the run folder already holds files (give another runs_dir)")
+
+        def resolved(run: RunInputs) -> None:  # once per episode: the per-step series the steps look up
+            self._run = run
+            hours = run.times.hour.to_numpy() + run.times.minute.to_numpy() / 60.0
+            self._series = {"import_price": run.tariff.import_price(run.times),
+                            "export_price": run.tariff.export_price(run.times),
+                            "hour_sin": np.sin(2 * np.pi * hours / 24), "hour_cos": np.cos(2 * np.pi * hours / 24)}
+
+        hook = AgentHook(spec="dercosim.gym.bridge:AgentController", households=list(self.households),
+                         params_of=lambda n: {"channel": channel.key, "inputs": self._inputs[n],
+                                              "outputs": self._outputs[n], "period_s": self.period_s},
+                         resolved=resolved, record_until_s=self.episode_s)
+        outcome: dict[str, Any] = {}
+        self._outcome = outcome
+
+        def work() -> None:
+            try:
+                outcome["result"] = run_scenario(episode, out, progress=False, plots=False, agent=hook,
+                                                 record=self.record)
+            except BaseException as exc:  # noqa: BLE001 - handed to the environment's thread
+                outcome["error"] = exc
+            finally:
+                channel.to_env.put(("done",))
+
+        self._worker = threading.Thread(target=work, name=f"dercosim-episode-{self._episodes}", daemon=True)
+        self._worker.start()
+
+    def _receive(self) -> tuple[int, list[tuple[int, dict[str, dict[str, float]]]]]:
+        """The next control step's (time, minutes) from the world; the world's error if it failed instead."""
+        assert self._channel is not None
+        message = self._channel.to_env.get()
+        if message[0] == "obs":
+            return message[1], message[2]
+        self._join()
+        error = self._outcome.get("error")
+        if error is not None:
+            raise error
+        raise RuntimeError("the episode's world ended before its last control step")
+
+    def _join(self) -> None:
+        if self._worker is not None:
+            self._worker.join()
+            self._worker = None
+
+    def _stop_episode(self) -> None:
+        """Close a running episode (its world stops like on a signal and keeps its record) and wait for it."""
+        if self._worker is None:
+            return
+        assert self._channel is not None
+        self._channel.close()
+        self._join()
+        from dercosim.scenarios.world import RunInterrupted
+
+        error = self._outcome.get("error")
+        if error is not None and not isinstance(error, RunInterrupted):
+            raise error
+
+    def close(self) -> None:
+        """Stop a running episode (keeping what it recorded) and release its thread."""
+        self._stop_episode()
+
+    # -- steps ------------------------------------------------------------------------------------------------
+    def setpoints(self, action: np.ndarray) -> dict[str, dict[str, float]]:
+        """The action (clipped to [-1, 1]) as setpoints per household, in the world's units."""
+        a = np.asarray(action, dtype=np.float64).reshape(self.action_space.shape)
+        if not np.isfinite(a).all():
+            raise ValueError("the action holds a NaN or an infinite value")
+        a = np.clip(a, -1.0, 1.0)
+        s = self._scale
+        values: dict[str, np.ndarray] = {}
+        for j, name in enumerate(self.action_names):
+            x = a[:, j]
+            if name == "p_set_kw":
+                values[name] = np.where(x >= 0, x * s["p_charge_max_kw"], x * s["p_discharge_max_kw"])
+            elif name == "follow_residual":
+                values[name] = (x > 0).astype(float)
+            elif name == "hvac_set_kw":
+                values[name] = (x + 1.0) / 2.0 * s["hvac_p_max_kw"]
+            elif name == "p_curtail_kw":
+                values[name] = (x + 1.0) / 2.0 * s["pv_kwp"]
+            else:  # q_set_kvar
+                values[name] = x * s["s_rated_kva"]
+        if "p_set_kw" in values and "follow_residual" not in values:
+            values["follow_residual"] = np.zeros(len(self.households))
+        return {n: {k: float(v[i]) for k, v in values.items()} for i, n in enumerate(self.households)}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        if self._worker is None or self._channel is None:
+            raise RuntimeError("call reset() before step(): no episode is running")
+        self._channel.to_world.put(self.setpoints(action))
+        t, minutes = self._receive()
+        record = self._record(minutes)
+        rewards = self._rewards(record)
+        self._t = t
+        self._last = minutes[-1][1]
+        truncated = t >= self.episode_s
+        info = self._info(t)
+        info["rewards"] = rewards
+        self.last_record = record  #: the last period's :class:`StepRecord`
+        if truncated:
+            self._finish()
+            info["run_dir"] = self.run_dir
+        return self._observation(t, self._last), float(np.sum(rewards)), False, truncated, info
+
+    def _finish(self) -> None:
+        """The episode's last observation is in: let the world end (its extra step is not recorded)."""
+        assert self._channel is not None
+        while self._channel.to_env.get()[0] != "done":
+            pass
+        self._join()
+        error = self._outcome.get("error")
+        if error is not None:
+            raise error
+
+    def _rewards(self, record: StepRecord) -> np.ndarray:
+        value = self.reward_fn(record)
+        out = np.asarray(value, dtype=np.float64)
+        if out.ndim == 0:
+            return np.full(len(self.households), float(out) / len(self.households))
+        if out.shape != (len(self.households),):
+            raise ValueError(f"the reward function returned shape {out.shape}; expected one number or one per "
+                             f"household ({len(self.households)})")
+        return out
+
+    def _info(self, t: int) -> dict[str, Any]:
+        assert self._run is not None
+        return {"t_s": t, "time": self._run.times[0] + pd.Timedelta(seconds=t), "episode": self.episode_index}
+
+    def _observation(self, t: int, obs: dict[str, dict[str, float]]) -> np.ndarray:
+        run = self._run
+        assert run is not None
+        k = min(t // self.scenario.clock.step_s, len(run.times) - 1)
+        env_values = {name: float(series[k]) for name, series in self._series.items()}
+        out = np.array([[env_values[name] if name in env_values else obs[n].get(name, math.nan)
+                         for name in self.observation_names] for n in self.households], dtype=np.float64)
+        out = np.nan_to_num(out, nan=0.0).astype(np.float32)
+        return np.clip(out, self.observation_space.low, self.observation_space.high)
+
+    def _record(self, minutes: list[tuple[int, dict[str, dict[str, float]]]]) -> StepRecord:
+        """The period's minutes as arrays: same-minute values from minutes[0..-2], the previous step's (meter,
+        voltage, SoC, battery power, RE) from minutes[1..]."""
+        run = self._run
+        assert run is not None
+        step_s = self.scenario.clock.step_s
+        names = self.households
+        now, after = minutes[:-1], minutes[1:]
+
+        def grid(source: list[tuple[int, dict[str, dict[str, float]]]], name: str) -> np.ndarray:
+            return np.array([[m[1][n].get(name, math.nan) for m in source] for n in names], dtype=np.float64)
+
+        net = grid(now, "net_kw")
+        meter = np.where(self._has_battery[:, None], grid(after, "meter_kw"), net)
+        k = np.array([t // step_s for t, _ in now])
+        imbalance_price = np.full(len(k), math.nan)
+        re = np.full((len(names), len(k)), math.nan)
+        if run.market_inputs is not None and self.scenario.market is not None:
+            interval = self.scenario.market.interval_s
+            offset = int((run.times[0] - run.times[0].normalize()).total_seconds())
+            idx = run.market_inputs["first_interval"] + (offset % interval + k * step_s) // interval
+            prices = np.asarray(run.market_inputs["imbalance_price"], float)
+            imbalance_price = prices[np.minimum(idx, len(prices) - 1)]
+            ends = (offset + (k + 1) * step_s) % interval == 0  # the interval's last minute
+            re_after = grid(after, "re_kwh")
+            re[:, ends] = re_after[:, ends]
+        return StepRecord(households=list(names), time=run.times[k], step_h=step_s / 3600.0, meter_kw=meter,
+                          vm_pu=grid(after, "vm_pu"), net_kw=net, load_kw=grid(now, "load_kw"),
+                          pv_kw=grid(now, "pv_kw"), battery_p_kw=grid(after, "battery_p_kw"),
+                          soc_frac=grid(after, "soc_frac"), re_kwh=re,
+                          import_price=self._series["import_price"][k], export_price=self._series["export_price"][k],
+                          imbalance_price=imbalance_price, v_min_pu=float(self.v_band[0]),
+                          v_max_pu=float(self.v_band[1]))
+
+    def __del__(self) -> None:  # a forgotten env must not leave its world waiting
+        try:
+            if self._worker is not None and self._channel is not None:
+                self._channel.close()
+        except Exception:  # noqa: BLE001
+            pass
