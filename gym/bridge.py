@@ -11,6 +11,7 @@ joined and summarised.
 from __future__ import annotations
 
 import itertools
+import math
 import queue
 import threading
 from collections.abc import Mapping, Sequence
@@ -42,16 +43,18 @@ class Channel:
         self.end_s = int(end_s)
         self.to_env: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self.to_world: queue.Queue[Any] = queue.Queue()
-        self.minutes: list[tuple[int, dict[str, dict[str, float]]]] = []  # (t, {household: obs}) since last step
+        #: (t, {household: its values in ``fields`` order}) of the minutes since the last control step
+        self.minutes: list[tuple[int, dict[str, tuple[float, ...]]]] = []
         self.held: dict[str, dict[str, float]] = {}
         self.closed = threading.Event()
         CHANNELS[self.key] = self
 
-    def observe(self, t: int, household: str, obs: Mapping[str, float]) -> None:
-        """One household's observations in minute ``t`` (called by the world, every minute)."""
+    def observe(self, t: int, household: str, values: tuple[float, ...]) -> None:
+        """One household's observations in minute ``t``, in the agreed field order (called by the world, every
+        minute)."""
         if not self.minutes or self.minutes[-1][0] != t:
             self.minutes.append((t, {}))
-        self.minutes[-1][1][household] = dict(obs)
+        self.minutes[-1][1][household] = values
 
     def exchange(self, t: int, households: Sequence[str]) -> list[dict[str, float]]:
         """Hand the environment the minutes since the last control step (this one's last), then wait for its
@@ -77,14 +80,17 @@ class AgentController:
     """A household's controller whose setpoints come from a learning environment through a :class:`Channel`.
 
     ``channel``: the channel's key; ``inputs``/``outputs``: the observations it reads and the setpoints it writes
-    (those of the plug-in protocol, :mod:`dercosim.controllers.base`); ``period_s``: the control period, s.
+    (those of the plug-in protocol, :mod:`dercosim.controllers.base`); ``period_s``: the control period, s;
+    ``fields``: the order in which every minute's observations go to the environment (NaN for one it lacks).
     """
 
     thread_safe = False
 
-    def __init__(self, channel: str, inputs: Sequence[str], outputs: Sequence[str], period_s: int = 60) -> None:
+    def __init__(self, channel: str, inputs: Sequence[str], outputs: Sequence[str], period_s: int = 60,
+                 fields: Sequence[str] = ()) -> None:
         self.channel = CHANNELS[channel]
         self.inputs = tuple(inputs)
+        self.fields = tuple(fields or inputs)
         self.outputs = tuple(outputs)
         self.period_s = int(period_s)
         self.household = ""
@@ -93,7 +99,7 @@ class AgentController:
         self.household = str(context["household"])
 
     def observe(self, t: int, obs: Mapping[str, float]) -> None:
-        self.channel.observe(t, self.household, obs)
+        self.channel.observe(t, self.household, tuple([obs.get(f, math.nan) for f in self.fields]))
 
     def step(self, t: int, obs: Mapping[str, float]) -> Mapping[str, float]:
         return self.step_many([(self, obs)], t, 1)[0]
@@ -112,7 +118,7 @@ class HoldController:
     thread_safe = True
 
     def __init__(self, inputs: Sequence[str], outputs: Sequence[str], period_s: int = 60,
-                 setpoints: Mapping[str, float] | None = None, channel: str = "") -> None:
+                 setpoints: Mapping[str, float] | None = None, channel: str = "", fields: Sequence[str] = ()) -> None:
         self.inputs = tuple(inputs)
         self.outputs = tuple(outputs)
         self.period_s = int(period_s)

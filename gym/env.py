@@ -46,7 +46,7 @@ import pandas as pd
 from gymnasium import spaces
 
 from dercosim.controllers.base import OBSERVATIONS, household_io
-from dercosim.gym.bridge import Channel
+from dercosim.gym.bridge import CHANNELS, Channel
 from dercosim.scenarios.config import Scenario, ScenarioError, parse_duration_s
 from dercosim.scenarios.load import check_scenario
 from dercosim.scenarios.resolve import RunInputs
@@ -92,7 +92,7 @@ class StepRecord:
     """
 
     households: list[str]
-    time: pd.DatetimeIndex  #: the start of each minute, local standard time
+    steps: np.ndarray  #: the minutes' step numbers since the episode's start
     step_h: float
     meter_kw: np.ndarray
     vm_pu: np.ndarray
@@ -107,7 +107,14 @@ class StepRecord:
     imbalance_price: np.ndarray  #: per minute, currency/kWh (NaN without a market)
     v_min_pu: float
     v_max_pu: float
+    times: pd.DatetimeIndex | None = None  #: the episode's step times (for :attr:`time`)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def time(self) -> pd.DatetimeIndex:
+        """The start of each minute, local standard time of the site."""
+        assert self.times is not None
+        return self.times[self.steps]
 
     def bill(self) -> np.ndarray:
         """Import cost − export revenue per household over the period, currency (energy charges only)."""
@@ -117,6 +124,8 @@ class StepRecord:
 
     def imbalance(self) -> np.ndarray:
         """Each household's share of the fleet's imbalance cost: |RE| left at an interval's end × its price."""
+        if np.isnan(self.imbalance_price).all():  # no market
+            return np.zeros(len(self.households))
         cost = np.abs(self.re_kwh) * self.imbalance_price
         return np.nansum(cost, axis=1)
 
@@ -137,7 +146,7 @@ def default_reward(record: StepRecord, voltage_penalty_per_pu_h: float = 100.0) 
     return -(record.bill() + record.imbalance() + voltage_penalty_per_pu_h * record.voltage_excursion_pu_h())
 
 
-class DercosimEnv(gymnasium.Env):  # type: ignore[misc]
+class DercosimEnv(gymnasium.Env):
     """One control period of the co-simulation per step, for the households an agent controls.
 
     Parameters
@@ -227,8 +236,10 @@ class DercosimEnv(gymnasium.Env):  # type: ignore[misc]
                                                        if bad else "")
                                     + (f"{lacking} not available at every controlled household" if lacking else ""))
         self.observation_names = tuple(names)
-        self._inputs = {n: [o for o in dict.fromkeys([*self.observation_names, *_REWARD_INPUTS])
-                            if o in OBSERVATIONS and o in io[n][0]] for n in chosen}
+        #: every minute's values, per household in this order (NaN where a household lacks one)
+        self._fields = [o for o in dict.fromkeys([*self.observation_names, *_REWARD_INPUTS]) if o in OBSERVATIONS]
+        self._at = {name: j for j, name in enumerate(self._fields)}
+        self._inputs = {n: [o for o in self._fields if o in io[n][0]] for n in chosen}
         self._outputs = {n: list(dict.fromkeys([*self.action_names,
                                                 *(["follow_residual"] if "p_set_kw" in self.action_names else [])]))
                          for n in chosen}
@@ -247,16 +258,19 @@ class DercosimEnv(gymnasium.Env):  # type: ignore[misc]
         self.record = bool(record)
         self.runs_dir = Path(runs_dir)
         self.v_band = v_band or (scenario.grid.v_min_pu, scenario.grid.v_max_pu)
-        h, f, a = len(chosen), len(self.observation_names), len(self.action_names)
+        h, a = len(chosen), len(self.action_names)
         low = np.array([_bound(o)[0] for o in self.observation_names], dtype=np.float32)
         high = np.array([_bound(o)[1] for o in self.observation_names], dtype=np.float32)
-        self.observation_space = spaces.Box(np.tile(low, (h, 1)), np.tile(high, (h, 1)), dtype=np.float32)
-        self.action_space = spaces.Box(-1.0, 1.0, shape=(h, a), dtype=np.float32)
+        self.observation_box = spaces.Box(np.tile(low, (h, 1)), np.tile(high, (h, 1)), dtype=np.float32)
+        self.action_box = spaces.Box(-1.0, 1.0, shape=(h, a), dtype=np.float32)
+        self.observation_space = self.observation_box
+        self.action_space = self.action_box
         self._worker: threading.Thread | None = None
         self._channel: Channel | None = None
         self._outcome: dict[str, Any] = {}
         self._run: RunInputs | None = None
         self._series: dict[str, np.ndarray] = {}
+        self._stamps: list[pd.Timestamp] = []
         self._episodes = 0
         self.run_dir: Path | None = None  #: the last recorded episode's run folder
         self.last_record: StepRecord | None = None
@@ -287,8 +301,7 @@ class DercosimEnv(gymnasium.Env):  # type: ignore[misc]
         self._start_episode(index)
         t, minutes = self._receive()
         self._t = t
-        self._last = minutes[-1][1]
-        return self._observation(t, self._last), self._info(t)
+        return self._observation(t, self._values(minutes[-1:])[0]), self._info(t)
 
     def _start_episode(self, index: int) -> None:
         from dercosim.scenarios.world import AgentHook, run_scenario
@@ -310,6 +323,7 @@ class DercosimEnv(gymnasium.Env):  # type: ignore[misc]
 
         def resolved(run: RunInputs) -> None:  # once per episode: the per-step series the steps look up
             self._run = run
+            self._stamps = list(run.times)
             hours = run.times.hour.to_numpy() + run.times.minute.to_numpy() / 60.0
             self._series = {"import_price": run.tariff.import_price(run.times),
                             "export_price": run.tariff.export_price(run.times),
@@ -317,7 +331,8 @@ class DercosimEnv(gymnasium.Env):  # type: ignore[misc]
 
         hook = AgentHook(spec="dercosim.gym.bridge:AgentController", households=list(self.households),
                          params_of=lambda n: {"channel": channel.key, "inputs": self._inputs[n],
-                                              "outputs": self._outputs[n], "period_s": self.period_s},
+                                              "outputs": self._outputs[n], "period_s": self.period_s,
+                                              "fields": self._fields},
                          resolved=resolved, record_until_s=self.episode_s)
         outcome: dict[str, Any] = {}
         self._outcome = outcome
@@ -329,6 +344,7 @@ class DercosimEnv(gymnasium.Env):  # type: ignore[misc]
             except BaseException as exc:  # noqa: BLE001 - handed to the environment's thread
                 outcome["error"] = exc
             finally:
+                CHANNELS.pop(channel.key, None)
                 channel.to_env.put(("done",))
 
         self._worker = threading.Thread(target=work, name=f"dercosim-episode-{self._episodes}", daemon=True)
@@ -371,7 +387,7 @@ class DercosimEnv(gymnasium.Env):  # type: ignore[misc]
     # -- steps ------------------------------------------------------------------------------------------------
     def setpoints(self, action: np.ndarray) -> dict[str, dict[str, float]]:
         """The action (clipped to [-1, 1]) as setpoints per household, in the world's units."""
-        a = np.asarray(action, dtype=np.float64).reshape(self.action_space.shape)
+        a = np.asarray(action, dtype=np.float64).reshape(self.action_box.shape)
         if not np.isfinite(a).all():
             raise ValueError("the action holds a NaN or an infinite value")
         a = np.clip(a, -1.0, 1.0)
@@ -398,10 +414,10 @@ class DercosimEnv(gymnasium.Env):  # type: ignore[misc]
             raise RuntimeError("call reset() before step(): no episode is running")
         self._channel.to_world.put(self.setpoints(action))
         t, minutes = self._receive()
-        record = self._record(minutes)
+        values = self._values(minutes)
+        record = self._record(minutes, values)
         rewards = self._rewards(record)
         self._t = t
-        self._last = minutes[-1][1]
         truncated = t >= self.episode_s
         info = self._info(t)
         info["rewards"] = rewards
@@ -409,7 +425,7 @@ class DercosimEnv(gymnasium.Env):  # type: ignore[misc]
         if truncated:
             self._finish()
             info["run_dir"] = self.run_dir
-        return self._observation(t, self._last), float(np.sum(rewards)), False, truncated, info
+        return self._observation(t, values[-1]), float(np.sum(rewards)), False, truncated, info
 
     def _finish(self) -> None:
         """The episode's last observation is in: let the world end (its extra step is not recorded)."""
@@ -433,33 +449,43 @@ class DercosimEnv(gymnasium.Env):  # type: ignore[misc]
 
     def _info(self, t: int) -> dict[str, Any]:
         assert self._run is not None
-        return {"t_s": t, "time": self._run.times[0] + pd.Timedelta(seconds=t), "episode": self.episode_index}
+        return {"t_s": t, "time": self._stamps[min(t // self.scenario.clock.step_s, len(self._stamps) - 1)],
+                "episode": self.episode_index}
 
-    def _observation(self, t: int, obs: dict[str, dict[str, float]]) -> np.ndarray:
+    def _values(self, minutes: list[tuple[int, dict[str, tuple[float, ...]]]]) -> np.ndarray:
+        """The minutes' values as one array (minutes, households, fields)."""
+        return np.array([[m[1][n] for n in self.households] for m in minutes], dtype=np.float64)
+
+    def _observation(self, t: int, values: np.ndarray) -> np.ndarray:
+        """The observation from a minute's values (households, fields)."""
         run = self._run
         assert run is not None
         k = min(t // self.scenario.clock.step_s, len(run.times) - 1)
-        env_values = {name: float(series[k]) for name, series in self._series.items()}
-        out = np.array([[env_values[name] if name in env_values else obs[n].get(name, math.nan)
-                         for name in self.observation_names] for n in self.households], dtype=np.float64)
+        out = np.empty(self.observation_box.shape, dtype=np.float64)
+        for j, name in enumerate(self.observation_names):
+            out[:, j] = self._series[name][k] if name in self._series else values[:, self._at[name]]
         out = np.nan_to_num(out, nan=0.0).astype(np.float32)
-        return np.clip(out, self.observation_space.low, self.observation_space.high)
+        return np.clip(out, self.observation_box.low, self.observation_box.high)
 
-    def _record(self, minutes: list[tuple[int, dict[str, dict[str, float]]]]) -> StepRecord:
+    def _record(self, minutes: list[tuple[int, dict[str, tuple[float, ...]]]], values: np.ndarray) -> StepRecord:
         """The period's minutes as arrays: same-minute values from minutes[0..-2], the previous step's (meter,
-        voltage, SoC, battery power, RE) from minutes[1..]."""
+        voltage, SoC, battery power, RE) from minutes[1..] (``values``: :meth:`_values` of ``minutes``)."""
         run = self._run
         assert run is not None
         step_s = self.scenario.clock.step_s
         names = self.households
-        now, after = minutes[:-1], minutes[1:]
+        now = minutes[:-1]
+        nan = np.full((len(names), len(now)), math.nan)
 
-        def grid(source: list[tuple[int, dict[str, dict[str, float]]]], name: str) -> np.ndarray:
-            return np.array([[m[1][n].get(name, math.nan) for m in source] for n in names], dtype=np.float64)
+        def grid(rows: slice, name: str) -> np.ndarray:  # (households, minutes)
+            j = self._at.get(name)
+            return nan if j is None else values[rows, :, j].T
 
-        net = grid(now, "net_kw")
+        first, after = slice(0, -1), slice(1, None)
+
+        net = grid(first, "net_kw")
         meter = np.where(self._has_battery[:, None], grid(after, "meter_kw"), net)
-        k = np.array([t // step_s for t, _ in now])
+        k = np.fromiter((t // step_s for t, _ in now), dtype=np.int64, count=len(now))
         imbalance_price = np.full(len(k), math.nan)
         re = np.full((len(names), len(k)), math.nan)
         if run.market_inputs is not None and self.scenario.market is not None:
@@ -471,9 +497,9 @@ class DercosimEnv(gymnasium.Env):  # type: ignore[misc]
             ends = (offset + (k + 1) * step_s) % interval == 0  # the interval's last minute
             re_after = grid(after, "re_kwh")
             re[:, ends] = re_after[:, ends]
-        return StepRecord(households=list(names), time=run.times[k], step_h=step_s / 3600.0, meter_kw=meter,
-                          vm_pu=grid(after, "vm_pu"), net_kw=net, load_kw=grid(now, "load_kw"),
-                          pv_kw=grid(now, "pv_kw"), battery_p_kw=grid(after, "battery_p_kw"),
+        return StepRecord(households=names, steps=k, times=run.times, step_h=step_s / 3600.0, meter_kw=meter,
+                          vm_pu=grid(after, "vm_pu"), net_kw=net, load_kw=grid(first, "load_kw"),
+                          pv_kw=grid(first, "pv_kw"), battery_p_kw=grid(after, "battery_p_kw"),
                           soc_frac=grid(after, "soc_frac"), re_kwh=re,
                           import_price=self._series["import_price"][k], export_price=self._series["export_price"][k],
                           imbalance_price=imbalance_price, v_min_pu=float(self.v_band[0]),

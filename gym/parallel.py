@@ -20,7 +20,7 @@ from pettingzoo import ParallelEnv
 from dercosim.gym.env import DercosimEnv
 
 
-class DercosimParallelEnv(ParallelEnv):  # type: ignore[misc]
+class DercosimParallelEnv(ParallelEnv):
     """The co-simulation with one agent per controlled household (arguments as :class:`DercosimEnv`)."""
 
     metadata = {"render_modes": [], "name": "dercosim_parallel_v0"}
@@ -31,7 +31,7 @@ class DercosimParallelEnv(ParallelEnv):  # type: ignore[misc]
         self.agents: list[str] = []
         self._row = {a: i for i, a in enumerate(self.possible_agents)}
         k = len(self.env.action_names)
-        box = self.env.observation_space
+        box = self.env.observation_box
         self._obs_space = spaces.Box(box.low[0], box.high[0], dtype=np.float32)
         self._act_space = spaces.Box(-1.0, 1.0, shape=(k,), dtype=np.float32)
 
@@ -53,7 +53,7 @@ class DercosimParallelEnv(ParallelEnv):  # type: ignore[misc]
         missing = [a for a in self.agents if a not in actions]
         if missing:
             raise ValueError(f"no action for agents {missing}")
-        joint = np.zeros(self.env.action_space.shape, dtype=np.float32)
+        joint = np.zeros(self.env.action_box.shape, dtype=np.float32)
         for a, i in self._row.items():
             if a in actions:
                 joint[i] = np.asarray(actions[a], dtype=np.float32).reshape(-1)

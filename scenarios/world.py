@@ -26,7 +26,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal, overload
 
 import mosaik
 from mosaik.exceptions import ConnectionClosedError, SimulationError
@@ -158,6 +158,24 @@ def strict_json(data: Any) -> str:
         return x
 
     return json.dumps(clean(data), indent=2, allow_nan=False)
+
+
+@overload
+def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = ...,
+                 log: Callable[[str], None] = ..., realtime: Pacer | None = ..., record_from_s: int = ...,
+                 plots: bool = ..., agent: AgentHook | None = ..., record: Literal[True] = ...) -> RunResult: ...
+
+
+@overload
+def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = ...,
+                 log: Callable[[str], None] = ..., realtime: Pacer | None = ..., record_from_s: int = ...,
+                 plots: bool = ..., agent: AgentHook | None = ..., *, record: Literal[False]) -> None: ...
+
+
+@overload
+def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = ...,
+                 log: Callable[[str], None] = ..., realtime: Pacer | None = ..., record_from_s: int = ...,
+                 plots: bool = ..., agent: AgentHook | None = ..., record: bool = ...) -> RunResult | None: ...
 
 
 def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
@@ -569,8 +587,8 @@ def _build(mosaik_world: mosaik.World, run: RunInputs, out_dir: Path,
     diagnostics: list[str] = []
     taken = set(agent.households) if agent is not None else set()
     groups: list[_ControllerGroup] = []
-    if scenario.hems.controller is not None and any(n not in taken for n in run.fleet.controlled):
-        hems = scenario.hems
+    hems = scenario.hems
+    if hems.controller is not None and any(n not in taken for n in run.fleet.controlled):
         params = dict(hems.params)
         groups.append(_ControllerGroup(hems.controller, [n for n in run.fleet.controlled if n not in taken],
                                        lambda name: params, hems.on_fault, hems.step_timeout_s,
