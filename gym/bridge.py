@@ -49,6 +49,10 @@ class Channel:
         self.closed = threading.Event()
         CHANNELS[self.key] = self
 
+    def note(self, t: int, values: dict[str, tuple[float, ...]]) -> None:
+        """Every household's observations in minute ``t`` at once (a control step of :class:`AgentController`)."""
+        self.minutes.append((t, values))
+
     def observe(self, t: int, household: str, values: tuple[float, ...]) -> None:
         """One household's observations in minute ``t``, in the agreed field order (called by the world, every
         minute)."""
@@ -77,7 +81,8 @@ class Channel:
 
 
 class AgentController:
-    """A household's controller whose setpoints come from a learning environment through a :class:`Channel`.
+    """A household's controller whose setpoints come from a learning environment through a :class:`Channel`,
+    stepped every minute (``period_s`` = the clock's step; :class:`AgentObserver` for longer periods).
 
     ``channel``: the channel's key; ``inputs``/``outputs``: the observations it reads and the setpoints it writes
     (those of the plug-in protocol, :mod:`dercosim.controllers.base`); ``period_s``: the control period, s;
@@ -90,16 +95,17 @@ class AgentController:
                  fields: Sequence[str] = ()) -> None:
         self.channel = CHANNELS[channel]
         self.inputs = tuple(inputs)
-        self.fields = tuple(fields or inputs)
         self.outputs = tuple(outputs)
         self.period_s = int(period_s)
+        self.fields = tuple(fields or inputs)
         self.household = ""
 
     def bind(self, context: Mapping[str, Any]) -> None:
         self.household = str(context["household"])
 
-    def observe(self, t: int, obs: Mapping[str, float]) -> None:
-        self.channel.observe(t, self.household, tuple([obs.get(f, math.nan) for f in self.fields]))
+    def pack(self, obs: Mapping[str, float]) -> tuple[float, ...]:
+        """The observations in the agreed field order."""
+        return tuple([obs.get(f, math.nan) for f in self.fields])
 
     def step(self, t: int, obs: Mapping[str, float]) -> Mapping[str, float]:
         return self.step_many([(self, obs)], t, 1)[0]
@@ -108,7 +114,22 @@ class AgentController:
     def step_many(cls, calls: Sequence[tuple["AgentController", Mapping[str, float]]], t: int,
                   threads: int = 1) -> list[dict[str, float]]:
         """All the agent's due households at once: one exchange with the environment."""
-        return calls[0][0].channel.exchange(t, [ctrl.household for ctrl, _ in calls])
+        channel = calls[0][0].channel
+        if not cls.observes_every_minute:  # this minute's observations come with the step
+            channel.note(t, {ctrl.household: ctrl.pack(obs) for ctrl, obs in calls})
+        return channel.exchange(t, [ctrl.household for ctrl, _ in calls])
+
+    observes_every_minute = False
+
+
+class AgentObserver(AgentController):
+    """:class:`AgentController` for control periods longer than the step: it notes every minute's observations
+    (the reward covers each minute of the period)."""
+
+    observes_every_minute = True
+
+    def observe(self, t: int, obs: Mapping[str, float]) -> None:
+        self.channel.observe(t, self.household, self.pack(obs))
 
 
 class HoldController:

@@ -264,6 +264,11 @@ class DercosimEnv(gymnasium.Env):
         self.observation_box = spaces.Box(np.tile(low, (h, 1)), np.tile(high, (h, 1)), dtype=np.float32)
         self.action_box = spaces.Box(-1.0, 1.0, shape=(h, a), dtype=np.float32)
         self.observation_space = self.observation_box
+        # where each observation comes from: a column of the minute's values, or a per-episode series
+        self._obs_fields = np.array([self._at.get(o, 0) for o in self.observation_names], dtype=np.intp)
+        self._obs_series = [(j, o) for j, o in enumerate(self.observation_names) if o in ENV_OBSERVATIONS]
+        self._obs_low = self.observation_box.low.astype(np.float64)
+        self._obs_high = self.observation_box.high.astype(np.float64)
         self.action_space = self.action_box
         self._worker: threading.Thread | None = None
         self._channel: Channel | None = None
@@ -329,7 +334,8 @@ class DercosimEnv(gymnasium.Env):
                             "export_price": run.tariff.export_price(run.times),
                             "hour_sin": np.sin(2 * np.pi * hours / 24), "hour_cos": np.cos(2 * np.pi * hours / 24)}
 
-        hook = AgentHook(spec="dercosim.gym.bridge:AgentController", households=list(self.households),
+        spec = "AgentController" if self.period_s == step_s else "AgentObserver"
+        hook = AgentHook(spec=f"dercosim.gym.bridge:{spec}", households=list(self.households),
                          params_of=lambda n: {"channel": channel.key, "inputs": self._inputs[n],
                                               "outputs": self._outputs[n], "period_s": self.period_s,
                                               "fields": self._fields},
@@ -407,7 +413,9 @@ class DercosimEnv(gymnasium.Env):
                 values[name] = x * s["s_rated_kva"]
         if "p_set_kw" in values and "follow_residual" not in values:
             values["follow_residual"] = np.zeros(len(self.households))
-        return {n: {k: float(v[i]) for k, v in values.items()} for i, n in enumerate(self.households)}
+        names = list(values)
+        rows = zip(*[values[k].tolist() for k in names])
+        return {n: dict(zip(names, row)) for n, row in zip(self.households, rows)}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
         if self._worker is None or self._channel is None:
@@ -461,11 +469,11 @@ class DercosimEnv(gymnasium.Env):
         run = self._run
         assert run is not None
         k = min(t // self.scenario.clock.step_s, len(run.times) - 1)
-        out = np.empty(self.observation_box.shape, dtype=np.float64)
-        for j, name in enumerate(self.observation_names):
-            out[:, j] = self._series[name][k] if name in self._series else values[:, self._at[name]]
-        out = np.nan_to_num(out, nan=0.0).astype(np.float32)
-        return np.clip(out, self.observation_box.low, self.observation_box.high)
+        out = values[:, self._obs_fields]  # the world's columns, then the environment's own
+        for j, name in self._obs_series:
+            out[:, j] = self._series[name][k]
+        out[np.isnan(out)] = 0.0
+        return np.clip(out, self._obs_low, self._obs_high).astype(np.float32)
 
     def _record(self, minutes: list[tuple[int, dict[str, tuple[float, ...]]]], values: np.ndarray) -> StepRecord:
         """The period's minutes as arrays: same-minute values from minutes[0..-2], the previous step's (meter,
