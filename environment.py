@@ -20,14 +20,15 @@ from dercosim import __version__
 #: framework, the contract's compiler and EVM, and the numerical base
 SHAPING = ("casadi", "piqp", "highspy", "lightsim2grid", "pandapower", "mosaik", "mosaik-api-v3", "numpy", "scipy",
            "pandas", "pyarrow", "vyper", "py-evm", "web3", "dask", "distributed", "simbench",
-           "gymnasium", "pettingzoo")
+           "gymnasium", "pettingzoo", "greenlet")
 
 #: optional extras: name → (the modules it provides, what needs it)
 EXTRAS: dict[str, tuple[tuple[str, ...], str]] = {
     "evm": (("vyper", "web3", "eth_tester", "eth"), "the smart contract on an EVM ([contract] engine = \"evm\")"),
     "sweep": (("dask", "distributed"), "dercosim sweep (dask.distributed)"),
     "grids": (("simbench",), "a SimBench feeder ([grid] feeder = \"1-LV-...\")"),
-    "gym": (("gymnasium", "pettingzoo"), "dercosim.gym (learning controllers: gymnasium and PettingZoo environments)"),
+    "gym": (("gymnasium", "pettingzoo", "greenlet"),
+            "dercosim.gym (learning controllers: gymnasium and PettingZoo environments)"),
 }
 
 

@@ -2,9 +2,10 @@
 
 The world (AC power flow every minute, batteries with their power-management loop inside the minute, the
 market and smart contract where the scenario has them, the scenario's controller for every household the
-agent does not control) runs in a worker thread; an :class:`~dercosim.gym.bridge.AgentController` hosted by its
-own controller simulator hands this environment the agent's observations and waits for its action. mosaik keeps
-the loop: nothing here steps a simulator.
+agent does not control) runs in a greenlet of the caller's thread; an
+:class:`~dercosim.gym.bridge.AgentController` hosted by its own controller simulator hands this environment the
+agent's observations and takes its action. mosaik keeps the loop: nothing here steps a simulator. An
+environment is used from one thread at a time (the thread that called ``reset``).
 
 Observations
     ``Box(shape=(households, len(observation_names)), float32)``: per controlled household (rows in
@@ -34,7 +35,6 @@ arXiv:2407.17032.
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -270,9 +270,7 @@ class DercosimEnv(gymnasium.Env):
         self._obs_low = self.observation_box.low.astype(np.float64)
         self._obs_high = self.observation_box.high.astype(np.float64)
         self.action_space = self.action_box
-        self._worker: threading.Thread | None = None
         self._channel: Channel | None = None
-        self._outcome: dict[str, Any] = {}
         self._run: RunInputs | None = None
         self._series: dict[str, np.ndarray] = {}
         self._stamps: list[pd.Timestamp] = []
@@ -304,7 +302,7 @@ class DercosimEnv(gymnasium.Env):
         else:
             index = int(self.np_random.integers(self.n_episodes))
         self._start_episode(index)
-        t, minutes = self._receive()
+        t, minutes = self._resume()
         self._t = t
         return self._observation(t, self._values(minutes[-1:])[0]), self._info(t)
 
@@ -317,8 +315,6 @@ class DercosimEnv(gymnasium.Env):
                                                        "duration": self.episode_s + step_s})
         episode = Scenario.model_validate({**self.scenario.model_dump(), "clock": clock.model_dump()})
         episode._source_dir = self.scenario._source_dir
-        channel = Channel(end_s=self.episode_s)
-        self._channel = channel
         self._episodes += 1
         self.episode_index = index
         out = self.runs_dir / f"{self.scenario.name}-{self._episodes:05d}-{start:%Y%m%dT%H%M}"
@@ -340,54 +336,43 @@ class DercosimEnv(gymnasium.Env):
                                               "outputs": self._outputs[n], "period_s": self.period_s,
                                               "fields": self._fields},
                          resolved=resolved, record_until_s=self.episode_s)
-        outcome: dict[str, Any] = {}
-        self._outcome = outcome
 
-        def work() -> None:
+        def work() -> tuple[str, BaseException | None]:
             try:
-                outcome["result"] = run_scenario(episode, out, progress=False, plots=False, agent=hook,
-                                                 record=self.record)
-            except BaseException as exc:  # noqa: BLE001 - handed to the environment's thread
-                outcome["error"] = exc
+                run_scenario(episode, out, progress=False, plots=False, agent=hook, record=self.record)
+                return ("done", None)
+            except BaseException as exc:  # noqa: BLE001 - handed to the environment
+                return ("done", exc)
             finally:
                 CHANNELS.pop(channel.key, None)
-                channel.to_env.put(("done",))
 
-        self._worker = threading.Thread(target=work, name=f"dercosim-episode-{self._episodes}", daemon=True)
-        self._worker.start()
+        channel = Channel(end_s=self.episode_s, run=work)
+        self._channel = channel
 
-    def _receive(self) -> tuple[int, list[tuple[int, dict[str, dict[str, float]]]]]:
-        """The next control step's (time, minutes) from the world; the world's error if it failed instead."""
+    def _resume(self, payload: Any = None) -> tuple[int, list[tuple[int, dict[str, tuple[float, ...]]]]]:
+        """Run the world to its next control step: (time, minutes); the world's error if it failed instead."""
         assert self._channel is not None
-        message = self._channel.to_env.get()
+        message = self._channel.resume(payload)
         if message[0] == "obs":
             return message[1], message[2]
-        self._join()
-        error = self._outcome.get("error")
-        if error is not None:
-            raise error
+        self._channel = None
+        if message[1] is not None:
+            raise message[1]
         raise RuntimeError("the episode's world ended before its last control step")
 
-    def _join(self) -> None:
-        if self._worker is not None:
-            self._worker.join()
-            self._worker = None
-
     def _stop_episode(self) -> None:
-        """Close a running episode (its world stops like on a signal and keeps its record) and wait for it."""
-        if self._worker is None:
+        """Close a running episode: its world stops like on a signal and keeps its record."""
+        channel, self._channel = self._channel, None
+        if channel is None:
             return
-        assert self._channel is not None
-        self._channel.close()
-        self._join()
+        ended = channel.close()
         from dercosim.scenarios.world import RunInterrupted
 
-        error = self._outcome.get("error")
-        if error is not None and not isinstance(error, RunInterrupted):
-            raise error
+        if ended is not None and ended[1] is not None and not isinstance(ended[1], RunInterrupted):
+            raise ended[1]
 
     def close(self) -> None:
-        """Stop a running episode (keeping what it recorded) and release its thread."""
+        """Stop a running episode (keeping what it recorded)."""
         self._stop_episode()
 
     # -- steps ------------------------------------------------------------------------------------------------
@@ -418,10 +403,9 @@ class DercosimEnv(gymnasium.Env):
         return {n: dict(zip(names, row)) for n, row in zip(self.households, rows)}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
-        if self._worker is None or self._channel is None:
+        if self._channel is None:
             raise RuntimeError("call reset() before step(): no episode is running")
-        self._channel.to_world.put(self.setpoints(action))
-        t, minutes = self._receive()
+        t, minutes = self._resume(self.setpoints(action))
         values = self._values(minutes)
         record = self._record(minutes, values)
         rewards = self._rewards(record)
@@ -437,13 +421,13 @@ class DercosimEnv(gymnasium.Env):
 
     def _finish(self) -> None:
         """The episode's last observation is in: let the world end (its extra step is not recorded)."""
-        assert self._channel is not None
-        while self._channel.to_env.get()[0] != "done":
-            pass
-        self._join()
-        error = self._outcome.get("error")
-        if error is not None:
-            raise error
+        channel, self._channel = self._channel, None
+        assert channel is not None
+        ended = channel.resume()
+        if ended[0] != "done":
+            raise RuntimeError(f"the episode's world went on past its end (t = {ended[1]} s)")
+        if ended[1] is not None:
+            raise ended[1]
 
     def _rewards(self, record: StepRecord) -> np.ndarray:
         value = self.reward_fn(record)
@@ -515,7 +499,7 @@ class DercosimEnv(gymnasium.Env):
 
     def __del__(self) -> None:  # a forgotten env must not leave its world waiting
         try:
-            if self._worker is not None and self._channel is not None:
+            if self._channel is not None:
                 self._channel.close()
         except Exception:  # noqa: BLE001
             pass

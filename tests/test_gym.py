@@ -152,7 +152,7 @@ def test_resets_leak_no_threads_or_files():
             env.step(env.action_space.sample())
     env.close()
     gc.collect()
-    assert threading.active_count() <= threads - 1  # the running episode's worker is gone too
+    assert threading.active_count() <= threads  # the worlds run in greenlets of this thread: none left behind
     assert _fds() <= fds
     from dercosim.gym.bridge import CHANNELS
 
