@@ -69,6 +69,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/fullstack.py --scaling
 	$(BIN)/python benchmarks/solverfloor.py
 	$(BIN)/python benchmarks/pricemaker.py
+	$(BIN)/python benchmarks/gym.py
 
 clean:
 	rm -rf $(VENV) runs site .pytest_cache *.egg-info

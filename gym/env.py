@@ -34,6 +34,8 @@ arXiv:2407.17032.
 
 from __future__ import annotations
 
+import gc
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -118,9 +120,9 @@ class StepRecord:
 
     def bill(self) -> np.ndarray:
         """Import cost − export revenue per household over the period, currency (energy charges only)."""
-        imp = np.clip(self.meter_kw, 0, None) * self.step_h
-        exp = np.clip(-self.meter_kw, 0, None) * self.step_h
-        return imp @ self.import_price - exp @ self.export_price
+        imp = np.maximum(self.meter_kw, 0.0)
+        exp = imp - self.meter_kw  # max(−meter, 0)
+        return (imp @ self.import_price - exp @ self.export_price) * self.step_h
 
     def imbalance(self) -> np.ndarray:
         """Each household's share of the fleet's imbalance cost: |RE| left at an interval's end × its price."""
@@ -131,8 +133,9 @@ class StepRecord:
 
     def voltage_excursion_pu_h(self) -> np.ndarray:
         """Per household, Σ over minutes of how far its bus voltage was outside [v_min, v_max], pu·h."""
-        over = np.clip(self.vm_pu - self.v_max_pu, 0, None) + np.clip(self.v_min_pu - self.vm_pu, 0, None)
-        return np.nansum(over, axis=1) * self.step_h
+        # fmax: a minute without a voltage (NaN, a power flow that failed) counts 0
+        over = np.fmax(self.vm_pu - self.v_max_pu, 0.0) + np.fmax(self.v_min_pu - self.vm_pu, 0.0)
+        return over.sum(axis=1) * self.step_h
 
 
 def default_reward(record: StepRecord, voltage_penalty_per_pu_h: float = 100.0) -> np.ndarray:
@@ -366,6 +369,9 @@ class DercosimEnv(gymnasium.Env):
         if channel is None:
             return
         ended = channel.close()
+        # a world stopped mid-run leaves cycles (its exception's frames, cancelled tasks); collect them now: the
+        # next episode's run freezes the heap (gc.freeze), and whatever garbage it freezes is never collected
+        gc.collect()
         from dercosim.scenarios.world import RunInterrupted
 
         if ended is not None and ended[1] is not None and not isinstance(ended[1], RunInterrupted):
@@ -404,7 +410,7 @@ class DercosimEnv(gymnasium.Env):
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
         if self._channel is None:
-            raise RuntimeError("call reset() before step(): no episode is running")
+            raise RuntimeError("no episode is running (none was started, or the last one ended): call reset()")
         t, minutes = self._resume(self.setpoints(action))
         values = self._values(minutes)
         record = self._record(minutes, values)
@@ -446,7 +452,10 @@ class DercosimEnv(gymnasium.Env):
 
     def _values(self, minutes: list[tuple[int, dict[str, tuple[float, ...]]]]) -> np.ndarray:
         """The minutes' values as one array (minutes, households, fields)."""
-        return np.array([[m[1][n] for n in self.households] for m in minutes], dtype=np.float64)
+        f = len(self._fields)
+        flat = np.fromiter(itertools.chain.from_iterable(m[1][n] for m in minutes for n in self.households),
+                           dtype=np.float64, count=len(minutes) * len(self.households) * f)
+        return flat.reshape(len(minutes), len(self.households), f)
 
     def _observation(self, t: int, values: np.ndarray) -> np.ndarray:
         """The observation from a minute's values (households, fields)."""

@@ -246,6 +246,7 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
             + (f" in real time x{realtime.factor:g}" if realtime is not None else ""))
         # everything built so far (profiles, networks, solvers) lives for the whole run: out of the garbage
         # collector's full passes, which otherwise walk it again and again (tens of ms each at 2,000 households)
+        gc.collect()  # garbage left from before (an earlier run stopped mid-way) must not be frozen with it
         gc.freeze()
         run_start = time.perf_counter()
         if realtime is not None:

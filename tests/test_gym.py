@@ -159,6 +159,29 @@ def test_resets_leak_no_threads_or_files():
     assert not CHANNELS
 
 
+def test_episodes_closed_mid_way_leave_no_memory_behind():
+    """A world stopped mid-episode leaves reference cycles; the next episode's run freezes the heap, so they must
+    be collected before it (a day's profiles of 64 households, ~3.7 MB, were kept per closed episode)."""
+    import tracemalloc
+
+    env = DercosimEnv(afternoon(), episode="10min", households=2)
+    for i in range(3):
+        env.reset(seed=0)
+        env.step(np.zeros(env.action_space.shape, dtype=np.float32))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(8):
+            env.reset(seed=0)
+            for _ in range(4):
+                env.step(np.zeros(env.action_space.shape, dtype=np.float32))
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+        env.close()
+    assert grown < 8e6, f"{grown / 1e6:.1f} MB kept after 8 episodes closed mid-way"
+
+
 def test_closing_mid_episode_keeps_the_record(tmp_path):
     env = DercosimEnv(afternoon(), episode="1h", households=2, record=True, runs_dir=tmp_path)
     env.reset(seed=0)
@@ -183,7 +206,7 @@ def test_bad_arguments_are_clear_errors():
     with pytest.raises(ScenarioError, match="not available at every controlled household"):
         DercosimEnv(sc, episode="1h", observations=("re_kwh",))  # no contract in this scenario
     env = DercosimEnv(sc, episode="30min", households=1)
-    with pytest.raises(RuntimeError, match="reset"):
+    with pytest.raises(RuntimeError, match="call reset"):
         env.step(np.zeros(env.action_space.shape))
     env.reset(seed=0)
     with pytest.raises(ValueError, match="NaN"):
