@@ -165,7 +165,7 @@ def test_episodes_closed_mid_way_leave_no_memory_behind():
     import tracemalloc
 
     env = DercosimEnv(afternoon(), episode="10min", households=2)
-    for i in range(3):
+    for _ in range(3):
         env.reset(seed=0)
         env.step(np.zeros(env.action_space.shape, dtype=np.float32))
     tracemalloc.start()
