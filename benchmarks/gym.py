@@ -28,7 +28,7 @@ import numpy as np
 
 import dercosim as dc
 from dercosim.gym import DercosimEnv
-from dercosim.scenarios.world import AgentHook, run_scenario
+from dercosim.scenarios.world import AgentHook, run_scenario, with_clock
 
 
 def world(name: str, episode_s: int):
@@ -60,8 +60,7 @@ def through_env(sc, n: int, episode_s: int, record: bool, runs: Path) -> tuple[f
 def plain(sc, env_like: DercosimEnv, record: bool, out: Path) -> tuple[float, float]:
     """The same world and episode (one step longer, the last not recorded, as the environment runs it) with the
     controlled households on HoldController: (wall s, CPU s)."""
-    episode = sc.model_copy(deep=True)
-    episode.set("clock.duration", env_like.episode_s + sc.clock.step_s)
+    episode = with_clock(sc, duration=env_like.episode_s + sc.clock.step_s)
     hook = AgentHook(spec="dercosim.gym.bridge:HoldController", households=list(env_like.households),
                      params_of=lambda h: {"inputs": env_like._inputs[h], "outputs": env_like._outputs[h],
                                           "period_s": env_like.period_s},

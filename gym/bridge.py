@@ -118,6 +118,7 @@ class AgentController:
     """
 
     thread_safe = False
+    observes_every_minute = False  #: :class:`AgentObserver` notes every minute through ``observe``
 
     def __init__(self, channel: str, inputs: Sequence[str], outputs: Sequence[str], period_s: int = 60,
                  fields: Sequence[str] = ()) -> None:
@@ -147,8 +148,6 @@ class AgentController:
             channel.note(t, {ctrl.household: ctrl.pack(obs) for ctrl, obs in calls})
         return channel.exchange(t, [ctrl.household for ctrl, _ in calls])
 
-    observes_every_minute = False
-
 
 class AgentObserver(AgentController):
     """:class:`AgentController` for control periods longer than the step: it notes every minute's observations
@@ -167,7 +166,7 @@ class HoldController:
     thread_safe = True
 
     def __init__(self, inputs: Sequence[str], outputs: Sequence[str], period_s: int = 60,
-                 setpoints: Mapping[str, float] | None = None, channel: str = "", fields: Sequence[str] = ()) -> None:
+                 setpoints: Mapping[str, float] | None = None) -> None:
         self.inputs = tuple(inputs)
         self.outputs = tuple(outputs)
         self.period_s = int(period_s)

@@ -34,11 +34,10 @@ arXiv:2407.17032.
 
 from __future__ import annotations
 
-import gc
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +109,6 @@ class StepRecord:
     v_min_pu: float
     v_max_pu: float
     times: pd.DatetimeIndex | None = None  #: the episode's step times (for :attr:`time`)
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def time(self) -> pd.DatetimeIndex:
@@ -276,6 +274,8 @@ class DercosimEnv(gymnasium.Env):
         self._channel: Channel | None = None
         self._run: RunInputs | None = None
         self._series: dict[str, np.ndarray] = {}
+        self._imbalance_price = np.zeros(0)
+        self._interval_end = np.zeros(0, dtype=bool)
         self._stamps: list[pd.Timestamp] = []
         self._episodes = 0
         self.run_dir: Path | None = None  #: the last recorded episode's run folder
@@ -306,18 +306,14 @@ class DercosimEnv(gymnasium.Env):
             index = int(self.np_random.integers(self.n_episodes))
         self._start_episode(index)
         t, minutes = self._resume()
-        self._t = t
         return self._observation(t, self._values(minutes[-1:])[0]), self._info(t)
 
     def _start_episode(self, index: int) -> None:
-        from dercosim.scenarios.world import AgentHook, run_scenario
+        from dercosim.scenarios.world import AgentHook, run_scenario, with_clock
 
         step_s = self.scenario.clock.step_s
         start = self.episode_start(index)
-        clock = self.scenario.clock.model_copy(update={"start": start.to_pydatetime(),
-                                                       "duration": self.episode_s + step_s})
-        episode = Scenario.model_validate({**self.scenario.model_dump(), "clock": clock.model_dump()})
-        episode._source_dir = self.scenario._source_dir
+        episode = with_clock(self.scenario, start=start.to_pydatetime(), duration=self.episode_s + step_s)
         self._episodes += 1
         self.episode_index = index
         out = self.runs_dir / f"{self.scenario.name}-{self._episodes:05d}-{start:%Y%m%dT%H%M}"
@@ -332,6 +328,17 @@ class DercosimEnv(gymnasium.Env):
             self._series = {"import_price": run.tariff.import_price(run.times),
                             "export_price": run.tariff.export_price(run.times),
                             "hour_sin": np.sin(2 * np.pi * hours / 24), "hour_cos": np.cos(2 * np.pi * hours / 24)}
+            # per step: the market interval's imbalance price, and whether the step is its interval's last
+            self._imbalance_price = np.full(len(run.times), math.nan)
+            self._interval_end = np.zeros(len(run.times), dtype=bool)
+            if run.market_inputs is not None and self.scenario.market is not None:
+                interval = self.scenario.market.interval_s
+                offset = int((run.times[0] - run.times[0].normalize()).total_seconds())
+                since = offset % interval + np.arange(len(run.times)) * step_s
+                prices = np.asarray(run.market_inputs["imbalance_price"], float)
+                self._imbalance_price = prices[np.minimum(run.market_inputs["first_interval"] + since // interval,
+                                                          len(prices) - 1)]
+                self._interval_end = (since + step_s) % interval == 0
 
         spec = "AgentController" if self.period_s == step_s else "AgentObserver"
         hook = AgentHook(spec=f"dercosim.gym.bridge:{spec}", households=list(self.households),
@@ -368,10 +375,7 @@ class DercosimEnv(gymnasium.Env):
         channel, self._channel = self._channel, None
         if channel is None:
             return
-        ended = channel.close()
-        # a world stopped mid-run leaves cycles (its exception's frames, cancelled tasks); collect them now: the
-        # next episode's run freezes the heap (gc.freeze), and whatever garbage it freezes is never collected
-        gc.collect()
+        ended = channel.close()  # its cycles are collected by the next run before it freezes the heap
         from dercosim.scenarios.world import RunInterrupted
 
         if ended is not None and ended[1] is not None and not isinstance(ended[1], RunInterrupted):
@@ -415,7 +419,6 @@ class DercosimEnv(gymnasium.Env):
         values = self._values(minutes)
         record = self._record(minutes, values)
         rewards = self._rewards(record)
-        self._t = t
         truncated = t >= self.episode_s
         info = self._info(t)
         info["rewards"] = rewards
@@ -487,23 +490,16 @@ class DercosimEnv(gymnasium.Env):
         net = grid(first, "net_kw")
         meter = np.where(self._has_battery[:, None], grid(after, "meter_kw"), net)
         k = np.fromiter((t // step_s for t, _ in now), dtype=np.int64, count=len(now))
-        imbalance_price = np.full(len(k), math.nan)
         re = np.full((len(names), len(k)), math.nan)
-        if run.market_inputs is not None and self.scenario.market is not None:
-            interval = self.scenario.market.interval_s
-            offset = int((run.times[0] - run.times[0].normalize()).total_seconds())
-            idx = run.market_inputs["first_interval"] + (offset % interval + k * step_s) // interval
-            prices = np.asarray(run.market_inputs["imbalance_price"], float)
-            imbalance_price = prices[np.minimum(idx, len(prices) - 1)]
-            ends = (offset + (k + 1) * step_s) % interval == 0  # the interval's last minute
-            re_after = grid(after, "re_kwh")
-            re[:, ends] = re_after[:, ends]
+        ends = self._interval_end[k]
+        if ends.any():  # RE left at the end of a market interval
+            re[:, ends] = grid(after, "re_kwh")[:, ends]
         return StepRecord(households=names, steps=k, times=run.times, step_h=step_s / 3600.0, meter_kw=meter,
                           vm_pu=grid(after, "vm_pu"), net_kw=net, load_kw=grid(first, "load_kw"),
                           pv_kw=grid(first, "pv_kw"), battery_p_kw=grid(after, "battery_p_kw"),
                           soc_frac=grid(after, "soc_frac"), re_kwh=re,
                           import_price=self._series["import_price"][k], export_price=self._series["export_price"][k],
-                          imbalance_price=imbalance_price, v_min_pu=float(self.v_band[0]),
+                          imbalance_price=self._imbalance_price[k], v_min_pu=float(self.v_band[0]),
                           v_max_pu=float(self.v_band[1]))
 
     def __del__(self) -> None:  # a forgotten env must not leave its world waiting

@@ -95,12 +95,17 @@ class AgentHook:
     record_until_s: int | None = None
 
 
-def with_duration(scenario: Scenario, duration_s: int) -> Scenario:
-    """The scenario with its run length replaced (``--until``)."""
-    clock = scenario.clock.model_copy(update={"duration": duration_s})
+def with_clock(scenario: Scenario, **changes: Any) -> Scenario:
+    """A copy of the scenario with ``[clock]`` keys replaced (``start``, ``duration``), validated again."""
+    clock = scenario.clock.model_copy(update=changes)
     new = Scenario.model_validate({**scenario.model_dump(), "clock": clock.model_dump()})
     new._source_dir = scenario._source_dir
     return new
+
+
+def with_duration(scenario: Scenario, duration_s: int) -> Scenario:
+    """The scenario with its run length replaced (``--until``)."""
+    return with_clock(scenario, duration=duration_s)
 
 
 class RemoteSimulatorError(RuntimeError):
