@@ -184,11 +184,14 @@ class MPCProblem:
             raise ValueError(f"formulation must be 'qp' or 'milp', got {formulation!r}")
         self.battery, self.h, self.dt_h = battery, int(horizon_max), float(dt_h)
         self.formulation, self.weights = formulation, weights
-        self.solver_name = solver or ("piqp" if formulation == "qp" else "highs")
+        self.solver_name = solver or ("ipm" if formulation == "qp" else "highs")
         self.key = (battery, self.h, self.dt_h, formulation, weights)
         self.layout, self._problem = _shared_formulation(self.key)
+        if self.solver_name == "ipm" and formulation != "qp":
+            raise ValueError("solver 'ipm' solves the qp formulation only")
         self._own: dict[str, Any] = {}  # solvers that keep state between calls (OSQP, qpOASES): one per problem
-        self._solver_for(self.solver_name)  # built now: a bad option fails here, not at the first solve
+        if self.solver_name != "ipm":  # (ipm: compiled on first use, cached on disk; its PIQP fallback on need)
+            self._solver_for(self.solver_name)  # built now: a bad option fails here, not at the first solve
         self._warm: dict[str, Any] | None = None
 
     def _solver_for(self, name: str) -> Any:
@@ -203,24 +206,30 @@ class MPCProblem:
     def batchable(self) -> bool:
         """Whether :meth:`solve_many` can solve this problem's calls in one batch: PIQP and HiGHS answer from the
         numbers alone; OSQP's warm start and qpOASES's hot start carry state from the previous call."""
-        return self.solver_name in _SUCCESS_STATUS
+        return self.solver_name in _SUCCESS_STATUS or self.solver_name == "ipm"
 
     def arguments(self, inp: MPCInputs) -> dict[str, np.ndarray]:
         """Numeric parameters and bounds for one call (shared with :func:`solve_with_opti`)."""
         return _arguments(inp, self.battery, self.layout, self.h, self.dt_h, self.weights, self.formulation)
 
     def solve(self, inp: MPCInputs) -> Plan:
+        if self.solver_name == "ipm":
+            return MPCProblem._solve_ipm([self], [inp], 1)[0]
+        return self._solve_casadi(inp, self.solver_name)
+
+    def _solve_casadi(self, inp: MPCInputs, name: str) -> Plan:
+        """One call with the casadi solver ``name``; a qp that fails is retried once with qpOASES."""
         args = self.arguments(inp)
         call = {k: args[k] for k in ("p", "lbx", "ubx", "lbg", "ubg")}
         t0 = time.perf_counter()
-        warm = self._warm if self.formulation == "qp" and self.solver_name == "osqp" else None
-        ok, status, sol = _call(self._solver_for(self.solver_name), {**call, **(warm or {})}, args)
+        warm = self._warm if self.formulation == "qp" and name == "osqp" else None
+        ok, status, sol = _call(self._solver_for(name), {**call, **(warm or {})}, args)
         retried = False
-        if not ok and self.formulation == "qp" and self.solver_name != "qpoases":
+        if not ok and self.formulation == "qp" and name != "qpoases":
             retried = True
             with _quiet_stdout():  # its licence banner comes with the first solve
                 ok, status2, sol = _call(self._solver_for("qpoases"), call, args)  # built on first need
-            status = f"{self.solver_name}: {status}; qpoases: {status2}"
+            status = f"{name}: {status}; qpoases: {status2}"
         solve_s = time.perf_counter() - t0
         if not ok:
             self._warm = None
@@ -251,6 +260,11 @@ class MPCProblem:
             else:
                 plans[i] = problem.solve(inputs[i])
         for (key, name), idx in groups.items():
+            if name == "ipm":
+                for i, plan in zip(idx, MPCProblem._solve_ipm([problems[i] for i in idx], [inputs[i] for i in idx],
+                                                              threads)):
+                    plans[i] = plan
+                continue
             if len(idx) == 1:
                 plans[idx[0]] = problems[idx[0]].solve(inputs[idx[0]])
                 continue
@@ -275,6 +289,39 @@ class MPCProblem:
                     plans[i] = problems[i].solve(inputs[i])
         return plans  # type: ignore[return-value]
 
+    @staticmethod
+    def _solve_ipm(problems: list["MPCProblem"], inputs: list[MPCInputs], threads: int) -> list[Plan]:
+        """Calls of one problem key by :func:`dercosim.controllers.ipm.solve_compact` (the batch split over
+        ``threads`` threads: the kernel releases the GIL); a call it does not solve goes to PIQP (then qpOASES),
+        and its plan says ``retried``."""
+        from dercosim.controllers import ipm
+
+        first = problems[0]
+        stacked = _arguments_many(inputs, first.battery, first.layout, first.h, first.dt_h, first.weights, "qp")
+        compact = _compact_arguments(stacked, inputs, first.layout, first.h)
+        solve = lambda cols: ipm.solve_compact(compact[:, cols], first.battery, first.h, first.dt_h,  # noqa: E731
+                                               first.weights)
+        t0 = time.perf_counter()
+        n = len(inputs)
+        chunks = np.array_split(np.arange(n), min(max(1, int(threads)), max(1, n // 16)))
+        if len(chunks) > 1:
+            results = list(_ipm_pool(len(chunks)).map(solve, chunks))
+        else:
+            results = [solve(chunks[0])]
+        solve_s = (time.perf_counter() - t0) / n
+        plans: list[Plan] = []
+        for cols, res in zip(chunks, results):
+            for col, i in enumerate(cols):
+                if res.status[col] == ipm.SOLVED:
+                    plans.append(problems[i]._plan(res.x[col], float(res.objective[col]), inputs[i], "solved",
+                                                   solve_s))
+                    continue
+                plan = problems[i]._solve_casadi(inputs[i], "piqp")
+                plan.status = f"ipm: {ipm.STATUS_NAMES[int(res.status[col])]}; piqp: {plan.status}"
+                plan.retried = True
+                plans.append(plan)
+        return plans
+
     def _plan(self, xv: np.ndarray, objective: float, inp: MPCInputs, status: str, solve_s: float) -> Plan:
         sl = self.layout.slices
         ha = len(inp.residual_kw)
@@ -295,6 +342,19 @@ class MPCProblem:
         sl = self.layout.slices
         reg = self.weights.reg_per_kw2h(self.battery)
         return objective - reg * self.dt_h * float(xv[sl["pc"]] @ xv[sl["pc"]] + xv[sl["pd"]] @ xv[sl["pd"]])
+
+
+_IPM_POOLS: dict[int, Any] = {}
+
+
+def _ipm_pool(threads: int) -> Any:
+    """A thread pool of ``threads`` workers for the interior point's batches (made once per size)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _BUILD_LOCK:
+        if threads not in _IPM_POOLS:
+            _IPM_POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="dercosim-ipm")
+        return _IPM_POOLS[threads]
 
 
 #: the status a solver reports on success (a batch that did not raise succeeded in every call)
@@ -688,7 +748,7 @@ class HouseholdMPCParams(BaseModel):
     formulation: Literal["qp", "milp"] = "qp"
     #: for the qp formulation (the milp uses HiGHS); "opti_rebuilt" writes the problem in casadi.Opti and rebuilds it
     #: every call (OSQP, no retry) - the naive path, for benchmarks/fullstack.py and as an independent check
-    qp_solver: Literal["piqp", "osqp", "qpoases", "opti_rebuilt"] = "piqp"
+    qp_solver: Literal["ipm", "piqp", "osqp", "qpoases", "opti_rebuilt"] = "ipm"
     #: "interval": one QP the size of the market interval, the steps past its end fixed at 0; "remaining": one QP
     #: per number of minutes left (smaller, faster; the same optimum, setpoints within the solver's tolerance)
     qp_horizon: Literal["interval", "remaining"] = "interval"
@@ -760,7 +820,7 @@ class HouseholdMPC:
     #: every instance has its own problem, solvers, forecaster and history: the host may call many at once
     thread_safe = True
 
-    def __init__(self, period_s: int = 120, formulation: str = "qp", qp_solver: str = "piqp",
+    def __init__(self, period_s: int = 120, formulation: str = "qp", qp_solver: str = "ipm",
                  qp_horizon: str = "interval", forecaster: str = "linear_regression",
                  forecast_window: int = 30, forecast_accuracy: float = 0.25, forecast_grid_min: int = 120,
                  market_interval_s: int = 1800, v_export_limit_pu: float = 1.10, export_cap_kw: float = math.inf,
