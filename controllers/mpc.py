@@ -439,6 +439,33 @@ def _solve_batch(key: tuple, name: str, threads: int,
     return (xs, fs, inside) if buffer.ret() == 0 else None
 
 
+def bound_violation(key: tuple, compact: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Per call (a column of ``compact``, its answer a row of ``xs``): the largest amount by which the answer
+    breaks a bound or a row of the casadi formulation of problem ``key`` (≤ 0 where all hold)."""
+    _, problem = _shared_formulation(key)
+    h = key[1]
+    g = ca.Function("g", [problem["x"], problem["p"]], [problem["g"]])
+    q, x = ca.MX.sym("q", compact.shape[0]), ca.MX.sym("x", xs.shape[1])
+    lbx, ubx, lbg, ubg = _bound_expressions(q, key)
+    gx = g(x, q[:2 * h + 5])
+    worst = ca.mmax(ca.vertcat(lbx - x, x - ubx, lbg - gx, gx - ubg))
+    f = ca.Function("violation", [q, x], [worst]).map(compact.shape[1])
+    return np.asarray(f(compact, xs.T)).ravel()
+
+
+def piqp_reference(key: tuple, compact: np.ndarray, eps_abs: float = 1e-11, eps_rel: float = 1e-12) -> np.ndarray:
+    """The answers (one row per column of ``compact``) of PIQP run to tight tolerances (its defaults are 1e-8
+    absolute and 1e-9 relative): the reference the MPC's solvers are measured against."""
+    _, problem = _shared_formulation(key)
+    h = key[1]
+    tight = ca.qpsol("piqp_reference", "piqp", problem, {"error_on_fail": False, "print_time": False,
+                                                         "piqp": {"eps_abs": eps_abs, "eps_rel": eps_rel}})
+    q = ca.MX.sym("q", compact.shape[0])
+    lbx, ubx, lbg, ubg = _bound_expressions(q, key)
+    f = ca.Function("f", [q], [tight(p=q[:2 * h + 5], lbx=lbx, ubx=ubx, lbg=lbg, ubg=ubg)["x"]])
+    return np.asarray(f.map(compact.shape[1])(compact)).T
+
+
 #: per call, after the 2h + 5 parameters: the numbers the bounds are made of (:func:`_compact_arguments`)
 _COMPACT = ("steps", "soc_lb", "soc_ub", "soc0", "value_cap", "value2_cap", "target", "re", "minus_re",
             "export_cap", "import_cap")

@@ -151,7 +151,7 @@ def test_show_prints_the_controllers_parameters_with_defaults(capsys: pytest.Cap
     out = capsys.readouterr().out
     assert "# controller 'mpc'" in out
     assert "# * use_contract = true" in out and "default false" in out  # set by the scenario
-    assert "#   qp_solver = \"piqp\"" in out  # a default
+    assert "#   qp_solver = \"ipm\"" in out  # a default
 
 
 def test_quiet_and_verbose(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
