@@ -18,8 +18,8 @@ from dercosim import __version__
 
 #: distributions whose version shapes the numbers: the solvers, the power-flow engines, the co-simulation
 #: framework, the contract's compiler and EVM, and the numerical base
-SHAPING = ("casadi", "piqp", "highspy", "lightsim2grid", "pandapower", "mosaik", "mosaik-api-v3", "numpy", "scipy",
-           "pandas", "pyarrow", "vyper", "py-evm", "web3", "dask", "distributed", "simbench",
+SHAPING = ("casadi", "piqp", "numba", "llvmlite", "highspy", "lightsim2grid", "pandapower", "mosaik",
+           "mosaik-api-v3", "numpy", "scipy", "pandas", "pyarrow", "vyper", "py-evm", "web3", "dask", "distributed", "simbench",
            "gymnasium", "pettingzoo", "greenlet")
 
 #: optional extras: name → (the modules it provides, what needs it)

@@ -430,7 +430,8 @@ def _controller_figures(df: pd.DataFrame) -> dict[str, Any]:
                     "fallbacks": int(sum(v["fallbacks"] for v in per.values())),
                     "retried": int(sum(v["retried"] for v in per.values()))})
         notes.append("fallback = the solver failed and the rule-based action was used for that step; "
-                     "retried = the primary QP solver (PIQP by default) failed and qpOASES answered")
+                     "retried = the primary QP solver (dercosim's interior point by default) did not converge and PIQP "
+                     "(then qpOASES) answered")
     out["note"] = "; ".join(notes)
     out["per_household"] = per
     return out

@@ -39,7 +39,7 @@ def main() -> None:
     battery = BatteryModel(10.3, 5.3, 5.3, 0.9, 0.9, 0.0, 1.0)
     price, soc_value = 0.15, 0.95 * 0.9 * 0.15
     forecaster = LinearRegression(30)
-    problems = [MPCProblem(battery) for _ in range(n)]  # PIQP, dercosim's default
+    problems = [MPCProblem(battery, solver="piqp") for _ in range(n)]  # casadi's PIQP, one call at a time
     osqp_problems = [MPCProblem(battery, solver="osqp") for _ in range(n)]
     soc = np.full(n, 0.51 * battery.capacity_kwh)
     t_once, t_osqp, t_opti, diff, diff_osqp, failed = [], [], [], [], [], 0

@@ -10,13 +10,18 @@ generality. This module solves it as what it is, a chain:
   cumulative net export ``cum_k = cum_{k−1} + dt·(pd − pc − r)``, so every
   constraint couples one step to the next only;
 - a primal-dual interior point (Mehrotra's predictor-corrector) whose Newton
-  system, ordered step by step (inputs, the step's two dynamics multipliers,
-  then the states), has a narrow envelope: a skyline LDLᵀ factorises it in
-  O(steps) (~130 multiply-adds per step) with no pivoting: the system is
-  quasi-definite (primal regularisation ρ, dual −δ), corrected by a step of
-  iterative refinement;
-- one compiled loop over the batch: the QPs of a call group (same battery and
-  number of active steps) share one sparsity pattern and differ in numbers.
+  step is a backward recursion over the steps: after eliminating export and
+  the cap violation in closed form, each step is a 2-state (SoC, cum),
+  2-input (charge, discharge) stage and the recursion costs a few 2×2
+  inverses per step (``_chain_one``; the kernel the MPC runs), the terminal
+  variables eliminated at the end (Rao, Wright and Rawlings 1998);
+- the same method on the QP written as a general sparse problem, its
+  quasi-definite Newton system (primal regularisation ρ, dual −δ) factorised
+  by a skyline LDLᵀ with no pivoting (``kernel="sparse"``): slower, kept as
+  an independent check of the recursion (the tests hold them to 1e-7);
+- one compiled loop over the batch, releasing the GIL, so a batch splits over
+  threads: the QPs of a call group (same battery and number of active steps)
+  share one structure and differ in numbers.
 
 Only active steps are in the QP (the interval's remaining minutes); the
 answer is laid out as the casadi formulation's decision vector, inactive

@@ -38,16 +38,20 @@ RE < 0 in an interval with a commitment (the fleet is ahead of it): "absorb"
 share) or "ignore" (the literal ε = −1: no RE term, the export penalty
 doubled); ``MPCInputs.absorb_negative_re``.
 
-Formulations: ``"qp"`` (default; PIQP) and ``"milp"`` (binaries for
-charge/discharge and import/export exclusivity; HiGHS). Both are casadi
-``qpsol`` problems with fixed structure: built once per battery, then each
-call only passes numbers. The qp solver is PIQP (a proximal interior-point
-method): on the fleet's commitment-tracking problems it answers in ~0.5 ms
-with no failures, where OSQP (ADMM, kept as ``solver="osqp"``) needs 10-20 ms
-at the tolerance that pins the first setpoint and sometimes stops at its
-iteration limit (benchmarks/mpc.py). A failed solve is retried once with
-qpOASES (active set, slower, robust), built on first need; ``Plan.retried``
-tells, and a plan that still fails is left to the caller's fallback.
+Formulations: ``"qp"`` (default) and ``"milp"`` (binaries for
+charge/discharge and import/export exclusivity; HiGHS). The qp's default
+solver is dercosim's own (:mod:`dercosim.controllers.ipm`, ``qp_solver =
+"ipm"``): a batched interior point on the QP's chain structure, compiled
+with numba, ~0.07 ms of CPU per QP where PIQP through casadi ``map`` takes
+~0.4 ms, within 1e-6 of PIQP's objective at p99 (benchmarks/solverfloor.py).
+A QP it does not solve goes to PIQP, then qpOASES (``Plan.retried`` tells,
+counted in the summary). The casadi solvers are ``qpsol`` problems with
+fixed structure, built once per battery, each call only passing numbers:
+PIQP (``qp_solver = "piqp"``, a proximal interior-point method, the previous
+default), OSQP (ADMM, 10-20 ms at the tolerance that pins the first setpoint
+and sometimes stops at its iteration limit; benchmarks/mpc.py) and qpOASES
+(active set, slower, robust). A plan that still fails is left to the
+caller's fallback.
 :func:`solve_with_opti` builds the same problem with ``casadi.Opti`` on every
 call — the slow path, kept for the benchmark and as an independent check.
 
