@@ -1,9 +1,9 @@
 """The household MPC's interior point (controllers/ipm.py) against PIQP: per QP, and in closed loop.
 
 Five hours (05:00-10:00) of Couraud et al. 2022's scenario 4 (70 homes charging from the morning's PV, the
-aggregator's export commitments from 07:30 on) run twice, with the interior point (the default) and with PIQP; every QP of the interior point's run
-is captured and solved again by PIQP. The tolerances are the ones the solver is held to (README, issue of the
-solver): bounds within 1e-9, objectives within 1e-6 relative at p99 and 1e-4 at worst, the first setpoint within
+aggregator's export commitments from 07:30 on) run twice, with the interior point (the default) and with PIQP;
+every QP of the interior point's run is captured and solved again by PIQP. The tolerances are the ones the solver
+is held to (docs/guide/batteries-mpc.md): bounds within 1e-9, objectives within 1e-6 relative at p99 and 1e-4 at worst, the first setpoint within
 1e-2 kW on at least 99 % of QPs, and the closed loop's bills, market revenue, imbalance, tracking error and
 self-consumption within 0.5 %.
 """
