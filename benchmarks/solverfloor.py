@@ -56,9 +56,7 @@ def main() -> None:
 
     def recording(problems: list[MPCProblem], inputs: list[MPCInputs], threads: int) -> list[mpc.Plan]:
         nonlocal solve_s
-        first = problems[0]
-        stacked = mpc._arguments_many(inputs, first.battery, first.layout, first.h, first.dt_h, first.weights, "qp")
-        batches.append((first.key, mpc._compact_arguments(stacked, inputs, first.layout, first.h)))
+        batches.append((problems[0].key, problems[0].compact_columns(inputs)))
         started = time.perf_counter()
         plans = real(problems, inputs, threads)
         solve_s += time.perf_counter() - started

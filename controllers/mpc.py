@@ -42,8 +42,8 @@ Formulations: ``"qp"`` (default) and ``"milp"`` (binaries for
 charge/discharge and import/export exclusivity; HiGHS). The qp's default
 solver is dercosim's own (:mod:`dercosim.controllers.ipm`, ``qp_solver =
 "ipm"``): a batched interior point on the QP's chain structure, compiled
-with numba, ~0.07 ms of CPU per QP where PIQP through casadi ``map`` takes
-~0.4 ms, within 1e-6 of PIQP's objective at p99 (benchmarks/solverfloor.py).
+with numba, ~0.05 ms of CPU per QP where PIQP through casadi ``map`` takes
+~0.25 ms, within 1e-6 of PIQP's objective at p99 (benchmarks/solverfloor.py).
 A QP it does not solve goes to PIQP, then qpOASES (``Plan.retried`` tells,
 counted in the summary). The casadi solvers are ``qpsol`` problems with
 fixed structure, built once per battery, each call only passing numbers:
@@ -274,9 +274,7 @@ class MPCProblem:
                 continue
             first = problems[idx[0]]
             batch_inputs = [inputs[i] for i in idx]
-            stacked = _arguments_many(batch_inputs, first.battery, first.layout, first.h, first.dt_h,
-                                      first.weights, first.formulation)
-            compact = _compact_arguments(stacked, batch_inputs, first.layout, first.h)
+            compact = first.compact_columns(batch_inputs)
             t0 = time.perf_counter()
             solved = _solve_batch(key, name, max(1, int(threads)), compact)
             solve_s = (time.perf_counter() - t0) / len(idx)
@@ -301,8 +299,7 @@ class MPCProblem:
         from dercosim.controllers import ipm
 
         first = problems[0]
-        stacked = _arguments_many(inputs, first.battery, first.layout, first.h, first.dt_h, first.weights, "qp")
-        compact = _compact_arguments(stacked, inputs, first.layout, first.h)
+        compact = first.compact_columns(inputs)
         solve = lambda cols: ipm.solve_compact(compact[:, cols], first.battery, first.h, first.dt_h,  # noqa: E731
                                                first.weights)
         t0 = time.perf_counter()
@@ -325,6 +322,13 @@ class MPCProblem:
                 plan.retried = True
                 plans.append(plan)
         return plans
+
+    def compact_columns(self, inputs: list[MPCInputs]) -> np.ndarray:
+        """The batch's input, one column per call of this problem: its parameters ``p`` and the numbers its bounds
+        are made of (:func:`_compact_arguments`); what :func:`_solve_batch` and the interior point take."""
+        stacked = _arguments_many(inputs, self.battery, self.layout, self.h, self.dt_h, self.weights,
+                                  self.formulation)
+        return _compact_arguments(stacked, inputs, self.layout, self.h)
 
     def _plan(self, xv: np.ndarray, objective: float, inp: MPCInputs, status: str, solve_s: float) -> Plan:
         sl = self.layout.slices

@@ -45,16 +45,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"ipm": with_ipm.summary, "piqp": with_piqp.summary, "batches": captured}
 
 
-def _compact(problem: MPCProblem, inputs: list[MPCInputs]) -> np.ndarray:
-    stacked = mpc._arguments_many(inputs, problem.battery, problem.layout, problem.h, problem.dt_h, problem.weights,
-                                  "qp")
-    return mpc._compact_arguments(stacked, inputs, problem.layout, problem.h)
-
-
 def test_every_qp_of_the_run_is_piqps_within_the_tolerances(runs: dict[str, Any]) -> None:
     rel, kw, kw_tight, worst_bound, n = [], [], [], 0.0, 0
     for j, (problem, inputs) in enumerate(runs["batches"]):
-        compact = _compact(problem, inputs)
+        compact = problem.compact_columns(inputs)
         h = problem.h
         ours = ipm.solve_compact(compact, problem.battery, h, problem.dt_h, problem.weights)
         assert (ours.status == ipm.SOLVED).all()
@@ -83,7 +77,7 @@ def test_the_sparse_kernel_agrees_with_the_chain(runs: dict[str, Any]) -> None:
     """Two implementations of the Newton step (the backward recursion over the steps; a general envelope LDLᵀ
     of the QP as sparse rows) reach the same optimum."""
     for problem, inputs in runs["batches"][::20]:
-        compact = _compact(problem, inputs)
+        compact = problem.compact_columns(inputs)
         args = (compact, problem.battery, problem.h, problem.dt_h, problem.weights)
         chain, sparse = ipm.solve_compact(*args), ipm.solve_compact(*args, kernel="sparse")
         assert (chain.status == ipm.SOLVED).all() and (sparse.status == ipm.SOLVED).all()
