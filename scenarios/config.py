@@ -16,9 +16,10 @@ from datetime import date, datetime, time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr,
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, PrivateAttr, Tag,
                       ValidationError, ValidationInfo, model_validator)
 
+from dercosim.timeseries import files as _files
 from dercosim.timeseries.prices import MARKETS
 from dercosim.timeseries.weather import SITES
 
@@ -228,6 +229,125 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
+def _data_file(value: str, info: ValidationInfo) -> str:
+    """A data file's path, relative to the scenario file's folder, made absolute; it must exist."""
+    context = info.context if isinstance(info.context, dict) else {}
+    base = context.get("source_dir")
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = (Path(base) if base is not None else Path.cwd()) / path
+    try:
+        _files.file_kind(path)
+    except _files.DataFileError:
+        raise ValueError(f"expected a .csv, .csv.gz or .parquet file, got {value[:200]!r}") from None
+    if not path.is_file():
+        raise ValueError(f"no such file: {str(path)[:300]}")
+    return str(path)
+
+
+def _zone(value: str) -> str:
+    if not _files.known_zone(value):
+        raise ValueError(f"expected an IANA time zone such as 'UTC', 'Europe/London' or 'Etc/GMT-1', got {value[:60]!r}")
+    return value
+
+
+class DataFile(_Model):
+    """A series from the user's CSV or parquet file (see the data guide): times in ``time_column``, values in
+    the columns named. Read for the run's whole days only, checked before the run, resampled to the clock."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False, frozen=True)
+
+    #: a .csv, .csv.gz or .parquet file, relative to the scenario file
+    file: Annotated[str, Field(min_length=1, max_length=1000), AfterValidator(_data_file)]
+    #: the column with the times
+    time_column: Annotated[str, Field(min_length=1, max_length=200)] = "time"
+    #: the zone of times written without a UTC offset (IANA, daylight saving included); None: the clock's own
+    #: (the site's local standard time). Times with an offset are taken as written
+    timezone: Annotated[str, AfterValidator(_zone)] | None = None
+    #: a row's time is the start of its interval, or its end (as many smart meters write it)
+    label: Literal["start", "end"] = "start"
+
+    def zone(self, clock_tz: str) -> str:
+        return self.timezone or clock_tz
+
+
+ColumnName = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class HouseholdFile(DataFile):
+    """Household load or PV from a file: ``column`` for every household of the group, ``columns`` one per
+    household in the group's order, or ``columns = "by_name"``: the column named as the household (``hh_001``)."""
+
+    column: ColumnName | None = None
+    columns: Annotated[list[ColumnName], Field(min_length=1, max_length=MAX_HOUSEHOLDS)] | Literal["by_name"] | None = None
+
+    @model_validator(mode="after")
+    def _one_way(self) -> HouseholdFile:
+        if (self.column is None) == (self.columns is None):
+            raise ValueError("give either column (one series for every household of the group) or columns (a list, "
+                             "one per household, or \"by_name\")")
+        return self
+
+    def column_names(self, households: list[str]) -> list[str]:
+        """The file's column for each of ``households`` (the group's names, in order)."""
+        if self.column is not None:
+            return [self.column] * len(households)
+        if self.columns == "by_name":
+            return list(households)
+        assert isinstance(self.columns, list)
+        return list(self.columns)
+
+
+class LoadFile(HouseholdFile):
+    #: kW, W or MW (mean power over the row's interval), or kWh / Wh per step (the energy of each row)
+    unit: Literal[tuple(_files.POWER_UNITS)] = "kW"  # type: ignore[valid-type]
+
+
+class PvFile(HouseholdFile):
+    #: as a load's, or kW / W per kWp: every household's output is the column times its array's kWp
+    unit: Literal[tuple(_files.PV_UNITS)] = "kW per kWp"  # type: ignore[valid-type]
+
+
+class PriceFile(DataFile):
+    """A price series from a file (held over each of its rows, e.g. settlement periods)."""
+
+    column: ColumnName
+    #: currency per MWh or per kWh (the currency is the tariff's)
+    unit: Literal[tuple(_files.PRICE_UNITS)] = "per MWh"  # type: ignore[valid-type]
+
+
+class ShapeFile(DataFile):
+    """The base load's multiplier from a file (× scale × the case's own loads)."""
+
+    column: ColumnName
+    unit: Literal[tuple(_files.SHAPE_UNITS)] = "1"  # type: ignore[valid-type]
+
+
+class WeatherFile(DataFile):
+    """Measured weather: the file's columns for any of ``ghi_w_m2``, ``dni_w_m2``, ``dhi_w_m2`` (W/m²),
+    ``temp_air_c`` (°C) and ``wind_speed_m_s`` (m/s at 10 m); those not given come from the bundled site."""
+
+    #: quantity → the file's column, e.g. {ghi_w_m2 = "GHI", temp_air_c = "T2m"}
+    columns: Annotated[dict[Literal[_files.WEATHER_COLUMNS], ColumnName], Field(min_length=1)]  # type: ignore[valid-type]
+
+
+MarketName = Literal[tuple(MARKETS)]  # type: ignore[valid-type]
+#: tags of "a bundled name or a file" unions, left out of error key paths
+_SOURCE_TAGS = ("bundled", "from_file")
+
+
+def _source_tag(value: Any) -> str:
+    return "bundled" if isinstance(value, str) else "from_file"
+
+
+#: a bundled price series by name, or a file
+PriceSource = Annotated[Annotated[MarketName, Tag("bundled")] | Annotated[PriceFile, Tag("from_file")],  # type: ignore[valid-type]
+                        Discriminator(_source_tag)]
+#: the base load's shape: a built-in one by name, or a file
+ShapeSource = Annotated[Annotated[Literal["bdew_h25", "flat"], Tag("bundled")] | Annotated[ShapeFile, Tag("from_file")],
+                        Discriminator(_source_tag)]
+
+
 class Clock(_Model):
     """When the run starts (local standard time of the site), how long it lasts, and the step."""
 
@@ -246,6 +366,21 @@ class Clock(_Model):
 class SiteConfig(_Model):
     #: bundled weather: Greensboro NC TMY3 (NSRDB), or proxies for Brisbane and Great Britain
     weather: Literal[tuple(SITES)] = "greensboro_tmy3"  # type: ignore[valid-type]
+    #: measured weather from a file; the quantities it gives replace the bundled site's (PV then uses the
+    #: measured irradiance at the clock's resolution)
+    file: WeatherFile | None = None
+    latitude: Annotated[float, Field(ge=-90, le=90)] | None = None  #: degrees north; None: the bundled site's
+    longitude: Annotated[float, Field(ge=-180, le=180)] | None = None  #: degrees east; None: the bundled site's
+    altitude_m: Annotated[float, Field(ge=-500, le=9000)] | None = None  #: m; None: the bundled site's
+    #: the clock's zone, without daylight saving (e.g. "Etc/GMT-1" for UTC+1); None: the bundled site's
+    tz: Annotated[str, AfterValidator(_zone)] | None = None
+
+    @model_validator(mode="after")
+    def _fixed_offset(self) -> SiteConfig:
+        if self.tz is not None and not _files.fixed_offset(self.tz):
+            raise ValueError(f"tz: {self.tz!r} has daylight saving; the clock runs in standard time (e.g. "
+                             f"'Etc/GMT-1' for UTC+1, 'UTC'); data files keep their own timezone")
+        return self
 
 
 class BaseLoad(_Model):
@@ -253,8 +388,8 @@ class BaseLoad(_Model):
 
     #: multiplier of the case's own bus loads (IEEE-33: 3.715 MW, 2.3 Mvar in total)
     scale: Annotated[float, Field(ge=0, le=10)] = 1.0
-    #: daily shape of the base load: BDEW H0 household profile (max 1) or flat
-    shape: Literal["bdew_h25", "flat"] = "bdew_h25"
+    #: daily shape of the base load: BDEW H0 household profile (max 1), flat, or a multiplier from a file
+    shape: ShapeSource = "bdew_h25"
 
 
 class GridConfig(_Model):
@@ -316,12 +451,21 @@ class HouseholdGroup(_Model):
     hvac_r_c_per_kw: CPerKwRange = (2.0, 4.0)  #: thermal resistance, °C/kW
     t_set_c: Annotated[float, Field(ge=5, le=35)] = 24.0  #: thermostat setpoint, °C
     comfort_band_c: Annotated[float, Field(gt=0, le=10)] = 2.0  #: thermostat / comfort band width around t_set_c, °C
+    #: the group's load from a file instead of BDEW profiles (annual_kwh then unused)
+    load: LoadFile | None = None
+    #: the group's PV output from a file instead of the weather model (households without PV stay at 0)
+    pv: PvFile | None = None
 
     @model_validator(mode="after")
     def _shares(self) -> HouseholdGroup:
         if self.pv_share + self.wind_share > 1.0 + 1e-12:
             raise ValueError(f"pv_share ({self.pv_share}) + wind_share ({self.wind_share}) must be at most 1: "
                              f"a household has PV or a wind turbine")
+        n = len(self.buses) * self.per_bus
+        for key, spec in (("load", self.load), ("pv", self.pv)):
+            if spec is not None and isinstance(spec.columns, list) and len(spec.columns) != n:
+                raise ValueError(f"{key}.columns: {len(spec.columns)} columns for the group's {n} households "
+                                 f"(buses × per_bus); give one per household, or column for them all")
         return self
 
 
@@ -417,8 +561,8 @@ class TouPeriodConfig(_Model):
 class AgileConfig(_Model):
     """Agile Octopus (dynamic UK import tariff): min(multiplier × day-ahead + peak adder 16–19 h, cap) × (1 + VAT)."""
 
-    #: the day-ahead series the tariff follows
-    market: Literal[tuple(MARKETS)] = "gb_n2ex"  # type: ignore[valid-type]
+    #: the day-ahead series the tariff follows (bundled name or a file)
+    market: PriceSource = "gb_n2ex"
     #: × day-ahead price
     multiplier: Annotated[float, Field(ge=0, le=10)] = 2.2
     #: added 16:00–19:00, currency/kWh
@@ -523,7 +667,7 @@ class PlannerConfig(_Model):
     communities: str  #: household group whose entities are the communities (use ``aggregate``)
     batteries: str  #: battery group (at = "buses") with one battery on each community's bus
     #: wholesale price series the batteries trade with the grid at
-    b2g_market: Literal[tuple(MARKETS)] = "nem_qld"  # type: ignore[valid-type]
+    b2g_market: PriceSource = "nem_qld"
     replan: Literal["daily", "hourly"] = "daily"  #: hourly: re-plan every hour to the end of the day
     #: charge/discharge exclusivity: LP relaxation or MILP (HiGHS)
     binaries: Literal["relaxed", "mixed_integer"] = "relaxed"
@@ -552,9 +696,9 @@ class MarketConfig(_Model):
     """A day-ahead aggregator for the fleet on the wholesale market (Couraud et al. 2022, phases 1–2)."""
 
     #: day-ahead price series the fleet's export is sold at (bundled, see the data page)
-    wholesale: Literal[tuple(MARKETS)] = "gb_n2ex"  # type: ignore[valid-type]
-    #: price series imbalance is settled at
-    imbalance: Literal[tuple(MARKETS)] = "gb_ssp"  # type: ignore[valid-type]
+    wholesale: PriceSource = "gb_n2ex"
+    #: price series imbalance is settled at (bundled name or a file)
+    imbalance: PriceSource = "gb_ssp"
     interval_s: Annotated[int, Field(ge=300, le=86400)] = 1800  #: market interval; must divide a day
     bid_limit_per_kwh: Annotated[float, Field(ge=-100, le=100)] = 0.0  #: bid only where the forecast price is above this
     clearing_limit_per_kwh: Annotated[float, Field(ge=-100, le=100)] | None = None  #: None: every bid accepted
@@ -881,7 +1025,7 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     model: type[BaseModel] | None = Scenario
     for part in loc[:-1]:
-        if isinstance(part, int) or model is None:
+        if isinstance(part, int) or model is None or part in _SOURCE_TAGS:
             continue
         field = model.model_fields.get(part)
         model = _model_in(field.annotation) if field else None
@@ -891,6 +1035,8 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
 def _key_path(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
+        if part in _SOURCE_TAGS:
+            continue
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "(scenario)"
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
+
 from dercosim.scenarios import fleet
 from dercosim.scenarios.config import Scenario, ScenarioError, parse_scenario
 
@@ -96,6 +98,7 @@ def check_scenario(scenario: Scenario, where: str | Path | None = None) -> fleet
     if market is not None and batteries.empty:
         raise ScenarioError(f"{where}: batteries.groups: the fleet draws no battery (e.g. households = "
                             f"'with_pv' and no PV); an aggregator needs batteries")
+    _check_data_files(scenario, drawn, where)
     # every price series the run reads must cover its dates
     series = ([("market.wholesale", market.wholesale), ("market.imbalance", market.imbalance)] if market else [])
     if scenario.tariff.kind == "agile_octopus":
@@ -106,14 +109,51 @@ def check_scenario(scenario: Scenario, where: str | Path | None = None) -> fleet
         from dercosim.timeseries import weather
         from dercosim.timeseries.prices import price_per_kwh
 
-        site = weather.get_site(scenario.site.weather)
+        site = weather.site_of(scenario.site)
         times = weather.time_index(scenario.clock.start, scenario.n_steps, scenario.clock.step_s, site.tz)
         for key, name in series:
             try:
-                price_per_kwh(name, times)
+                # a file must cover the whole days (the market plans them); the bundled windows are checked at the
+                # run's own steps, as before
+                price_per_kwh(name, times if isinstance(name, str) else weather.whole_days(times))
             except ValueError as exc:
-                raise ScenarioError(f"{where}: {key}: {exc}; move clock.start or choose another market") from None
+                hint = "fix the file" if not isinstance(name, str) else "move clock.start or choose another market"
+                raise ScenarioError(f"{where}: {key}: {exc}; {hint}") from None
     return drawn
+
+
+def _check_data_files(scenario: Scenario, drawn: fleet.Fleet, where: str | Path) -> None:
+    """Every data file of the scenario read for the run's window (the reads are cached: the run does not read them
+    again) and checked; :class:`ScenarioError` naming the key path and the file's first bad row."""
+    from dercosim.scenarios.resolve import base_load_shape, household_file_kw
+    from dercosim.timeseries import weather
+    from dercosim.timeseries.files import DataFileError
+
+    groups = [(k, g) for k, g in enumerate(scenario.households.groups) if g.load is not None or g.pv is not None]
+    shape_file = not isinstance(scenario.grid.base_load.shape, str)
+    if not groups and not shape_file and scenario.site.file is None:
+        return
+    site = weather.site_of(scenario.site)
+    times = weather.time_index(scenario.clock.start, scenario.n_steps, scenario.clock.step_s, site.tz)
+    run_days = weather.whole_days(times)
+    days = run_days.append(run_days[-1440:] + pd.Timedelta(days=1))
+    key = "site.file"
+    try:
+        if scenario.site.file is not None:
+            weather.measured(site, days)
+        table = drawn.households
+        for k, group in groups:
+            names = list(table.loc[table["group"] == group.name, "name"])
+            for part in ("load", "pv"):
+                spec = getattr(group, part)
+                if spec is not None:
+                    key = f"households.groups[{k}].{part}"
+                    household_file_kw(spec, names, days, site.tz)
+        if shape_file:
+            key = "grid.base_load.shape"
+            base_load_shape(scenario, times)
+    except DataFileError as exc:
+        raise ScenarioError(f"{where}: {key}: {exc}") from None
 
 
 def _same_market_interval(scenario: Scenario, cls: type, where: str | Path) -> None:

@@ -46,7 +46,7 @@ class RunInputs:
     @classmethod
     def resolve(cls, scenario: Scenario, fleet: Fleet | None = None) -> RunInputs:
         """Resolve ``scenario`` (``fleet``: its already drawn :class:`Fleet`, else drawn here)."""
-        site = weather.get_site(scenario.site.weather)
+        site = weather.site_of(scenario.site)
         times = weather.time_index(scenario.clock.start, scenario.n_steps, scenario.clock.step_s, site.tz)
         fleet = fleet if fleet is not None else Fleet.draw(scenario)
         run_days = weather.whole_days(times)
@@ -168,7 +168,7 @@ def day_profiles(scenario: Scenario, table: pd.DataFrame, days: pd.DatetimeIndex
     """Load and PV (kW) per minute over ``days`` (whole calendar days, :func:`weather.whole_days`)."""
     from dercosim.timeseries import loads, pv  # demandlib and pvlib: only when profiles are made
 
-    site = site if site is not None else weather.get_site(scenario.site.weather)
+    site = site if site is not None else weather.site_of(scenario.site)
     homes = table["homes"].to_numpy(int) if "homes" in table else np.ones(len(table), int)
     per_home = np.repeat(table["annual_kwh"].to_numpy(float) / homes, homes)
     # only homes with a demand draw a profile: a plant (annual_kwh = 0) added to a scenario leaves every
@@ -182,7 +182,39 @@ def day_profiles(scenario: Scenario, table: pd.DataFrame, days: pd.DatetimeIndex
         load = np.add.reduceat(load, np.concatenate([[0], np.cumsum(homes)[:-1]]), axis=1)
     pv_kw = pv.pv_ac_kw(site, days, table["pv_kwp"].to_numpy(float), table["pv_tilt_deg"].to_numpy(float),
                         table["pv_azimuth_deg"].to_numpy(float), DayStreams(scenario.seed, "pv_clouds"))
+    # groups with their own files: the drawn profiles above are replaced (and still drawn, so a file given to one
+    # group leaves every other household's numbers as they were)
+    names = table["name"].to_numpy(str)
+    for group in scenario.households.groups:
+        if group.load is None and group.pv is None:
+            continue
+        rows = np.flatnonzero(table["group"].to_numpy() == group.name)
+        if group.load is not None:
+            load[:, rows] = household_file_kw(group.load, list(names[rows]), days, site.tz)
+        if group.pv is not None:
+            kwp = table["pv_kwp"].to_numpy(float)[rows]
+            given = household_file_kw(group.pv, list(names[rows]), days, site.tz)
+            if group.pv.unit.endswith("per kWp"):
+                given = given * kwp[None, :]
+            pv_kw[:, rows] = np.where(kwp[None, :] > 0, given, 0.0)
     return load, pv_kw
+
+
+def household_file_kw(spec: Any, households: list[str], days: pd.DatetimeIndex, clock_tz: str) -> np.ndarray:
+    """(len(days), households) power (kW, or kW per kWp) from a group's load or PV file (``LoadFile``,
+    ``PvFile``), the mean over each step of ``days``. The day after the run (a controller's outlook) repeats the
+    run's last day where the file ends with the run; :class:`~dercosim.timeseries.files.DataFileError` else."""
+    from dercosim.timeseries import files
+
+    wanted = spec.column_names(households)
+    unique = list(dict.fromkeys(wanted))
+    step_s = int((days[1] - days[0]).total_seconds())
+    kw: dict[str, Any] = dict(step_s=step_s, rule="mean", unit_factor=files.PV_UNITS[spec.unit],
+                              per_step=spec.unit.endswith("per step"), time_column=spec.time_column,
+                              timezone=spec.zone(clock_tz), label=spec.label)
+    values = files.read_series(spec.file, unique, start=days[0], end=days[-1] + pd.Timedelta(seconds=step_s),
+                               outlook_day=True, **kw)
+    return values[:, [unique.index(c) for c in wanted]]
 
 
 def base_load_shape(scenario: Scenario, times: pd.DatetimeIndex) -> np.ndarray:
@@ -190,5 +222,15 @@ def base_load_shape(scenario: Scenario, times: pd.DatetimeIndex) -> np.ndarray:
     from dercosim.timeseries import loads
 
     shape = scenario.grid.base_load
+    if not isinstance(shape.shape, str):
+        from dercosim.timeseries import files
+
+        spec = shape.shape
+        step_s = scenario.clock.step_s
+        daily = files.read_series(spec.file, [spec.column], start=times[0],
+                                  end=times[-1] + pd.Timedelta(seconds=step_s), step_s=step_s, rule="mean",
+                                  unit_factor=files.SHAPE_UNITS[spec.unit], time_column=spec.time_column,
+                                  timezone=spec.zone(str(times.tz)), label=spec.label)[:, 0]
+        return shape.scale * daily
     daily = np.ones(len(times)) if shape.shape == "flat" else loads.daily_shape(times)
     return shape.scale * daily

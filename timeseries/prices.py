@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -51,8 +52,18 @@ def price_periods(market: str) -> pd.Series:
     return _periods(series.file)[series.column] / 1000.0
 
 
-def price_per_kwh(market: str, times: pd.DatetimeIndex) -> np.ndarray:
-    """Price (currency/kWh) in force at each of ``times`` (tz-aware); error outside the bundled window."""
+def price_per_kwh(market: Any, times: pd.DatetimeIndex) -> np.ndarray:
+    """Price (currency/kWh) in force at each of ``times`` (tz-aware); error outside the data's window.
+
+    ``market`` is a bundled series' name or a price file of the scenario (``PriceFile``: its ``column`` held
+    over each row, in its ``unit``; naive times in its ``timezone``, else the clock's).
+    """
+    if not isinstance(market, str):
+        from dercosim.timeseries import files
+
+        return files.read_at(market.file, market.column, times, unit_factor=files.PRICE_UNITS[market.unit],
+                             time_column=market.time_column, timezone=market.zone(str(times.tz)),
+                             label=market.label)
     periods = price_periods(market)
     t_utc = times.tz_convert("UTC")
     first, last = periods.index[0], periods.index[-1] + pd.Timedelta(minutes=30)

@@ -1,4 +1,4 @@
-"""Rooftop PV power with pvlib: clear sky modulated by the bundled weather.
+"""Rooftop PV power with pvlib: clear sky modulated by the bundled weather, or measured irradiance.
 
 Per minute: pvlib's Ineichen clear-sky GHI times the hour's clearness
 (TMY GHI / clear-sky GHI, interpolated between hours, with seeded minute-level
@@ -14,7 +14,7 @@ import pandas as pd
 import pvlib
 
 from dercosim.timeseries.rng import DayStreams
-from dercosim.timeseries.weather import Site, hourly_ghi, weather_at
+from dercosim.timeseries.weather import Site, hourly_ghi, measured, weather_at
 
 
 def clearness_index(site: Site, times: pd.DatetimeIndex, streams: DayStreams | None,
@@ -73,13 +73,20 @@ def pv_ac_kw(site: Site, times: pd.DatetimeIndex, kwp: np.ndarray, tilt_deg: np.
     out = np.zeros((len(times), len(kwp)))
     if not np.any(kwp > 0):
         return out
-    k, clear = clearness_index(site, times, streams)
-    ghi = clear["ghi"].to_numpy() * k
+    given = measured(site, times)
+    if "ghi_w_m2" in given:  # measured irradiance at the clock's resolution: no clear-sky model, no flicker
+        ghi = np.clip(given["ghi_w_m2"].to_numpy(float), 0.0, None)
+    else:
+        k, clear = clearness_index(site, times, streams)
+        ghi = clear["ghi"].to_numpy() * k
     solpos = pvlib.solarposition.get_solarposition(times, site.latitude, site.longitude, site.altitude_m)
     zenith = solpos["apparent_zenith"].to_numpy()
     decomposed = pvlib.irradiance.erbs(ghi, zenith, times)
     dni = np.nan_to_num(decomposed["dni"].to_numpy() if hasattr(decomposed["dni"], "to_numpy") else decomposed["dni"])
     dhi = np.nan_to_num(decomposed["dhi"].to_numpy() if hasattr(decomposed["dhi"], "to_numpy") else decomposed["dhi"])
+    if "dni_w_m2" in given and "dhi_w_m2" in given:  # measured components replace Erbs' decomposition
+        dni = np.clip(given["dni_w_m2"].to_numpy(float), 0.0, None)
+        dhi = np.clip(given["dhi_w_m2"].to_numpy(float), 0.0, None)
     weather = weather_at(site, times)
     temp_air = weather["temp_air_c"].to_numpy()
     wind = weather["wind_speed_m_s"].to_numpy()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import time
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,7 +32,7 @@ class AgileFormula:
     35 p cap, 5 % VAT). It can go negative with the wholesale price.
     """
 
-    market: str = "gb_n2ex"
+    market: Any = "gb_n2ex"  #: a bundled series' name or the scenario's price file
     multiplier: float = 2.2
     peak_adder_per_kwh: float = 0.12
     cap_per_kwh: float = 0.35
@@ -107,4 +108,5 @@ def tariff_of(scenario: object) -> Tariff:
     return Tariff(currency=t.currency, import_per_kwh=t.import_per_kwh, export_per_kwh=t.export_per_kwh,
                   tou=tuple(TouPeriod(p.start, p.end, p.import_per_kwh) for p in t.tou),
                   peak_demand_per_kw=t.peak_demand_per_kw, demand_interval_s=t.demand_interval_s, kind=t.kind,
-                  agile=AgileFormula(**t.agile.model_dump()) if t.kind == "agile_octopus" else None)
+                  agile=AgileFormula(**{k: getattr(t.agile, k) for k in type(t.agile).model_fields})
+                  if t.kind == "agile_octopus" else None)

@@ -6,8 +6,10 @@ so that one simulated day is always 1,440 minutes.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
+from typing import Any
 from importlib import resources
 
 import numpy as np
@@ -25,6 +27,8 @@ class Site:
     tz: str
     weather_file: str
     month_shift: int = 0  #: read the file this many months later (a seasonal proxy for the other hemisphere)
+    #: measured weather (the scenario's ``WeatherFile``): the quantities it gives replace the bundled ones
+    file: Any = None
 
 
 SITES: dict[str, Site] = {
@@ -67,6 +71,35 @@ def get_site(name: str) -> Site:
         return SITES[name]
     except KeyError:
         raise ValueError(f"unknown site {name!r}; bundled sites: {', '.join(SITES)}") from None
+
+
+def site_of(config: Any) -> Site:
+    """The site of a scenario's ``[site]`` table: the bundled site, with its location, zone and weather file
+    replaced by those the table gives."""
+    base = get_site(config.weather)
+    changes = {k: getattr(config, k) for k in ("latitude", "longitude", "altitude_m", "tz")
+               if getattr(config, k, None) is not None}
+    if getattr(config, "file", None) is not None:
+        changes["file"] = config.file
+    return dataclasses.replace(base, **changes) if changes else base
+
+
+def measured(site: Site, times: pd.DatetimeIndex) -> pd.DataFrame:
+    """The quantities of the site's weather file at ``times`` (regular, tz-aware): the mean over each step;
+    an empty frame without a file."""
+    if site.file is None:
+        return pd.DataFrame(index=times)
+    from dercosim.timeseries import files
+
+    spec = site.file
+    quantities = list(spec.columns)
+    step_s = int((times[1] - times[0]).total_seconds()) if len(times) > 1 else 60
+    end = times[-1] + pd.Timedelta(seconds=step_s)
+    whole_days = times[0] == times[0].normalize() and len(times) * step_s % 86400 == 0
+    values = files.read_series(spec.file, [spec.columns[q] for q in quantities], start=times[0], end=end,
+                               step_s=step_s, rule="mean", time_column=spec.time_column,
+                               timezone=spec.zone(site.tz), label=spec.label, outlook_day=whole_days)
+    return pd.DataFrame(np.array(values), index=times, columns=quantities)
 
 
 def time_index(start: pd.Timestamp | str, n_steps: int, step_s: int, tz: str) -> pd.DatetimeIndex:
@@ -124,13 +157,16 @@ def weather_at(site: Site, times: pd.DatetimeIndex) -> pd.DataFrame:
 
     Irradiance columns are hourly means, placed at mid-interval; temperature
     and wind are TMY3 readings at the end of the hour. Columns: ``ghi_w_m2``,
-    ``dni_w_m2``, ``dhi_w_m2``, ``temp_air_c``, ``wind_speed_m_s``.
+    ``dni_w_m2``, ``dhi_w_m2``, ``temp_air_c``, ``wind_speed_m_s``. A site with a
+    weather file gives its measured quantities instead (:func:`measured`).
     """
     hourly = _hourly_on_calendar(site, times)
     mid = hourly.index + pd.Timedelta(minutes=30)
     end = hourly.index + pd.Timedelta(hours=1)
     out = {c: _interp(times, mid, hourly[c].to_numpy(float)) for c in ("ghi_w_m2", "dni_w_m2", "dhi_w_m2")}
     out.update({c: _interp(times, end, hourly[c].to_numpy(float)) for c in ("temp_air_c", "wind_speed_m_s")})
+    if site.file is not None:  # the measured quantities replace the bundled ones
+        out.update({c: v.to_numpy() for c, v in measured(site, times).items()})
     return pd.DataFrame(out, index=times)
 
 

@@ -1,0 +1,247 @@
+"""The user's own series from CSV and parquet files: resampling that keeps energy, checks that name the file, the
+column and the first bad row, only the run's window read, and scenarios that run on them."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dercosim.scenarios.config import ScenarioError
+from dercosim.scenarios.load import load_scenario
+from dercosim.scenarios.resolve import RunInputs
+from dercosim.timeseries import files, prices
+
+REPO = Path(__file__).resolve().parents[1]
+UTC = "UTC"
+DAY = pd.Timestamp("2016-06-21", tz="Etc/GMT")
+
+
+def write(tmp_path: Path, name: str, frame: pd.DataFrame) -> Path:
+    path = tmp_path / name
+    if name.endswith(".parquet"):
+        frame.to_parquet(path, index=False, row_group_size=96)
+    else:
+        frame.to_csv(path, index=False)
+    return path
+
+
+def quarter_hours(days: int = 3, start: str = "2016-06-20") -> pd.DatetimeIndex:
+    return pd.date_range(start, periods=days * 96, freq="15min")
+
+
+def frame(times: pd.DatetimeIndex, **columns: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame({"time": times.strftime("%Y-%m-%d %H:%M"), **columns})
+
+
+@pytest.mark.parametrize("step_s", [1, 30, 60, 300, 3600])
+def test_mean_rule_keeps_every_quarter_hours_energy_at_any_clock_step(tmp_path, step_s):
+    t = quarter_hours()
+    kw = np.random.default_rng(0).uniform(0, 5, len(t))
+    path = write(tmp_path, "p.csv", frame(t, p=kw))
+    got = files.read_series(path, ["p"], start=DAY, end=DAY + pd.Timedelta(days=1), step_s=step_s, rule="mean",
+                            timezone=UTC)[:, 0]
+    assert len(got) == 86400 // step_s
+    # energy of each hour (kWh) is the file's, whatever the clock's step
+    per_hour = 3600 // step_s
+    file_hourly = kw[96:192].reshape(24, 4).mean(axis=1)
+    np.testing.assert_allclose(got.reshape(24, per_hour).mean(axis=1), file_hourly, rtol=1e-12)
+    if step_s <= 900:  # finer than the file: each step within a quarter hour has the quarter hour's power
+        np.testing.assert_allclose(got, np.repeat(kw[96:192], 900 // step_s), rtol=1e-12)
+
+
+def test_energy_per_row_end_labels_and_prices_held(tmp_path):
+    t = quarter_hours()
+    kwh = np.arange(len(t), dtype=float) / 100
+    # each row: the energy of the quarter hour that ends at its time (a smart meter's export)
+    path = write(tmp_path, "m.csv", frame(t + pd.Timedelta(minutes=15), e=kwh))
+    got = files.read_series(path, ["e"], start=DAY, end=DAY + pd.Timedelta(hours=1), step_s=60, rule="mean",
+                            per_step=True, timezone=UTC, label="end")[:, 0]
+    # 00:00-00:15 on 21 June is the row written 00:15, i.e. index 96; kWh per 15 min × 4 = kW
+    np.testing.assert_allclose(got[:15], kwh[96] * 4)
+    np.testing.assert_allclose(got[15:30], kwh[97] * 4)
+    # a price held over its half hour, per MWh → per kWh
+    half = pd.date_range("2016-06-20", periods=3 * 48, freq="30min")
+    path = write(tmp_path, "prices.csv", frame(half, gbp_mwh=np.arange(len(half), dtype=float)))
+    at = pd.DatetimeIndex([DAY, DAY + pd.Timedelta(minutes=29), DAY + pd.Timedelta(minutes=30)])
+    np.testing.assert_allclose(files.read_at(path, "gbp_mwh", at, unit_factor=1e-3, timezone=UTC),
+                               [48e-3, 48e-3, 49e-3])
+
+
+def test_timezone_with_daylight_saving_and_utc_offsets(tmp_path):
+    # London local times across the October change: 01:00-01:59 happens twice; read in order, it is inferred
+    local = pd.date_range("2016-10-29", "2016-11-01", freq="30min", inclusive="left", tz="Europe/London")
+    values = np.arange(len(local), dtype=float)
+    path = write(tmp_path, "london.csv", pd.DataFrame({"time": local.tz_localize(None).strftime("%Y-%m-%d %H:%M"),
+                                                       "p": values}))
+    utc_day = pd.Timestamp("2016-10-30", tz=UTC)
+    got = files.read_series(path, ["p"], start=utc_day, end=utc_day + pd.Timedelta(days=1), step_s=1800,
+                            rule="mean", timezone="Europe/London")[:, 0]
+    expected = pd.Series(values, index=local.tz_convert(UTC)).loc[utc_day:utc_day + pd.Timedelta("23h30min")]
+    np.testing.assert_array_equal(got, expected.to_numpy())
+    # the same instants written with their UTC offsets need no timezone
+    with_offset = write(tmp_path, "offset.csv", pd.DataFrame({"time": local.map(lambda x: x.isoformat()), "p": values}))
+    files.cache_clear()
+    np.testing.assert_array_equal(
+        files.read_series(with_offset, ["p"], start=utc_day, end=utc_day + pd.Timedelta(days=1), step_s=1800,
+                          rule="mean", timezone="Asia/Tokyo")[:, 0], got)
+    # a spring-forward local time that does not exist is an error naming its line
+    spring = pd.date_range("2016-03-27 00:00", periods=8, freq="15min").strftime("%Y-%m-%d %H:%M")
+    path = write(tmp_path, "spring.csv", pd.DataFrame({"time": spring, "p": 1.0}))
+    with pytest.raises(files.DataFileError, match=r"spring.csv: column 'time', line 6: local time 2016-03-27 01:00:00 "
+                                                  r"does not exist or is ambiguous in Europe/London"):
+        files.read_series(path, ["p"], start=pd.Timestamp("2016-03-27", tz=UTC),
+                          end=pd.Timestamp("2016-03-27 01:00", tz=UTC), step_s=60, rule="mean",
+                          timezone="Europe/London")
+
+
+BAD = [
+    # (change to the file, error words)
+    (lambda d: d.assign(p=d["p"].where(d.index != 150)), "column 'p', line 152: missing or non-finite value"),
+    (lambda d: d.drop(index=150).reset_index(drop=True), "line 152: 30 min after the row before it, expected every 15 min"),
+    (lambda d: pd.concat([d.iloc[:151], d.iloc[150:]]).reset_index(drop=True), "line 153: 2016-06-21 13:30:00+00:00 (UTC) repeats"),
+    (lambda d: d.assign(time=d["time"].where(d.index != 150, "21/06 noon")), "line 152: cannot read '21/06 noon' as a time"),
+    (lambda d: d.iloc[:120], "covers 2016-06-20 00:00 to 2016-06-21 06:00 (Etc/GMT) only; the run needs 2016-06-21 00:00"),
+    (lambda d: d.rename(columns={"p": "q"}), "no column 'p'; the file has: 'time', 'q'"),
+]
+
+
+@pytest.mark.parametrize("change,words", BAD, ids=["nan", "gap", "duplicate", "time", "coverage", "column"])
+def test_a_bad_file_names_the_file_the_column_and_the_first_bad_row(tmp_path, change, words):
+    t = quarter_hours()
+    path = write(tmp_path, "bad.csv", change(frame(t, p=np.ones(len(t)))))
+    with pytest.raises(files.DataFileError) as err:
+        files.read_series(path, ["p"], start=DAY, end=DAY + pd.Timedelta(days=1), step_s=60, rule="mean",
+                          timezone=UTC)
+    assert str(err.value).startswith(f"{path}: ")
+    assert words in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["year.csv", "year.parquet"])
+def test_only_the_runs_window_is_read(tmp_path, name, monkeypatch):
+    """Rows outside the window are never kept (missing values there do not matter), a CSV is read in chunks and a
+    parquet file's row groups outside the window are not read at all."""
+    monkeypatch.setattr(files, "CHUNK_ROWS", 500)
+    t = pd.date_range("2016-06-01", "2016-07-01", freq="15min", inclusive="left")
+    p = np.arange(len(t), dtype=float)
+    p[:96] = np.nan  # 1 June is broken; a run on 21 June does not care
+    path = write(tmp_path, name, frame(t, p=p, q=2 * p))
+    read_groups: list[int] = []
+    if name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        original = pq.ParquetFile.read_row_group
+
+        def spy(self, i, *args, **kwargs):
+            read_groups.append(i)
+            return original(self, i, *args, **kwargs)
+
+        monkeypatch.setattr(pq.ParquetFile, "read_row_group", spy)
+    got = files.read_series(path, ["q"], start=DAY, end=DAY + pd.Timedelta(days=1), step_s=900, rule="mean",
+                            timezone=UTC)
+    np.testing.assert_array_equal(got[:, 0], 2 * p[20 * 96:21 * 96])
+    if read_groups:  # one group per day (96 rows): the day, and its neighbours within the margin for time zones
+        assert sorted(read_groups) == [19, 20, 21]
+
+
+def test_example_scenario_runs_on_its_csv_and_keeps_the_metered_energy(tmp_path):
+    shutil.copytree(REPO / "examples" / "data", tmp_path / "data")
+    shutil.copy(REPO / "examples" / "my_data.toml", tmp_path / "my_data.toml")
+    scenario = load_scenario(tmp_path / "my_data.toml")
+    run = RunInputs.resolve(scenario)
+    csv = pd.read_csv(tmp_path / "data" / "households.csv")
+    first_day = csv.iloc[:96]  # rows labelled 00:15 .. 24:00 on 21 June
+    load_kwh = run.load_kw.sum(axis=0) / 60
+    np.testing.assert_allclose(load_kwh, first_day[["house_1", "house_2", "house_3"]].sum().to_numpy(), rtol=1e-12)
+    np.testing.assert_allclose(run.pv_kw.sum(axis=0) / 60, 4.0 * first_day["pv_kw_per_kwp"].sum() / 4, rtol=1e-12)
+    # the day after the run (a controller's outlook) is the file's 22 June
+    np.testing.assert_allclose(run.day_load_kw[1440:, 0].sum() / 60, csv["house_1"].iloc[96:].sum(), rtol=1e-12)
+
+    from dercosim import api
+
+    result = api.run(scenario, until="3h", out=tmp_path / "runs")
+    hh = result.households
+    assert set(hh["entity"]) == {"home_001", "home_002", "home_003"}
+    three_hours = first_day.iloc[:12]
+    np.testing.assert_allclose(hh.groupby("entity")["load_kw"].sum().sort_index().to_numpy() / 60,
+                               three_hours[["house_1", "house_2", "house_3"]].sum().to_numpy(), rtol=1e-9)
+
+
+def scenario_text(extra: str, group: str = "") -> str:
+    return f'''
+name = "t"
+[clock]
+start = 2016-06-21
+duration = "2h"
+[site]
+weather = "gb_proxy"
+[[households.groups]]
+buses = [18, 25]
+pv_share = 1.0
+{group}
+{extra}
+'''
+
+
+def test_bad_data_file_in_a_scenario_names_the_key_before_anything_is_written(tmp_path):
+    t = quarter_hours()
+    d = frame(t, a=np.ones(len(t)), b=np.ones(len(t)))
+    d.loc[100, "b"] = np.nan  # 21 June 01:00
+    write(tmp_path, "loads.csv", d)
+    cases = [
+        ('load = { file = "loads.csv", columns = ["a", "b"] }',
+         "households.groups[0].load: ", "column 'b', line 102: missing or non-finite value"),
+        ('load = { file = "loads.csv", columns = ["a"] }',
+         "households.groups[0]: ", "load.columns: 1 columns for the group's 2 households"),
+        ('load = { file = "nope.csv", column = "a" }', "households.groups[0].load.file: ", "no such file"),
+        ('pv = { file = "loads.csv", column = "c" }', "households.groups[0].pv: ", "no column 'c'"),
+        ('load = { file = "loads.xlsx", column = "a" }', "households.groups[0].load.file: ",
+         "expected a .csv, .csv.gz or .parquet file"),
+        ('load = { file = "loads.csv", column = "a", timezone = "Mars/Olympus" }',
+         "households.groups[0].load.timezone: ", "expected an IANA time zone"),
+    ]
+    for group, key, words in cases:
+        path = tmp_path / "s.toml"
+        path.write_text(scenario_text("", group))
+        with pytest.raises(ScenarioError) as err:
+            load_scenario(path)
+        message = str(err.value)
+        assert f"{path}: {key}" in message, message
+        assert words in message, message
+    assert not (tmp_path / "runs").exists()
+
+
+def test_prices_weather_and_base_load_from_files(tmp_path):
+    # the bundled N2EX series written to a file gives the bundled prices to the aggregator
+    n2ex = prices.price_periods("gb_n2ex") * 1000.0
+    write(tmp_path, "n2ex.csv", pd.DataFrame({"time": n2ex.index.map(lambda x: x.isoformat()), "gbp": n2ex.values}))
+    t = pd.date_range("2016-06-21", periods=2 * 1440, freq="1min")
+    temp = 15 + 5 * np.sin(np.arange(len(t)) / 200)
+    write(tmp_path, "weather.csv", frame(t, ghi=np.zeros(len(t)), t2m=temp))
+    write(tmp_path, "shape.csv", frame(t, s=np.full(len(t), 0.5)))
+    fleet = (REPO / "scenarios" / "fleet_market_s4.toml").read_text()
+    bundled = load_scenario(REPO / "scenarios" / "fleet_market_s4.toml").set("clock.duration", "2h")
+    own_prices = 'file = "n2ex.csv", column = "gbp", timezone = "Asia/Tokyo"'  # times carry their offset: no effect
+    text = re.sub(r'\nwholesale = "gb_n2ex"', f"\nwholesale = {{ {own_prices} }}", fleet)
+    text += f"\n[tariff.agile]\nmarket = {{ {own_prices} }}\n"
+    assert text.count("n2ex.csv") == 2
+    (tmp_path / "s4.toml").write_text(text)
+    own = load_scenario(tmp_path / "s4.toml").set("clock.duration", "2h")
+    a, b = RunInputs.resolve(bundled), RunInputs.resolve(own)
+    assert a.market_inputs is not None and b.market_inputs is not None
+    for key in ("wholesale_price", "import_price"):  # the Agile import price follows the wholesale file
+        np.testing.assert_allclose(b.market_inputs[key], a.market_inputs[key], rtol=1e-15, atol=0)
+    np.testing.assert_array_equal(b.market_inputs["demand_forecast_kwh"], a.market_inputs["demand_forecast_kwh"])
+    np.testing.assert_array_equal(b.load_kw, a.load_kw)
+
+    (tmp_path / "w.toml").write_text(scenario_text(
+        '[site.file]\nfile = "weather.csv"\ncolumns = { ghi_w_m2 = "ghi", temp_air_c = "t2m" }\n'
+        '[grid.base_load]\nscale = 0.8\nshape = { file = "shape.csv", column = "s" }\n'))
+    run = RunInputs.resolve(load_scenario(tmp_path / "w.toml"))
+    assert np.all(run.pv_kw == 0.0)  # no irradiance measured, no PV
+    np.testing.assert_allclose(run.outdoor_temperature_c, temp[:120])
+    np.testing.assert_allclose(run.base_shape, 0.4)
