@@ -145,7 +145,7 @@ def test_only_the_runs_window_is_read(tmp_path, name, monkeypatch):
                             timezone=UTC)
     np.testing.assert_array_equal(got[:, 0], 2 * p[20 * 96:21 * 96])
     if read_groups:  # one group per day (96 rows): the day, and its neighbours within the margin for time zones
-        assert sorted(read_groups) == [19, 20, 21]
+        assert sorted(set(read_groups)) == [19, 20, 21]
 
 
 def test_example_scenario_runs_on_its_csv_and_keeps_the_metered_energy(tmp_path):

@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -47,8 +48,8 @@ SHAPE_UNITS: dict[str, float] = {"1": 1.0, "%": 0.01}
 WEATHER_COLUMNS = ("ghi_w_m2", "dni_w_m2", "dhi_w_m2", "temp_air_c", "wind_speed_m_s")
 
 SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
-#: rows read at a time from a CSV
-CHUNK_ROWS = 500_000
+#: rows read at a time from a CSV, or from a parquet row group larger than this
+CHUNK_ROWS = 100_000
 
 
 class DataFileError(ValueError):
@@ -126,7 +127,8 @@ def _read_cached(path: str, size: int, mtime_ns: int, columns: tuple[str, ...], 
     times, values, step_f = _window(Path(path), list(columns), time_column, timezone, label, start, end)
     if per_step:
         values = values / (step_f / 3600.0)
-    values = values * unit_factor
+    if unit_factor != 1.0:
+        values = values * unit_factor
     grid = pd.date_range(start, end, freq=pd.Timedelta(seconds=step_s), inclusive="left")
     out = _resample(times, values, step_f, grid, step_s, rule)
     out.flags.writeable = False
@@ -174,13 +176,28 @@ def _listed(names: Sequence[str], limit: int = 12) -> str:
     return shown + (f", … ({len(names)} columns)" if len(names) > limit else "")
 
 
+class _Piece:
+    """A run of consecutive rows: their times as read, and their values read only when asked for (a parquet row
+    group's value columns a few at a time, so a large group never has to be decoded whole)."""
+
+    def __init__(self, first_row: int, times: pd.Series, values: Callable[[int, int], np.ndarray]) -> None:
+        self.first_row, self.times, self._values = first_row, times, values
+
+    def values(self, lo: int, hi: int) -> np.ndarray:
+        """(hi - lo, columns) float values of rows ``lo..hi`` (relative to the piece)."""
+        return self._values(lo, hi)
+
+
+#: values decoded at a time from a parquet row group (a block of columns × the group's rows)
+PARQUET_BLOCK_VALUES = 8_000_000
+
+
 def _chunks(path: Path, columns: list[str], time_column: str, start_utc: pd.Timestamp,
-            end_utc: pd.Timestamp) -> Iterator[tuple[int, pd.DataFrame]]:
-    """(first row number, frame) pieces of the file with the time column as read and ``columns``.
+            end_utc: pd.Timestamp) -> Iterator[_Piece]:
+    """Consecutive pieces of the file, in order.
 
     Parquet row groups whose time statistics lie wholly before ``start_utc`` or after ``end_utc`` (one day's
     margin for time zones and labels) are skipped; a CSV is read :data:`CHUNK_ROWS` rows at a time."""
-    usecols = [time_column, *columns]
     if file_kind(path) == "parquet":
         import pyarrow.parquet as pq
 
@@ -197,18 +214,34 @@ def _chunks(path: Path, columns: list[str], time_column: str, start_utc: pd.Time
                 if lo is not None and hi is not None and (hi < start_utc - margin or lo >= end_utc + margin):
                     row += n
                     continue
-            yield row, pf.read_row_group(g, columns=usecols).to_pandas()
+            times = pf.read_row_group(g, columns=[time_column]).column(0).to_pandas()
+            yield _Piece(row, times, functools.partial(_parquet_values, pf, g, columns, n))
             row += n
         return
     try:
-        reader = pd.read_csv(path, usecols=usecols, chunksize=CHUNK_ROWS, dtype={time_column: str},
+        reader = pd.read_csv(path, usecols=[time_column, *columns], chunksize=CHUNK_ROWS, dtype={time_column: str},
                              na_values=["", "NaN", "nan", "NA", "null"], keep_default_na=False)
         row = 0
         for chunk in reader:
-            yield row, chunk
+            block = chunk[columns]
+            yield _Piece(row, chunk[time_column],
+                         lambda lo, hi, block=block: block.iloc[lo:hi].to_numpy(dtype=float, na_value=np.nan))
             row += len(chunk)
     except (ValueError, UnicodeDecodeError, OSError, pd.errors.ParserError) as exc:
         raise DataFileError(f"{path}: cannot read as CSV ({str(exc).splitlines()[0]})") from None
+
+
+def _parquet_values(pf: Any, group: int, columns: list[str], n_rows: int, lo: int, hi: int) -> np.ndarray:
+    """Rows ``lo..hi`` of ``columns`` in row group ``group``, decoding a block of columns at a time."""
+    out = np.empty((hi - lo, len(columns)))
+    per_block = max(1, PARQUET_BLOCK_VALUES // max(n_rows, 1))
+    for c in range(0, len(columns), per_block):
+        names = columns[c:c + per_block]
+        table = pf.read_row_group(group, columns=names).slice(lo, hi - lo)
+        for j, name in enumerate(names):
+            out[:, c + j] = table.column(name).to_numpy(zero_copy_only=False).astype(float, copy=False)
+        del table
+    return out
 
 
 def _as_utc(value: object) -> pd.Timestamp | None:
@@ -275,10 +308,11 @@ def _window(path: Path, columns: list[str], time_column: str, timezone: str, lab
     prev: tuple[int, int] | None = None  # (time ns, row) of the last row read
     first_t: int | None = None
     last_t: int | None = None
-    for first_row, chunk in _chunks(path, columns, time_column, start_utc, end_utc):
-        if chunk.empty:
+    for piece in _chunks(path, columns, time_column, start_utc, end_utc):
+        if piece.times.empty:
             continue
-        t = _parse_times(path, chunk[time_column], first_row, time_column, timezone).asi8
+        first_row = piece.first_row
+        t = _parse_times(path, piece.times, first_row, time_column, timezone).asi8
         if prev is not None:
             t_all = np.concatenate([[prev[0]], t])
             row0 = prev[1]
@@ -309,11 +343,12 @@ def _window(path: Path, columns: list[str], time_column: str, timezone: str, lab
         lo_ns = start_utc.value - (step_ns or 0)
         keep = (starts >= lo_ns) & (starts < end_utc.value)
         if keep.any():
-            values = chunk[columns].to_numpy(dtype=float, na_value=np.nan)[keep]
+            inside = np.flatnonzero(keep)  # consecutive: the times increase
+            values = piece.values(int(inside[0]), int(inside[-1]) + 1)
             finite = np.isfinite(values)
             if not finite.all():
                 r, c = np.argwhere(~finite)[0]
-                row = first_row + int(np.flatnonzero(keep)[r])
+                row = first_row + int(inside[0]) + int(r)
                 raise DataFileError(f"{path}: column {columns[c]!r}, {_row(path, row)}: missing or non-finite "
                                     f"value ({values[r, c]}); fill the gap in the file")
             kept_t.append(starts[keep])
@@ -331,7 +366,9 @@ def _window(path: Path, columns: list[str], time_column: str, timezone: str, lab
                             f"{covers_to.tz_convert(tz):%Y-%m-%d %H:%M} ({tz}) only; the run needs "
                             f"{start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} (whole calendar days of the clock)")
     times = pd.DatetimeIndex(np.concatenate(kept_t)).tz_localize("UTC")
-    return times, np.concatenate(kept_v), step_ns / 1e9
+    values = kept_v[0] if len(kept_v) == 1 else np.concatenate(kept_v)
+    kept_v.clear()
+    return times, values, step_ns / 1e9
 
 
 def _span(ns: int) -> str:
@@ -356,6 +393,8 @@ def _resample(times: pd.DatetimeIndex, values: np.ndarray, step_f_s: float, grid
     step_f = int(round(step_f_s * 1e9))
     step_c = step_s * 1_000_000_000
     pos = np.searchsorted(t, g, side="right") - 1
+    if pos[-1] - pos[0] == len(pos) - 1 and np.array_equal(t[pos], g):  # the clock's own steps: the rows as read
+        return values[pos[0]:pos[-1] + 1]
     if rule == "hold":
         return np.ascontiguousarray(values[pos])
     offset = int(g[0] - t[pos[0]])  # the first step's start within its row, ns
