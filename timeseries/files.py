@@ -223,12 +223,14 @@ def _chunks(path: Path, columns: list[str], time_column: str, start_utc: pd.Time
                              na_values=["", "NaN", "nan", "NA", "null"], keep_default_na=False)
         row = 0
         for chunk in reader:
-            block = chunk[columns]
-            yield _Piece(row, chunk[time_column],
-                         lambda lo, hi, block=block: block.iloc[lo:hi].to_numpy(dtype=float, na_value=np.nan))
+            yield _Piece(row, chunk[time_column], functools.partial(_frame_values, chunk[columns]))
             row += len(chunk)
     except (ValueError, UnicodeDecodeError, OSError, pd.errors.ParserError) as exc:
         raise DataFileError(f"{path}: cannot read as CSV ({str(exc).splitlines()[0]})") from None
+
+
+def _frame_values(block: pd.DataFrame, lo: int, hi: int) -> np.ndarray:
+    return block.iloc[lo:hi].to_numpy(dtype=float, na_value=np.nan)
 
 
 def _parquet_values(pf: Any, group: int, columns: list[str], n_rows: int, lo: int, hi: int) -> np.ndarray:
