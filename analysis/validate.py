@@ -177,6 +177,13 @@ def compare(rec: Recorded, v_model: np.ndarray, v_min_pu: float, v_max_pu: float
     missed = ac_out & ~model_out
     false = ~ac_out & model_out
     minute = lambda m: m.any(axis=1)  # noqa: E731
+    step_min = rec.scenario.clock.step_s / 60.0
+
+    def per_step(count: Any) -> float | int:
+        """A count of steps as minutes (whole minutes as an int; the clock's step may be shorter)."""
+        minutes = float(count) * step_min
+        return int(minutes) if minutes == int(minutes) else minutes
+
     missed_cells = [{"bus": int(b) + 1, "time_s": int(rec.time_s[t]), "time": stamp(t),
                      "ac_pu": float(rec.vm_pu[t, b]), "model_pu": float(v_model[t, b])}
                     for t, b in zip(*np.nonzero(missed))][:50]
@@ -197,18 +204,18 @@ def compare(rec: Recorded, v_model: np.ndarray, v_min_pu: float, v_max_pu: float
                                  "p95_abs_error_pu": float(np.quantile(abs_err[:, b], 0.95))}
                     for b in range(err.shape[1])} if err.size else {},
         "conservative_for_undervoltage": bool(not above.any()),
-        "above_ac": {"bus_minutes": int(above.sum()), "minutes": int(minute(above).sum()),
+        "above_ac": {"bus_minutes": per_step(above.sum()), "minutes": per_step(minute(above).sum()),
                      "buses": sorted(int(b) + 1 for b in np.flatnonzero(above.any(axis=0)))},
         "error_vs_head_power": by_load,
         "violations": {
             "limits_pu": [v_min_pu, v_max_pu],
-            "minutes": {"ac_outside": int(minute(ac_out).sum()), "model_outside": int(minute(model_out).sum()),
-                        "missed": int((minute(ac_out) & ~minute(model_out)).sum()),
-                        "false_alarm": int((~minute(ac_out) & minute(model_out)).sum()),
-                        "both": int((minute(ac_out) & minute(model_out)).sum()),
-                        "neither": int((~minute(ac_out) & ~minute(model_out)).sum())},
-            "bus_minutes": {"missed": int(missed.sum()), "false_alarm": int(false.sum()),
-                            "both": int((ac_out & model_out).sum()), "neither": int((~ac_out & ~model_out).sum())},
+            "minutes": {"ac_outside": per_step(minute(ac_out).sum()), "model_outside": per_step(minute(model_out).sum()),
+                        "missed": per_step((minute(ac_out) & ~minute(model_out)).sum()),
+                        "false_alarm": per_step((~minute(ac_out) & minute(model_out)).sum()),
+                        "both": per_step((minute(ac_out) & minute(model_out)).sum()),
+                        "neither": per_step((~minute(ac_out) & ~minute(model_out)).sum())},
+            "bus_minutes": {"missed": per_step(missed.sum()), "false_alarm": per_step(false.sum()),
+                            "both": per_step((ac_out & model_out).sum()), "neither": per_step((~ac_out & ~model_out).sum())},
             "missed_examples": missed_cells,
         },
     }, err
@@ -289,7 +296,7 @@ def validate(target: str | Path, models: list[str] | None = None, engine_minutes
     out_dir = rec.run_dir / "validation"
     out_dir.mkdir(exist_ok=True)
     result: dict[str, Any] = {"run": str(rec.run_dir), "scenario": rec.scenario.name,
-                              "minutes": int(len(rec.time_s)), "minutes_without_ac": rec.failed_minutes,
+                              "minutes": len(rec.time_s) * rec.scenario.clock.step_s // 60, "minutes_without_ac": rec.failed_minutes,
                               "models": {}}
     errors = {}
     feeder = _feeder(rec.scenario)

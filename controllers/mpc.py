@@ -893,7 +893,8 @@ class HouseholdMPC:
             raise ValueError(f"negative_re must be 'absorb' or 'ignore', got {negative_re!r}")
         self.negative_re = negative_re
         self.no_load = False  #: a battery with no load behind it (a central plant's): its stored energy is worth 0
-        self._history = np.empty(1440)  # the observed residual, one value per minute (grown by doubling)
+        self.step_s, self._per_h, self._per_day = 60, 60.0, 1440  # the clock's step (bind() sets it)
+        self._history = np.empty(1440)  # the observed residual, one value per step (grown by doubling)
         self._n_history = 0
         self.problem: MPCProblem | None = None
 
@@ -906,23 +907,33 @@ class HouseholdMPC:
         if bat is None:
             raise ValueError("the MPC needs a battery on its household")
         self.battery = BatteryModel(**{k: float(bat[k]) for k in BatteryModel.__dataclass_fields__})
-        self.problem = self._problem_for(self.market_interval_s // 60)
+        # the clock's step: every series here has one value per step (minutes by default)
+        self.step_s = int(context.get("step_s", 60))
+        if self.market_interval_s % self.step_s or self.period_s % self.step_s:
+            raise ValueError(f"market_interval_s ({self.market_interval_s}) and period_s ({self.period_s}) must be "
+                             f"whole numbers of the clock's step ({self.step_s} s)")
+        self._per_h = 3600.0 / self.step_s  # 60.0 at the default step: the same divisions as before
+        self._per_day = 86400 // self.step_s
+        self.problem = self._problem_for(self.market_interval_s // self.step_s)
         self.import_price = np.asarray(context["import_price"], float)
         self.start_s_of_day = int(context["start_s_of_day"])
         load = np.asarray(context["load_kw"], float)
         self.no_load = bool(len(load)) and not np.any(load > 0)
         truth = load - np.asarray(context["pv_kw"], float)
-        self.forecaster = make_forecaster(self.forecaster_kind, truth=truth, window=self.forecast_window,
+        window = self.forecast_window if self.step_s == 60 else max(2, round(self.forecast_window * 60 / self.step_s))
+        self.forecaster = make_forecaster(self.forecaster_kind, truth=truth, window=window,
                                           accuracy=self.forecast_accuracy, grid_min=self.forecast_grid_min,
-                                          rng=rng_for(int(context["seed"]), f"forecast:{context['household']}"))
+                                          rng=rng_for(int(context["seed"]), f"forecast:{context['household']}"),
+                                          step_s=self.step_s)
 
     def _problem_for(self, steps: int) -> MPCProblem:
-        """The problem with a horizon of ``steps`` minutes (built once per household and length; the
+        """The problem with a horizon of ``steps`` steps of the clock (built once per household and length; the
         formulation and solver are shared between households with equal batteries)."""
         problem = self._problems.get(steps)
         if problem is None:
             solver = self.qp_solver if self.formulation == "qp" and self.qp_solver != "opti_rebuilt" else None
-            problem = self._problems[steps] = MPCProblem(self.battery, horizon_max=steps,
+            dt_h = 1 / 60 if self.step_s == 60 else self.step_s / 3600.0
+            problem = self._problems[steps] = MPCProblem(self.battery, horizon_max=steps, dt_h=dt_h,
                                                          formulation=self.formulation, weights=self.weights,
                                                          solver=solver)
         return problem
@@ -943,8 +954,9 @@ class HouseholdMPC:
         series = getattr(self.forecaster, "truth", getattr(self.forecaster, "series", None))
         if series is not None:  # an oracle
             return np.asarray(series[k:k + n], float)
-        if k >= 1440 and len(self.history) > k - 1440:  # the same minutes yesterday
-            return np.asarray(self.history[k - 1440:k - 1440 + n], float)
+        day = self._per_day
+        if k >= day and len(self.history) > k - day:  # the same steps yesterday
+            return np.asarray(self.history[k - day:k - day + n], float)
         return None
 
     def auto_soc_value(self, k_end: int) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -961,17 +973,17 @@ class HouseholdMPC:
         if self.no_load:
             return (0.0, 0.0), (0.0, 0.0)
         scale = self.soc_value_factor * self.battery.eta_discharge
-        ahead = self.outlook(k_end, 1440)
-        prices = self.import_price[k_end:k_end + 1440]
+        ahead = self.outlook(k_end, self._per_day)
+        prices = self.import_price[k_end:k_end + self._per_day]
         if ahead is None:
             seen = self.history
             rate_kw = float(np.clip(seen, 0, None).mean()) if len(seen) else 0.0
-            until_outlook_h = max(1440 - k_end, 0) / 60.0
+            until_outlook_h = max(self._per_day - k_end, 0) / self._per_h
             cap_kwh = rate_kw * until_outlook_h / self.battery.eta_discharge
             return (scale * float(np.max(prices)) if len(prices) else 0.0, cap_kwh), (0.0, 0.0)
         surplus = np.flatnonzero(ahead < -self.surplus_kw)
         stop = min(int(surplus[0]) if len(surplus) else len(ahead), len(prices))
-        deficit = np.clip(ahead[:stop], 0, None) / 60.0 / self.battery.eta_discharge  # kWh stored per minute
+        deficit = np.clip(ahead[:stop], 0, None) / self._per_h / self.battery.eta_discharge  # kWh stored per step
         prices = prices[:stop]
         tiers = []
         for level in _two_highest(prices):
@@ -981,9 +993,9 @@ class HouseholdMPC:
         return tiers[0], tiers[1]
 
     def steps_left(self, t: int) -> int:
-        """Minutes from t to the end of its market interval (intervals aligned to the wall clock)."""
+        """Steps from t to the end of its market interval (intervals aligned to the wall clock)."""
         into = (self.start_s_of_day + t) % self.market_interval_s
-        return (self.market_interval_s - into) // 60
+        return (self.market_interval_s - into) // self.step_s
 
     def step(self, t: int, obs: dict[str, float]) -> dict[str, float]:
         inp, residual = self._inputs(t, obs)
@@ -1026,7 +1038,7 @@ class HouseholdMPC:
         """This call's QP numbers and the residual it plans for (now, then the forecast), kW."""
         if self.problem is None:
             raise RuntimeError("HouseholdMPC.bind() was not called")
-        k = t // 60
+        k = t // self.step_s
         h = self.steps_left(t)
         residual = np.concatenate([[obs["net_kw"]],
                                    self.forecaster.forecast(k, self.history, h - 1)])

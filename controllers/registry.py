@@ -122,7 +122,7 @@ def param_errors(cls: type, params: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def make_controller(cls: type, spec: str, params: dict[str, Any], label: str,
-                    available: set[str], writable: set[str]) -> Any:
+                    available: set[str], writable: set[str], step_s: int = 60) -> Any:
     """Instantiate and check a controller for ``label`` (a household or battery name).
 
     ``available``: the observations this household can provide;
@@ -137,8 +137,9 @@ def make_controller(cls: type, spec: str, params: dict[str, Any], label: str,
     for attr in ("period_s", "inputs", "outputs", "step"):
         if not hasattr(ctrl, attr):
             raise ControllerError(f"{where}: missing '{attr}' (a controller needs period_s, inputs, outputs, step)")
-    if not isinstance(ctrl.period_s, int) or ctrl.period_s <= 0 or ctrl.period_s % 60:
-        raise ControllerError(f"{where}: period_s must be a positive multiple of 60 s, got {ctrl.period_s!r}")
+    if not isinstance(ctrl.period_s, int) or ctrl.period_s <= 0 or ctrl.period_s % step_s:
+        raise ControllerError(f"{where}: period_s must be a positive multiple of the clock's step ({step_s} s), "
+                              f"got {ctrl.period_s!r}")
     unknown_in = [n for n in ctrl.inputs if n not in OBSERVATIONS]
     if unknown_in:
         raise ControllerError(f"{where}: unknown input(s) {unknown_in}; known: {', '.join(OBSERVATIONS)}")

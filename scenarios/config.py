@@ -354,10 +354,13 @@ class Clock(_Model):
     #: first step, site's local standard time ("2016-06-21" or "2016-06-21T10:00")
     start: Annotated[datetime, BeforeValidator(_to_datetime), AfterValidator(_check_year)] = datetime(2016, 6, 21)
     duration: Duration = 86400  #: seconds, or "6h", "1d", ... (at most one year)
-    step_s: Literal[60] = 60  #: profiles are 1-minute; the grid solves every step
+    #: seconds per step, 1 s to an hour, dividing a day; every simulator steps and the grid solves every step
+    step_s: Annotated[int, Field(ge=1, le=3600)] = 60
 
     @model_validator(mode="after")
     def _whole_steps(self) -> Clock:
+        if 86400 % self.step_s:
+            raise ValueError(f"step_s ({self.step_s}) must divide a day (86,400 s), e.g. 1, 10, 30, 60, 300, 900, 3600")
         if self.duration % self.step_s:
             raise ValueError(f"duration ({self.duration} s) must be a whole number of steps of {self.step_s} s")
         return self
@@ -512,17 +515,11 @@ class BatteryGroup(_Model):
 
 
 class Batteries(_Model):
-    pms_cycle_s: Annotated[float, Field(ge=0.1, le=60)] = 1.0  #: PMS cycle inside each 60-s step, s
+    pms_cycle_s: Annotated[float, Field(ge=0.1, le=60)] = 1.0  #: PMS cycle inside each step (it must divide the step), s
     subminute_sigma_kw: Annotated[float, Field(ge=0, le=100)] = 0.0  #: sub-minute residual fluctuation (0 = off), kW
     subminute_tau_s: Annotated[float, Field(gt=0, le=3600)] = 10.0  #: its correlation time, s
     groups: list[BatteryGroup] = []
 
-    @model_validator(mode="after")
-    def _cycle_divides_step(self) -> Batteries:
-        n = 60.0 / self.pms_cycle_s
-        if abs(n - round(n)) > 1e-9:
-            raise ValueError(f"pms_cycle_s ({self.pms_cycle_s}) must divide the 60-s step (e.g. 0.1, 0.5, 1, 2, 5)")
-        return self
 
 
 class HemsConfig(_Model):
@@ -927,7 +924,10 @@ class Scenario(_Model):
             raise ValueError(f"households.groups: {n_homes} homes (buses × per_bus × aggregate); dercosim draws at "
                              f"most {MAX_HOMES} load profiles per run")
         days = -(-self.clock.duration // 86400) + 1  # profiles are drawn on whole calendar days
-        profile_bytes = 8 * 1440 * days * (2 * n_households + n_homes)
+        per_day = 86400 // self.clock.step_s if 86400 % self.clock.step_s == 0 else 1440
+        profile_bytes = 8 * days * (max(per_day, 1440) * (2 * n_households + n_homes) + per_day * 2 * n_households)
+        if self.clock.step_s == 60:  # as before (every profile at the clock's minute)
+            profile_bytes = 8 * 1440 * days * (2 * n_households + n_homes)
         if profile_bytes > MAX_PROFILE_BYTES:
             raise ValueError(f"clock.duration: {n_households} households over {days} days need about "
                              f"{profile_bytes / 1024 ** 3:.1f} GB of minute profiles; at most "
@@ -958,6 +958,23 @@ class Scenario(_Model):
                 raise ValueError(f"contract.latency: a report takes {typical:g} s or more to arrive, not less than "
                                  f"the market interval ({self.market.interval_s} s): no report would count in its "
                                  f"interval")
+        step = self.clock.step_s
+        cycles = step / self.batteries.pms_cycle_s
+        if abs(cycles - round(cycles)) > 1e-9 or round(cycles) < 1:
+            raise ValueError(f"batteries.pms_cycle_s: {self.batteries.pms_cycle_s} s must divide the clock's step "
+                             f"({step} s): the PMS cycles inside every step")
+        multiples: list[tuple[str, int]] = ([("tariff.demand_interval_s", self.tariff.demand_interval_s)]
+                     if self.tariff.peak_demand_per_kw > 0 else [])
+        if self.market is not None:
+            multiples.append(("market.interval_s", self.market.interval_s))
+        if self.contract is not None:
+            multiples.append(("contract.interval_s", self.contract.interval_s))
+        if self.planner is not None:
+            multiples.append(("planner (its hourly plan)", 3600))
+        for key, value in multiples:
+            if value % step:
+                raise ValueError(f"{key}: {value} s is not a whole number of the clock's steps ({step} s); choose "
+                                 f"clock.step_s dividing it")
         start = self.clock.start
         into_day = start.hour * 3600 + start.minute * 60 + start.second
         if into_day % self.clock.step_s or start.microsecond:

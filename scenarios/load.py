@@ -84,7 +84,8 @@ def check_scenario(scenario: Scenario, where: str | Path | None = None) -> fleet
         for (has_battery, with_hvac, in_contract, with_pv), label in kinds.items():
             available, writable = household_io(has_battery, with_hvac, in_contract, with_pv)
             try:
-                make_controller(cls, hems.controller, dict(hems.params), label, set(available), set(writable))
+                make_controller(cls, hems.controller, dict(hems.params), label, set(available), set(writable),
+                                scenario.clock.step_s)
             except ControllerError as exc:
                 raise ScenarioError(f"{where}: hems.controller: {exc}") from None
         if scenario.planner is not None:
@@ -115,7 +116,7 @@ def check_scenario(scenario: Scenario, where: str | Path | None = None) -> fleet
             try:
                 # a file must cover the whole days (the market plans them); the bundled windows are checked at the
                 # run's own steps, as before
-                price_per_kwh(name, times if isinstance(name, str) else weather.whole_days(times))
+                price_per_kwh(name, times if isinstance(name, str) else weather.whole_days(times, scenario.clock.step_s))
             except ValueError as exc:
                 hint = "fix the file" if not isinstance(name, str) else "move clock.start or choose another market"
                 raise ScenarioError(f"{where}: {key}: {exc}; {hint}") from None
@@ -135,8 +136,9 @@ def _check_data_files(scenario: Scenario, drawn: fleet.Fleet, where: str | Path)
         return
     site = weather.site_of(scenario.site)
     times = weather.time_index(scenario.clock.start, scenario.n_steps, scenario.clock.step_s, site.tz)
-    run_days = weather.whole_days(times)
-    days = run_days.append(run_days[-1440:] + pd.Timedelta(days=1))
+    run_days = weather.whole_days(times, scenario.clock.step_s)
+    per_day = 86400 // scenario.clock.step_s
+    days = run_days.append(run_days[-per_day:] + pd.Timedelta(days=1))
     key = "site.file"
     try:
         if scenario.site.file is not None:

@@ -49,15 +49,18 @@ class RunInputs:
         site = weather.site_of(scenario.site)
         times = weather.time_index(scenario.clock.start, scenario.n_steps, scenario.clock.step_s, site.tz)
         fleet = fleet if fleet is not None else Fleet.draw(scenario)
-        run_days = weather.whole_days(times)
-        days = run_days.append(run_days[-1440:] + pd.Timedelta(days=1))  # and the day after: the outlook
+        step_s = scenario.clock.step_s
+        run_days = weather.whole_days(times, step_s)
+        days = run_days.append(run_days[-(86400 // step_s):] + pd.Timedelta(days=1))  # and the day after: the outlook
         load_kw, pv_kw = day_profiles(scenario, fleet.households, days, site)
         wind_kw = None
         if len(fleet.households) and (fleet.households["wind_kw"] > 0).any():
             from dercosim.timeseries.wind import wind_ac_kw
 
-            wind_kw = wind_ac_kw(site, days, fleet.households["wind_kw"].to_numpy(float),
-                                 fleet.households["wind_hub_height_m"].to_numpy(float))
+            model = _model_grid(days, site)
+            wind_kw = weather.regrid(wind_ac_kw(site, model, fleet.households["wind_kw"].to_numpy(float),
+                                                fleet.households["wind_hub_height_m"].to_numpy(float)),
+                                     _step_of(model), step_s)
         tariff = tariff_of(scenario)
         gen_kw = pv_kw + (wind_kw if wind_kw is not None else 0.0)
         n = len(run_days)
@@ -65,6 +68,11 @@ class RunInputs:
                   if scenario.market is not None else None)
         return cls(scenario, site, times, tariff, fleet, days, load_kw, pv_kw, wind_kw,
                    base_load_shape(scenario, times), market)
+
+    @property
+    def per_day(self) -> int:
+        """Steps in a day."""
+        return 86400 // self.scenario.clock.step_s
 
     @property
     def _steps(self) -> slice:
@@ -90,7 +98,7 @@ class RunInputs:
     def ahead(self) -> slice:
         """The steps from the run's start to the end of its last whole day, on ``days``: what a planner plans,
         the same whatever the run's length (a plan never stops at ``--until``)."""
-        return slice(int(self.days.get_loc(self.times[0])), len(self.days) - 1440)
+        return slice(int(self.days.get_loc(self.times[0])), len(self.days) - self.per_day)
 
     @property
     def outlook(self) -> slice:
@@ -107,7 +115,8 @@ class RunInputs:
         except ValueError:  # the data end with the run
             within = self.days[self.ahead]
             imp, exp = self.tariff.import_price(within), self.tariff.export_price(within)
-            return np.concatenate([imp, imp[-1440:]]), np.concatenate([exp, exp[-1440:]])
+            last = self.per_day
+            return np.concatenate([imp, imp[-last:]]), np.concatenate([exp, exp[-last:]])
 
     @cached_property
     def day_outdoor_temperature_c(self) -> np.ndarray:
@@ -152,7 +161,7 @@ def market_inputs(scenario: Scenario, fleet: Fleet, times: pd.DatetimeIndex, day
             per_day = 86400 // scenario.clock.step_s
             series = np.concatenate([
                 np.clip(Noisy(truth[d:d + per_day], m.forecast.accuracy, m.forecast.step_min,
-                              streams.day(days[d])).series, 0.0, None)
+                              streams.day(days[d]), scenario.clock.step_s).series, 0.0, None)
                 for d in range(0, len(truth), per_day)])
         forecasts[name] = series.reshape(n_int, steps).sum(axis=1) * step_h
     starts = days[::steps]
@@ -165,23 +174,35 @@ def market_inputs(scenario: Scenario, fleet: Fleet, times: pd.DatetimeIndex, day
 
 def day_profiles(scenario: Scenario, table: pd.DataFrame, days: pd.DatetimeIndex,
                  site: weather.Site | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Load and PV (kW) per minute over ``days`` (whole calendar days, :func:`weather.whole_days`)."""
+    """Load and PV (kW) at every step of ``days`` (whole calendar days at the clock's step,
+    :func:`weather.whole_days`).
+
+    The modelled profiles (BDEW load, PV from the weather) are made per minute and brought to the clock's step
+    by the mean (:func:`weather.regrid`: held within the minute at shorter steps), so a run at another step has
+    the same energy in every minute; PV is modelled at the clock's own step only below a minute with measured
+    weather. Series from files are read at the clock's step.
+    """
     from dercosim.timeseries import loads, pv  # demandlib and pvlib: only when profiles are made
 
     site = site if site is not None else weather.site_of(scenario.site)
+    step_s = _step_of(days)
+    minutes = days if step_s == 60 else weather.whole_days(days, 60)
     homes = table["homes"].to_numpy(int) if "homes" in table else np.ones(len(table), int)
     per_home = np.repeat(table["annual_kwh"].to_numpy(float) / homes, homes)
     # only homes with a demand draw a profile: a plant (annual_kwh = 0) added to a scenario leaves every
     # household's profile as it was (fleet_market_s2/s3 against s0)
     has_load = per_home > 0
-    load = np.zeros((len(days), len(per_home)))
+    load = np.zeros((len(minutes), len(per_home)))
     if has_load.any():
-        load[:, has_load] = loads.household_load_kw(days, per_home[has_load],
+        load[:, has_load] = loads.household_load_kw(minutes, per_home[has_load],
                                                      DayStreams(scenario.seed, "household_load"))
     if np.any(homes > 1):  # a community's load is the sum of its homes' own profiles
         load = np.add.reduceat(load, np.concatenate([[0], np.cumsum(homes)[:-1]]), axis=1)
-    pv_kw = pv.pv_ac_kw(site, days, table["pv_kwp"].to_numpy(float), table["pv_tilt_deg"].to_numpy(float),
-                        table["pv_azimuth_deg"].to_numpy(float), DayStreams(scenario.seed, "pv_clouds"))
+    load = weather.regrid(load, 60, step_s)
+    model = _model_grid(days, site)
+    pv_kw = weather.regrid(pv.pv_ac_kw(site, model, table["pv_kwp"].to_numpy(float),
+                                       table["pv_tilt_deg"].to_numpy(float), table["pv_azimuth_deg"].to_numpy(float),
+                                       DayStreams(scenario.seed, "pv_clouds")), _step_of(model), step_s)
     # groups with their own files: the drawn profiles above are replaced (and still drawn, so a file given to one
     # group leaves every other household's numbers as they were)
     names = table["name"].to_numpy(str)
@@ -198,6 +219,20 @@ def day_profiles(scenario: Scenario, table: pd.DataFrame, days: pd.DatetimeIndex
                 given = given * kwp[None, :]
             pv_kw[:, rows] = np.where(kwp[None, :] > 0, given, 0.0)
     return load, pv_kw
+
+
+def _step_of(days: pd.DatetimeIndex) -> int:
+    """The step of a regular index, s (60 for a single instant)."""
+    return int((days[1] - days[0]).total_seconds()) if len(days) > 1 else 60
+
+
+def _model_grid(days: pd.DatetimeIndex, site: weather.Site) -> pd.DatetimeIndex:
+    """Where the weather-driven profiles are modelled: every minute, or the clock's own steps below a minute when
+    the site has measured weather (its detail would be lost on minutes)."""
+    step_s = _step_of(days)
+    if step_s == 60 or (step_s < 60 and site.file is not None):
+        return days
+    return weather.whole_days(days, 60)
 
 
 def household_file_kw(spec: Any, households: list[str], days: pd.DatetimeIndex, clock_tz: str) -> np.ndarray:
@@ -232,5 +267,13 @@ def base_load_shape(scenario: Scenario, times: pd.DatetimeIndex) -> np.ndarray:
                                   unit_factor=files.SHAPE_UNITS[spec.unit], time_column=spec.time_column,
                                   timezone=spec.zone(str(times.tz)), label=spec.label)[:, 0]
         return shape.scale * daily
-    daily = np.ones(len(times)) if shape.shape == "flat" else loads.daily_shape(times)
+    step_s = scenario.clock.step_s
+    if shape.shape == "flat":
+        daily = np.ones(len(times))
+    elif step_s == 60:
+        daily = loads.daily_shape(times)
+    else:  # the minute shape of the whole days, brought to the clock's step
+        grid = weather.whole_days(times, step_s)
+        on_grid = weather.regrid(loads.daily_shape(weather.whole_days(times, 60)), 60, step_s)
+        daily = on_grid[grid.get_indexer(times)]
     return shape.scale * daily

@@ -126,7 +126,7 @@ class ControllerSim(mosaik_api_v3.Simulator):
                          and not isinstance(v[0], bool)
                          else v) for k, v in c.items()} for c in (contexts or [{} for _ in labels])]
         for label, avail, write, context in zip(labels, available, writable, contexts):
-            ctrl = make_controller(cls, spec, dict(params), label, set(avail), set(write))
+            ctrl = make_controller(cls, spec, dict(params), label, set(avail), set(write), self.step_s)
             diagnostics = tuple(getattr(ctrl, "diagnostics", ()))
             unknown = [d for d in diagnostics if d not in self.diagnostics]
             if unknown:

@@ -155,7 +155,7 @@ class NoStep:
     ("broken.py:Missing", ["has no 'Missing'"]),
     ("broken.py:WantsFoo", ["for hh_001", "unknown input(s) ['foo_kw']"]),
     ("broken.py:WantsHvac", ["for hh_001", "hvac_set_kw", "nothing to drive"]),
-    ("broken.py:OddPeriod", ["period_s must be a positive multiple of 60"]),
+    ("broken.py:OddPeriod", ["period_s must be a positive multiple of the clock's step (60 s)"]),
     ("broken.py:NoStep", ["missing 'step'"]),
     ("broken.py:Raises", ["for hh_001 at t = 3600 s raised RuntimeError: lost my keys"]),
 ])

@@ -81,13 +81,16 @@ class Perfect:
 
 
 class Noisy:
-    """The truth times (1 + e), e ~ N(0, accuracy) at every ``grid_min`` minutes, interpolated (an oracle)."""
+    """The truth times (1 + e), e ~ N(0, accuracy) at every ``grid_min`` minutes, interpolated (an oracle).
+    ``step_s``: the series' step, s."""
 
-    def __init__(self, truth: np.ndarray, accuracy: float, grid_min: int, rng: np.random.Generator) -> None:
+    def __init__(self, truth: np.ndarray, accuracy: float, grid_min: int, rng: np.random.Generator,
+                 step_s: int = 60) -> None:
         truth = np.asarray(truth, float)
-        n_points = len(truth) // grid_min + 2
+        grid: float = grid_min if step_s == 60 else grid_min * 60.0 / step_s  # in steps of the series
+        n_points = int(len(truth) // grid) + 2
         points = rng.normal(0.0, accuracy, n_points)
-        error = np.interp(np.arange(len(truth)), np.arange(n_points) * grid_min, points)
+        error = np.interp(np.arange(len(truth)), np.arange(n_points) * grid, points)
         self.series = truth * (1.0 + error)
 
     def forecast(self, k: int, history: np.ndarray, horizon: int) -> np.ndarray:
@@ -102,7 +105,7 @@ def _ahead(series: np.ndarray, k: int, horizon: int) -> np.ndarray:
 
 
 def make_forecaster(kind: str, truth: np.ndarray | None = None, rng: np.random.Generator | None = None,
-                    window: int = 30, accuracy: float = 0.25, grid_min: int = 120) -> Forecaster:
+                    window: int = 30, accuracy: float = 0.25, grid_min: int = 120, step_s: int = 60) -> Forecaster:
     """Forecaster by name: "perfect", "persistence", "linear_regression" or "noisy"."""
     if kind == "persistence":
         return Persistence()
@@ -113,5 +116,5 @@ def make_forecaster(kind: str, truth: np.ndarray | None = None, rng: np.random.G
             raise ValueError(f"the {kind!r} forecaster needs the true series")
         if kind == "perfect":
             return Perfect(truth)
-        return Noisy(truth, accuracy, grid_min, rng if rng is not None else np.random.default_rng(0))
+        return Noisy(truth, accuracy, grid_min, rng if rng is not None else np.random.default_rng(0), step_s)
     raise ValueError(f"unknown forecaster {kind!r}; expected perfect, persistence, linear_regression or noisy")

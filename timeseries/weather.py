@@ -109,15 +109,38 @@ def time_index(start: pd.Timestamp | str, n_steps: int, step_s: int, tz: str) ->
     return pd.date_range(ts, periods=n_steps, freq=pd.Timedelta(seconds=step_s))
 
 
-def whole_days(times: pd.DatetimeIndex) -> pd.DatetimeIndex:
-    """Minute index covering the whole calendar days that ``times`` touches.
+def whole_days(times: pd.DatetimeIndex, step_s: int = 60) -> pd.DatetimeIndex:
+    """Every ``step_s`` step (default: minute) of the whole calendar days that ``times`` touches.
 
     Profiles are generated on whole days and then cut, so a shorter run sees
     exactly the first part of a longer run's numbers.
     """
     first = times[0].normalize()
     last = times[-1].normalize() + pd.Timedelta(days=1)
-    return pd.date_range(first, last, freq="1min", inclusive="left")
+    return pd.date_range(first, last, freq=pd.Timedelta(seconds=step_s), inclusive="left")
+
+
+def regrid(values: np.ndarray, from_s: int, to_s: int) -> np.ndarray:
+    """A series on steps of ``from_s`` (starting at midnight, whole days) on steps of ``to_s``: the mean over
+    each new step of the series held over its own steps (energy kept exactly). ``values``: (T, ...) rows in
+    time. The same array when the steps are equal."""
+    if from_s == to_s:
+        return values
+    values = np.asarray(values, float)
+    if to_s % from_s == 0:  # whole old steps in every new one
+        k = to_s // from_s
+        return values.reshape(len(values) // k, k, *values.shape[1:]).mean(axis=1)
+    if from_s % to_s == 0:  # every new step inside one old one
+        return np.repeat(values, from_s // to_s, axis=0)
+    n_new = len(values) * from_s // to_s
+    flat = values.reshape(len(values), -1)
+    energy = np.concatenate([np.zeros((1, flat.shape[1])), np.cumsum(flat, axis=0) * from_s])
+    knots = np.arange(len(values) + 1, dtype=float) * from_s
+    edges = np.arange(n_new + 1, dtype=float) * to_s
+    out = np.empty((n_new, flat.shape[1]))
+    for j in range(flat.shape[1]):
+        out[:, j] = np.diff(np.interp(edges, knots, energy[:, j])) / to_s
+    return out.reshape(n_new, *values.shape[1:])
 
 
 @functools.lru_cache(maxsize=4)
