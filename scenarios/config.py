@@ -340,6 +340,11 @@ def _source_tag(value: Any) -> str:
     return "bundled" if isinstance(value, str) else "from_file"
 
 
+#: a group's load or PV: SimBench's own profiles (on a SimBench feeder), or a file
+LoadSource = Annotated[Annotated[Literal["simbench"], Tag("bundled")] | Annotated[LoadFile, Tag("from_file")],
+                       Discriminator(_source_tag)]
+PvSource = Annotated[Annotated[Literal["simbench"], Tag("bundled")] | Annotated[PvFile, Tag("from_file")],
+                     Discriminator(_source_tag)]
 #: a bundled price series by name, or a file
 PriceSource = Annotated[Annotated[MarketName, Tag("bundled")] | Annotated[PriceFile, Tag("from_file")],  # type: ignore[valid-type]
                         Discriminator(_source_tag)]
@@ -454,10 +459,12 @@ class HouseholdGroup(_Model):
     hvac_r_c_per_kw: CPerKwRange = (2.0, 4.0)  #: thermal resistance, °C/kW
     t_set_c: Annotated[float, Field(ge=5, le=35)] = 24.0  #: thermostat setpoint, °C
     comfort_band_c: Annotated[float, Field(gt=0, le=10)] = 2.0  #: thermostat / comfort band width around t_set_c, °C
-    #: the group's load from a file instead of BDEW profiles (annual_kwh then unused)
-    load: LoadFile | None = None
-    #: the group's PV output from a file instead of the weather model (households without PV stay at 0)
-    pv: PvFile | None = None
+    #: the group's load from a file, or "simbench": the SimBench profile of the case's loads at each household's
+    #: bus (on a SimBench feeder), instead of BDEW profiles (annual_kwh then unused)
+    load: LoadSource | None = None
+    #: the group's PV output from a file, or "simbench": SimBench's PV profile at the bus, instead of the weather
+    #: model (households without PV stay at 0)
+    pv: PvSource | None = None
 
     @model_validator(mode="after")
     def _shares(self) -> HouseholdGroup:
@@ -466,7 +473,7 @@ class HouseholdGroup(_Model):
                              f"a household has PV or a wind turbine")
         n = len(self.buses) * self.per_bus
         for key, spec in (("load", self.load), ("pv", self.pv)):
-            if spec is not None and isinstance(spec.columns, list) and len(spec.columns) != n:
+            if isinstance(spec, HouseholdFile) and isinstance(spec.columns, list) and len(spec.columns) != n:
                 raise ValueError(f"{key}.columns: {len(spec.columns)} columns for the group's {n} households "
                                  f"(buses × per_bus); give one per household, or column for them all")
         return self
@@ -958,6 +965,13 @@ class Scenario(_Model):
                 raise ValueError(f"contract.latency: a report takes {typical:g} s or more to arrive, not less than "
                                  f"the market interval ({self.market.interval_s} s): no report would count in its "
                                  f"interval")
+        from dercosim.grids.feeders import SIMBENCH_CODE
+
+        for k, g in enumerate(self.households.groups):
+            for part in ("load", "pv"):
+                if getattr(g, part) == "simbench" and not SIMBENCH_CODE.match(self.grid.feeder):
+                    raise ValueError(f"households.groups[{k}].{part}: 'simbench' takes the profiles of a SimBench "
+                                     f"feeder; grid.feeder is {self.grid.feeder!r} (e.g. '1-LV-rural1--0-sw')")
         step = self.clock.step_s
         cycles = step / self.batteries.pms_cycle_s
         if abs(cycles - round(cycles)) > 1e-9 or round(cycles) < 1:

@@ -148,7 +148,7 @@ def _check_data_files(scenario: Scenario, drawn: fleet.Fleet, where: str | Path)
             names = list(table.loc[table["group"] == group.name, "name"])
             for part in ("load", "pv"):
                 spec = getattr(group, part)
-                if spec is not None:
+                if spec is not None and spec != "simbench":
                     key = f"households.groups[{k}].{part}"
                     household_file_kw(spec, names, days, site.tz)
         if shape_file:

@@ -210,15 +210,51 @@ def day_profiles(scenario: Scenario, table: pd.DataFrame, days: pd.DatetimeIndex
         if group.load is None and group.pv is None:
             continue
         rows = np.flatnonzero(table["group"].to_numpy() == group.name)
-        if group.load is not None:
+        if group.load == "simbench":
+            load[:, rows] = _simbench_load_kw(scenario, group.name, table.iloc[rows], days)
+        elif group.load is not None:
             load[:, rows] = household_file_kw(group.load, list(names[rows]), days, site.tz)
         if group.pv is not None:
             kwp = table["pv_kwp"].to_numpy(float)[rows]
-            given = household_file_kw(group.pv, list(names[rows]), days, site.tz)
-            if group.pv.unit.endswith("per kWp"):
-                given = given * kwp[None, :]
+            if group.pv == "simbench":
+                given = _simbench_pv_per_kwp(scenario, table.iloc[rows], days) * kwp[None, :]
+            else:
+                given = household_file_kw(group.pv, list(names[rows]), days, site.tz)
+                if group.pv.unit.endswith("per kWp"):
+                    given = given * kwp[None, :]
             pv_kw[:, rows] = np.where(kwp[None, :] > 0, given, 0.0)
     return load, pv_kw
+
+
+def _calendar_days(days: pd.DatetimeIndex) -> pd.DatetimeIndex:
+    return pd.date_range(days[0].normalize(), days[-1].normalize(), freq="D")
+
+
+def _simbench_load_kw(scenario: Scenario, group: str, rows: pd.DataFrame, days: pd.DatetimeIndex) -> np.ndarray:
+    """(len(days), households) SimBench's load of each household's bus, shared by the group's households there."""
+    from dercosim.grids.feeders import load_feeder
+    from dercosim.timeseries import simbench_profiles
+
+    feeder = load_feeder(scenario.grid.feeder)
+    calendar = _calendar_days(days)
+    per_bus = simbench_profiles.bus_load_kw(scenario.grid.feeder, feeder.aliases, feeder.n_bus, calendar)
+    buses = rows["bus"].to_numpy(int)
+    sharing = pd.Series(buses).map(pd.Series(buses).value_counts()).to_numpy(float)
+    quarter = per_bus[:, buses - 1] / sharing[None, :]
+    minute = simbench_profiles.household_load_kw(quarter, calendar, DayStreams(scenario.seed, f"simbench_load:{group}"))
+    return weather.regrid(minute, 60, _step_of(days))
+
+
+def _simbench_pv_per_kwp(scenario: Scenario, rows: pd.DataFrame, days: pd.DatetimeIndex) -> np.ndarray:
+    """(len(days), households) SimBench's PV output per kW of rating at each household's bus."""
+    from dercosim.grids.feeders import load_feeder
+    from dercosim.timeseries import simbench_profiles
+
+    feeder = load_feeder(scenario.grid.feeder)
+    calendar = _calendar_days(days)
+    per_kw = simbench_profiles.bus_pv_per_kw(scenario.grid.feeder, feeder.aliases, feeder.n_bus, calendar)
+    quarter = per_kw[:, rows["bus"].to_numpy(int) - 1]
+    return weather.regrid(np.repeat(quarter, 15, axis=0), 60, _step_of(days))
 
 
 def _step_of(days: pd.DatetimeIndex) -> int:

@@ -245,3 +245,34 @@ def test_prices_weather_and_base_load_from_files(tmp_path):
     assert np.all(run.pv_kw == 0.0)  # no irradiance measured, no PV
     np.testing.assert_allclose(run.outdoor_temperature_c, temp[:120])
     np.testing.assert_allclose(run.base_shape, 0.4)
+
+
+def test_simbench_feeder_takes_simbench_profiles():
+    """On a SimBench feeder the households can take SimBench's own 2016 profiles: the day's load of the feeder's
+    households is the case's loads' energy that day (every quarter hour kept), PV follows SimBench's PV profile."""
+    import simbench
+
+    scenario = load_scenario(REPO / "scenarios" / "simbench_lv_households.toml")
+    scenario.set("households.groups[0].load", "simbench").set("households.groups[0].pv", "simbench")
+    run = RunInputs.resolve(scenario)
+    net = simbench.get_simbench_net(scenario.grid.feeder)
+    absolute = simbench.get_absolute_values(net, profiles_instead_of_study_cases=True)
+    day = (pd.Timestamp("2016-06-21") - pd.Timestamp("2016-01-01")).days
+    june21 = slice(day * 96, (day + 1) * 96)  # SimBench's quarter hours of 21 June 2016
+    case_kw = absolute[("load", "p_mw")].to_numpy()[june21] * 1000.0  # every case load (each has a household)
+    quarters = run.load_kw.reshape(96, 15, -1).mean(axis=1)
+    np.testing.assert_allclose(quarters.sum(axis=1), case_kw.sum(axis=1), rtol=1e-12)
+    assert run.load_kw.std(axis=0).mean() > quarters.std(axis=0).mean()  # seeded minute variation inside
+    kwp = run.fleet.households["pv_kwp"].to_numpy()
+    with_pv = kwp > 0
+    per_kwp = run.pv_kw[:, with_pv] / kwp[with_pv]
+    pv = absolute[("sgen", "p_mw")].to_numpy()[june21] / net.sgen.p_mw.to_numpy()
+    pv = pv[:, net.sgen.type.str.upper().str.startswith("PV").to_numpy()]
+    # each household's day per kWp lies within SimBench's PV profiles' (a bus's own, or the feeder's weighted mean)
+    daily = per_kwp.sum(axis=0) / 60
+    assert daily.min() >= (pv.sum(axis=0) / 4).min() - 1e-9 and daily.max() <= (pv.sum(axis=0) / 4).max() + 1e-9
+    assert daily.min() > 0.1  # kWh per kWp: SimBench's 21 June 2016 is a dull day at most of its PV sites
+    assert per_kwp.reshape(96, 15, -1).std(axis=1).max() <= 1e-12  # held over each quarter hour
+    with pytest.raises(ScenarioError, match=r"households.groups\[0\].load: 'simbench' takes the profiles of a "
+                                             r"SimBench feeder; grid.feeder is 'ieee33'"):
+        load_scenario(REPO / "scenarios" / "households_pv_battery.toml").set("households.groups[0].load", "simbench")
