@@ -66,8 +66,12 @@ class RunInputs:
         n = len(run_days)
         market = (market_inputs(scenario, fleet, times, run_days, load_kw[:n], gen_kw[:n], tariff)
                   if scenario.market is not None else None)
-        return cls(scenario, site, times, tariff, fleet, days, load_kw, pv_kw, wind_kw,
-                   base_load_shape(scenario, times), market)
+        inputs = cls(scenario, site, times, tariff, fleet, days, load_kw, pv_kw, wind_kw,
+                     base_load_shape(scenario, times), market)
+        from dercosim.timeseries import files
+
+        files.cache_clear()  # what the check read is in the profiles now: not held twice through a long run
+        return inputs
 
     @property
     def per_day(self) -> int:

@@ -204,6 +204,8 @@ def test_bad_data_file_in_a_scenario_names_the_key_before_anything_is_written(tm
         ('load = { file = "loads.csv", column = "a", timezone = "Mars/Olympus" }',
          "households.groups[0].load.timezone: ", "expected an IANA time zone"),
     ]
+    from dercosim import cli
+
     for group, key, words in cases:
         path = tmp_path / "s.toml"
         path.write_text(scenario_text("", group))
@@ -212,7 +214,29 @@ def test_bad_data_file_in_a_scenario_names_the_key_before_anything_is_written(tm
         message = str(err.value)
         assert f"{path}: {key}" in message, message
         assert words in message, message
+    # from the command line: exit status 2, the same message, no run folder
+    path.write_text(scenario_text("", cases[0][0]))
+    assert cli.main(["run", str(path), "--out", str(tmp_path / "runs"), "--quiet"]) == 2
     assert not (tmp_path / "runs").exists()
+
+
+def test_one_column_per_household_by_name_or_one_for_the_group(tmp_path):
+    t = quarter_hours()
+    rng = np.random.default_rng(1)
+    columns = {f"hh_{k:03d}": rng.uniform(0, 2, len(t)) for k in (1, 2, 3)}
+    write(tmp_path, "homes.csv", frame(t, **columns, shared=np.full(len(t), 0.7)))
+    path = tmp_path / "s.toml"
+    path.write_text(scenario_text("", 'load = { file = "homes.csv", columns = "by_name" }'))
+    run = RunInputs.resolve(load_scenario(path))  # households hh_001 and hh_002 (buses 18 and 25)
+    first_hours = slice(96, 96 + 8)  # 21 June 00:00-02:00
+    for j, name in enumerate(["hh_001", "hh_002"]):
+        np.testing.assert_allclose(run.load_kw[:, j], np.repeat(columns[name][first_hours], 15))
+    path.write_text(scenario_text("", 'load = { file = "homes.csv", column = "shared" }'))
+    assert np.all(RunInputs.resolve(load_scenario(path)).load_kw == 0.7)
+    path.write_text(scenario_text("", 'load = { file = "homes.csv", columns = "by_name" }').replace(
+        "buses = [18, 25]", "buses = [18, 25, 30, 33]"))
+    with pytest.raises(ScenarioError, match=r"households.groups\[0\].load: .*homes.csv: no column 'hh_004'"):
+        load_scenario(path)
 
 
 def test_prices_weather_and_base_load_from_files(tmp_path):
