@@ -160,7 +160,7 @@ class DercosimEnv(gymnasium.Env):
     observations : names from :data:`~dercosim.controllers.base.OBSERVATIONS` and :data:`ENV_OBSERVATIONS`
         (default :data:`DEFAULT_OBSERVATIONS`, each where every controlled household has it).
     actions : names from :data:`ACTIONS` (default ``("p_set_kw",)``).
-    period_s : the control period, a multiple of 60 s.
+    period_s : the control period, a multiple of the clock's step (60 s by default).
     reward : a function of a :class:`StepRecord` returning one number per household or one in all
         (default :func:`default_reward`).
     record : write each episode's run folder (``runs_dir``/<scenario>-<n>-<start>; readable by ``dercosim.Result``

@@ -23,7 +23,7 @@ from dercosim.timeseries.tariffs import Tariff, tariff_of
 
 @dataclass(frozen=True)
 class RunInputs:
-    """A scenario resolved into everything a run needs, once: site, clock, tariff, fleet, minute profiles.
+    """A scenario resolved into everything a run needs, once: site, clock, tariff, fleet, profiles at the clock's step.
 
     The profiles are held on the whole calendar days the run touches and the day after (``days``): the
     aggregator plans the run's whole days, a controller may look up to a day past the run's last step, so
@@ -35,7 +35,7 @@ class RunInputs:
     times: pd.DatetimeIndex  #: the start of every step, local standard time of the site
     tariff: Tariff
     fleet: Fleet
-    days: pd.DatetimeIndex  #: every minute of the whole days that ``times`` touches, and of the day after
+    days: pd.DatetimeIndex  #: every step of the whole days that ``times`` touches, and of the day after
     day_load_kw: np.ndarray  #: (len(days), households)
     day_pv_kw: np.ndarray  #: (len(days), households)
     day_wind_kw: np.ndarray | None  #: (len(days), households); None: no turbine in the fleet
