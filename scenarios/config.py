@@ -349,8 +349,8 @@ PvSource = Annotated[Annotated[Literal["simbench"], Tag("bundled")] | Annotated[
 PriceSource = Annotated[Annotated[MarketName, Tag("bundled")] | Annotated[PriceFile, Tag("from_file")],  # type: ignore[valid-type]
                         Discriminator(_source_tag)]
 #: the base load's shape: a built-in one by name, or a file
-ShapeSource = Annotated[Annotated[Literal["bdew_h25", "flat"], Tag("bundled")] | Annotated[ShapeFile, Tag("from_file")],
-                        Discriminator(_source_tag)]
+ShapeSource = Annotated[Annotated[Literal["bdew_h25", "flat", "simbench"], Tag("bundled")]
+                        | Annotated[ShapeFile, Tag("from_file")], Discriminator(_source_tag)]
 
 
 class Clock(_Model):
@@ -396,7 +396,8 @@ class BaseLoad(_Model):
 
     #: multiplier of the case's own bus loads (IEEE-33: 3.715 MW, 2.3 Mvar in total)
     scale: Annotated[float, Field(ge=0, le=10)] = 1.0
-    #: daily shape of the base load: BDEW H0 household profile (max 1), flat, or a multiplier from a file
+    #: shape of the base load: BDEW H0 household profile (daily, max 1), flat, a multiplier from a file, or
+    #: "simbench": every case load's own SimBench 2016 profile (a SimBench feeder)
     shape: ShapeSource = "bdew_h25"
 
 
@@ -972,6 +973,13 @@ class Scenario(_Model):
                 if getattr(g, part) == "simbench" and not SIMBENCH_CODE.match(self.grid.feeder):
                     raise ValueError(f"households.groups[{k}].{part}: 'simbench' takes the profiles of a SimBench "
                                      f"feeder; grid.feeder is {self.grid.feeder!r} (e.g. '1-LV-rural1--0-sw')")
+        if self.grid.base_load.shape == "simbench":
+            if not SIMBENCH_CODE.match(self.grid.feeder):
+                raise ValueError(f"grid.base_load.shape: 'simbench' takes the profiles of a SimBench feeder; "
+                                 f"grid.feeder is {self.grid.feeder!r} (e.g. '1-MV-rural--0-sw')")
+            if self.planner is not None:
+                raise ValueError("grid.base_load.shape: the planner plans with one shape for the whole base load; "
+                                 "'simbench' gives every bus its own (use 'bdew_h25', 'flat' or a file)")
         step = self.clock.step_s
         cycles = step / self.batteries.pms_cycle_s
         if abs(cycles - round(cycles)) > 1e-9 or round(cycles) < 1:

@@ -39,7 +39,7 @@ class RunInputs:
     day_load_kw: np.ndarray  #: (len(days), households)
     day_pv_kw: np.ndarray  #: (len(days), households)
     day_wind_kw: np.ndarray | None  #: (len(days), households); None: no turbine in the fleet
-    base_shape: np.ndarray  #: (steps,) multiplier of the case's base load
+    base_shape: np.ndarray  #: (steps,) multiplier of the case's base load; (steps, buses) with SimBench profiles
     #: what the aggregator knows the day before (:func:`market_inputs`); None without ``[market]``
     market_inputs: dict[str, Any] | None
 
@@ -308,6 +308,16 @@ def base_load_shape(scenario: Scenario, times: pd.DatetimeIndex) -> np.ndarray:
                                   timezone=spec.zone(str(times.tz)), label=spec.label)[:, 0]
         return shape.scale * daily
     step_s = scenario.clock.step_s
+    if shape.shape == "simbench":  # (steps, buses): every bus its own case loads' profile
+        from dercosim.grids.feeders import load_feeder
+        from dercosim.timeseries import simbench_profiles
+
+        feeder = load_feeder(scenario.grid.feeder)
+        grid = weather.whole_days(times, step_s)
+        quarter = simbench_profiles.bus_load_multiplier(scenario.grid.feeder, feeder.aliases, feeder.n_bus,
+                                                        _calendar_days(grid))
+        per_bus = weather.regrid(quarter, 900, step_s)  # held over each quarter hour
+        return shape.scale * per_bus[grid.get_indexer(times)]
     if shape.shape == "flat":
         daily = np.ones(len(times))
     elif step_s == 60:

@@ -86,14 +86,16 @@ class GridSim(mosaik_api_v3.Simulator):
         k = 0 if self.constant_shape else time // self.step_s
         if k >= len(self.base_shape):
             raise ValueError(f"no base-load shape for t = {time} s (shape has {len(self.base_shape)} steps)")
-        p = self.base_p_kw * self.base_shape[k]
-        q = self.base_q_kvar * self.base_shape[k]
+        shape = self.base_shape[k]  # one multiplier, or one per bus (SimBench profiles)
+        p = self.base_p_kw * shape
+        q = self.base_q_kvar * shape
         for eid, attrs in inputs.items():
             i = self.bus_of[eid]
             p[i] += sum(attrs.get("p_kw", {}).values())
             q[i] += sum(attrs.get("q_kvar", {}).values())
         self.p_net_kw, self.q_net_kvar = p, q
-        self.base_now_kw = float(self.base_p_kw.sum() * self.base_shape[k])
+        self.base_now_kw = (float(self.base_p_kw.sum() * shape) if self.base_shape.ndim == 1
+                            else float((self.base_p_kw * shape).sum()))
         assert self.engine is not None, "create the Feeder before stepping"
         self.result = self.engine.solve(p, q)
         return time + self.step_s

@@ -300,3 +300,27 @@ def test_simbench_feeder_takes_simbench_profiles():
     with pytest.raises(ScenarioError, match=r"households.groups\[0\].load: 'simbench' takes the profiles of a "
                                              r"SimBench feeder; grid.feeder is 'ieee33'"):
         load_scenario(REPO / "scenarios" / "households_pv_battery.toml").set("households.groups[0].load", "simbench")
+
+
+def test_simbench_base_load_takes_every_case_loads_own_profile(tmp_path):
+    """shape = "simbench" on a SimBench feeder: the base load the grid draws each step is the SimBench
+    absolute load of the case's loads (held over each quarter hour)."""
+    import simbench
+
+    from dercosim import api
+
+    scenario = api.load("simbench_lv_households")
+    scenario.set("households.groups[0].replaces_case_loads", False).set("households.groups[0].pv_share", 1.0)
+    scenario.set("households.groups[0].buses", [5])  # one household, its bus keeps its case load too
+    scenario.set("grid.base_load.shape", "simbench").set("grid.base_load.scale", 1.0)
+    run = RunInputs.resolve(scenario)
+    assert run.base_shape.shape == (1440, 129)
+    result = api.run(scenario, until="1h", out=tmp_path / "run", plots=False)
+    feeder = result.feeder.set_index("time_s")
+    net = simbench.get_simbench_net(scenario.grid.feeder)
+    absolute = simbench.get_absolute_values(net, profiles_instead_of_study_cases=True)
+    day = (pd.Timestamp("2016-06-21") - pd.Timestamp("2016-01-01")).days
+    expected_kw = absolute[("load", "p_mw")].to_numpy()[day * 96:day * 96 + 4].sum(axis=1) * 1000.0
+    np.testing.assert_allclose(feeder["base_p_kw"].to_numpy(), np.repeat(expected_kw, 15), rtol=1e-9)
+    with pytest.raises(ScenarioError, match=r"grid.base_load.shape: 'simbench' takes the profiles of a SimBench"):
+        api.load("households_pv_battery").set("grid.base_load.shape", "simbench")

@@ -7,6 +7,8 @@ generators (``PV3``, ``WP4``, ...); ``simbench.get_absolute_values`` scales them
   there, held over each quarter hour and given a seeded minute variation — a mean-one log-normal AR(1) factor
   (as the BDEW path's smooth part, :mod:`~dercosim.timeseries.loads`), renormalised within every quarter hour
   so that each quarter hour keeps SimBench's energy exactly;
+- **base load**: each bus's case loads relative to their rating (their summed SimBench profiles), the multiplier
+  of the bus's base load, held over each quarter hour;
 - **PV**: the relative output (per kW of rating) of the case's PV generators at the bus (rating-weighted),
   or of all the feeder's PV generators where the bus has none, times each household's kWp, held over each
   quarter hour.
@@ -65,6 +67,22 @@ def bus_load_kw(code: str, bus_of_name: dict[str, int], n_bus: int, days: pd.Dat
         number = bus_of_name.get(str(net.bus.name.at[bus]))
         if number is not None:
             out[:, number - 1] += p[:, j]
+    return out
+
+
+def bus_load_multiplier(code: str, bus_of_name: dict[str, int], n_bus: int, days: pd.DatetimeIndex) -> np.ndarray:
+    """(quarter hours of ``days``, n_bus) the case's loads at each bus relative to their rated sum (SimBench's
+    ``p_mw``): the multiplier of the bus's base load; 1 where the bus has no load."""
+    net, _ = _absolute(code)
+    absolute = bus_load_kw(code, bus_of_name, n_bus, days)
+    rated = np.zeros(n_bus)
+    for bus, p_mw in zip(net.load.bus.to_numpy(), net.load.p_mw.to_numpy(float)):
+        number = bus_of_name.get(str(net.bus.name.at[bus]))
+        if number is not None:
+            rated[number - 1] += p_mw * 1000.0
+    out = np.ones_like(absolute)
+    loaded = rated > 0
+    out[:, loaded] = absolute[:, loaded] / rated[loaded]
     return out
 
 
