@@ -309,11 +309,14 @@ class PvFile(HouseholdFile):
 
 
 class PriceFile(DataFile):
-    """A price series from a file (held over each of its rows, e.g. settlement periods)."""
+    """A price series from a file: each row's price holds over its row."""
 
     column: ColumnName
     #: currency per MWh or per kWh (the currency is the tariff's)
     unit: Literal[tuple(_files.PRICE_UNITS)] = "per MWh"  # type: ignore[valid-type]
+    #: the price of a market interval or clock step: the one in force at its start ("hold"), or the mean of the
+    #: rows within it ("mean": e.g. 5-minute dispatch prices settled per half hour)
+    rule: Literal["hold", "mean"] = "hold"
 
 
 class ShapeFile(DataFile):

@@ -324,3 +324,20 @@ def test_simbench_base_load_takes_every_case_loads_own_profile(tmp_path):
     np.testing.assert_allclose(feeder["base_p_kw"].to_numpy(), np.repeat(expected_kw, 15), rtol=1e-9)
     with pytest.raises(ScenarioError, match=r"grid.base_load.shape: 'simbench' takes the profiles of a SimBench"):
         api.load("households_pv_battery").set("grid.base_load.shape", "simbench")
+
+
+def test_five_minute_prices_settled_per_half_hour(tmp_path):
+    """rule = "mean": a market interval's price is the mean of the file's rows within it (the NEM's 30-minute
+    settlement of 5-minute dispatch prices before 2021); "hold": the first row's."""
+    from dercosim.scenarios.config import PriceFile
+
+    t = pd.date_range("2016-06-20", periods=3 * 288, freq="5min")
+    price = np.arange(len(t), dtype=float)
+    write(tmp_path, "dispatch.csv", frame(t, aud=price))
+    starts = pd.date_range(DAY, periods=48, freq="30min")
+    mean = PriceFile(file=str(tmp_path / "dispatch.csv"), column="aud", rule="mean", timezone=UTC)
+    held = PriceFile(file=str(tmp_path / "dispatch.csv"), column="aud", timezone=UTC)
+    first = 288  # 21 June 00:00
+    np.testing.assert_allclose(prices.price_per_kwh(mean, starts) * 1000,
+                               price[first:first + 288].reshape(48, 6).mean(axis=1), rtol=1e-12)
+    np.testing.assert_allclose(prices.price_per_kwh(held, starts) * 1000, price[first:first + 288:6])

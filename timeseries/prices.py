@@ -56,14 +56,21 @@ def price_per_kwh(market: Any, times: pd.DatetimeIndex) -> np.ndarray:
     """Price (currency/kWh) in force at each of ``times`` (tz-aware); error outside the data's window.
 
     ``market`` is a bundled series' name or a price file of the scenario (``PriceFile``: its ``column`` held
-    over each row, in its ``unit``; naive times in its ``timezone``, else the clock's).
+    over each row, in its ``unit``; naive times in its ``timezone``, else the clock's; with ``rule = "mean"``
+    the mean over each step of ``times``, which must then be evenly spaced).
     """
     if not isinstance(market, str):
         from dercosim.timeseries import files
 
-        return files.read_at(market.file, market.column, times, unit_factor=files.PRICE_UNITS[market.unit],
-                             time_column=market.time_column, timezone=market.zone(str(times.tz)),
-                             label=market.label)
+        common = dict(unit_factor=files.PRICE_UNITS[market.unit], time_column=market.time_column,
+                      timezone=market.zone(str(times.tz)), label=market.label)
+        if getattr(market, "rule", "hold") == "mean" and len(times) > 1:  # the mean over each of ``times``' steps
+            step = times[1] - times[0]
+            if not (times[1:] - times[:-1] == step).all():
+                raise ValueError("a price file's mean rule needs evenly spaced times")
+            return files.read_series(market.file, [market.column], start=times[0], end=times[-1] + step,
+                                     step_s=int(step.total_seconds()), rule="mean", **common)[:, 0]
+        return files.read_at(market.file, market.column, times, **common)
     periods = price_periods(market)
     t_utc = times.tz_convert("UTC")
     first, last = periods.index[0], periods.index[-1] + pd.Timedelta(minutes=30)
