@@ -341,3 +341,15 @@ def test_five_minute_prices_settled_per_half_hour(tmp_path):
     np.testing.assert_allclose(prices.price_per_kwh(mean, starts) * 1000,
                                price[first:first + 288].reshape(48, 6).mean(axis=1), rtol=1e-12)
     np.testing.assert_allclose(prices.price_per_kwh(held, starts) * 1000, price[first:first + 288:6])
+
+
+def test_chunks_of_one_row_read_as_the_whole_file(tmp_path, monkeypatch):
+    """A first chunk of a single row does not know its interval until the next row: end labels still land."""
+    t = quarter_hours() + pd.Timedelta(minutes=15)
+    path = write(tmp_path, "m.csv", frame(t, e=np.arange(len(t), dtype=float)))
+    kwargs = dict(start=DAY, end=DAY + pd.Timedelta(hours=2), step_s=300, rule="mean", timezone=UTC, label="end")
+    whole = files.read_series(path, ["e"], **kwargs)
+    files.cache_clear()
+    monkeypatch.setattr(files, "CHUNK_ROWS", 1)
+    np.testing.assert_array_equal(files.read_series(path, ["e"], **kwargs), whole)
+    np.testing.assert_array_equal(whole[:3, 0], [96.0, 96.0, 96.0])

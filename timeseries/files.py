@@ -307,6 +307,7 @@ def _window(path: Path, columns: list[str], time_column: str, timezone: str, lab
     kept_t: list[np.ndarray] = []
     kept_v: list[np.ndarray] = []
     step_ns: int | None = None
+    deferred: list[tuple[np.ndarray, _Piece]] = []
     prev: tuple[int, int] | None = None  # (time ns, row) of the last row read
     first_t: int | None = None
     last_t: int | None = None
@@ -339,22 +340,13 @@ def _window(path: Path, columns: list[str], time_column: str, timezone: str, lab
         first_t = int(t[0]) if first_t is None else first_t
         last_t = int(t[-1])
         prev = (int(t[-1]), first_row + len(t) - 1)
-        # the file's rows are interval starts once the label is applied; keep those that touch the window
-        shift = -(step_ns or 0) if label == "end" else 0
-        starts = t + shift
-        lo_ns = start_utc.value - (step_ns or 0)
-        keep = (starts >= lo_ns) & (starts < end_utc.value)
-        if keep.any():
-            inside = np.flatnonzero(keep)  # consecutive: the times increase
-            values = piece.values(int(inside[0]), int(inside[-1]) + 1)
-            finite = np.isfinite(values)
-            if not finite.all():
-                r, c = np.argwhere(~finite)[0]
-                row = first_row + int(inside[0]) + int(r)
-                raise DataFileError(f"{path}: column {columns[c]!r}, {_row(path, row)}: missing or non-finite "
-                                    f"value ({values[r, c]}); fill the gap in the file")
-            kept_t.append(starts[keep])
-            kept_v.append(values)
+        if step_ns is None:  # a first piece of one row: its interval is known once the next row is read
+            deferred.append((t, piece))
+            continue
+        for earlier_t, earlier in deferred:
+            _take(path, columns, earlier_t, earlier, step_ns, label, start_utc, end_utc, kept_t, kept_v)
+        deferred.clear()
+        _take(path, columns, t, piece, step_ns, label, start_utc, end_utc, kept_t, kept_v)
     if first_t is None or last_t is None:
         raise DataFileError(f"{path}: no data rows")
     if step_ns is None:
@@ -371,6 +363,26 @@ def _window(path: Path, columns: list[str], time_column: str, timezone: str, lab
     values = kept_v[0] if len(kept_v) == 1 else np.concatenate(kept_v)
     kept_v.clear()
     return times, values, step_ns / 1e9
+
+
+def _take(path: Path, columns: list[str], t: np.ndarray, piece: _Piece, step_ns: int, label: str,
+          start_utc: pd.Timestamp, end_utc: pd.Timestamp, kept_t: list[np.ndarray], kept_v: list[np.ndarray]) -> None:
+    """Keep the rows of ``piece`` (times ``t``, UTC ns) whose interval touches ``[start_utc, end_utc)``, checked."""
+    # the file's rows are interval starts once the label is applied
+    starts = t - step_ns if label == "end" else t
+    keep = (starts >= start_utc.value - step_ns) & (starts < end_utc.value)
+    if not keep.any():
+        return
+    inside = np.flatnonzero(keep)  # consecutive: the times increase
+    values = piece.values(int(inside[0]), int(inside[-1]) + 1)
+    finite = np.isfinite(values)
+    if not finite.all():
+        r, c = np.argwhere(~finite)[0]
+        row = piece.first_row + int(inside[0]) + int(r)
+        raise DataFileError(f"{path}: column {columns[c]!r}, {_row(path, row)}: missing or non-finite "
+                            f"value ({values[r, c]}); fill the gap in the file")
+    kept_t.append(starts[keep])
+    kept_v.append(values)
 
 
 def _span(ns: int) -> str:
