@@ -327,3 +327,30 @@ def base_load_shape(scenario: Scenario, times: pd.DatetimeIndex) -> np.ndarray:
         on_grid = weather.regrid(loads.daily_shape(weather.whole_days(times, 60)), 60, step_s)
         daily = on_grid[grid.get_indexer(times)]
     return shape.scale * daily
+
+
+def data_files(scenario: Scenario) -> list[dict[str, Any]]:
+    """Every data file the scenario reads, by scenario key, with what identifies it
+    (:func:`~dercosim.timeseries.files.fingerprint`): for ``summary.json``, so a run says which data it saw."""
+    from dercosim.timeseries import files
+
+    found: list[tuple[str, Any]] = [("site.file", scenario.site.file),
+                                    ("grid.base_load.shape", scenario.grid.base_load.shape)]
+    for k, group in enumerate(scenario.households.groups):
+        found += [(f"households.groups[{k}].load", group.load), (f"households.groups[{k}].pv", group.pv)]
+    if scenario.market is not None:
+        found += [("market.wholesale", scenario.market.wholesale), ("market.imbalance", scenario.market.imbalance)]
+    if scenario.tariff.kind == "agile_octopus":
+        found.append(("tariff.agile.market", scenario.tariff.agile.market))
+    if scenario.planner is not None:
+        found.append(("planner.b2g_market", scenario.planner.b2g_market))
+    fingerprints: dict[str, dict[str, Any]] = {}
+    out = []
+    for key, spec in found:
+        path = getattr(spec, "file", None)
+        if path is None:
+            continue
+        if path not in fingerprints:
+            fingerprints[path] = files.fingerprint(path)
+        out.append({"key": key, **fingerprints[path]})
+    return out

@@ -40,7 +40,7 @@ from dercosim.controllers.registry import ControllerError, load_controller_class
 from dercosim.analysis import plots as plot_module, summary as summaries
 from dercosim.analysis.results import Result, read_recorded
 from dercosim.scenarios.fleet import Fleet
-from dercosim.scenarios.resolve import RunInputs
+from dercosim.scenarios.resolve import RunInputs, data_files
 from dercosim.environment import versions
 from dercosim.grids.feeders import load_feeder
 from dercosim.scenarios.config import Scenario, ScenarioError, scenario_to_toml
@@ -298,6 +298,9 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
     summary = summaries.summarize(recorded, run, wall_time_s=time.perf_counter() - wall_start, run_wall_s=run_wall_s,
                                   tables=tables)
     summary["versions"] = versions()
+    used = data_files(scenario)
+    if used:  # the user's own series: which files, exactly
+        summary["data_files"] = used
     if scenario.grid.feeder != "ieee33":  # the net's own bus names beside the numbers
         summary["feeder"] = {"spec": scenario.grid.feeder, "title": grid.title, "buses": grid.n_bus,
                              "radial": grid.radial, "slack_buses": list(grid.slack_numbers)}

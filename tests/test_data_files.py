@@ -166,6 +166,12 @@ def test_example_scenario_runs_on_its_csv_and_keeps_the_metered_energy(tmp_path)
     result = api.run(scenario, until="3h", out=tmp_path / "runs")
     hh = result.households
     assert set(hh["entity"]) == {"home_001", "home_002", "home_003"}
+    import hashlib
+
+    used = result.summary["data_files"]  # which data the run saw, exactly
+    digest = hashlib.sha256((tmp_path / "data" / "households.csv").read_bytes()).hexdigest()
+    assert [u["key"] for u in used] == ["households.groups[0].load", "households.groups[0].pv"]
+    assert all(u["sha256"] == digest and u["file"] == str(tmp_path / "data" / "households.csv") for u in used)
     three_hours = first_day.iloc[:12]
     np.testing.assert_allclose(hh.groupby("entity")["load_kw"].sum().sort_index().to_numpy() / 60,
                                three_hours[["house_1", "house_2", "house_3"]].sum().to_numpy(), rtol=1e-9)

@@ -454,6 +454,26 @@ def known_zone(tz: str) -> bool:
     return True
 
 
+def fingerprint(path: str | Path, hash_limit_bytes: int = 2 * 1024 ** 3) -> dict[str, object]:
+    """What identifies a data file a run read: its path, size, modification time (UTC) and SHA-256 (null above
+    ``hash_limit_bytes``, whose reading would cost more than a run may want)."""
+    import hashlib
+    from datetime import datetime, timezone
+
+    path = Path(path)
+    stat = path.stat()
+    digest = None
+    if stat.st_size <= hash_limit_bytes:
+        h = hashlib.sha256()
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        digest = h.hexdigest()
+    return {"file": str(path), "bytes": stat.st_size,
+            "modified_utc": datetime.fromtimestamp(stat.st_mtime, timezone.utc).isoformat(timespec="seconds"),
+            "sha256": digest}
+
+
 def cache_clear() -> None:
     """Forget every file read (a test that rewrites a file in place within the same second)."""
     _read_cached.cache_clear()
@@ -461,4 +481,4 @@ def cache_clear() -> None:
 
 
 __all__ = ["DataFileError", "POWER_UNITS", "PV_UNITS", "PRICE_UNITS", "SHAPE_UNITS", "WEATHER_COLUMNS", "file_kind",
-           "header", "read_series", "read_at", "fixed_offset", "known_zone", "cache_clear", "CoverageError"]
+           "header", "read_series", "read_at", "fingerprint", "fixed_offset", "known_zone", "cache_clear", "CoverageError"]
