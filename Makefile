@@ -70,6 +70,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/solverfloor.py
 	$(BIN)/python benchmarks/pricemaker.py
 	$(BIN)/python benchmarks/gym.py
+	$(BIN)/python benchmarks/dataload.py
 
 clean:
 	rm -rf $(VENV) runs site .pytest_cache *.egg-info
