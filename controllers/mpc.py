@@ -144,6 +144,7 @@ class Plan:
     cost: float = math.nan  #: objective without the qp regularisation
     follow_residual: bool = False  #: the first step merely follows the forecast residual
     retried: bool = False  #: the primary solver failed and the second one answered
+    dt_h: float = 1 / 60  #: the plan's step, h (the problem's)
 
     @property
     def setpoint_kw(self) -> float:
@@ -151,8 +152,9 @@ class Plan:
 
     @property
     def net_export_kwh(self) -> float:
-        """Planned export − import over the horizon, kWh (needs ``dt_h`` = 1 min; see MPCProblem)."""
-        return float(np.sum(self.p_export_kw - self.p_import_kw)) / 60.0
+        """Planned export − import over the horizon, kWh."""
+        total = float(np.sum(self.p_export_kw - self.p_import_kw))
+        return total / 60.0 if self.dt_h == 1 / 60 else total * self.dt_h
 
 
 class _Layout:
@@ -341,7 +343,7 @@ class MPCProblem:
         follows = (abs(p_bat[0] + inp.residual_kw[0]) < tol and pd[0] < b.p_discharge_max_kw - tol
                    and pc[0] < b.p_charge_max_kw - tol)
         return Plan(True, status, solve_s, p_bat, pi, pe, xv[sl["soc"]][:ha],
-                    self._objective_without_regularisation(xv, objective), bool(follows))
+                    self._objective_without_regularisation(xv, objective), bool(follows), dt_h=self.dt_h)
 
     def _objective_without_regularisation(self, xv: np.ndarray, objective: float) -> float:
         """The solver's objective minus the qp regularisation (numpy; a casadi call would cost 0.1 ms)."""
@@ -745,7 +747,7 @@ def solve_with_opti(problem: MPCProblem, inp: MPCInputs) -> Plan:
                    and p_bat[0] < b.p_charge_max_kw - tol)
     reg = w.reg_per_kw2h(b) * dt * float(np.sum(np.atleast_1d(sol.value(pc)) ** 2 + np.atleast_1d(sol.value(pd)) ** 2))
     return Plan(True, str(stats.get("return_status", "")), solve_s, p_bat, p_imp, p_exp,
-                np.atleast_1d(sol.value(soc)), float(sol.value(cost)) - reg, follows)
+                np.atleast_1d(sol.value(soc)), float(sol.value(cost)) - reg, follows, dt_h=dt)
 
 
 def _minutes(value: int) -> int:
