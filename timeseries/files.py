@@ -17,7 +17,8 @@ Resampling to the clock's step (any step, finer or coarser than the file's):
 - ``"mean"`` (power, irradiance, temperature, wind): the file's value is held
   over its interval and each step gets the mean over the step — energy is
   kept exactly whatever the two steps are;
-- ``"hold"`` (prices): the value in force at the start of each step.
+- ``"hold"`` (prices): the value in force at the start of each step (a price file may ask for the mean
+  instead, e.g. 5-minute prices settled per half hour).
 
 Timestamps mark the start of their interval (``label = "start"``) or its end
 (``"end"``, as many smart meters write them). Naive timestamps are read in
