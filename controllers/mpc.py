@@ -153,8 +153,7 @@ class Plan:
     @property
     def net_export_kwh(self) -> float:
         """Planned export − import over the horizon, kWh."""
-        total = float(np.sum(self.p_export_kw - self.p_import_kw))
-        return total / 60.0 if self.dt_h == 1 / 60 else total * self.dt_h
+        return float(np.sum(self.p_export_kw - self.p_import_kw)) * self.dt_h
 
 
 class _Layout:
@@ -922,7 +921,7 @@ class HouseholdMPC:
         load = np.asarray(context["load_kw"], float)
         self.no_load = bool(len(load)) and not np.any(load > 0)
         truth = load - np.asarray(context["pv_kw"], float)
-        window = self.forecast_window if self.step_s == 60 else max(2, round(self.forecast_window * 60 / self.step_s))
+        window = max(2, round(self.forecast_window * 60 / self.step_s))  # minutes of history, in steps
         self.forecaster = make_forecaster(self.forecaster_kind, truth=truth, window=window,
                                           accuracy=self.forecast_accuracy, grid_min=self.forecast_grid_min,
                                           rng=rng_for(int(context["seed"]), f"forecast:{context['household']}"),
@@ -934,8 +933,7 @@ class HouseholdMPC:
         problem = self._problems.get(steps)
         if problem is None:
             solver = self.qp_solver if self.formulation == "qp" and self.qp_solver != "opti_rebuilt" else None
-            dt_h = 1 / 60 if self.step_s == 60 else self.step_s / 3600.0
-            problem = self._problems[steps] = MPCProblem(self.battery, horizon_max=steps, dt_h=dt_h,
+            problem = self._problems[steps] = MPCProblem(self.battery, horizon_max=steps, dt_h=self.step_s / 3600,
                                                          formulation=self.formulation, weights=self.weights,
                                                          solver=solver)
         return problem

@@ -935,10 +935,9 @@ class Scenario(_Model):
             raise ValueError(f"households.groups: {n_homes} homes (buses × per_bus × aggregate); dercosim draws at "
                              f"most {MAX_HOMES} load profiles per run")
         days = -(-self.clock.duration // 86400) + 1  # profiles are drawn on whole calendar days
-        per_day = 86400 // self.clock.step_s if 86400 % self.clock.step_s == 0 else 1440
-        profile_bytes = 8 * days * (max(per_day, 1440) * (2 * n_households + n_homes) + per_day * 2 * n_households)
-        if self.clock.step_s == 60:  # as before (every profile at the clock's minute)
-            profile_bytes = 8 * 1440 * days * (2 * n_households + n_homes)
+        # minute profiles, or the clock's own steps where they are finer
+        per_day = max(86400 // self.clock.step_s, 1440)
+        profile_bytes = 8 * per_day * days * (2 * n_households + n_homes)
         if profile_bytes > MAX_PROFILE_BYTES:
             raise ValueError(f"clock.duration: {n_households} households over {days} days need about "
                              f"{profile_bytes / 1024 ** 3:.1f} GB of minute profiles; at most "

@@ -6,6 +6,7 @@ A bad file stops here, before anything is written, with the file, the key path a
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -99,7 +100,11 @@ def check_scenario(scenario: Scenario, where: str | Path | None = None) -> fleet
     if market is not None and batteries.empty:
         raise ScenarioError(f"{where}: batteries.groups: the fleet draws no battery (e.g. households = "
                             f"'with_pv' and no PV); an aggregator needs batteries")
-    _check_data_files(scenario, drawn, where)
+    from dercosim.timeseries import weather
+
+    site = weather.site_of(scenario.site)
+    times = weather.time_index(scenario.clock.start, scenario.n_steps, scenario.clock.step_s, site.tz)
+    _check_data_files(scenario, drawn, site, times, where)
     # every price series the run reads must cover its dates
     series = ([("market.wholesale", market.wholesale), ("market.imbalance", market.imbalance)] if market else [])
     if scenario.tariff.kind == "agile_octopus":
@@ -107,11 +112,8 @@ def check_scenario(scenario: Scenario, where: str | Path | None = None) -> fleet
     if planner is not None:
         series.append(("planner.b2g_market", planner.b2g_market))
     if series:
-        from dercosim.timeseries import weather
         from dercosim.timeseries.prices import price_per_kwh
 
-        site = weather.site_of(scenario.site)
-        times = weather.time_index(scenario.clock.start, scenario.n_steps, scenario.clock.step_s, site.tz)
         for key, name in series:
             try:
                 # a file must cover the whole days (the market plans them); the bundled windows are checked at the
@@ -123,10 +125,11 @@ def check_scenario(scenario: Scenario, where: str | Path | None = None) -> fleet
     return drawn
 
 
-def _check_data_files(scenario: Scenario, drawn: fleet.Fleet, where: str | Path) -> None:
+def _check_data_files(scenario: Scenario, drawn: fleet.Fleet, site: Any, times: pd.DatetimeIndex,
+                      where: str | Path) -> None:
     """Every data file of the scenario read for the run's window (the reads are cached: the run does not read them
     again) and checked; :class:`ScenarioError` naming the key path and the file's first bad row."""
-    from dercosim.scenarios.resolve import base_load_shape, household_file_kw
+    from dercosim.scenarios.resolve import base_load_shape, household_file_kw, profile_days
     from dercosim.timeseries import weather
     from dercosim.timeseries.files import DataFileError
 
@@ -134,11 +137,7 @@ def _check_data_files(scenario: Scenario, drawn: fleet.Fleet, where: str | Path)
     shape_file = not isinstance(scenario.grid.base_load.shape, str)
     if not groups and not shape_file and scenario.site.file is None:
         return
-    site = weather.site_of(scenario.site)
-    times = weather.time_index(scenario.clock.start, scenario.n_steps, scenario.clock.step_s, site.tz)
-    run_days = weather.whole_days(times, scenario.clock.step_s)
-    per_day = 86400 // scenario.clock.step_s
-    days = run_days.append(run_days[-per_day:] + pd.Timedelta(days=1))
+    days = profile_days(times, scenario.clock.step_s)
     key = "site.file"
     try:
         if scenario.site.file is not None:
@@ -160,14 +159,22 @@ def _check_data_files(scenario: Scenario, drawn: fleet.Fleet, where: str | Path)
 
 def _same_market_interval(scenario: Scenario, cls: type, where: str | Path) -> None:
     """A controller that plans to the end of the market interval (``market_interval_s``, the MPC's) must use the
-    market's interval: planned to another grid, its commitments and the settlement would disagree."""
+    market's interval (planned to another grid, its commitments and the settlement would disagree), and the
+    interval must be whole steps of the clock."""
     market = scenario.market
     model = getattr(cls, "Params", None)
     fields = getattr(model, "model_fields", None) or {}
-    if market is None or "market_interval_s" not in fields:
+    if "market_interval_s" not in fields:
         return
     given = scenario.hems.params.get("market_interval_s")
     value = given if given is not None else fields["market_interval_s"].default
+    step = scenario.clock.step_s
+    if value % step:  # it plans on the clock's steps to the interval's end
+        said = "" if given is not None else " (its default)"
+        raise ScenarioError(f"{where}: hems.params.market_interval_s: {value} s{said} is not a whole number of the "
+                            f"clock's steps ({step} s)")
+    if market is None:
+        return
     if value != market.interval_s:
         said = "" if given is not None else " (its default)"
         raise ScenarioError(f"{where}: hems.params.market_interval_s: {value} s{said} must equal market.interval_s "

@@ -16,7 +16,7 @@ import pandas as pd
 
 from dercosim.scenarios.config import Scenario
 from dercosim.scenarios.fleet import Fleet
-from dercosim.timeseries import weather
+from dercosim.timeseries import files, weather
 from dercosim.timeseries.rng import DayStreams
 from dercosim.timeseries.tariffs import Tariff, tariff_of
 
@@ -50,15 +50,15 @@ class RunInputs:
         times = weather.time_index(scenario.clock.start, scenario.n_steps, scenario.clock.step_s, site.tz)
         fleet = fleet if fleet is not None else Fleet.draw(scenario)
         step_s = scenario.clock.step_s
-        run_days = weather.whole_days(times, step_s)
-        days = run_days.append(run_days[-(86400 // step_s):] + pd.Timedelta(days=1))  # and the day after: the outlook
+        days = profile_days(times, step_s)
+        run_days = days[:-(86400 // step_s)]
         load_kw, pv_kw = day_profiles(scenario, fleet.households, days, site)
         wind_kw = None
         if len(fleet.households) and (fleet.households["wind_kw"] > 0).any():
             from dercosim.timeseries.wind import wind_ac_kw
 
             model = _model_grid(days, site)
-            wind_kw = weather.regrid(wind_ac_kw(site, model, fleet.households["wind_kw"].to_numpy(float),
+            wind_kw = files.regrid(wind_ac_kw(site, model, fleet.households["wind_kw"].to_numpy(float),
                                                 fleet.households["wind_hub_height_m"].to_numpy(float)),
                                      _step_of(model), step_s)
         tariff = tariff_of(scenario)
@@ -68,8 +68,6 @@ class RunInputs:
                   if scenario.market is not None else None)
         inputs = cls(scenario, site, times, tariff, fleet, days, load_kw, pv_kw, wind_kw,
                      base_load_shape(scenario, times), market)
-        from dercosim.timeseries import files
-
         files.cache_clear()  # what the check read is in the profiles now: not held twice through a long run
         return inputs
 
@@ -133,6 +131,13 @@ class RunInputs:
         return self.day_outdoor_temperature_c[self._steps]
 
 
+def profile_days(times: pd.DatetimeIndex, step_s: int) -> pd.DatetimeIndex:
+    """Every step of the whole calendar days ``times`` touches and of the day after (what a controller may look
+    ahead at): where a run's profiles are held."""
+    run_days = weather.whole_days(times, step_s)
+    return run_days.append(run_days[-(86400 // step_s):] + pd.Timedelta(days=1))
+
+
 def market_inputs(scenario: Scenario, fleet: Fleet, times: pd.DatetimeIndex, days: pd.DatetimeIndex,
                   load_kw: np.ndarray, gen_kw: np.ndarray, tariff: Tariff) -> dict[str, Any]:
     """What the aggregator knows the day before, per market interval of the whole days the run touches:
@@ -182,7 +187,7 @@ def day_profiles(scenario: Scenario, table: pd.DataFrame, days: pd.DatetimeIndex
     :func:`weather.whole_days`).
 
     The modelled profiles (BDEW load, PV from the weather) are made per minute and brought to the clock's step
-    by the mean (:func:`weather.regrid`: held within the minute at shorter steps), so a run at another step has
+    by the mean (:func:`~dercosim.timeseries.files.regrid`: held within the minute at shorter steps), so a run at another step has
     the same energy in every minute; PV is modelled at the clock's own step only below a minute with measured
     weather. Series from files are read at the clock's step.
     """
@@ -202,9 +207,9 @@ def day_profiles(scenario: Scenario, table: pd.DataFrame, days: pd.DatetimeIndex
                                                      DayStreams(scenario.seed, "household_load"))
     if np.any(homes > 1):  # a community's load is the sum of its homes' own profiles
         load = np.add.reduceat(load, np.concatenate([[0], np.cumsum(homes)[:-1]]), axis=1)
-    load = weather.regrid(load, 60, step_s)
+    load = files.regrid(load, 60, step_s)
     model = _model_grid(days, site)
-    pv_kw = weather.regrid(pv.pv_ac_kw(site, model, table["pv_kwp"].to_numpy(float),
+    pv_kw = files.regrid(pv.pv_ac_kw(site, model, table["pv_kwp"].to_numpy(float),
                                        table["pv_tilt_deg"].to_numpy(float), table["pv_azimuth_deg"].to_numpy(float),
                                        DayStreams(scenario.seed, "pv_clouds")), _step_of(model), step_s)
     # groups with their own files: the drawn profiles above are replaced (and still drawn, so a file given to one
@@ -246,7 +251,7 @@ def _simbench_load_kw(scenario: Scenario, group: str, rows: pd.DataFrame, days: 
     sharing = pd.Series(buses).map(pd.Series(buses).value_counts()).to_numpy(float)
     quarter = per_bus[:, buses - 1] / sharing[None, :]
     minute = simbench_profiles.household_load_kw(quarter, calendar, DayStreams(scenario.seed, f"simbench_load:{group}"))
-    return weather.regrid(minute, 60, _step_of(days))
+    return files.regrid(minute, 60, _step_of(days))
 
 
 def _simbench_pv_per_kwp(scenario: Scenario, rows: pd.DataFrame, days: pd.DatetimeIndex) -> np.ndarray:
@@ -258,7 +263,7 @@ def _simbench_pv_per_kwp(scenario: Scenario, rows: pd.DataFrame, days: pd.Dateti
     calendar = _calendar_days(days)
     per_kw = simbench_profiles.bus_pv_per_kw(scenario.grid.feeder, feeder.aliases, feeder.n_bus, calendar)
     quarter = per_kw[:, rows["bus"].to_numpy(int) - 1]
-    return weather.regrid(np.repeat(quarter, 15, axis=0), 60, _step_of(days))
+    return files.regrid(quarter, 900, _step_of(days))
 
 
 def _step_of(days: pd.DatetimeIndex) -> int:
@@ -279,8 +284,6 @@ def household_file_kw(spec: Any, households: list[str], days: pd.DatetimeIndex, 
     """(len(days), households) power (kW, or kW per kWp) from a group's load or PV file (``LoadFile``,
     ``PvFile``), the mean over each step of ``days``. The day after the run (a controller's outlook) repeats the
     run's last day where the file ends with the run; :class:`~dercosim.timeseries.files.DataFileError` else."""
-    from dercosim.timeseries import files
-
     wanted = spec.column_names(households)
     unique = list(dict.fromkeys(wanted))
     step_s = int((days[1] - days[0]).total_seconds())
@@ -297,17 +300,14 @@ def base_load_shape(scenario: Scenario, times: pd.DatetimeIndex) -> np.ndarray:
     from dercosim.timeseries import loads
 
     shape = scenario.grid.base_load
+    step_s = scenario.clock.step_s
     if not isinstance(shape.shape, str):
-        from dercosim.timeseries import files
-
         spec = shape.shape
-        step_s = scenario.clock.step_s
         daily = files.read_series(spec.file, [spec.column], start=times[0],
                                   end=times[-1] + pd.Timedelta(seconds=step_s), step_s=step_s, rule="mean",
                                   unit_factor=files.SHAPE_UNITS[spec.unit], time_column=spec.time_column,
                                   timezone=spec.zone(str(times.tz)), label=spec.label)[:, 0]
         return shape.scale * daily
-    step_s = scenario.clock.step_s
     if shape.shape == "simbench":  # (steps, buses): every bus its own case loads' profile
         from dercosim.grids.feeders import load_feeder
         from dercosim.timeseries import simbench_profiles
@@ -316,7 +316,7 @@ def base_load_shape(scenario: Scenario, times: pd.DatetimeIndex) -> np.ndarray:
         grid = weather.whole_days(times, step_s)
         quarter = simbench_profiles.bus_load_multiplier(scenario.grid.feeder, feeder.aliases, feeder.n_bus,
                                                         _calendar_days(grid))
-        per_bus = weather.regrid(quarter, 900, step_s)  # held over each quarter hour
+        per_bus = files.regrid(quarter, 900, step_s)  # held over each quarter hour
         return shape.scale * per_bus[grid.get_indexer(times)]
     if shape.shape == "flat":
         daily = np.ones(len(times))
@@ -324,7 +324,7 @@ def base_load_shape(scenario: Scenario, times: pd.DatetimeIndex) -> np.ndarray:
         daily = loads.daily_shape(times)
     else:  # the minute shape of the whole days, brought to the clock's step
         grid = weather.whole_days(times, step_s)
-        on_grid = weather.regrid(loads.daily_shape(weather.whole_days(times, 60)), 60, step_s)
+        on_grid = files.regrid(loads.daily_shape(weather.whole_days(times, 60)), 60, step_s)
         daily = on_grid[grid.get_indexer(times)]
     return shape.scale * daily
 
@@ -332,8 +332,6 @@ def base_load_shape(scenario: Scenario, times: pd.DatetimeIndex) -> np.ndarray:
 def data_files(scenario: Scenario) -> list[dict[str, Any]]:
     """Every data file the scenario reads, by scenario key, with what identifies it
     (:func:`~dercosim.timeseries.files.fingerprint`): for ``summary.json``, so a run says which data it saw."""
-    from dercosim.timeseries import files
-
     found: list[tuple[str, Any]] = [("site.file", scenario.site.file),
                                     ("grid.base_load.shape", scenario.grid.base_load.shape)]
     for k, group in enumerate(scenario.households.groups):

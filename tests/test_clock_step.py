@@ -124,3 +124,14 @@ def test_a_controller_period_off_the_step_is_refused():
             "name": "t", "clock": {"duration": "1h", "step_s": 300},
             "households": {"groups": [{"buses": [18], "pv_share": 1.0}]},
             "batteries": {"groups": [{}]}, "hems": {"controller": "mpc"}}))
+
+
+def test_an_mpc_interval_off_the_step_is_refused_before_the_run():
+    """Without a market the MPC still plans to the end of its own interval (1800 s by default): at a 3600-s step
+    that is no whole number of steps, refused with its key."""
+    with pytest.raises(ScenarioError, match=r"hems.params.market_interval_s: 1800 s \(its default\) is not a whole "
+                                            r"number of the clock's steps \(3600 s\)"):
+        checked(Scenario.model_validate({
+            "name": "t", "clock": {"duration": "1d", "step_s": 3600},
+            "households": {"groups": [{"buses": [18], "pv_share": 1.0}]},
+            "batteries": {"groups": [{}]}, "hems": {"controller": "mpc", "params": {"period_s": 3600}}}))

@@ -48,7 +48,6 @@ SHAPE_UNITS: dict[str, float] = {"1": 1.0, "%": 0.01}
 #: weather quantities a file may give, each in its unit
 WEATHER_COLUMNS = ("ghi_w_m2", "dni_w_m2", "dhi_w_m2", "temp_air_c", "wind_speed_m_s")
 
-SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
 #: rows read at a time from a CSV, or from a parquet row group larger than this
 CHUNK_ROWS = 100_000
 
@@ -98,12 +97,7 @@ def read_series(file: str | Path, columns: Sequence[str], *, start: pd.Timestamp
     ``outlook_day``: the window's last day is the day after a run (what a controller may look ahead at); where
     the file ends with the run, that day repeats the one before it instead of raising :class:`CoverageError`.
     """
-    path = Path(file)
-    try:
-        stat = path.stat()
-    except OSError:
-        raise DataFileError(f"{path}: no such file") from None
-    args = (str(path), stat.st_size, stat.st_mtime_ns, tuple(columns), pd.Timestamp(start))
+    args = (*_identity(file), tuple(columns), pd.Timestamp(start))
     rest = (int(step_s), rule, float(unit_factor), bool(per_step), time_column, timezone, label)
     try:
         return _read_cached(*args, pd.Timestamp(end), *rest)
@@ -115,6 +109,15 @@ def read_series(file: str | Path, columns: Sequence[str], *, start: pd.Timestamp
         out = np.concatenate([values, values[-(86400 // int(step_s)):]])
         out.flags.writeable = False
         return out
+
+
+def _identity(file: str | Path) -> tuple[str, int, int]:
+    """The file's path, size and modification time: what the caches are keyed on (a changed file is read anew)."""
+    try:
+        stat = Path(file).stat()
+    except OSError:
+        raise DataFileError(f"{file}: no such file") from None
+    return str(file), stat.st_size, stat.st_mtime_ns
 
 
 @functools.lru_cache(maxsize=16)
@@ -140,13 +143,8 @@ def read_at(file: str | Path, column: str, times: pd.DatetimeIndex, *, unit_fact
             time_column: str = "time", timezone: str = "UTC", label: str = "start") -> np.ndarray:
     """The value of ``column`` in force at each of ``times`` (tz-aware, increasing): the ``"hold"`` rule at any
     instants (a price at each market interval's start). :class:`CoverageError` if the file ends before one."""
-    path = Path(file)
-    try:
-        stat = path.stat()
-    except OSError:
-        raise DataFileError(f"{path}: no such file") from None
     start, end = pd.Timestamp(times[0]), pd.Timestamp(times[-1]) + pd.Timedelta(1, unit="ns")
-    rows, values, _ = _window_cached(str(path), stat.st_size, stat.st_mtime_ns, (column,), time_column, timezone,
+    rows, values, _ = _window_cached(*_identity(file), (column,), time_column, timezone,
                                      label, start, end)
     pos = np.searchsorted(rows.asi8, times.tz_convert("UTC").asi8, side="right") - 1
     return values[pos, 0] * unit_factor
@@ -432,6 +430,21 @@ def _resample(times: pd.DatetimeIndex, values: np.ndarray, step_f_s: float, grid
     return np.diff(at_edges, axis=0) / step_s
 
 
+def regrid(values: np.ndarray, from_s: int, to_s: int) -> np.ndarray:
+    """A series on steps of ``from_s`` from midnight (whole days; rows in time, any further axes) on steps of
+    ``to_s``: the mean rule of :func:`read_series` (held within the old step, averaged over the new one), energy
+    kept exactly. The same array when the steps are equal."""
+    if from_s == to_s:
+        return values
+    values = np.asarray(values, float)
+    n_new = len(values) * from_s // to_s
+    epoch = pd.Timestamp("2000-01-01", tz="UTC")
+    old = pd.date_range(epoch, periods=len(values), freq=pd.Timedelta(seconds=from_s))
+    new = pd.date_range(epoch, periods=n_new, freq=pd.Timedelta(seconds=to_s))
+    out = _resample(old, values.reshape(len(values), -1), from_s, new, to_s, "mean")
+    return out.reshape(n_new, *values.shape[1:])
+
+
 def fixed_offset(tz: str) -> bool:
     """Whether ``tz`` has no daylight saving (the simulation clock's zone must not)."""
     import zoneinfo
@@ -482,4 +495,4 @@ def cache_clear() -> None:
 
 
 __all__ = ["DataFileError", "POWER_UNITS", "PV_UNITS", "PRICE_UNITS", "SHAPE_UNITS", "WEATHER_COLUMNS", "file_kind",
-           "header", "read_series", "read_at", "fingerprint", "fixed_offset", "known_zone", "cache_clear", "CoverageError"]
+           "header", "read_series", "read_at", "regrid", "fingerprint", "fixed_offset", "known_zone", "cache_clear", "CoverageError"]

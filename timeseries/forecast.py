@@ -87,7 +87,7 @@ class Noisy:
     def __init__(self, truth: np.ndarray, accuracy: float, grid_min: int, rng: np.random.Generator,
                  step_s: int = 60) -> None:
         truth = np.asarray(truth, float)
-        grid: float = grid_min if step_s == 60 else grid_min * 60.0 / step_s  # in steps of the series
+        grid = grid_min * 60.0 / step_s  # in steps of the series
         n_points = int(len(truth) // grid) + 2
         points = rng.normal(0.0, accuracy, n_points)
         error = np.interp(np.arange(len(truth)), np.arange(n_points) * grid, points)

@@ -58,16 +58,22 @@ def _quarter_rows(days: pd.DatetimeIndex) -> np.ndarray:
     return np.concatenate(rows)
 
 
+def _sum_per_bus(net: Any, element_buses: Any, values: np.ndarray, bus_of_name: dict[str, int],
+                 n_bus: int) -> np.ndarray:
+    """``values`` of the elements at ``element_buses`` (the net's bus indices; one per element, the last axis)
+    summed per feeder bus number (1-based positions): shape (..., n_bus). Elements on buses the feeder does not
+    have are left out."""
+    numbers = np.array([bus_of_name.get(str(net.bus.name.at[bus]), 0) for bus in element_buses], int)
+    out = np.zeros(values.shape[:-1] + (n_bus + 1,))
+    np.add.at(out.T, numbers, values.T)  # column 0 collects the elements left out
+    return out[..., 1:]
+
+
 def bus_load_kw(code: str, bus_of_name: dict[str, int], n_bus: int, days: pd.DatetimeIndex) -> np.ndarray:
     """(quarter hours of ``days``, n_bus) the case's loads summed per bus number (1-based), kW."""
     net, absolute = _absolute(code)
     p = absolute[("load", "p_mw")].to_numpy(float)[_quarter_rows(days)] * 1000.0
-    out = np.zeros((len(p), n_bus))
-    for j, bus in enumerate(net.load.bus.to_numpy()):
-        number = bus_of_name.get(str(net.bus.name.at[bus]))
-        if number is not None:
-            out[:, number - 1] += p[:, j]
-    return out
+    return _sum_per_bus(net, net.load.bus.to_numpy(), p, bus_of_name, n_bus)
 
 
 def bus_load_multiplier(code: str, bus_of_name: dict[str, int], n_bus: int, days: pd.DatetimeIndex) -> np.ndarray:
@@ -75,11 +81,7 @@ def bus_load_multiplier(code: str, bus_of_name: dict[str, int], n_bus: int, days
     ``p_mw``): the multiplier of the bus's base load; 1 where the bus has no load."""
     net, _ = _absolute(code)
     absolute = bus_load_kw(code, bus_of_name, n_bus, days)
-    rated = np.zeros(n_bus)
-    for bus, p_mw in zip(net.load.bus.to_numpy(), net.load.p_mw.to_numpy(float)):
-        number = bus_of_name.get(str(net.bus.name.at[bus]))
-        if number is not None:
-            rated[number - 1] += p_mw * 1000.0
+    rated = _sum_per_bus(net, net.load.bus.to_numpy(), net.load.p_mw.to_numpy(float) * 1000.0, bus_of_name, n_bus)
     out = np.ones_like(absolute)
     loaded = rated > 0
     out[:, loaded] = absolute[:, loaded] / rated[loaded]
@@ -90,22 +92,18 @@ def bus_pv_per_kw(code: str, bus_of_name: dict[str, int], n_bus: int, days: pd.D
     """(quarter hours of ``days``, n_bus) PV output per kW of rating at each bus: its PV generators'
     (rating-weighted), else all the feeder's PV generators'."""
     net, absolute = _absolute(code)
-    rows = _quarter_rows(days)
     sgen = net.sgen
     pv = np.flatnonzero(sgen.type.astype(str).str.upper().str.startswith("PV").to_numpy())
     if not len(pv):
         raise ValueError(f"SimBench {code} has no PV generator whose profile the households could take")
-    p = absolute[("sgen", "p_mw")].to_numpy(float)[rows][:, pv]
+    p = absolute[("sgen", "p_mw")].to_numpy(float)[_quarter_rows(days)][:, pv]
     rating = sgen.p_mw.to_numpy(float)[pv]
-    feeder_wide = p.sum(axis=1) / rating.sum()
-    out = np.repeat(feeder_wide[:, None], n_bus, axis=1)
-    per_bus: dict[int, list[int]] = {}
-    for k, bus in enumerate(sgen.bus.to_numpy()[pv]):
-        number = bus_of_name.get(str(net.bus.name.at[bus]))
-        if number is not None:
-            per_bus.setdefault(number, []).append(k)
-    for number, ks in per_bus.items():
-        out[:, number - 1] = p[:, ks].sum(axis=1) / rating[ks].sum()
+    buses = sgen.bus.to_numpy()[pv]
+    p_bus = _sum_per_bus(net, buses, p, bus_of_name, n_bus)
+    rating_bus = _sum_per_bus(net, buses, rating, bus_of_name, n_bus)
+    out = np.repeat((p.sum(axis=1) / rating.sum())[:, None], n_bus, axis=1)  # the feeder's, where a bus has none
+    own = rating_bus > 0
+    out[:, own] = p_bus[:, own] / rating_bus[own]
     return np.clip(out, 0.0, None)
 
 

@@ -120,29 +120,6 @@ def whole_days(times: pd.DatetimeIndex, step_s: int = 60) -> pd.DatetimeIndex:
     return pd.date_range(first, last, freq=pd.Timedelta(seconds=step_s), inclusive="left")
 
 
-def regrid(values: np.ndarray, from_s: int, to_s: int) -> np.ndarray:
-    """A series on steps of ``from_s`` (starting at midnight, whole days) on steps of ``to_s``: the mean over
-    each new step of the series held over its own steps (energy kept exactly). ``values``: (T, ...) rows in
-    time. The same array when the steps are equal."""
-    if from_s == to_s:
-        return values
-    values = np.asarray(values, float)
-    if to_s % from_s == 0:  # whole old steps in every new one
-        k = to_s // from_s
-        return values.reshape(len(values) // k, k, *values.shape[1:]).mean(axis=1)
-    if from_s % to_s == 0:  # every new step inside one old one
-        return np.repeat(values, from_s // to_s, axis=0)
-    n_new = len(values) * from_s // to_s
-    flat = values.reshape(len(values), -1)
-    energy = np.concatenate([np.zeros((1, flat.shape[1])), np.cumsum(flat, axis=0) * from_s])
-    knots = np.arange(len(values) + 1, dtype=float) * from_s
-    edges = np.arange(n_new + 1, dtype=float) * to_s
-    out = np.empty((n_new, flat.shape[1]))
-    for j in range(flat.shape[1]):
-        out[:, j] = np.diff(np.interp(edges, knots, energy[:, j])) / to_s
-    return out.reshape(n_new, *values.shape[1:])
-
-
 @functools.lru_cache(maxsize=4)
 def _tmy(weather_file: str) -> pd.DataFrame:
     with resources.files("dercosim.timeseries").joinpath("data", weather_file).open("r") as fh:
