@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from dercosim.analysis.results import Recorded, bus_voltages, has_rows, plan_vs_ac, rows_of
+from dercosim.analysis.results import Records, plan_vs_ac, three_households
 
 if TYPE_CHECKING:
     from dercosim.scenarios.config import Scenario
@@ -23,17 +23,18 @@ if TYPE_CHECKING:
 
 @dataclass
 class Drawn:
-    """What a figure is drawn from: the recorded rows, the scenario, the run folder (for ``households.csv`` and
-    ``batteries.csv``) and the tables the summary computed (``"market"``: the settlement per interval)."""
+    """What a figure is drawn from: the recorded rows (:class:`Records`: the per-step kinds whole, the others
+    reduced step by step), the scenario, the run folder (for ``households.csv`` and ``batteries.csv``) and the
+    tables the summary computed (``"market"``: the settlement per interval)."""
 
-    recorded: pd.DataFrame | Recorded
+    records: Records
     scenario: Scenario
     out_dir: Path
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     @property
     def feeder(self) -> pd.DataFrame:
-        return rows_of(self.recorded, "feeder").set_index("time_s").sort_index()
+        return self.records.whole("feeder").set_index("time_s").sort_index()
 
     @property
     def grid(self) -> Any:
@@ -65,8 +66,7 @@ def voltage_envelope(d: Drawn) -> Any:
 
     feeder, t = d.feeder, d.times
     slack = list(d.grid.slack_numbers)
-    vm = bus_voltages(d.recorded)
-    vm = vm.drop(columns=slack, errors="ignore")
+    vm = d.records.vm.drop(columns=slack, errors="ignore")
     lo, hi = d.scenario.grid.v_min_pu, d.scenario.grid.v_max_pu
     vmin, vmax = vm.min(axis=1), vm.max(axis=1)
     fig, ax = plt.subplots(figsize=(10, 4))
@@ -113,7 +113,7 @@ def voltage_profile_worst(d: Drawn) -> Any:
     from dercosim.analysis.validate import branch_profiles
 
     feeder = d.feeder
-    vm = bus_voltages(d.recorded)
+    vm = d.records.vm
     lo, hi = d.scenario.grid.v_min_pu, d.scenario.grid.v_max_pu
     deviation = np.maximum(lo - vm, vm - hi).max(axis=1).where(feeder["converged"].astype(bool).values)
     worst = deviation.idxmax() if deviation.notna().any() else vm.index[0]
@@ -127,20 +127,19 @@ def batteries(d: Drawn) -> Any:
     """The fleet's state-of-charge band and mean, and its total power."""
     import matplotlib.pyplot as plt
 
-    bat = rows_of(d.recorded, "battery")
-    if not len(bat):
+    if not d.records.has("battery"):
         return None
     t = d.times
-    soc = bat.pivot(index="time_s", columns="entity", values="soc_frac")
-    power = bat.pivot(index="time_s", columns="entity", values="p_kw")
+    steps = d.records.battery_steps
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
-    ax1.fill_between(t, soc.min(axis=1), soc.max(axis=1), alpha=0.25, label="range over batteries")
-    ax1.plot(t, soc.mean(axis=1), label="mean")
+    ax1.fill_between(t, steps["soc_min"], steps["soc_max"], alpha=0.25, label="range over batteries")
+    ax1.plot(t, steps["soc_mean"], label="mean")
     ax1.set_ylabel("state of charge (0..1)")
     ax1.set_ylim(-0.02, 1.02)
     ax1.legend(loc="best", fontsize=8)
-    ax1.set_title(f"{d.scenario.name}: {soc.shape[1]} batteries, PMS cycle {d.scenario.batteries.pms_cycle_s} s")
-    ax2.plot(t, power.sum(axis=1), label="fleet battery power (+ = charging)")
+    ax1.set_title(f"{d.scenario.name}: {int(steps['batteries'].max())} batteries, PMS cycle "
+                  f"{d.scenario.batteries.pms_cycle_s} s")
+    ax2.plot(t, steps["p_kw"], label="fleet battery power (+ = charging)")
     ax2.axhline(0, color="k", lw=0.5)
     ax2.set_ylabel("kW")
     ax2.legend(loc="best", fontsize=8)
@@ -152,12 +151,12 @@ def plan_vs_ac_figure(d: Drawn) -> Any:
     """Planned (LinDistFlow) vs AC voltage at the community buses, and planned vs executed battery power."""
     import matplotlib.pyplot as plt
 
-    if d.scenario.planner is None or not has_rows(d.recorded, "plan"):
+    if d.scenario.planner is None or not d.records.has("plan"):
         return None
     t = d.times
-    planned, ac, _ = plan_vs_ac(d.recorded)
-    plan = rows_of(d.recorded, "plan")
-    bat = rows_of(d.recorded, "battery").pivot(index="time_s", columns="bus", values="p_kw")
+    plan = d.records.whole("plan")
+    planned, ac, _ = plan_vs_ac(plan, d.records.vm)
+    bat = d.records.battery_p_by_bus
     set_kw = plan.pivot(index="time_s", columns="bus", values="p_set_kw")
     step = pd.Timedelta(seconds=d.scenario.clock.step_s)
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
@@ -212,23 +211,14 @@ def soc_three_households(d: Drawn) -> Any:
     the largest PV, the largest wind turbine, and the largest demand; with the aggregator's SoC target."""
     import matplotlib.pyplot as plt
 
-    if d.scenario.market is None or not has_rows(d.recorded, "market") or not has_rows(d.recorded, "battery"):
+    if d.scenario.market is None or not d.records.has("market") or not d.records.has("battery"):
         return None
-    households = pd.read_csv(d.out_dir / "households.csv")
-    fleet = pd.read_csv(d.out_dir / "batteries.csv", keep_default_na=False)
-    owned = households[households["name"].isin(set(fleet["household"]))]
-    picks: dict[str, str] = {}
-    for label, col in (("largest PV", "pv_kwp"), ("largest wind", "wind_kw"), ("largest demand", "annual_kwh")):
-        pool = owned[~owned["name"].isin(picks.values())]
-        if col in pool and len(pool) and pool[col].max() > 0:
-            picks[label] = str(pool.loc[pool[col].idxmax(), "name"])
-    soc = rows_of(d.recorded, "battery").pivot(index="time_s", columns="entity", values="soc_frac")
+    soc = d.records.battery_soc
     times = d.times
-    by_household = dict(zip(fleet["household"], fleet["name"]))
     fig, ax = plt.subplots(figsize=(10, 4))
-    for label, name in picks.items():
-        ax.plot(times.loc[soc.index], soc[by_household[name]], label=f"{name} ({label})")
-    target = rows_of(d.recorded, "market").set_index("time_s").sort_index()["soc_target_frac"]
+    for label, battery in three_households(d.out_dir).items():
+        ax.plot(times.loc[soc.index], soc[battery], label=label)
+    target = d.records.whole("market").set_index("time_s").sort_index()["soc_target_frac"]
     step_post(ax, times.loc[target.index], target, pd.Timedelta(seconds=d.scenario.clock.step_s), color="k",
               ls="--", lw=1, label="SoC target (aggregator)")
     ax.set_ylim(-0.02, 1.02)
@@ -243,9 +233,9 @@ def contract_gas(d: Drawn) -> Any:
     """Gas and EVM wall time of every contract round (``[contract] engine = "evm"``)."""
     import matplotlib.pyplot as plt
 
-    if not has_rows(d.recorded, "contract") or "evm_round_gas" not in rows_of(d.recorded, "contract").columns:
+    c = d.records.whole("contract")
+    if not len(c) or "evm_round_gas" not in c.columns:
         return None
-    c = rows_of(d.recorded, "contract")
     c = c[c["evm_round_gas"].notna()]
     fig, ax = plt.subplots(figsize=(9, 3.5))
     gas = ax.plot(c["time"].dt.tz_localize(None), c["evm_round_gas"] / 1e6, ".", ms=3, label="gas per round")
@@ -283,14 +273,14 @@ def write_tables(tables: dict[str, pd.DataFrame] | None, out_dir: str | Path) ->
     return paths
 
 
-def plot_all(df: pd.DataFrame | Recorded, scenario: Scenario, out_dir: str | Path,
+def plot_all(records: Records, scenario: Scenario, out_dir: str | Path,
              tables: dict[str, pd.DataFrame] | None = None) -> list[Path]:
     """Write every figure of :data:`PLOTS` the run has to ``out_dir`` as PNG; returns their paths. ``tables``:
     what :func:`~dercosim.analysis.summary.summarize` computed."""
     import matplotlib
 
     matplotlib.use("Agg")
-    drawn = Drawn(df, scenario, Path(out_dir), dict(tables or {}))
+    drawn = Drawn(records, scenario, Path(out_dir), dict(tables or {}))
     paths = []
     for name, draw in PLOTS.items():
         fig = draw(drawn)

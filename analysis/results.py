@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,197 @@ def read_recorded(path: str | Path) -> Recorded:
         recorded[kind] = pq.read_table(path, columns=columns, filters=[("kind", "==", kind)]).to_pandas()
     return recorded
 
+#: rows the report holds at once: a run with more is reported a window of whole days at a time (a month of 2,000
+#: households records ~170 M rows; one day of it is ~6 M)
+REPORT_CHUNK_ROWS = 4_000_000
+#: the kinds with one row per step (or per planned hour): read whole; the others are read a window at a time
+SMALL_KINDS = ("feeder", "market", "contract", "planner", "plan")
+
+
+class Records:
+    """A run's ``timeseries.parquet`` as the report reads it: the kinds with a row per step (:data:`SMALL_KINDS`)
+    whole, the kinds with a row per step and entity (buses, households, batteries, controllers) a window of whole
+    local days at a time (:meth:`chunks`), so a long run is summarised and drawn without holding its rows.
+
+    A run of at most ``chunk_rows`` rows is one window: every figure is computed from the whole rows at once,
+    as :func:`read_recorded` reads them. Longer runs are cut at local midnights (figures that add over days —
+    energies, bills, the market's intervals, counts, extremes — are sums or extremes over the windows; sums
+    differ from a whole read only by the order of floating-point additions).
+
+    While :meth:`chunks` is walked it keeps what the figures need step by step and nothing more: the bus
+    voltages (``vm``, steps × buses), the batteries' state-of-charge band and fleet power per step
+    (``battery_steps``), the state of charge of up to three batteries (``battery_soc``, those of
+    ``soc_entities``) and the battery power at the buses of ``bus_power_at`` (``battery_p_by_bus``).
+    """
+
+    def __init__(self, path: str | Path, chunk_rows: int = REPORT_CHUNK_ROWS) -> None:
+        import pyarrow.parquet as pq
+
+        self.path = Path(path)
+        self.chunk_rows = int(chunk_rows)
+        schema = pq.read_schema(self.path)
+        self.columns = list(schema.names)
+        meta = (schema.metadata or {}).get(KIND_COLUMNS_KEY)
+        self._per_kind: dict[str, list[str]] | None = json.loads(meta) if meta else None
+        if self._per_kind is not None:
+            self.kinds = sorted(self._per_kind)
+        else:  # a file without the metadata: the kinds from the rows
+            kinds = pq.read_table(self.path, columns=["kind"], read_dictionary=["kind"]).column("kind").unique()
+            self.kinds = sorted(kinds.to_pylist())
+        self.num_rows = pq.ParquetFile(self.path).metadata.num_rows
+        self._whole: dict[str, pd.DataFrame] = {}
+        self._walked: dict[str, Any] | None = None
+        #: the batteries whose state of charge is kept step by step (:func:`three_households`)
+        self.soc_entities = list(three_households(self.path.parent).values())
+        #: the buses whose battery power is kept step by step: the planner's community buses
+        self.bus_power_at: list[int] = []
+        #: windows hold whole intervals of this many seconds from the first step (the market's); None: any
+        self.interval_s: int | None = None
+        #: windows must end at local midnights (a tariff's daily peak-demand charge)
+        self.midnights = False
+
+    def _columns_of(self, kind: str) -> list[str] | None:
+        if self._per_kind is None:
+            return None  # every column
+        wanted = set(self._per_kind.get(kind, ()))
+        return BASE_COLUMNS + [c for c in self.columns if c in wanted and c not in BASE_COLUMNS]
+
+    def _read(self, kind: str, window: tuple[int, int] | None = None) -> pd.DataFrame:
+        import pyarrow.parquet as pq
+
+        if kind not in self.kinds:
+            return pd.DataFrame(columns=self.columns)
+        filters: list[tuple[str, str, Any]] = [("kind", "==", kind)]
+        if window is not None:
+            filters += [("time_s", ">=", window[0]), ("time_s", "<", window[1])]
+        return pq.read_table(self.path, columns=self._columns_of(kind), filters=filters).to_pandas()
+
+    def whole(self, kind: str) -> pd.DataFrame:
+        """Every row of ``kind`` (file order); for the big kinds, prefer :meth:`chunks`."""
+        if kind not in self._whole:
+            self._whole[kind] = self._read(kind)
+        return self._whole[kind]
+
+    def has(self, kind: str) -> bool:
+        """Whether the run recorded any row of ``kind``."""
+        if kind in SMALL_KINDS:
+            return len(self.whole(kind)) > 0
+        return kind in self.kinds and self.walked["rows"].get(kind, 0) > 0
+
+    def windows(self) -> list[tuple[int, int] | None]:
+        """The ``time_s`` windows [start, end) of :meth:`chunks`: ``[None]`` (everything at once) when the run has
+        at most ``chunk_rows`` rows, else whole local days (from the first midnight after the first step), as
+        many per window as keep it within ``chunk_rows``; moved on to the next market interval's start where the
+        intervals do not start at midnight (``interval_s``), or one window if the edges must also stay at
+        midnight (``midnights``)."""
+        feeder = self.whole("feeder")
+        if self.num_rows <= self.chunk_rows or len(feeder) < 2:
+            return [None]
+        first_s, last_s = int(feeder["time_s"].min()), int(feeder["time_s"].max())
+        t0 = pd.Timestamp(feeder.loc[feeder["time_s"].idxmin(), "time"])
+        midnight_s = first_s - (t0.hour * 3600 + t0.minute * 60 + t0.second)  # the first step's local day
+        days = -(-(last_s + 1 - midnight_s) // 86400)
+        per_window = max(1, int(self.chunk_rows // max(self.num_rows / days, 1)))
+        edges = [midnight_s + 86400 * d for d in range(per_window, days, per_window)]
+        if self.interval_s:  # whole market intervals (counted from the first step) in every window
+            shift = -(edges[0] - first_s) % self.interval_s if edges else 0
+            if shift and self.midnights:
+                return [None]  # no edge is both: one window
+            edges = [e + shift for e in edges]
+        bounds = [first_s] + [e for e in edges if first_s < e <= last_s] + [last_s + 1]
+        return list(zip(bounds[:-1], bounds[1:]))
+
+    def chunks(self, kinds: tuple[str, ...] = ("bus", "household", "battery", "controller")) -> Iterator[Recorded]:
+        """The rows of ``kinds`` a window at a time (:meth:`windows`), each as :class:`Recorded`; the per-step
+        figures of the class's doc are kept on the way (a walk over every window)."""
+        windows = self.windows()
+        if self.has("plan"):
+            self.bus_power_at = sorted(int(b) for b in self.whole("plan")["bus"].unique())
+        kept: dict[str, Any] = {"vm": [], "battery_steps": [], "battery_soc": [], "battery_p_by_bus": [],
+                                "rows": {}}
+        for window in windows:
+            chunk = Recorded()
+            chunk.columns = self.columns
+            for kind in kinds:
+                if kind in self.kinds:
+                    chunk[kind] = self._read(kind, window)
+                    kept["rows"][kind] = kept["rows"].get(kind, 0) + len(chunk[kind])
+            self._keep(chunk, kept)
+            yield chunk
+        if set(kinds) >= {"bus", "battery"}:
+            self._walked = kept
+
+    def _keep(self, chunk: Recorded, kept: dict[str, Any]) -> None:
+        if "bus" in chunk:
+            kept["vm"].append(bus_voltages(chunk))
+        bat = chunk.get("battery")
+        if bat is not None and len(bat):
+            soc = bat.pivot(index="time_s", columns="entity", values="soc_frac")
+            kept["battery_steps"].append(pd.DataFrame({
+                "soc_min": soc.min(axis=1), "soc_max": soc.max(axis=1), "soc_mean": soc.mean(axis=1),
+                "p_kw": bat.pivot(index="time_s", columns="entity", values="p_kw").sum(axis=1),
+                "batteries": soc.shape[1]}))
+            picked = [e for e in self.soc_entities if e in soc.columns]
+            kept["battery_soc"].append(soc[picked])
+            if self.bus_power_at:
+                mine = bat[bat["bus"].isin(self.bus_power_at)]
+                kept["battery_p_by_bus"].append(mine.pivot(index="time_s", columns="bus", values="p_kw"))
+
+    @property
+    def walked(self) -> dict[str, Any]:
+        """What a walk over the windows kept (walks them if no walk has yet)."""
+        if self._walked is None:
+            for _ in self.chunks(("bus", "battery")):
+                pass
+        assert self._walked is not None
+        return self._walked
+
+    def _joined(self, name: str) -> pd.DataFrame:
+        parts = self.walked[name]
+        return pd.concat(parts) if len(parts) > 1 else parts[0] if parts else pd.DataFrame()
+
+    @property
+    def vm(self) -> pd.DataFrame:
+        """vm_pu per step (rows, ``time_s``) and bus (columns, 1-based), as :func:`bus_voltages`."""
+        return self._joined("vm")
+
+    @property
+    def battery_steps(self) -> pd.DataFrame:
+        """Per step (``time_s``): the batteries' state of charge ``soc_min``, ``soc_max``, ``soc_mean`` (0..1),
+        their summed power ``p_kw`` (+ = charging) and how many there were."""
+        return self._joined("battery_steps")
+
+    @property
+    def battery_soc(self) -> pd.DataFrame:
+        """State of charge (0..1) of the batteries of ``soc_entities``, per step."""
+        return self._joined("battery_soc")
+
+    @property
+    def battery_p_by_bus(self) -> pd.DataFrame:
+        """Battery power (kW, + = charging) per step at each bus of ``bus_power_at``."""
+        return self._joined("battery_p_by_bus")
+
+
+def three_households(out_dir: Path) -> dict[str, str]:
+    """Three battery households with different assets (Couraud et al. 2022, Fig. 6), by what picked them
+    (``"largest PV"``, ``"largest wind"``, ``"largest demand"``) → their battery's name; from the run folder's
+    ``households.csv`` and ``batteries.csv`` (empty without them)."""
+    if not ((out_dir / "households.csv").exists() and (out_dir / "batteries.csv").exists()):
+        return {}
+    households = pd.read_csv(out_dir / "households.csv")
+    fleet = pd.read_csv(out_dir / "batteries.csv", keep_default_na=False)
+    if "household" not in fleet or not len(fleet):
+        return {}
+    owned = households[households["name"].isin(set(fleet["household"]))]
+    by_household = dict(zip(fleet["household"], fleet["name"]))
+    picks: dict[str, str] = {}
+    for label, col in (("largest PV", "pv_kwp"), ("largest wind", "wind_kw"), ("largest demand", "annual_kwh")):
+        pool = owned[~owned["name"].isin(picks.values())]
+        if col in pool and len(pool) and pool[col].max() > 0:
+            picks[label] = str(pool.loc[pool[col].idxmax(), "name"])
+    return {f"{name} ({label})": str(by_household[name]) for label, name in picks.items()}
+
+
 def rows_of(df: pd.DataFrame | Recorded, kind: str) -> pd.DataFrame:
     """The rows of ``kind`` (an empty frame with every column if there are none)."""
     if isinstance(df, pd.DataFrame):
@@ -77,11 +269,11 @@ def meter_kw(df: pd.DataFrame, batteries: pd.DataFrame) -> pd.DataFrame:
         hh = pd.DataFrame(values, index=hh.index, columns=hh.columns)
     return hh
 
-def plan_vs_ac(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Per community bus: planned voltage (hourly, LinDistFlow) and AC voltage (minute), on the minute index."""
-    plan = rows_of(df, "plan")
+def plan_vs_ac(plan: pd.DataFrame, vm: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Per community bus: planned voltage (hourly, LinDistFlow; the ``plan`` rows) and AC voltage (per step, of
+    ``vm``: :func:`bus_voltages`), on the step index."""
     planned = plan.pivot(index="time_s", columns="bus", values="plan_vm_pu")
-    ac = bus_voltages(df)[planned.columns]
+    ac = vm[planned.columns]
     ac_hourly = ac.groupby(ac.index // 3600).transform("mean")
     return planned, ac, ac_hourly
 
@@ -253,5 +445,5 @@ class _Plots:
             tables = {}
             if (res.out_dir / "market.csv").exists():
                 tables["market"] = pd.read_csv(res.out_dir / "market.csv")
-            self._drawn = Drawn(read_recorded(res.parquet), res.scenario, res.out_dir, tables)
+            self._drawn = Drawn(Records(res.parquet), res.scenario, res.out_dir, tables)
         return self._drawn

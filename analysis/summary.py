@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from dercosim.analysis.results import Recorded, bus_voltages, json_number, meter_kw, plan_vs_ac, rows_of
+from dercosim.analysis.results import Recorded, Records, json_number, meter_kw, plan_vs_ac, rows_of
+from dercosim.markets.clearing import settle
 
 if TYPE_CHECKING:
     from dercosim.scenarios.config import Scenario
@@ -27,18 +28,63 @@ def _if(known: bool, x: float) -> float | None:
 def _at(times: pd.Series, time_s: int) -> str:
     return str(times.loc[time_s])
 
-def summarize(df: pd.DataFrame | Recorded, run: RunInputs, wall_time_s: float, run_wall_s: float,
+class _Walk:
+    """Partial figures of each window (:meth:`Records.chunks`) added up by section: the first window's as they
+    are (a run of one window gives the figures of a whole read, to the bit), later ones combined by
+    :func:`_combine` (sums added, maxima kept, the last state of charge the latest)."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, Any] = {}
+
+    def add(self, section: str, part: dict[str, Any] | None) -> None:
+        if part is None:
+            self.parts.setdefault(section, None)
+            return
+        before = self.parts.get(section)
+        self.parts[section] = part if before is None else {k: _combine(k, before[k], v) for k, v in part.items()}
+
+
+def _combine(key: str, before: Any, now: Any) -> Any:
+    """Two windows' value of ``key``: ``*_max`` the larger (NaN skipped), ``first_*`` the earlier, ``last_*``
+    the later (per entity where they are Series), anything else added (Series aligned, a missing entity 0)."""
+    if key.endswith("_max"):
+        if isinstance(now, pd.Series):
+            return pd.concat([before, now], axis=1).max(axis=1)
+        return np.fmax(before, now)
+    if key.startswith("interval_"):  # per market interval: the windows' intervals one after the other
+        return np.concatenate([before, now])
+    if key.startswith("first_"):
+        return before
+    if key.startswith("last_"):
+        return now.combine_first(before) if isinstance(now, pd.Series) else now
+    if isinstance(now, (pd.Series, pd.DataFrame)):
+        return before.add(now, fill_value=0)
+    return before + now
+
+
+def summarize(records: Records, run: RunInputs, wall_time_s: float, run_wall_s: float,
               tables: dict[str, pd.DataFrame] | None = None) -> dict[str, Any]:
-    """The figures of ``summary.json`` from a run's recorded rows (:func:`read_recorded`, or the whole
-    ``pd.read_parquet(timeseries.parquet)``).
+    """The figures of ``summary.json`` from a run's recorded rows (:class:`Records`: the big kinds a window of
+    whole days at a time, so a long run is never held at once).
 
     ``tables``: if given, receives the per-interval market settlement (``"market"``) for :func:`plot_all`,
     so it is computed once per run."""
     scenario, households, batteries = run.scenario, run.fleet.households, run.fleet.batteries
     step_h = scenario.clock.step_s / 3600.0
-    feeder = rows_of(df, "feeder").set_index("time_s").sort_index()
+    feeder = records.whole("feeder").set_index("time_s").sort_index()
     stamps = feeder["time"]
-    vm = bus_voltages(df)
+    market = _MarketWalk(records, run, feeder) if scenario.market is not None and len(households) else None
+    if market is not None:
+        records.interval_s = market.m.interval_s
+    records.midnights = bool(run.tariff.peak_demand_per_kw)
+    walk = _Walk()
+    for chunk in records.chunks():
+        walk.add("households", _household_part(chunk, run, stamps))
+        walk.add("batteries", _battery_part(chunk) if len(batteries) else None)
+        walk.add("controllers", _controller_part(chunk) if scenario.hems.controller is not None else None)
+        if market is not None:
+            market.add(chunk)
+    vm = records.vm
     lo, hi = scenario.grid.v_min_pu, scenario.grid.v_max_pu
 
     converged = feeder["converged"].astype(bool)
@@ -54,7 +100,7 @@ def summarize(df: pd.DataFrame | Recorded, run: RunInputs, wall_time_s: float, r
     else:  # no power flow converged
         extremes = {k: None for k in ("min_pu", "min_bus", "min_at", "max_pu", "max_bus", "max_at")}
 
-    hh = rows_of(df, "household")
+    hh = walk.parts["households"]
     p_head = feeder["p_head_kw"]
     summary: dict[str, Any] = {
         "scenario": scenario.name,
@@ -93,21 +139,22 @@ def summarize(df: pd.DataFrame | Recorded, run: RunInputs, wall_time_s: float, r
             "count": int(len(households)),
             "with_pv": int((households["pv_kwp"] > 0).sum()) if len(households) else 0,
             "pv_kwp_total": float(households["pv_kwp"].sum()) if len(households) else 0.0,
-            "load_kwh": float(hh["load_kw"].sum() * step_h),
-            "pv_kwh": float(hh["pv_kw"].sum() * step_h),
+            "load_kwh": float(hh["load_kw"] * step_h),
+            "pv_kwh": float(hh["pv_kw"] * step_h),
         },
     }
-    summary["households"].update(_household_economics(df, run, stamps))
+    summary["households"].update(_household_economics(hh, run))
     if len(batteries):
-        summary["batteries"] = _battery_figures(df, scenario, batteries)
+        summary["batteries"] = _battery_figures(walk.parts["batteries"], scenario, batteries)
     if scenario.hems.controller is not None:
         summary["hems"] = {"controller": scenario.hems.controller, "params": scenario.hems.params,
-                           "applies_to": scenario.hems.applies_to, **_controller_figures(df)}
+                           "applies_to": scenario.hems.applies_to,
+                           **_controller_figures(walk.parts["controllers"])}
     if scenario.planner is not None:
-        summary["planner"] = _planner_figures(df, scenario)
+        summary["planner"] = _planner_figures(records, scenario)
     contract = scenario.contract
     if contract is not None:
-        c = rows_of(df, "contract").sort_values("time_s")
+        c = records.whole("contract").sort_values("time_s")
         last = c.iloc[-1] if len(c) else None
         summary["contract"] = {
             "engine": contract.engine, "interval_s": contract.interval_s,
@@ -120,8 +167,8 @@ def summarize(df: pd.DataFrame | Recorded, run: RunInputs, wall_time_s: float, r
                     "late = a report that arrived after its round closed (used in the next round); lost = dropped by "
                     "the network; a member whose reply is lost keeps its last RE and weights; rejected = reports "
                     "the contract refused (treated as lost)"}
-    if scenario.market is not None and len(households):
-        summary["market"], market_table = market_figures(df, run)
+    if market is not None:
+        summary["market"], market_table = market.figures()
         if tables is not None:
             tables["market"] = market_table
         hh_summary = summary["households"]
@@ -138,16 +185,14 @@ def summarize(df: pd.DataFrame | Recorded, run: RunInputs, wall_time_s: float, r
                             "max_loading_pct": float(feeder["line_loading_max_pct"].max())}
     elif feeder["line_loading_max_pct"].notna().any():  # the case's own ratings
         summary["lines"] = {"rating_ka": "the case's own", "max_loading_pct": float(feeder["line_loading_max_pct"].max())}
-    hh_rows = rows_of(df, "household")
-    if "pv_curtailed_kw" in hh_rows:  # the inverters acted (a mode other than unity, or a controller's setpoints)
-        q = hh_rows["pv_q_kvar"].to_numpy(float)
-        delivered = float(hh_rows["pv_kw"].sum() * step_h)
-        curtailed = float(hh_rows["pv_curtailed_kw"].sum() * step_h)
+    if "pv_curtailed_kw" in hh:  # the inverters acted (a mode other than unity, or a controller's setpoints)
+        delivered = float(hh["pv_kw"] * step_h)
+        curtailed = float(hh["pv_curtailed_kw"] * step_h)
         summary["inverters"] = {
             "mode": scenario.inverters.mode, "s_per_kwp": scenario.inverters.s_per_kwp,
             "pv_available_kwh": delivered + curtailed, "pv_delivered_kwh": delivered, "pv_curtailed_kwh": curtailed,
-            "q_injected_kvarh": float(np.clip(q, 0, None).sum() * step_h),
-            "q_absorbed_kvarh": float(np.clip(-q, 0, None).sum() * step_h),
+            "q_injected_kvarh": float(hh["q_injected_kvar"] * step_h),
+            "q_absorbed_kvarh": float(hh["q_absorbed_kvar"] * step_h),
             "definitions": "available = delivered + curtailed (the array's output before the inverter's cap); "
                            "reactive power + = injected (generator convention), from the bus voltage of the "
                            "previous power flow"}
@@ -156,9 +201,9 @@ def summarize(df: pd.DataFrame | Recorded, run: RunInputs, wall_time_s: float, r
 #: Couraud et al. 2022: gas of one household's transaction on their private chain
 PAPER_GAS_PER_HOUSEHOLD_TX = 105_957
 
-def evm_figures(df: pd.DataFrame | Recorded, gas_log: Path) -> dict[str, Any]:
+def evm_figures(records: Records, gas_log: Path) -> dict[str, Any]:
     """Gas and wall time of the contract on the EVM, and its largest gap to the Python rules (summary.json)."""
-    c = rows_of(df, "contract")
+    c = records.whole("contract")
     figures: dict[str, Any] = {}
     try:
         log = json.loads(Path(gas_log).read_text(encoding="utf-8"))["summary"]
@@ -176,14 +221,20 @@ def evm_figures(df: pd.DataFrame | Recorded, gas_log: Path) -> dict[str, Any]:
                        "(SoC and weights in ppm, energy in mWh)")
     return figures
 
-def _household_economics(df: pd.DataFrame | Recorded, run: RunInputs, stamps: pd.Series) -> dict[str, Any]:
-    """Self-consumption, self-sufficiency and bills per household and for the fleet."""
+def _household_part(chunk: Recorded, run: RunInputs, stamps: pd.Series) -> dict[str, Any]:
+    """One window's sums over the households' rows: every row (``load_kw``, ``pv_kw``, the inverters'), and
+    per household (demand, generation, meter import and export, bill; :func:`_household_economics`)."""
     scenario, households, batteries = run.scenario, run.fleet.households, run.fleet.batteries
-    if not len(households):
-        return {}
     step_h = scenario.clock.step_s / 3600.0
-    hh = rows_of(df, "household")
-    meter = meter_kw(df, batteries)
+    hh = rows_of(chunk, "household")
+    part: dict[str, Any] = {"load_kw": hh["load_kw"].sum(), "pv_kw": hh["pv_kw"].sum()}
+    if "pv_curtailed_kw" in hh:
+        q = hh["pv_q_kvar"].to_numpy(float)
+        part.update(pv_curtailed_kw=hh["pv_curtailed_kw"].sum(), q_injected_kvar=np.clip(q, 0, None).sum(),
+                    q_absorbed_kvar=np.clip(-q, 0, None).sum())
+    if not len(households):
+        return part
+    meter = meter_kw(chunk, batteries)
     names = list(households["name"])
     meter = meter[names]
     load = hh.pivot(index="time_s", columns="entity", values="load_kw")[names]
@@ -191,13 +242,27 @@ def _household_economics(df: pd.DataFrame | Recorded, run: RunInputs, stamps: pd
     pv = hh.pivot(index="time_s", columns="entity", values="pv_kw")[names]
     if "wind_kw" in hh:  # on-site generation: PV and small wind
         pv = pv + hh.pivot(index="time_s", columns="entity", values="wind_kw")[names].fillna(0.0)
-    demand_kwh = (load + hvac).sum() * step_h
-    pv_kwh = pv.sum() * step_h
-    import_kwh = meter.clip(lower=0).sum() * step_h
-    export_kwh = (-meter).clip(lower=0).sum() * step_h
-    tariff = run.tariff
     times = pd.DatetimeIndex(stamps.loc[meter.index])
-    bills = pd.Series(tariff.bill(times, meter.to_numpy(), step_h), index=names)
+    part.update(demand_kw=(load + hvac).sum(), generation_kw=pv.sum(), import_kw=meter.clip(lower=0).sum(),
+                export_kw=(-meter).clip(lower=0).sum(), hvac_kw=hvac.sum(),
+                bills=pd.Series(run.tariff.bill(times, meter.to_numpy(), step_h), index=names),
+                not_exporting=int((meter >= -1e-9).to_numpy().sum()), household_steps=int(meter.size))
+    return part
+
+def _household_economics(sums: dict[str, Any], run: RunInputs) -> dict[str, Any]:
+    """Self-consumption, self-sufficiency and bills per household and for the fleet, from the households' sums
+    (:func:`_household_part`)."""
+    scenario, households = run.scenario, run.fleet.households
+    if not len(households):
+        return {}
+    step_h = scenario.clock.step_s / 3600.0
+    names = list(households["name"])
+    demand_kwh = sums["demand_kw"] * step_h
+    pv_kwh = sums["generation_kw"] * step_h
+    import_kwh = sums["import_kw"] * step_h
+    export_kwh = sums["export_kw"] * step_h
+    bills = sums["bills"]
+    tariff = run.tariff
     with np.errstate(invalid="ignore", divide="ignore"):
         self_consumption = (pv_kwh - export_kwh).clip(lower=0) / pv_kwh
         self_sufficiency = (demand_kwh - import_kwh) / demand_kwh
@@ -208,12 +273,12 @@ def _household_economics(df: pd.DataFrame | Recorded, run: RunInputs, stamps: pd
            for n, b in zip(names, households["bus"])}
     fleet_pv = float(pv_kwh.sum())
     return {
-        "hvac_kwh": float(hvac.sum().sum() * step_h),
+        "hvac_kwh": float(sums["hvac_kw"].sum() * step_h),
         "meter_import_kwh": float(import_kwh.sum()),
         "meter_export_kwh": float(export_kwh.sum()),
         "self_consumption": float(max(fleet_pv - export_kwh.sum(), 0.0) / fleet_pv) if fleet_pv > 0 else None,
         "self_sufficiency": float((demand_kwh.sum() - import_kwh.sum()) / demand_kwh.sum()),
-        "minutes_not_exporting_share": float((meter >= -1e-9).to_numpy().mean()),
+        "minutes_not_exporting_share": float(sums["not_exporting"] / sums["household_steps"]),
         "bill_total": float(bills.sum()),
         "currency": tariff.currency,
         "definitions": "self_consumption = (PV + wind - export)/(PV + wind); self_sufficiency = (demand - import)/demand, "
@@ -222,15 +287,23 @@ def _household_economics(df: pd.DataFrame | Recorded, run: RunInputs, stamps: pd
         "per_household": per,
     }
 
-def _battery_figures(df: pd.DataFrame | Recorded, scenario: Scenario, batteries: pd.DataFrame) -> dict[str, Any]:
-    bat = rows_of(df, "battery")
-    sums = bat.groupby("entity")[["e_charge_kwh", "e_discharge_kwh", "e_self_discharge_kwh", "e_clipped_kwh"]].sum()
-    last_soc = bat.sort_values("time_s").groupby("entity")["soc_kwh"].last()
+_ENERGIES = ["e_charge_kwh", "e_discharge_kwh", "e_self_discharge_kwh", "e_clipped_kwh"]
+
+def _battery_part(chunk: Recorded) -> dict[str, Any]:
+    """One window's battery energies per battery, its last state of charge and its first step's rows."""
+    bat = rows_of(chunk, "battery")
+    return {"energies": bat.groupby("entity")[_ENERGIES].sum(),
+            "last_soc_kwh": bat.sort_values("time_s").groupby("entity")["soc_kwh"].last(),
+            "first_rows": bat[bat["time_s"] == bat["time_s"].min()] if len(bat) else bat}
+
+def _battery_figures(walked: dict[str, Any], scenario: Scenario, batteries: pd.DataFrame) -> dict[str, Any]:
+    """Energies, cycles and each battery's energy balance, from :func:`_battery_part` over the run."""
+    sums, last_soc, first = walked["energies"], walked["last_soc_kwh"], walked["first_rows"]
     table = batteries.set_index("name")
     sums = sums.loc[table.index]
     soc_start = table["soc_init_kwh"]
-    if len(bat) and int(bat["time_s"].min()) > 0:  # a window (run --start): the SoC its first step began from
-        first = bat[bat["time_s"] == bat["time_s"].min()].set_index("entity").loc[table.index]
+    if len(first) and int(first["time_s"].min()) > 0:  # a window (run --start): the SoC its first step began from
+        first = first.set_index("entity").loc[table.index]
         soc_start = first["soc_kwh"] - (table["eta_charge"] * first["e_charge_kwh"] - first["e_discharge_kwh"]
                                         / table["eta_discharge"] - first["e_self_discharge_kwh"])
     closure = (last_soc.loc[table.index] - soc_start) - (
@@ -257,16 +330,16 @@ def _battery_figures(df: pd.DataFrame | Recorded, scenario: Scenario, batteries:
                             "equivalent_full_cycles": float(cycles[n])} for n in table.index},
     }
 
-def _planner_figures(df: pd.DataFrame, scenario: Scenario) -> dict[str, Any]:
+def _planner_figures(records: Records, scenario: Scenario) -> dict[str, Any]:
     """The value-stacking plans (Jiang & Wang 2024) and how their LinDistFlow voltages compare with AC."""
     planner = scenario.planner
     assert planner is not None
-    op = rows_of(df, "planner").sort_values("time_s")
-    plan = rows_of(df, "plan")
-    planned, ac, ac_hourly = plan_vs_ac(df)
+    op = records.whole("planner").sort_values("time_s")
+    plan = records.whole("plan")
+    planned, ac, ac_hourly = plan_vs_ac(plan, records.vm)
     diff = (ac_hourly - planned).where(planned.notna())
     step_h = scenario.clock.step_s / 3600.0
-    bat = rows_of(df, "battery").pivot(index="time_s", columns="bus", values="p_kw")
+    bat = records.battery_p_by_bus
     set_kw = plan.pivot(index="time_s", columns="bus", values="p_set_kw")
     tracked = (bat[set_kw.columns] - set_kw).abs()
     last = op.iloc[-1] if len(op) else None
@@ -307,126 +380,178 @@ MARKET_COLUMNS = ["interval_start", "bid_kwh", "committed_kwh", "delivered_kwh",
                   "soc_target_frac", "mode_s", "planned_battery_kwh"]
 
 
-def market_figures(df: pd.DataFrame | Recorded, run: RunInputs) -> tuple[dict[str, Any], pd.DataFrame]:
-    """The aggregator's bids, commitments, delivery and settlement from the recorded rows; and the per-interval
-    table of ``market.csv``."""
-    from dercosim.markets.clearing import settle
+#: the settlement's figures per market interval (:class:`dercosim.markets.clearing.Settlement`)
+INTERVAL_FIELDS = ("delivered_kwh", "committed_kwh", "revenue", "imbalance_kwh", "imbalance_cost")
 
-    scenario, households, batteries = run.scenario, run.fleet.households, run.fleet.batteries
-    m = scenario.market
-    assert m is not None
-    step_h = scenario.clock.step_s / 3600.0
-    steps = m.interval_s // scenario.clock.step_s
-    agg = rows_of(df, "market").set_index("time_s").sort_index()
-    meter = meter_kw(df, batteries)
-    central, billed = run.fleet.plants, run.fleet.portfolio
-    outside = [n for n in households["name"] if n not in central and n not in billed]
-    n_int = len(meter) // steps
-    if n_int == 0:  # shorter than one market interval: nothing to settle
-        return {"intervals": 0, "note": "the run is shorter than one market interval; nothing was settled",
-                "bill_total": None, "bills_per_household": {}}, pd.DataFrame(columns=MARKET_COLUMNS)
-    minutes = n_int * steps
-    meter = meter.iloc[:minutes]
-    stamps = rows_of(df, "feeder").set_index("time_s").sort_index()["time"].iloc[:minutes]
-    times = pd.DatetimeIndex(stamps)
-    tariff = run.tariff
-    first = agg.iloc[::steps].iloc[:n_int]
-    st = settle(meter[billed].to_numpy(), meter[central].to_numpy() if central else np.zeros((minutes, 0)),
-                first["committed_kwh"].to_numpy(), first["wholesale_per_kwh"].to_numpy(),
-                first["imbalance_per_kwh"].to_numpy(), tariff.import_price(times), tariff.export_price(times),
-                step_h, steps, m.vpw_share, m.imbalance_rule, m.imbalance_where)
-    table = pd.DataFrame({
-        "interval_start": first["time"].to_numpy(), "bid_kwh": first["bid_kwh"].to_numpy(),
-        "committed_kwh": st.committed_kwh, "delivered_kwh": st.delivered_kwh, "imbalance_kwh": st.imbalance_kwh,
-        "forecast_net_export_kwh": first["forecast_net_export_kwh"].to_numpy(),
-        "wholesale_per_kwh": first["wholesale_per_kwh"].to_numpy(),
-        "imbalance_per_kwh": first["imbalance_per_kwh"].to_numpy(), "revenue": st.revenue,
-        "imbalance_cost": st.imbalance_cost, "soc_target_frac": first["soc_target_frac"].to_numpy(),
-        "mode_s": first["mode_s"].to_numpy(), "planned_battery_kwh": first["planned_battery_kwh"].to_numpy()})
-    committed = st.committed_kwh > 1e-9
-    bills_outside = tariff.bill(times, meter[outside].to_numpy(), step_h) if outside else np.zeros(0)
-    homes = billed + outside  # every household, in the portfolio or not
-    imports = meter[homes].clip(lower=0)
-    hh = rows_of(df, "household")
-    load = hh.pivot(index="time_s", columns="entity", values="load_kw")[homes].iloc[:minutes]
-    consumed_kwh = float(load.sum().sum() * step_h)
-    self_consumed = consumed_kwh - float(imports.sum().sum() * step_h)  # met by own generation and battery
-    summary = {
-        "wholesale": m.wholesale, "imbalance": m.imbalance, "imbalance_rule": m.imbalance_rule,
-        "imbalance_where": m.imbalance_where,
-        "clearing": m.clearing, "residual_demand_slope": m.residual_demand_slope,
-        "interval_s": m.interval_s, "intervals": int(n_int), "currency": tariff.currency,
-        "milp_failures": int(agg["milp_failures"].max()) if len(agg) else 0,
-        "bid_kwh": float(table["bid_kwh"].sum()), "committed_kwh": float(st.committed_kwh.sum()),
-        "delivered_kwh": float(st.delivered_kwh.sum()),
-        "wholesale_revenue": float(st.revenue.sum()), "imbalance_cost": float(st.imbalance_cost.sum()),
-        "imbalance_kwh_abs": float(np.abs(st.imbalance_kwh).sum()),
-        "mean_abs_deviation_of_committed": (float(np.mean(np.abs(st.imbalance_kwh[committed])
-                                                          / st.committed_kwh[committed])) if committed.any()
-                                            else None),
-        "market_revenue_net": float(st.revenue.sum() - st.imbalance_cost.sum()),
-        "bill_total": float(st.bills.sum() + bills_outside.sum()), "vpw_kwh": float(st.vpw_kwh.sum()),
-        "households_in_portfolio": len(billed), "households_outside": len(outside),
-        # the three published meanings of "self-consumption" (Couraud et al. 2022 and its preprint), each by name
-        "self_consumed_share": max(self_consumed, 0.0) / consumed_kwh if consumed_kwh > 0 else None,
-        "minutes_not_exporting_share": float((meter[homes] >= -1e-9).to_numpy().mean()),
-        "fleet_supplied_share": (max(self_consumed + float(st.vpw_kwh.sum()), 0.0) / consumed_kwh
-                                 if consumed_kwh > 0 else None),
-        "self_supplied_minutes_share": float((imports <= 1e-9).to_numpy().mean()),
-        "definitions": "delivered = export − import of the portfolio (household meters after batteries and the "
-                       "aggregator's plants) per interval; revenue on the committed volume at the wholesale price; "
-                       "imbalance cost |delivered − committed| × imbalance price (or GB single price); "
-                       "self_consumed_share = energy consumed at the home meters that was not imported "
-                       "(consumed − imported, per minute) / energy consumed; "
-                       "minutes_not_exporting_share = home-minutes without export (the authors' time metric); "
-                       "fleet_supplied_share = energy consumed that the fleet supplied (own generation, battery, or "
-                       "the virtual private wire from other fleet meters and the aggregator's plants) / energy "
-                       "consumed; self_supplied_minutes_share = home-minutes without import",
-        "bills_per_household": {**{n: float(b) for n, b in zip(billed, st.bills)},
-                                **{n: float(b) for n, b in zip(outside, bills_outside)}},
-    }
-    return summary, table
 
-def _controller_figures(df: pd.DataFrame) -> dict[str, Any]:
-    """Faults, overruns, call times, and (MPC) solves and fallbacks per household, from the recorded rows."""
-    ctrl = rows_of(df, "controller")
+class _MarketWalk:
+    """The aggregator's settlement (:func:`dercosim.markets.clearing.settle`) a window at a time: per interval
+    (windows hold whole intervals), per household (bills, energy covered by the fleet) and for the fleet."""
+
+    def __init__(self, records: Records, run: RunInputs, feeder: pd.DataFrame) -> None:
+        scenario = run.scenario
+        m = scenario.market
+        assert m is not None
+        self.run, self.m = run, m
+        self.step_h = scenario.clock.step_s / 3600.0
+        self.steps = m.interval_s // scenario.clock.step_s
+        self.agg = records.whole("market").set_index("time_s").sort_index()
+        self.central, self.billed = run.fleet.plants, run.fleet.portfolio
+        self.outside = [n for n in run.fleet.households["name"] if n not in self.central and n not in self.billed]
+        self.homes = self.billed + self.outside  # every household, in the portfolio or not
+        self.n_int = len(feeder) // self.steps
+        self.minutes = self.n_int * self.steps
+        self.stamps = feeder["time"].iloc[:self.minutes]
+        self.first = self.agg.iloc[::self.steps].iloc[:self.n_int]
+        self.walk = _Walk()
+
+    def add(self, chunk: Recorded) -> None:
+        """Settle the window's whole intervals."""
+        if self.n_int == 0:
+            return
+        run, m, steps = self.run, self.m, self.steps
+        meter = meter_kw(chunk, run.fleet.batteries)
+        meter = meter[meter.index.isin(self.stamps.index)]  # the run's whole intervals only
+        if not len(meter):
+            return
+        at = self.stamps.index.get_indexer(meter.index)
+        if len(meter) % steps or at[0] % steps:
+            raise ValueError(f"a report window of {len(meter)} steps from step {at[0]} does not hold whole "
+                             f"market intervals of {steps} steps")
+        first = self.first.iloc[at[0] // steps: at[0] // steps + len(meter) // steps]
+        times = pd.DatetimeIndex(self.stamps.iloc[at])
+        tariff = run.tariff
+        central = self.central
+        st = settle(meter[self.billed].to_numpy(),
+                    meter[central].to_numpy() if central else np.zeros((len(meter), 0)),
+                    first["committed_kwh"].to_numpy(), first["wholesale_per_kwh"].to_numpy(),
+                    first["imbalance_per_kwh"].to_numpy(), tariff.import_price(times), tariff.export_price(times),
+                    self.step_h, steps, m.vpw_share, m.imbalance_rule, m.imbalance_where)
+        homes = self.homes
+        imports = meter[homes].clip(lower=0)
+        hh = rows_of(chunk, "household")
+        load = hh.pivot(index="time_s", columns="entity", values="load_kw")[homes].loc[meter.index]
+        self.walk.add("market", {
+            **{f"interval_{f}": getattr(st, f) for f in INTERVAL_FIELDS},
+            "bills": st.bills, "vpw_kwh": st.vpw_kwh,
+            "bills_outside": (tariff.bill(times, meter[self.outside].to_numpy(), self.step_h) if self.outside
+                              else np.zeros(0)),
+            "load_kw": load.sum(), "import_kw": imports.sum(),
+            "not_exporting": int((meter[homes] >= -1e-9).to_numpy().sum()),
+            "not_importing": int((imports <= 1e-9).to_numpy().sum()), "home_steps": int(meter[homes].size)})
+
+    def figures(self) -> tuple[dict[str, Any], pd.DataFrame]:
+        """The market's figures (``summary.json`` → ``market``) and the per-interval table of ``market.csv``."""
+        m, run, step_h = self.m, self.run, self.step_h
+        tariff = run.tariff
+        if self.n_int == 0:  # shorter than one market interval: nothing to settle
+            return {"intervals": 0, "note": "the run is shorter than one market interval; nothing was settled",
+                    "bill_total": None, "bills_per_household": {}}, pd.DataFrame(columns=MARKET_COLUMNS)
+        w = self.walk.parts["market"]
+        per = {f: w[f"interval_{f}"] for f in INTERVAL_FIELDS}
+        first, agg, billed, outside = self.first, self.agg, self.billed, self.outside
+        table = pd.DataFrame({
+            "interval_start": first["time"].to_numpy(), "bid_kwh": first["bid_kwh"].to_numpy(),
+            "committed_kwh": per["committed_kwh"], "delivered_kwh": per["delivered_kwh"],
+            "imbalance_kwh": per["imbalance_kwh"],
+            "forecast_net_export_kwh": first["forecast_net_export_kwh"].to_numpy(),
+            "wholesale_per_kwh": first["wholesale_per_kwh"].to_numpy(),
+            "imbalance_per_kwh": first["imbalance_per_kwh"].to_numpy(), "revenue": per["revenue"],
+            "imbalance_cost": per["imbalance_cost"], "soc_target_frac": first["soc_target_frac"].to_numpy(),
+            "mode_s": first["mode_s"].to_numpy(), "planned_battery_kwh": first["planned_battery_kwh"].to_numpy()})
+        committed_kwh, imbalance_kwh = per["committed_kwh"], per["imbalance_kwh"]
+        committed = committed_kwh > 1e-9
+        consumed_kwh = float(w["load_kw"].sum() * step_h)
+        self_consumed = consumed_kwh - float(w["import_kw"].sum() * step_h)  # met by own generation and battery
+        bills, bills_outside, vpw_kwh = w["bills"], w["bills_outside"], w["vpw_kwh"]
+        summary = {
+            "wholesale": m.wholesale, "imbalance": m.imbalance, "imbalance_rule": m.imbalance_rule,
+            "imbalance_where": m.imbalance_where,
+            "clearing": m.clearing, "residual_demand_slope": m.residual_demand_slope,
+            "interval_s": m.interval_s, "intervals": int(self.n_int), "currency": tariff.currency,
+            "milp_failures": int(agg["milp_failures"].max()) if len(agg) else 0,
+            "bid_kwh": float(table["bid_kwh"].sum()), "committed_kwh": float(committed_kwh.sum()),
+            "delivered_kwh": float(per["delivered_kwh"].sum()),
+            "wholesale_revenue": float(per["revenue"].sum()), "imbalance_cost": float(per["imbalance_cost"].sum()),
+            "imbalance_kwh_abs": float(np.abs(imbalance_kwh).sum()),
+            "mean_abs_deviation_of_committed": (float(np.mean(np.abs(imbalance_kwh[committed])
+                                                              / committed_kwh[committed])) if committed.any()
+                                                else None),
+            "market_revenue_net": float(per["revenue"].sum() - per["imbalance_cost"].sum()),
+            "bill_total": float(bills.sum() + bills_outside.sum()), "vpw_kwh": float(vpw_kwh.sum()),
+            "households_in_portfolio": len(billed), "households_outside": len(outside),
+            # the three published meanings of "self-consumption" (Couraud et al. 2022 and its preprint), each by name
+            "self_consumed_share": max(self_consumed, 0.0) / consumed_kwh if consumed_kwh > 0 else None,
+            "minutes_not_exporting_share": float(w["not_exporting"] / w["home_steps"]),
+            "fleet_supplied_share": (max(self_consumed + float(vpw_kwh.sum()), 0.0) / consumed_kwh
+                                     if consumed_kwh > 0 else None),
+            "self_supplied_minutes_share": float(w["not_importing"] / w["home_steps"]),
+            "definitions": "delivered = export − import of the portfolio (household meters after batteries and the "
+                           "aggregator's plants) per interval; revenue on the committed volume at the wholesale price; "
+                           "imbalance cost |delivered − committed| × imbalance price (or GB single price); "
+                           "self_consumed_share = energy consumed at the home meters that was not imported "
+                           "(consumed − imported, per minute) / energy consumed; "
+                           "minutes_not_exporting_share = home-minutes without export (the authors' time metric); "
+                           "fleet_supplied_share = energy consumed that the fleet supplied (own generation, battery, or "
+                           "the virtual private wire from other fleet meters and the aggregator's plants) / energy "
+                           "consumed; self_supplied_minutes_share = home-minutes without import",
+            "bills_per_household": {**{n: float(b) for n, b in zip(billed, bills)},
+                                    **{n: float(b) for n, b in zip(outside, bills_outside)}},
+        }
+        return summary, table
+
+def _controller_part(chunk: Recorded) -> dict[str, Any] | None:
+    """One window's controller counts and call times per controller (None: no controller rows)."""
+    ctrl = rows_of(chunk, "controller")
     if not len(ctrl):
-        return {}
-    per: dict[str, dict[str, Any]] = {}
-    has_solves = "solve_ms" in ctrl.columns and ctrl["solve_ms"].notna().any()
+        return None
     # whole columns grouped once (a loop over 2,000 households' groups took seconds)
     groups = ctrl.groupby("entity", sort=True)
     zeros = pd.Series(0, index=list(groups.groups))
     counted = lambda col: ctrl[col].fillna(0).groupby(ctrl["entity"]).sum() if col in ctrl else zeros  # noqa: E731
-    faults, overruns = counted("fault"), counted("overrun")
-    step_max = groups["step_ms"].max() if "step_ms" in ctrl else zeros * np.nan
-    if has_solves:
-        solves = groups["solve_ms"].agg(["count", "mean", "max"])
-        fallbacks, retried = counted("fallback"), counted("retried")
-    for entity in zeros.index:
+    part: dict[str, Any] = {"faults": counted("fault"), "overruns": counted("overrun"),
+                            "step_ms_max": groups["step_ms"].max() if "step_ms" in ctrl else zeros * np.nan,
+                            "solves": zeros, "solve_ms": zeros * 0.0, "solve_ms_max": zeros * np.nan,
+                            "fallbacks": zeros, "retried": zeros,
+                            "all_solves": 0, "all_solve_ms": 0.0, "all_solve_ms_max": np.nan}
+    if "solve_ms" in ctrl.columns and ctrl["solve_ms"].notna().any():
+        all_ms = ctrl["solve_ms"].dropna()
+        part.update(solves=groups["solve_ms"].count(), solve_ms=groups["solve_ms"].sum(),
+                    solve_ms_max=groups["solve_ms"].max(), fallbacks=counted("fallback"), retried=counted("retried"),
+                    all_solves=len(all_ms), all_solve_ms=all_ms.sum(), all_solve_ms_max=all_ms.max())
+    return part
+
+def _controller_figures(sums: dict[str, Any] | None) -> dict[str, Any]:
+    """Faults, overruns, call times, and (MPC) solves and fallbacks per household, from :func:`_controller_part`
+    over the run."""
+    if sums is None:
+        return {}
+    per: dict[str, dict[str, Any]] = {}
+    has_solves = sums["all_solves"] > 0
+    faults, overruns, step_max = sums["faults"], sums["overruns"], sums["step_ms_max"]
+    for entity in faults.index:
         entry: dict[str, Any] = {"faults": int(faults[entity]), "overruns": int(overruns[entity]),
                                  "step_ms_max": json_number(step_max[entity])}
         if has_solves:
-            n = int(solves.at[entity, "count"])
+            n = int(sums["solves"][entity])
             entry.update({
                 "solves": n,
-                "solve_ms_mean": float(solves.at[entity, "mean"]) if n else None,
-                "solve_ms_max": float(solves.at[entity, "max"]) if n else None,
-                "fallbacks": int(fallbacks[entity]),
-                "retried": int(retried[entity]),
+                "solve_ms_mean": float(sums["solve_ms"][entity] / n) if n else None,
+                "solve_ms_max": float(sums["solve_ms_max"][entity]) if n else None,
+                "fallbacks": int(sums["fallbacks"][entity]),
+                "retried": int(sums["retried"][entity]),
             })
         per[entity.removeprefix("ctrl_")] = entry
     out: dict[str, Any] = {
         "faults": int(sum(v["faults"] for v in per.values())),
         "overruns": int(sum(v["overruns"] for v in per.values())),
-        "step_ms_max": json_number(ctrl["step_ms"].max()) if "step_ms" in ctrl else None,
+        "step_ms_max": json_number(step_max.max()) if step_max.notna().any() else None,
     }
     notes = ["fault = the controller raised, exited or returned a non-finite setpoint and the fallback was used "
              "for that step (hems.on_fault = 'fallback'); overrun = a call over hems.step_timeout_s"]
     if has_solves:
-        all_ms = ctrl["solve_ms"].dropna()
-        out.update({"solves": int(len(all_ms)), "solve_ms_mean": float(all_ms.mean()),
-                    "solve_ms_max": float(all_ms.max()),
+        out.update({"solves": int(sums["all_solves"]), "solve_ms_mean": float(sums["all_solve_ms"] / sums["all_solves"]),
+                    "solve_ms_max": float(sums["all_solve_ms_max"]),
                     "fallbacks": int(sum(v["fallbacks"] for v in per.values())),
                     "retried": int(sum(v["retried"] for v in per.values()))})
         notes.append("fallback = the solver failed and the rule-based action was used for that step; "

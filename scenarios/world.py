@@ -38,7 +38,7 @@ from dercosim.devices.battery import BatteryParams
 from dercosim.controllers.base import INVERTER_SETPOINTS, household_io
 from dercosim.controllers.registry import ControllerError, load_controller_class
 from dercosim.analysis import plots as plot_module, summary as summaries
-from dercosim.analysis.results import Result, read_recorded
+from dercosim.analysis.results import Records, Result
 from dercosim.scenarios.fleet import Fleet
 from dercosim.scenarios.resolve import RunInputs, data_files
 from dercosim.environment import versions
@@ -293,7 +293,9 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True,
     if not record:
         return None
 
-    recorded = read_recorded(parquet)  # by kind: never the whole long table at once
+    del world  # the simulators and their state: not needed for the report
+    gc.collect()
+    recorded = Records(parquet)  # the per-step kinds whole, the others a window of days at a time
     tables: dict[str, pd.DataFrame] = {}
     summary = summaries.summarize(recorded, run, wall_time_s=time.perf_counter() - wall_start, run_wall_s=run_wall_s,
                                   tables=tables)
