@@ -7,6 +7,7 @@ reads one kind at a time with pyarrow filters, which is what the summary, the pl
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from collections.abc import Iterator
 from typing import Any
@@ -47,9 +48,9 @@ def read_recorded(path: str | Path) -> Recorded:
         recorded[kind] = pq.read_table(path, columns=columns, filters=[("kind", "==", kind)]).to_pandas()
     return recorded
 
-#: rows the report holds at once: a run with more is reported a window of whole days at a time (a month of 2,000
-#: households records ~170 M rows; one day of it is ~6 M)
-REPORT_CHUNK_ROWS = 4_000_000
+#: rows the report holds at once: a run with more is reported a window of whole hours at a time (a month of 2,000
+#: households records ~260 M rows; a day of them ~9 M)
+REPORT_CHUNK_ROWS = 2_000_000
 #: the kinds with one row per step (or per planned hour): read whole; the others are read a window at a time
 SMALL_KINDS = ("feeder", "market", "contract", "planner", "plan")
 
@@ -57,12 +58,13 @@ SMALL_KINDS = ("feeder", "market", "contract", "planner", "plan")
 class Records:
     """A run's ``timeseries.parquet`` as the report reads it: the kinds with a row per step (:data:`SMALL_KINDS`)
     whole, the kinds with a row per step and entity (buses, households, batteries, controllers) a window of whole
-    local days at a time (:meth:`chunks`), so a long run is summarised and drawn without holding its rows.
+    hours at a time (:meth:`chunks`), so a long run is summarised and drawn without holding its rows.
 
     A run of at most ``chunk_rows`` rows is one window: every figure is computed from the whole rows at once,
-    as :func:`read_recorded` reads them. Longer runs are cut at local midnights (figures that add over days —
-    energies, bills, the market's intervals, counts, extremes — are sums or extremes over the windows; sums
-    differ from a whole read only by the order of floating-point additions).
+    as :func:`read_recorded` reads them. Longer runs are cut between market intervals, or at local midnights
+    with a daily peak-demand charge (:meth:`windows`); the figures — energies, bills, the market's intervals,
+    counts, extremes — are sums or extremes over the windows, and sums differ from a whole read only by the
+    order of floating-point additions.
 
     While :meth:`chunks` is walked it keeps what the figures need step by step and nothing more: the bus
     voltages (``vm``, steps × buses), the batteries' state-of-charge band and fleet power per step
@@ -91,9 +93,9 @@ class Records:
         self.soc_entities = list(three_households(self.path.parent).values())
         #: the buses whose battery power is kept step by step: the planner's community buses
         self.bus_power_at: list[int] = []
-        #: windows hold whole intervals of this many seconds from the first step (the market's); None: any
+        #: windows hold whole intervals of this many seconds from the first step (the market's); None: hours
         self.interval_s: int | None = None
-        #: windows must end at local midnights (a tariff's daily peak-demand charge)
+        #: windows end at local midnights (a tariff's daily peak-demand charge)
         self.midnights = False
 
     def _columns_of(self, kind: str) -> list[str] | None:
@@ -126,24 +128,24 @@ class Records:
 
     def windows(self) -> list[tuple[int, int] | None]:
         """The ``time_s`` windows [start, end) of :meth:`chunks`: ``[None]`` (everything at once) when the run has
-        at most ``chunk_rows`` rows, else whole local days (from the first midnight after the first step), as
-        many per window as keep it within ``chunk_rows``; moved on to the next market interval's start where the
-        intervals do not start at midnight (``interval_s``), or one window if the edges must also stay at
-        midnight (``midnights``)."""
+        at most ``chunk_rows`` rows, else as many whole hours from the first step (whole market intervals,
+        ``interval_s``) as keep a window within ``chunk_rows``; with a daily peak-demand charge
+        (``midnights``), whole local days cut at midnight instead (one window if the market's intervals do not
+        start at midnight)."""
         feeder = self.whole("feeder")
         if self.num_rows <= self.chunk_rows or len(feeder) < 2:
             return [None]
         first_s, last_s = int(feeder["time_s"].min()), int(feeder["time_s"].max())
-        t0 = pd.Timestamp(feeder.loc[feeder["time_s"].idxmin(), "time"])
-        midnight_s = first_s - (t0.hour * 3600 + t0.minute * 60 + t0.second)  # the first step's local day
-        days = -(-(last_s + 1 - midnight_s) // 86400)
-        per_window = max(1, int(self.chunk_rows // max(self.num_rows / days, 1)))
-        edges = [midnight_s + 86400 * d for d in range(per_window, days, per_window)]
-        if self.interval_s:  # whole market intervals (counted from the first step) in every window
-            shift = -(edges[0] - first_s) % self.interval_s if edges else 0
-            if shift and self.midnights:
-                return [None]  # no edge is both: one window
-            edges = [e + shift for e in edges]
+        if self.midnights:
+            t0 = pd.Timestamp(feeder.loc[feeder["time_s"].idxmin(), "time"])
+            origin, unit = first_s - (t0.hour * 3600 + t0.minute * 60 + t0.second), 86400  # the first local midnight
+            if self.interval_s and (first_s - origin) % self.interval_s:
+                return [None]  # no edge is both a midnight and an interval's start
+        else:
+            origin, unit = first_s, math.lcm(3600, self.interval_s or 3600)
+        units = -(-(last_s + 1 - origin) // unit)
+        per_window = max(1, int(self.chunk_rows // max(self.num_rows / units, 1)))
+        edges = [origin + unit * k for k in range(per_window, units, per_window)]
         bounds = [first_s] + [e for e in edges if first_s < e <= last_s] + [last_s + 1]
         return list(zip(bounds[:-1], bounds[1:]))
 
