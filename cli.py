@@ -214,7 +214,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     simulated = (f" recorded of {s['steps'] + s['window']['warm_up_s'] // s['step_s']} simulated" if "window" in s
                  else "")
     print(f"{s['steps']} steps{simulated} in {s['run_wall_time_s']:.1f} s ({s['ms_per_step']:.2f} ms/step), after "
-          f"{setup_s:.1f} s of set-up and reporting; power flow failures: {s['powerflow']['failures']}")
+          f"{setup_s:.1f} s of set-up (the report follows); power flow failures: {s['powerflow']['failures']}")
     if v["min_pu"] is None:
         print("voltage: no power flow converged")
     else:
