@@ -896,7 +896,8 @@ class HouseholdMPC:
         self.no_load = False  #: a battery with no load behind it (a central plant's): its stored energy is worth 0
         self.step_s, self._per_h, self._per_day = 60, 60.0, 1440  # the clock's step (bind() sets it)
         self._history = np.empty(1440)  # the observed residual, one value per step (grown by doubling)
-        self._n_history = 0
+        self._n_history = 0  # steps observed
+        self._history_start = 0  # the step of _history[0]: older steps are dropped (see observe)
         self.problem: MPCProblem | None = None
 
     def bind(self, context: dict[str, Any]) -> None:
@@ -940,13 +941,27 @@ class HouseholdMPC:
 
     @property
     def history(self) -> np.ndarray:
-        """The residual observed every minute so far, kW (a view: no copy per call on long runs)."""
-        return self._history[:self._n_history]
+        """The residual observed every step from step :attr:`history_start` on, kW: at least the last two days
+        (what the forecast and the outlook read; a view, no copy per call)."""
+        return self._history[:self._n_history - self._history_start]
+
+    @property
+    def history_start(self) -> int:
+        """The step of ``history[0]`` (0 until the run is more than four days old)."""
+        return self._history_start
 
     def observe(self, t: int, obs: dict[str, float]) -> None:
-        if self._n_history == len(self._history):
-            self._history = np.concatenate([self._history, np.empty(len(self._history))])
-        self._history[self._n_history] = float(obs["net_kw"])
+        held = self._n_history - self._history_start
+        if held == len(self._history):
+            keep = 2 * self._per_day  # the outlook reads yesterday's steps, the forecast at most a day back
+            if held >= 2 * keep:  # four days held: the last two moved to the front (a month of 2,000 homes
+                # held every step: 0.7 GB)
+                self._history[:keep] = self._history[held - keep:held]
+                self._history_start += held - keep
+                held = keep
+            else:
+                self._history = np.concatenate([self._history, np.empty(len(self._history))])
+        self._history[held] = float(obs["net_kw"])
         self._n_history += 1
 
     def outlook(self, k: int, n: int) -> np.ndarray | None:
@@ -955,8 +970,9 @@ class HouseholdMPC:
         if series is not None:  # an oracle
             return np.asarray(series[k:k + n], float)
         day = self._per_day
-        if k >= day and len(self.history) > k - day:  # the same steps yesterday
-            return np.asarray(self.history[k - day:k - day + n], float)
+        at = k - day - self._history_start
+        if k >= day and len(self.history) > at:  # the same steps yesterday
+            return np.asarray(self.history[at:at + n], float)
         return None
 
     def auto_soc_value(self, k_end: int) -> tuple[tuple[float, float], tuple[float, float]]:

@@ -410,3 +410,31 @@ def test_without_an_outlook_stored_energy_is_valued_for_a_finite_amount():
         ctrl.observe(60 * k, {"net_kw": 0.6})
     (_, cap), _ = ctrl.auto_soc_value(1500)  # day 2: yesterday's minutes are the outlook
     assert np.isfinite(cap)
+
+
+def test_a_long_run_holds_two_days_of_history_and_plans_as_with_all_of_it():
+    """Past four days the MPC keeps only its last two days of observed residual (a month of 2,000 homes held
+    0.7 GB of it); the outlook (yesterday's steps), the SoC value and the regression forecast read the same
+    numbers as with every step held."""
+    days = 7
+    rng = np.random.default_rng(3)
+    residual = rng.normal(0.2, 1.0, days * 1440)
+    prices = np.tile(np.where(np.arange(1440) // 60 % 24 >= 16, 0.3, 0.15), days + 1)
+    kept, every = (HouseholdMPC(forecaster="linear_regression") for _ in range(2))
+    for ctrl in (kept, every):
+        ctrl.bind({"battery": BATTERY.__dict__, "import_price": prices, "start_s_of_day": 0,
+                   "load_kw": np.ones(len(prices)), "pv_kw": np.zeros(len(prices)), "seed": 1, "household": "h"})
+    every._history = np.empty(len(residual))  # never full: every step held
+    for k, r in enumerate(residual):
+        for ctrl in (kept, every):
+            ctrl.observe(60 * k, {"net_kw": float(r)})
+        if k % 97 == 0 or k == len(residual) - 1:
+            obs = {"net_kw": float(r), "soc_kwh": 5.0, "vm_pu": 1.0}
+            a, b = kept._inputs(60 * k, obs)[0], every._inputs(60 * k, obs)[0]
+            assert np.array_equal(a.residual_kw, b.residual_kw)
+            assert (a.soc_value_per_kwh, a.soc_value_cap_kwh, a.soc_value2_per_kwh, a.soc_value2_cap_kwh) == (
+                b.soc_value_per_kwh, b.soc_value_cap_kwh, b.soc_value2_per_kwh, b.soc_value2_cap_kwh)
+            if k >= 1440:
+                assert np.array_equal(kept.outlook(k, 1440), every.outlook(k, 1440))
+    assert kept.history_start > 0 and len(kept.history) <= 4 * 1440
+    assert np.array_equal(kept.history, residual[kept.history_start:])
