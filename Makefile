@@ -71,6 +71,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/pricemaker.py
 	$(BIN)/python benchmarks/gym.py
 	$(BIN)/python benchmarks/dataload.py
+	$(BIN)/python benchmarks/report.py
 
 clean:
 	rm -rf $(VENV) runs site .pytest_cache *.egg-info
