@@ -104,8 +104,9 @@ def test_the_report_never_holds_a_long_run(night_run: Path, monkeypatch: pytest.
     read: list[tuple[str, int, tuple[int, int] | None]] = []
     original = Records._read
 
-    def counting(self: Records, kind: str, window: tuple[int, int] | None = None) -> pd.DataFrame:
-        rows = original(self, kind, window)
+    def counting(self: Records, kind: str, window: tuple[int, int] | None = None,
+                 only: list[str] | None = None) -> pd.DataFrame:
+        rows = original(self, kind, window, only)
         read.append((kind, len(rows), window))
         return rows
 
