@@ -99,8 +99,9 @@ def test_windows_of_whole_days_give_the_same_figures(night_run: Path) -> None:
 
 
 def test_the_report_never_holds_a_long_run(night_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With a budget below the run's rows, no read of a kind with a row per entity covers more than a window:
-    the report holds one window's rows at a time (what lets a month of 2,000 homes be reported)."""
+    """With a budget below the run's rows, no read of a kind with a row per entity covers more than a window,
+    and the kinds with a row per step are read a row group at a time, never filtered out of the whole file: the
+    report holds one window's rows at a time (what lets a month of 2,000 homes be reported)."""
     read: list[tuple[str, int, tuple[int, int] | None]] = []
     original = Records._read
 
@@ -113,7 +114,8 @@ def test_the_report_never_holds_a_long_run(night_run: Path, monkeypatch: pytest.
     monkeypatch.setattr(Records, "_read", counting)
     summary, _, records = _report(night_run, 20_000)
     big = [(kind, n, w) for kind, n, w in read if kind in ("bus", "household", "battery", "controller")]
-    assert big and all(w is not None for _, _, w in big)
+    assert big and all(w is not None for _, _, w in read)  # no kind filtered out of the whole file
+    assert set(records._whole) >= {"feeder", "market", "contract"}  # those a row group at a time
     households = summary["households"]["count"]
     steps_per_window = max(w[1] - w[0] for _, _, w in big) // 60
     assert max(n for kind, n, _ in big if kind == "household") <= households * steps_per_window
