@@ -63,6 +63,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/powerflow.py
 	$(BIN)/python benchmarks/pms.py
 	$(BIN)/python benchmarks/mpc.py
+	$(BIN)/python benchmarks/mpcinputs.py
 	$(BIN)/python benchmarks/admm.py
 	$(BIN)/python benchmarks/aggregator.py
 	$(BIN)/python benchmarks/contract.py

@@ -767,6 +767,21 @@ def _two_highest(values: np.ndarray) -> np.ndarray:
     return np.array([top, below.max()]) if len(below) else np.array([top])
 
 
+def _two_highest_before(values: np.ndarray, stop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For every ``stop``: the two highest distinct values of ``values[:stop]`` (−inf where there are fewer), as
+    :func:`_two_highest` gives them, from the first index at which each distinct value appears."""
+    top = np.full(len(stop), -np.inf)
+    second = np.full(len(stop), -np.inf)
+    if not len(values):
+        return top, second
+    levels, first = np.unique(values, return_index=True)
+    for level, at in zip(levels[::-1], first[::-1]):  # highest first: the first two present before stop
+        present = at < stop
+        second = np.where(present & (top > -np.inf) & (second == -np.inf), level, second)
+        top = np.where(present & (top == -np.inf), level, top)
+    return top, second
+
+
 def _divides_day(value: int) -> int:
     if 86400 % value:
         raise ValueError(f"expected an interval that divides a day (e.g. 900, 1800, 3600), got {value}")
@@ -1035,7 +1050,12 @@ class HouseholdMPC:
         would have raised."""
         answers: list[dict[str, float] | Exception | None] = [None] * len(calls)
         batch = []
+        alike: dict[tuple, list[int]] = {}
         for i, (ctrl, obs) in enumerate(calls):
+            key = ctrl._alike(t) if ctrl.qp_solver != "opti_rebuilt" else None
+            if key is not None:
+                alike.setdefault(key, []).append(i)
+                continue
             try:
                 if ctrl.qp_solver == "opti_rebuilt":
                     answers[i] = ctrl.step(t, obs)
@@ -1043,6 +1063,17 @@ class HouseholdMPC:
                     batch.append((i, *ctrl._inputs(t, obs)))
             except Exception as exc:  # noqa: BLE001 - that household's fault, reported by the host
                 answers[i] = exc
+        for idx in alike.values():
+            try:  # the group's forecasts and SoC values as arrays
+                made = cls._inputs_alike([calls[i][0] for i in idx], [calls[i][1] for i in idx], t)
+                batch.extend((i, inp, residual) for i, (inp, residual) in zip(idx, made))
+            except Exception:  # noqa: BLE001 - one household's bad observation: each on its own, as step() would
+                for i in idx:
+                    try:
+                        batch.append((i, *calls[i][0]._inputs(t, calls[i][1])))
+                    except Exception as exc:  # noqa: BLE001 - that household's fault, reported by the host
+                        answers[i] = exc
+        batch.sort(key=lambda item: item[0])
         plans = MPCProblem.solve_many([calls[i][0]._solving(inp) for i, inp, _ in batch],
                                       [inp for _, inp, _ in batch], threads)
         for (i, _, residual), plan in zip(batch, plans):
@@ -1058,13 +1089,22 @@ class HouseholdMPC:
         h = self.steps_left(t)
         residual = np.concatenate([[obs["net_kw"]],
                                    self.forecaster.forecast(k, self.history, h - 1)])
-        prices = self.import_price[k:k + h]
-        if len(prices) < h:  # past the end of the prices: the last one held
-            prices = np.concatenate([prices, np.full(h - len(prices), self.import_price[-1])])
         if self.soc_value == "auto":
             tiers = self.auto_soc_value(k + h)
         else:
             tiers = ((float(self.soc_value), math.inf), (0.0, 0.0))
+        return self._call_inputs(obs, residual, self._prices(k, h), tiers), residual
+
+    def _prices(self, k: int, h: int) -> np.ndarray:
+        """Import prices of steps k .. k+h−1 (past the end of the prices: the last one held)."""
+        prices = self.import_price[k:k + h]
+        if len(prices) < h:
+            prices = np.concatenate([prices, np.full(h - len(prices), self.import_price[-1])])
+        return prices
+
+    def _call_inputs(self, obs: dict[str, float], residual: np.ndarray, prices: np.ndarray,
+                     tiers: tuple[tuple[float, float], tuple[float, float]]) -> MPCInputs:
+        """The QP's numbers from this call's observations, residual, prices and SoC-value tiers."""
         export_cap = 0.0 if obs.get("vm_pu", 1.0) > self.v_export_limit_pu else self.export_cap_kw
         re_kwh, s_mode, soc_target = self.re_kwh, self.s_mode, self.soc_target_frac
         if self.use_contract:  # the contract's latest word (time-shifted); a NaN target means none was sent
@@ -1078,7 +1118,88 @@ class HouseholdMPC:
             s_mode=s_mode, soc_target_frac=soc_target, export_cap_kw=export_cap,
             import_cap_kw=self.import_cap_kw, soc_value_per_kwh=tiers[0][0], soc_value_cap_kwh=tiers[0][1],
             soc_value2_per_kwh=tiers[1][0], soc_value2_cap_kwh=tiers[1][1],
-            absorb_negative_re=self.negative_re == "absorb"), residual
+            absorb_negative_re=self.negative_re == "absorb")
+
+    def _alike(self, t: int) -> tuple | None:
+        """What households must share for :meth:`_inputs_alike` to compute their inputs as arrays (None: this one
+        is computed alone: another forecaster, a fixed SoC value, not bound)."""
+        from dercosim.timeseries.forecast import LinearRegression
+
+        fc: Any = self.forecaster if self.problem is not None else None
+        if type(fc) is not LinearRegression or self.soc_value != "auto":
+            return None
+        return (id(self.import_price), self.step_s, self.steps_left(t), fc.window, fc.lower, fc.upper,
+                self._n_history, self._history_start, self.surplus_kw)
+
+    @staticmethod
+    def _inputs_alike(ctrls: list["HouseholdMPC"], observed: list[dict[str, float]],
+                      t: int) -> list[tuple[MPCInputs, np.ndarray]]:
+        """``_inputs`` of households alike (:meth:`_alike`: the same prices, clock, interval, forecast window and
+        history length), the regression forecast and the SoC-value tiers computed as arrays over them. The same
+        formulas as one household at a time; sums over a household's steps may round differently in the last
+        bit (a matrix product instead of a dot product)."""
+        from dercosim.timeseries.forecast import _centred
+
+        first = ctrls[0]
+        k = t // first.step_s
+        h = first.steps_left(t)
+        net = np.array([float(obs["net_kw"]) for obs in observed])
+        held = [c.history for c in ctrls]
+        fc: Any = first.forecaster  # a LinearRegression (:meth:`_alike`)
+        n = min(fc.window, len(held[0]))
+        if n < 2:
+            last = np.array([x[-1] if len(x) else 0.0 for x in held], float)
+            line = np.repeat(last[:, None], h - 1, axis=1)
+        else:
+            recent = np.stack([x[len(x) - n:] for x in held])
+            x, denominator = _centred(n)
+            slope = (recent @ x) / denominator
+            intercept = np.add.reduce(recent, axis=1) / n - slope * (n - 1) / 2.0
+            line = intercept[:, None] + slope[:, None] * np.arange(n, n + h - 1, dtype=float)
+            if fc.lower != -np.inf or fc.upper != np.inf:
+                line = np.clip(line, fc.lower, fc.upper)
+        residual = np.concatenate([net[:, None], line], axis=1)
+        tiers = HouseholdMPC._soc_tiers_alike(ctrls, held, k + h)
+        prices = first._prices(k, h)
+        return [(c._call_inputs(obs, r, prices, tier), r)
+                for c, obs, r, tier in zip(ctrls, observed, residual, tiers)]
+
+    @staticmethod
+    def _soc_tiers_alike(ctrls: list["HouseholdMPC"], held: list[np.ndarray],
+                         k_end: int) -> list[tuple[tuple[float, float], tuple[float, float]]]:
+        """:meth:`auto_soc_value` of households alike at step ``k_end``, as arrays over them."""
+        first = ctrls[0]
+        day, per_h = first._per_day, first._per_h
+        eta = np.array([c.battery.eta_discharge for c in ctrls])
+        scale = np.array([c.soc_value_factor for c in ctrls]) * eta
+        prices = first.import_price[k_end:k_end + day]
+        at = k_end - day - first._history_start
+        if k_end >= day and len(held[0]) > at:  # the outlook: the same steps yesterday
+            ahead = np.stack([x[at:at + day] for x in held])
+            surplus = ahead < -first.surplus_kw
+            stop = np.minimum(np.where(surplus.any(axis=1), surplus.argmax(axis=1), ahead.shape[1]), len(prices))
+            width = int(stop.max()) if len(stop) else 0  # no household looks further
+            level = prices[:width]
+            within = np.arange(width)[None, :] < stop[:, None]
+            deficit = np.clip(ahead[:, :width], 0, None) / per_h / eta[:, None]  # kWh stored per step
+            deficit[~within] = 0.0
+            top, second = _two_highest_before(level, stop)
+            values, amounts = [], []
+            for v in (top, second):  # a tier's value and the deficit in its steps; none: (0, 0)
+                found = v > -np.inf
+                values.append(np.where(found, scale * np.where(found, v, 0.0), 0.0))
+                amounts.append(np.where(found, np.where(level[None, :] == v[:, None], deficit, 0.0).sum(axis=1), 0.0))
+            tiers = [((float(v1), float(a1)), (float(v2), float(a2)))
+                     for v1, a1, v2, a2 in zip(values[0], amounts[0], values[1], amounts[1])]
+        else:  # no outlook yet: the deficit until it begins at the mean rate seen so far
+            seen = np.stack(held) if len(held[0]) else np.zeros((len(held), 0))
+            rate_kw = np.clip(seen, 0, None).mean(axis=1) if seen.shape[1] else np.zeros(len(held))
+            until_outlook_h = max(day - k_end, 0) / per_h
+            cap_kwh = rate_kw * until_outlook_h / eta
+            highest = float(np.max(prices)) if len(prices) else None
+            tiers = [((float(sc) * highest if highest is not None else 0.0, float(cap)), (0.0, 0.0))
+                     for sc, cap in zip(scale, cap_kwh)]
+        return [((0.0, 0.0), (0.0, 0.0)) if c.no_load else tier for c, tier in zip(ctrls, tiers)]
 
     def _answer(self, plan: Plan, obs: dict[str, float], residual: np.ndarray) -> dict[str, float]:
         """The setpoints and diagnostics of a plan (the rule-based action if it failed)."""

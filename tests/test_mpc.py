@@ -438,3 +438,72 @@ def test_a_long_run_holds_two_days_of_history_and_plans_as_with_all_of_it():
                 assert np.array_equal(kept.outlook(k, 1440), every.outlook(k, 1440))
     assert kept.history_start > 0 and len(kept.history) <= 4 * 1440
     assert np.array_equal(kept.history, residual[kept.history_start:])
+
+
+def test_households_alike_get_their_inputs_as_arrays_with_the_same_numbers():
+    """``step_many`` computes the regression forecast and the SoC-value tiers of households alike as arrays over
+    them: the same numbers as one household at a time (within 1e-12 relative: sums may round differently), on
+    the first day (no outlook: the rate seen so far) and later (yesterday's steps), for a household with no
+    load (its stored energy worth 0) and one whose surplus starts at once (no tier)."""
+    rng = np.random.default_rng(5)
+    n_hh, days = 12, 2
+    prices = np.tile(np.where(np.arange(1440) // 60 >= 16, 0.3, 0.15), days + 1)
+    residual = rng.normal(0.6, 0.4, (days * 1440, n_hh))  # now and then below the surplus threshold
+    residual[:, 1] = -2.0  # surplus all day: tiers empty after the first day
+    ctrls = [HouseholdMPC(forecaster="linear_regression") for _ in range(n_hh)]
+    for j, ctrl in enumerate(ctrls):
+        load = np.zeros(len(prices)) if j == 2 else np.ones(len(prices))
+        ctrl.bind({"battery": (CENTRAL if j == 2 else BATTERY).__dict__, "import_price": prices,
+                   "start_s_of_day": 0, "load_kw": load, "pv_kw": np.zeros(len(prices)), "seed": 1,
+                   "household": f"h{j}"})
+    assert len({c._alike(0) for c in ctrls}) == 1
+    checked, two_tiers = 0, 0
+    for k in range(days * 1440):
+        for j, ctrl in enumerate(ctrls):
+            ctrl.observe(60 * k, {"net_kw": float(residual[k, j])})
+        if k % 120 or k == 0:
+            continue
+        observed = [{"net_kw": float(residual[k, j]), "soc_kwh": 5.0, "vm_pu": 1.0} for j in range(n_hh)]
+        together = HouseholdMPC._inputs_alike(ctrls, observed, 60 * k)
+        for ctrl, obs, (inp, res) in zip(ctrls, observed, together):
+            alone, alone_res = ctrl._inputs(60 * k, obs)
+            np.testing.assert_allclose(res, alone_res, rtol=1e-12, atol=1e-12)
+            np.testing.assert_array_equal(inp.import_price, alone.import_price)
+            for name in ("soc_value_per_kwh", "soc_value_cap_kwh", "soc_value2_per_kwh", "soc_value2_cap_kwh"):
+                assert getattr(inp, name) == pytest.approx(getattr(alone, name), rel=1e-12, abs=1e-12), (k, name)
+            checked += 1
+            two_tiers += inp.soc_value2_cap_kwh > 0
+    assert checked == n_hh * (days * 12 - 1) and two_tiers > 20
+    assert together[2][0].soc_value_per_kwh == 0.0 and together[1][0].soc_value_cap_kwh == 0.0
+
+
+def test_step_many_answers_each_household_as_step_would():
+    """The batch form answers every household as its own ``step`` (within 1e-9 kW: the inputs as arrays may
+    round differently in the last bit), in order; a household whose observation lacks a key gets its own
+    exception and the others their setpoints."""
+    prices = np.full(2 * 1440, 0.2)
+    rng = np.random.default_rng(11)
+    pairs = []  # per household: the one stepped in the batch and its twin stepped alone
+    for j in range(6):
+        residual = rng.normal(0.4, 0.8, 1491)
+        ctrls = [HouseholdMPC() for _ in range(2)]
+        for ctrl in ctrls:
+            ctrl.bind({"battery": BATTERY.__dict__, "import_price": prices, "start_s_of_day": 0,
+                       "load_kw": np.ones(len(prices)), "pv_kw": np.zeros(len(prices)), "seed": 1,
+                       "household": f"h{j}"})
+            for k, r in enumerate(residual):
+                ctrl.observe(60 * k, {"net_kw": float(r)})
+        pairs.append(ctrls)
+    t = 60 * 1490  # 10 steps left in the interval, the outlook from yesterday
+    observed = [{"net_kw": 0.5 * j, "soc_kwh": 2.0 + j, "vm_pu": 1.0} for j in range(6)]
+    assert len({p[0]._alike(t) for p in pairs}) == 1  # one group: the inputs as arrays
+    answers = HouseholdMPC.step_many([(p[0], obs) for p, obs in zip(pairs, observed)], t)
+    alone = [p[1].step(t, obs) for p, obs in zip(pairs, observed)]
+    for together, single in zip(answers, alone):
+        assert together["p_set_kw"] == pytest.approx(single["p_set_kw"], abs=1e-9)
+        assert together["forecast_h5_kw"] == pytest.approx(single["forecast_h5_kw"], rel=1e-12)
+    assert len({round(a["p_set_kw"], 6) for a in alone}) > 1  # households that differ
+    observed[3] = {"net_kw": 0.1, "vm_pu": 1.0}  # no soc_kwh
+    answers = HouseholdMPC.step_many([(p[0], obs) for p, obs in zip(pairs, observed)], t)
+    assert isinstance(answers[3], KeyError)
+    assert all(answers[j]["p_set_kw"] == pytest.approx(alone[j]["p_set_kw"], abs=1e-9) for j in (0, 1, 2, 4, 5))
