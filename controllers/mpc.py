@@ -313,10 +313,12 @@ class MPCProblem:
         solve_s = (time.perf_counter() - t0) / n
         plans: list[Plan] = []
         for cols, res in zip(chunks, results):
+            solved = res.status == ipm.SOLVED
+            made = iter(first._plans(res.x[solved], res.objective[solved], [inputs[i] for i in cols[solved]],
+                                     "solved", solve_s))
             for col, i in enumerate(cols):
-                if res.status[col] == ipm.SOLVED:
-                    plans.append(problems[i]._plan(res.x[col], float(res.objective[col]), inputs[i], "solved",
-                                                   solve_s))
+                if solved[col]:
+                    plans.append(next(made))
                     continue
                 plan = problems[i]._solve_casadi(inputs[i], "piqp")
                 plan.status = f"ipm: {ipm.STATUS_NAMES[int(res.status[col])]}; piqp: {plan.status}"
@@ -343,6 +345,27 @@ class MPCProblem:
                    and pc[0] < b.p_charge_max_kw - tol)
         return Plan(True, status, solve_s, p_bat, pi, pe, xv[sl["soc"]][:ha],
                     self._objective_without_regularisation(xv, objective), bool(follows), dt_h=self.dt_h)
+
+    def _plans(self, xs: np.ndarray, objectives: np.ndarray, inputs: list[MPCInputs], status: str,
+               solve_s: float) -> list[Plan]:
+        """:meth:`_plan` of many solutions of this problem (rows of ``xs``) at once: the same numbers."""
+        lengths = {len(inp.residual_kw) for inp in inputs}
+        if len(lengths) != 1:  # calls of different horizons (none, or qp_horizon = "remaining")
+            return [self._plan(x, float(f), inp, status, solve_s) for x, f, inp in zip(xs, objectives, inputs)]
+        ha = lengths.pop()
+        sl = self.layout.slices
+        pc, pd, pe = xs[:, sl["pc"]][:, :ha], xs[:, sl["pd"]][:, :ha], xs[:, sl["pe"]][:, :ha]
+        p_bat = pc - pd
+        residual = np.stack([np.asarray(inp.residual_kw, float) for inp in inputs])
+        pi = np.maximum(residual + p_bat + pe, 0.0)
+        b = self.battery
+        tol = 1e-3
+        follows = ((np.abs(p_bat[:, 0] + residual[:, 0]) < tol) & (pd[:, 0] < b.p_discharge_max_kw - tol)
+                   & (pc[:, 0] < b.p_charge_max_kw - tol))
+        soc = xs[:, sl["soc"]][:, :ha]
+        return [Plan(True, status, solve_s, p_bat[i], pi[i], pe[i], soc[i],
+                     self._objective_without_regularisation(xs[i], float(objectives[i])), bool(follows[i]),
+                     dt_h=self.dt_h) for i in range(len(inputs))]
 
     def _objective_without_regularisation(self, xv: np.ndarray, objective: float) -> float:
         """The solver's objective minus the qp regularisation (numpy; a casadi call would cost 0.1 ms)."""

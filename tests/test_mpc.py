@@ -507,3 +507,24 @@ def test_step_many_answers_each_household_as_step_would():
     answers = HouseholdMPC.step_many([(p[0], obs) for p, obs in zip(pairs, observed)], t)
     assert isinstance(answers[3], KeyError)
     assert all(answers[j]["p_set_kw"] == pytest.approx(alone[j]["p_set_kw"], abs=1e-9) for j in (0, 1, 2, 4, 5))
+
+
+def test_plans_of_a_batch_are_those_made_one_at_a_time():
+    """The interior point's solutions become plans as arrays over the batch: the same setpoints, imports, SoC,
+    cost and "follows the residual" as one plan at a time, to the bit."""
+    from dercosim.controllers import ipm
+
+    problem = MPCProblem(BATTERY)
+    rng = np.random.default_rng(2)
+    batch = [inputs(rng.normal(0.0, 2.0, 17), soc=float(rng.uniform(0, 10.3)), soc_value_per_kwh=0.5)
+             for _ in range(9)] + [inputs(np.full(17, 0.3), soc=5.0)]  # one that merely follows the residual
+    res = ipm.solve_compact(problem.compact_columns(batch), problem.battery, problem.h, problem.dt_h,
+                            problem.weights)
+    assert (res.status == ipm.SOLVED).all()
+    together = problem._plans(res.x, res.objective, batch, "solved", 0.0)
+    for plan, x, f, inp in zip(together, res.x, res.objective, batch):
+        alone = problem._plan(x, float(f), inp, "solved", 0.0)
+        for name in ("p_battery_kw", "p_import_kw", "p_export_kw", "soc_kwh"):
+            np.testing.assert_array_equal(getattr(plan, name), getattr(alone, name))
+        assert (plan.cost, plan.follow_residual, plan.dt_h) == (alone.cost, alone.follow_residual, alone.dt_h)
+    assert together[-1].follow_residual and not all(p.follow_residual for p in together)
