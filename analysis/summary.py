@@ -64,8 +64,8 @@ def _combine(key: str, before: Any, now: Any) -> Any:
 
 def summarize(records: Records, run: RunInputs, wall_time_s: float, run_wall_s: float,
               tables: dict[str, pd.DataFrame] | None = None) -> dict[str, Any]:
-    """The figures of ``summary.json`` from a run's recorded rows (:class:`Records`: the big kinds a window of
-    whole days at a time, so a long run is never held at once).
+    """The figures of ``summary.json`` from a run's recorded rows (:class:`Records`: the kinds with a row per
+    step and entity a window of whole hours at a time, so a long run is never held at once).
 
     ``tables``: if given, receives the per-interval market settlement (``"market"``) for :func:`plot_all`,
     so it is computed once per run."""
