@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from dercosim.analysis.results import Records, plan_vs_ac, three_households
+from dercosim.analysis.results import Records, plan_vs_ac
 
 if TYPE_CHECKING:
     from dercosim.scenarios.config import Scenario
@@ -216,7 +216,7 @@ def soc_three_households(d: Drawn) -> Any:
     soc = d.records.battery_soc
     times = d.times
     fig, ax = plt.subplots(figsize=(10, 4))
-    for label, battery in three_households(d.out_dir).items():
+    for label, battery in d.records.soc_picks.items():
         ax.plot(times.loc[soc.index], soc[battery], label=label)
     target = d.records.whole("market").set_index("time_s").sort_index()["soc_target_frac"]
     step_post(ax, times.loc[target.index], target, pd.Timedelta(seconds=d.scenario.clock.step_s), color="k",

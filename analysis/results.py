@@ -1,7 +1,8 @@
 """Reading a run's ``timeseries.parquet``: by kind of entity, each kind with only its own columns.
 
 ``pd.read_parquet`` of the whole long table gives every kind every column (mostly empty); :func:`read_recorded`
-reads one kind at a time with pyarrow filters, which is what the summary, the plots and ``validate`` use.
+reads one kind at a time with pyarrow filters, and :class:`Records`, what the summary and the figures read, the
+kinds with a row per entity a window of hours at a time.
 """
 
 from __future__ import annotations
@@ -32,20 +33,11 @@ class Recorded(dict):
     columns: list[str]
 
 def read_recorded(path: str | Path) -> Recorded:
-    """``timeseries.parquet`` as :class:`Recorded`, one kind at a time (the file is never read whole)."""
-    import pyarrow.parquet as pq
-
-    schema = pq.read_schema(path)
-    meta = (schema.metadata or {}).get(KIND_COLUMNS_KEY)
-    kinds = pq.read_table(path, columns=["kind"], read_dictionary=["kind"]).column("kind").unique().to_pylist()
-    per_kind = json.loads(meta) if meta else {}
-    recorded = Recorded()
-    recorded.columns = list(schema.names)
-    for kind in kinds:
-        wanted = per_kind.get(kind)
-        columns = (BASE_COLUMNS + [c for c in schema.names if c in set(wanted) and c not in BASE_COLUMNS]
-                   if wanted is not None else None)  # a file without the metadata: every column
-        recorded[kind] = pq.read_table(path, columns=columns, filters=[("kind", "==", kind)]).to_pandas()
+    """``timeseries.parquet`` as :class:`Recorded`, every kind whole with its own columns (one pyarrow read per
+    kind); what the report reads of a long run instead is :class:`Records`."""
+    records = Records(path)
+    recorded = Recorded({kind: records._read(kind) for kind in records.kinds})
+    recorded.columns = records.columns
     return recorded
 
 #: rows the report holds at once: a run with more is reported a window of whole hours at a time (a month of 2,000
@@ -77,7 +69,7 @@ class Records:
     While :meth:`chunks` is walked it keeps what the figures need step by step and nothing more: the bus
     voltages (``vm``, steps × buses), the batteries' state-of-charge band and fleet power per step
     (``battery_steps``), the state of charge of up to three batteries (``battery_soc``, those of
-    ``soc_entities``) and the battery power at the buses of ``bus_power_at`` (``battery_p_by_bus``).
+    ``soc_picks``) and the battery power at the buses of ``bus_power_at`` (``battery_p_by_bus``).
     """
 
     def __init__(self, path: str | Path, chunk_rows: int = REPORT_CHUNK_ROWS) -> None:
@@ -97,8 +89,8 @@ class Records:
         self.num_rows = pq.ParquetFile(self.path).metadata.num_rows
         self._whole: dict[str, pd.DataFrame] = {}
         self._walked: dict[str, Any] | None = None
-        #: the batteries whose state of charge is kept step by step (:func:`three_households`)
-        self.soc_entities = list(three_households(self.path.parent).values())
+        #: three battery households (:func:`three_households`): their batteries' state of charge is kept step by step
+        self.soc_picks = three_households(self.path.parent)
         #: the buses whose battery power is kept step by step: the planner's community buses
         self.bus_power_at: list[int] = []
         #: windows hold whole intervals of this many seconds from the first step (the market's); None: hours
@@ -214,7 +206,7 @@ class Records:
                 "soc_min": soc.min(axis=1), "soc_max": soc.max(axis=1), "soc_mean": soc.mean(axis=1),
                 "p_kw": bat.pivot(index="time_s", columns="entity", values="p_kw").sum(axis=1),
                 "batteries": soc.shape[1]}))
-            picked = [e for e in self.soc_entities if e in soc.columns]
+            picked = [e for e in self.soc_picks.values() if e in soc.columns]
             kept["battery_soc"].append(soc[picked])
             if self.bus_power_at:
                 mine = bat[bat["bus"].isin(self.bus_power_at)]
@@ -246,7 +238,7 @@ class Records:
 
     @property
     def battery_soc(self) -> pd.DataFrame:
-        """State of charge (0..1) of the batteries of ``soc_entities``, per step."""
+        """State of charge (0..1) of the batteries of ``soc_picks``, per step."""
         return self._joined("battery_soc")
 
     @property
@@ -281,9 +273,6 @@ def rows_of(df: pd.DataFrame | Recorded, kind: str) -> pd.DataFrame:
         return df[df.kind == kind]
     found = df.get(kind)
     return found if found is not None else pd.DataFrame(columns=df.columns)
-
-def has_rows(df: pd.DataFrame | Recorded, kind: str) -> bool:
-    return bool((df.kind == kind).any()) if isinstance(df, pd.DataFrame) else len(df.get(kind, ())) > 0
 
 def bus_voltages(df: pd.DataFrame) -> pd.DataFrame:
     """vm_pu per step (rows, ``time_s``) and bus (columns, 1-based)."""

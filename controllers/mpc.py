@@ -78,6 +78,7 @@ import numpy as np
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from dercosim.controllers.base import whole_number
+from dercosim.timeseries.forecast import LinearRegression, _centred, make_forecaster
 
 INF = np.inf  # casadi bounds: "no bound" (a large finite number ruins OSQP's scaling)
 BIG_M_KW = 1e3  #: milp: bound on import/export used for their exclusivity binaries
@@ -940,7 +941,6 @@ class HouseholdMPC:
 
     def bind(self, context: dict[str, Any]) -> None:
         """Called once with the household's context (battery, prices, true profile, clock, seed)."""
-        from dercosim.timeseries.forecast import make_forecaster
         from dercosim.timeseries.rng import rng_for
 
         bat = context["battery"]
@@ -1146,8 +1146,6 @@ class HouseholdMPC:
     def _alike(self, t: int) -> tuple | None:
         """What households must share for :meth:`_inputs_alike` to compute their inputs as arrays (None: this one
         is computed alone: another forecaster, a fixed SoC value, not bound)."""
-        from dercosim.timeseries.forecast import LinearRegression
-
         fc: Any = self.forecaster if self.problem is not None else None
         if type(fc) is not LinearRegression or self.soc_value != "auto":
             return None
@@ -1161,8 +1159,6 @@ class HouseholdMPC:
         history length), the regression forecast and the SoC-value tiers computed as arrays over them. The same
         formulas as one household at a time; sums over a household's steps may round differently in the last
         bit (a matrix product instead of a dot product)."""
-        from dercosim.timeseries.forecast import _centred
-
         first = ctrls[0]
         k = t // first.step_s
         h = first.steps_left(t)
