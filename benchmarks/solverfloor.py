@@ -13,7 +13,10 @@ thread (CPU per QP):
 - PIQP through casadi in one ``map`` per batch, as ``qp_solver = "piqp"``
   runs;
 - both again on the run's QPs joined into batches of ``--big`` (the batch
-  a fleet of ~2,000 homes hands the solver).
+  a fleet of ~2,000 homes hands the solver);
+- the interior point on two threads, wall time: its kernels split inside
+  one call (what the MPC does) against the batch cut in halves solved whole
+  in a thread each (what it did before).
 
 Then the tolerances the interior point is held to, on every QP: the bound
 and row violation, the objective's relative difference from PIQP's
@@ -116,6 +119,24 @@ def main() -> None:
             t_map_big += time.perf_counter() - started
             n_big += args.big
 
+    # the run's batches over two threads, wall time: the kernels split inside one call (what the MPC does) against
+    # the batch cut in two halves, each solved whole in a thread (what it did before: the arrays around the
+    # kernels hold the GIL, so the halves wait for each other)
+    pool = ipm.thread_pool(1)
+    t_split, t_halves = 0.0, 0.0
+    for _ in range(3):
+        for key, compact in batches:
+            battery, h, dt_h, _, weights = key
+            started = time.perf_counter()
+            ipm.solve_compact(compact, battery, h, dt_h, weights, threads=2)
+            t_split += time.perf_counter() - started
+            started = time.perf_counter()
+            halves = np.array_split(np.arange(compact.shape[1]), 2)
+            other = pool.submit(ipm_solve, key, compact[:, halves[1]])
+            ipm_solve(key, compact[:, halves[0]])
+            other.result()
+            t_halves += time.perf_counter() - started
+
     rel, kw, kw_tight, worst, n_tight, failed = [], [], [], -np.inf, 0, 0
     for (key, compact), res, (xs, fs, _) in zip(batches, ours, ref):
         h = key[1]
@@ -144,6 +165,8 @@ def main() -> None:
               f"{t_map_big / t_ipm_big:5.1f}x less than the map ({n_big:,} QPs)")
     else:
         print(f"(fewer than {args.big} QPs captured: no large-batch comparison; run more --minutes)")
+    print(f"two threads, wall per QP: kernels split in one call {1e3 * t_split / (3 * n_qp):7.3f} ms, halves solved "
+          f"whole {1e3 * t_halves / (3 * n_qp):7.3f} ms ({t_halves / t_split:4.2f}x)")
     print(f"interior point: {failed} QP(s) not converged (the run retries those with PIQP); iterations median "
           f"{np.median(its):.0f}, max {its.max()}")
     print(f"worst bound or row violation {worst:.1e} (goal <= 1e-9)")

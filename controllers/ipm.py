@@ -48,6 +48,7 @@ References
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -498,14 +499,18 @@ class BatchResult:
 
 
 def solve_compact(compact: np.ndarray, battery: Any, h: int, dt_h: float, weights: Any,
-                  max_iter: int | None = None, kernel: str = "chain") -> BatchResult:
+                  max_iter: int | None = None, kernel: str = "chain", threads: int = 1) -> BatchResult:
     """Solve the household QPs given as the columns of ``compact`` (the casadi batch's input: the parameters
     ``p`` of :func:`dercosim.controllers.mpc._arguments_many`, then the numbers its bounds are made of, in the
     order of ``mpc._COMPACT``), grouped by their number of active steps.
 
     ``kernel``: "chain" (the backward recursion; what the MPC runs) or "sparse" (the same method on the QP as
     general sparse rows, its Newton system by an envelope LDLᵀ: slower, an independent check). ``max_iter``:
-    default :data:`MAX_ITER`."""
+    default :data:`MAX_ITER`. ``threads``: the chain kernel's calls (the only part that releases the GIL) are
+    split over this many threads, the arrays around them made once; every QP is solved on its own, so the
+    answers do not depend on it."""
+    if kernel not in ("chain", "sparse"):
+        raise ValueError(f"kernel must be 'chain' or 'sparse', got {kernel!r}")
     max_iter = MAX_ITER if max_iter is None else max_iter
     n_calls = compact.shape[1]
     n_x = 5 * h + 4
@@ -522,10 +527,16 @@ def solve_compact(compact: np.ndarray, battery: Any, h: int, dt_h: float, weight
     if b.p_charge_max_kw <= 0 or b.p_discharge_max_kw <= 0:
         return BatchResult(xs, objective, status, iterations)  # a fixed variable has no interior: the fallback's
     steps = steps.astype(np.int64)
+    groups = []  # (active steps, columns) of each group of calls with the same number of active steps
     for ha in np.unique(steps):
         cols = np.flatnonzero((steps == ha) & (soc_ub > soc_lb))
-        if not len(cols):
-            continue
+        if len(cols):
+            groups.append((int(ha), cols))
+    chain_args = (float(b.p_charge_max_kw), float(b.p_discharge_max_kw), float(dt_h * b.eta_charge),
+                  float(dt_h / b.eta_discharge), float(dt_h), float(2.0 * reg * dt_h), float(dt_h * w.both_ways_per_kwh),
+                  float(dt_h * w.cap_violation_per_kwh), TOL_PRIMAL, TOL_DUAL, TOL_GAP, int(max_iter))
+    prepared: list[Any] = []
+    for ha, cols in groups:
         m = len(cols)
         r = np.ascontiguousarray(residual[:ha, cols].T)  # (m, ha)
         c = np.ascontiguousarray(c_imp[:ha, cols].T)
@@ -541,73 +552,140 @@ def solve_compact(compact: np.ndarray, battery: Any, h: int, dt_h: float, weight
             sc = np.ascontiguousarray(np.column_stack([
                 k_exp[cols], k_sh[cols], k_ab[cols], v1_eff, v2_eff, soc0[cols], soc_lb[cols], soc_ub[cols],
                 target[cols], re[cols], export_cap[cols], import_cap[cols], c1_eff, c2_eff, sh_max, ab_max]))
-            stage, term, st, its = _chain_batch(
-                int(ha), r, c, sc, float(b.p_charge_max_kw), float(b.p_discharge_max_kw),
-                float(dt_h * b.eta_charge), float(dt_h / b.eta_discharge), float(dt_h), float(2.0 * reg * dt_h),
-                float(dt_h * w.both_ways_per_kwh), float(dt_h * w.cap_violation_per_kwh), TOL_PRIMAL, TOL_DUAL,
-                TOL_GAP, int(max_iter))
+            prepared.append((r, c, sc))
+            continue
+        # kernel == "sparse": solved here, group by group
+        ch = chain(int(ha), float(b.p_charge_max_kw), float(b.p_discharge_max_kw), float(b.eta_charge),
+                   float(b.eta_discharge), float(dt_h), float(reg))
+        q = np.zeros((m, ha, 6))
+        q[:, :, _PE] = dt_h * (c + k_exp[cols, None])
+        q[:, :, _VE] = dt_h * w.cap_violation_per_kwh
+        q[:, :, _PC] = dt_h * (c + w.both_ways_per_kwh)
+        q[:, :, _PD] = dt_h * (w.both_ways_per_kwh - c)
+        q_term = np.column_stack([k_ab[cols], k_sh[cols], -v1_eff, -v2_eff])
+        q_all = np.ascontiguousarray(np.concatenate([q.reshape(m, -1), q_term], axis=1))
+        b_eq = np.zeros((m, ha, 2))
+        b_eq[:, 0, 0] = soc0[cols]
+        b_eq[:, :, 1] = -dt_h * r
+        lo = np.zeros((m, ha, _ROWS_PER_STEP))
+        up = np.full((m, ha, _ROWS_PER_STEP), np.inf)
+        lo[:, :, 0] = -r
+        up[:, :, 0] = import_cap[cols, None] - r
+        lo[:, :, 1] = -np.inf
+        up[:, :, 1] = export_cap[cols, None]
+        up[:, :, 2] = b.p_charge_max_kw
+        up[:, :, 3] = b.p_discharge_max_kw
+        lo[:, :, 6] = soc_lb[cols, None]
+        up[:, :, 6] = soc_ub[cols, None]
+        lo_t = np.column_stack([np.zeros((m, 4)), target[cols], re[cols], -re[cols], np.zeros(m)])
+        up_t = np.column_stack([sh_max, ab_max, c1_eff, c2_eff, np.full((m, 4), np.inf)])
+        lo_all = np.ascontiguousarray(np.concatenate([lo.reshape(m, -1), lo_t], axis=1))
+        up_all = np.ascontiguousarray(np.concatenate([up.reshape(m, -1), up_t], axis=1))
+        x, _, st, its = _solve_batch(ch.p_diag, q_all, np.ascontiguousarray(b_eq.reshape(m, -1)), lo_all,
+                                     up_all, *ch.kernel_arguments, TOL_PRIMAL, TOL_DUAL, TOL_GAP, int(max_iter))  # type: ignore[call-arg]
+        stage = x[:, :6 * ha].reshape(m, ha, 6)
+        pe_, ve_, pc_, pd_, soc_ = (stage[:, :, i] for i in (_PE, _VE, _PC, _PD, _SOC))
+        sh_, ab_, e1_, e2_ = (x[:, 6 * ha + i] for i in (_SH, _AB, _E1, _E2))
+        _finish(xs, objective, status, iterations, cols, ha, h, n_x, r, c, compact, battery, dt_h, weights,
+                (pe_, ve_, pc_, pd_, soc_, sh_, ab_, e1_, e2_, st, its))
+    if kernel == "chain" and groups:
+        solved = _run_chain_kernels([(ha, r, c, sc) for (ha, _), (r, c, sc) in zip(groups, prepared)], chain_args,
+                                    max(1, int(threads)))
+        for (ha, cols), (r, c, _), (stage, term, st, its) in zip(groups, prepared, solved):
             pe_, ve_, pc_, pd_, soc_ = (stage[:, :, i] for i in range(5))
             sh_, ab_, e1_, e2_ = term.T
-        elif kernel == "sparse":
-            ch = chain(int(ha), float(b.p_charge_max_kw), float(b.p_discharge_max_kw), float(b.eta_charge),
-                       float(b.eta_discharge), float(dt_h), float(reg))
-            q = np.zeros((m, ha, 6))
-            q[:, :, _PE] = dt_h * (c + k_exp[cols, None])
-            q[:, :, _VE] = dt_h * w.cap_violation_per_kwh
-            q[:, :, _PC] = dt_h * (c + w.both_ways_per_kwh)
-            q[:, :, _PD] = dt_h * (w.both_ways_per_kwh - c)
-            q_term = np.column_stack([k_ab[cols], k_sh[cols], -v1_eff, -v2_eff])
-            q_all = np.ascontiguousarray(np.concatenate([q.reshape(m, -1), q_term], axis=1))
-            b_eq = np.zeros((m, ha, 2))
-            b_eq[:, 0, 0] = soc0[cols]
-            b_eq[:, :, 1] = -dt_h * r
-            lo = np.zeros((m, ha, _ROWS_PER_STEP))
-            up = np.full((m, ha, _ROWS_PER_STEP), np.inf)
-            lo[:, :, 0] = -r
-            up[:, :, 0] = import_cap[cols, None] - r
-            lo[:, :, 1] = -np.inf
-            up[:, :, 1] = export_cap[cols, None]
-            up[:, :, 2] = b.p_charge_max_kw
-            up[:, :, 3] = b.p_discharge_max_kw
-            lo[:, :, 6] = soc_lb[cols, None]
-            up[:, :, 6] = soc_ub[cols, None]
-            lo_t = np.column_stack([np.zeros((m, 4)), target[cols], re[cols], -re[cols], np.zeros(m)])
-            up_t = np.column_stack([sh_max, ab_max, c1_eff, c2_eff, np.full((m, 4), np.inf)])
-            lo_all = np.ascontiguousarray(np.concatenate([lo.reshape(m, -1), lo_t], axis=1))
-            up_all = np.ascontiguousarray(np.concatenate([up.reshape(m, -1), up_t], axis=1))
-            x, _, st, its = _solve_batch(ch.p_diag, q_all, np.ascontiguousarray(b_eq.reshape(m, -1)), lo_all,
-                                         up_all, *ch.kernel_arguments, TOL_PRIMAL, TOL_DUAL, TOL_GAP, int(max_iter))  # type: ignore[call-arg]
-            stage = x[:, :6 * ha].reshape(m, ha, 6)
-            pe_, ve_, pc_, pd_, soc_ = (stage[:, :, i] for i in (_PE, _VE, _PC, _PD, _SOC))
-            sh_, ab_, e1_, e2_ = (x[:, 6 * ha + i] for i in (_SH, _AB, _E1, _E2))
-        else:
-            raise ValueError(f"kernel must be 'chain' or 'sparse', got {kernel!r}")
-        # simple bounds hold exactly (the interior point keeps them to its tolerance)
-        pc = np.clip(pc_, 0.0, b.p_charge_max_kw)
-        pd = np.clip(pd_, 0.0, b.p_discharge_max_kw)
-        pe = np.maximum(pe_, 0.0)
-        ve = np.maximum(ve_, 0.0)
-        soc = np.clip(soc_, soc_lb[cols, None], soc_ub[cols, None])
-        sh, ab = np.maximum(sh_, 0.0), np.maximum(ab_, 0.0)
-        e1 = np.where(c1 > 0, np.clip(e1_, 0.0, c1), 0.0)
-        e2 = np.where(c2 > 0, np.clip(e2_, 0.0, c2), 0.0)
-        out = np.zeros((m, n_x))
-        out[:, 0:ha] = pc
-        out[:, h:h + ha] = pd
-        out[:, 2 * h:2 * h + ha] = pe
-        out[:, 3 * h:3 * h + ha] = soc
-        out[:, 3 * h + ha:4 * h] = soc[:, -1:]
-        out[:, 4 * h:4 * h + ha] = ve
-        out[:, 5 * h:] = np.column_stack([sh, ab, e1, e2])
-        xs[cols] = out
-        objective[cols] = (dt_h * ((c * (r + pc - pd + pe)).sum(axis=1) + k_exp[cols] * pe.sum(axis=1)
-                                   + w.both_ways_per_kwh * (pc + pd).sum(axis=1)
-                                   + w.cap_violation_per_kwh * ve.sum(axis=1))
-                           + k_sh[cols] * sh + k_ab[cols] * ab - v1[cols] * e1 - v2[cols] * e2
-                           + reg * dt_h * ((pc * pc).sum(axis=1) + (pd * pd).sum(axis=1)))
-        status[cols] = st
-        iterations[cols] = its
+            _finish(xs, objective, status, iterations, cols, ha, h, n_x, r, c, compact, battery, dt_h, weights,
+                    (pe_, ve_, pc_, pd_, soc_, sh_, ab_, e1_, e2_, st, its))
     return BatchResult(xs, objective, status, iterations)
+
+
+def _finish(xs: np.ndarray, objective: np.ndarray, status: np.ndarray, iterations: np.ndarray, cols: np.ndarray,
+            ha: int, h: int, n_x: int, r: np.ndarray, c: np.ndarray, compact: np.ndarray, battery: Any, dt_h: float,
+            weights: Any, answer: tuple[np.ndarray, ...]) -> None:
+    """One group's kernel answer (pe, ve, pc, pd, soc per step; sh, ab, e1, e2; status, iterations) into the
+    rows ``cols`` of the batch's answer: bounds held exactly, the casadi formulation's layout, the objective
+    recomputed from the answer."""
+    pe_, ve_, pc_, pd_, soc_, sh_, ab_, e1_, e2_, st, its = answer
+    b, w = battery, weights
+    reg = w.reg_per_kw2h(b)
+    m = len(cols)
+    k_exp, k_sh, k_ab, v1, v2 = compact[2 * h:2 * h + 5]
+    soc_lb, soc_ub, cap1, cap2 = compact[2 * h + 6], compact[2 * h + 7], compact[2 * h + 9], compact[2 * h + 10]
+    c1, c2 = cap1[cols], cap2[cols]
+    # simple bounds hold exactly (the interior point keeps them to its tolerance)
+    pc = np.clip(pc_, 0.0, b.p_charge_max_kw)
+    pd = np.clip(pd_, 0.0, b.p_discharge_max_kw)
+    pe = np.maximum(pe_, 0.0)
+    ve = np.maximum(ve_, 0.0)
+    soc = np.clip(soc_, soc_lb[cols, None], soc_ub[cols, None])
+    sh, ab = np.maximum(sh_, 0.0), np.maximum(ab_, 0.0)
+    e1 = np.where(c1 > 0, np.clip(e1_, 0.0, c1), 0.0)
+    e2 = np.where(c2 > 0, np.clip(e2_, 0.0, c2), 0.0)
+    out = np.zeros((m, n_x))
+    out[:, 0:ha] = pc
+    out[:, h:h + ha] = pd
+    out[:, 2 * h:2 * h + ha] = pe
+    out[:, 3 * h:3 * h + ha] = soc
+    out[:, 3 * h + ha:4 * h] = soc[:, -1:]
+    out[:, 4 * h:4 * h + ha] = ve
+    out[:, 5 * h:] = np.column_stack([sh, ab, e1, e2])
+    xs[cols] = out
+    objective[cols] = (dt_h * ((c * (r + pc - pd + pe)).sum(axis=1) + k_exp[cols] * pe.sum(axis=1)
+                               + w.both_ways_per_kwh * (pc + pd).sum(axis=1)
+                               + w.cap_violation_per_kwh * ve.sum(axis=1))
+                       + k_sh[cols] * sh + k_ab[cols] * ab - v1[cols] * e1 - v2[cols] * e2
+                       + reg * dt_h * ((pc * pc).sum(axis=1) + (pd * pd).sum(axis=1)))
+    status[cols] = st
+    iterations[cols] = its
+
+
+def _run_chain_kernels(jobs: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]], chain_args: tuple,
+                       threads: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """:func:`_chain_batch` on each job (active steps, r, c, sc), its rows split over ``threads`` threads (at
+    least 8 rows a piece), the pieces shared out by work (rows × steps), the calling thread taking one share."""
+    pieces: list[tuple[int, int, int]] = []  # (job, first row, end row)
+    for j, (_, r, _, _) in enumerate(jobs):
+        m = r.shape[0]
+        k = max(1, min(threads, m // 8))
+        edges = np.linspace(0, m, k + 1).astype(np.int64)
+        pieces.extend((j, int(lo), int(hi)) for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo)
+    shares: list[list[tuple[int, int, int]]] = [[] for _ in range(threads)]
+    load = [0] * threads
+    for piece in sorted(pieces, key=lambda p: -(p[2] - p[1]) * jobs[p[0]][0]):
+        i = load.index(min(load))
+        shares[i].append(piece)
+        load[i] += (piece[2] - piece[1]) * jobs[piece[0]][0]
+    answers: dict[tuple[int, int, int], Any] = {}
+
+    def run(share: list[tuple[int, int, int]]) -> None:
+        for j, lo, hi in share:
+            ha, r, c, sc = jobs[j]
+            answers[(j, lo, hi)] = _chain_batch(ha, r[lo:hi], c[lo:hi], sc[lo:hi], *chain_args)
+
+    others = [share for share in shares[1:] if share]
+    futures = [thread_pool(len(others)).submit(run, share) for share in others] if others else []
+    run(shares[0])
+    for future in futures:
+        future.result()
+    out: list[Any] = []
+    for j in range(len(jobs)):
+        parts = [answers[p] for p in pieces if p[0] == j]
+        out.append(parts[0] if len(parts) == 1 else tuple(np.concatenate(a) for a in zip(*parts)))
+    return out
+
+
+_POOLS: dict[int, Any] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def thread_pool(threads: int) -> Any:
+    """A pool of ``threads`` worker threads for the kernels (made once per size, shared)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _POOLS_LOCK:
+        if threads not in _POOLS:
+            _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="dercosim-ipm")
+        return _POOLS[threads]
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -295,36 +295,29 @@ class MPCProblem:
 
     @staticmethod
     def _solve_ipm(problems: list["MPCProblem"], inputs: list[MPCInputs], threads: int) -> list[Plan]:
-        """Calls of one problem key by :func:`dercosim.controllers.ipm.solve_compact` (the batch split over
-        ``threads`` threads: the kernel releases the GIL); a call it does not solve goes to PIQP (then qpOASES),
+        """Calls of one problem key by :func:`dercosim.controllers.ipm.solve_compact` (its kernels split over
+        ``threads`` threads: they release the GIL); a call it does not solve goes to PIQP (then qpOASES),
         and its plan says ``retried``."""
         from dercosim.controllers import ipm
 
         first = problems[0]
         compact = first.compact_columns(inputs)
-        solve = lambda cols: ipm.solve_compact(compact[:, cols], first.battery, first.h, first.dt_h,  # noqa: E731
-                                               first.weights)
         t0 = time.perf_counter()
+        res = ipm.solve_compact(compact, first.battery, first.h, first.dt_h, first.weights, threads=threads)
         n = len(inputs)
-        chunks = np.array_split(np.arange(n), min(max(1, int(threads)), max(1, n // 16)))
-        if len(chunks) > 1:
-            results = list(_ipm_pool(len(chunks)).map(solve, chunks))
-        else:
-            results = [solve(chunks[0])]
         solve_s = (time.perf_counter() - t0) / n
+        solved = res.status == ipm.SOLVED
+        made = iter(first._plans(res.x[solved], res.objective[solved], [inputs[i] for i in np.flatnonzero(solved)],
+                                 "solved", solve_s))
         plans: list[Plan] = []
-        for cols, res in zip(chunks, results):
-            solved = res.status == ipm.SOLVED
-            made = iter(first._plans(res.x[solved], res.objective[solved], [inputs[i] for i in cols[solved]],
-                                     "solved", solve_s))
-            for col, i in enumerate(cols):
-                if solved[col]:
-                    plans.append(next(made))
-                    continue
-                plan = problems[i]._solve_casadi(inputs[i], "piqp")
-                plan.status = f"ipm: {ipm.STATUS_NAMES[int(res.status[col])]}; piqp: {plan.status}"
-                plan.retried = True
-                plans.append(plan)
+        for i in range(n):
+            if solved[i]:
+                plans.append(next(made))
+                continue
+            plan = problems[i]._solve_casadi(inputs[i], "piqp")
+            plan.status = f"ipm: {ipm.STATUS_NAMES[int(res.status[i])]}; piqp: {plan.status}"
+            plan.retried = True
+            plans.append(plan)
         return plans
 
     def compact_columns(self, inputs: list[MPCInputs]) -> np.ndarray:
@@ -375,19 +368,6 @@ class MPCProblem:
         sl = self.layout.slices
         reg = self.weights.reg_per_kw2h(self.battery)
         return objective - reg * self.dt_h * float(xv[sl["pc"]] @ xv[sl["pc"]] + xv[sl["pd"]] @ xv[sl["pd"]])
-
-
-_IPM_POOLS: dict[int, Any] = {}
-
-
-def _ipm_pool(threads: int) -> Any:
-    """A thread pool of ``threads`` workers for the interior point's batches (made once per size)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with _BUILD_LOCK:
-        if threads not in _IPM_POOLS:
-            _IPM_POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="dercosim-ipm")
-        return _IPM_POOLS[threads]
 
 
 #: the status a solver reports on success (a batch that did not raise succeeded in every call)

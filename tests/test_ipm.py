@@ -84,6 +84,24 @@ def test_the_sparse_kernel_agrees_with_the_chain(runs: dict[str, Any]) -> None:
         np.testing.assert_allclose(sparse.objective, chain.objective, rtol=1e-7, atol=1e-9)
 
 
+def test_threads_split_the_kernels_and_leave_every_answer_to_the_bit(runs: dict[str, Any]) -> None:
+    """A batch's QPs are solved one by one: on 1 or 3 threads (the kernels' rows split in pieces and shared out)
+    every answer is the same, bit for bit, and a batch of many groups (numbers of active steps) is one call."""
+    joined: dict[tuple, list[np.ndarray]] = {}
+    for problem, inputs in runs["batches"]:
+        joined.setdefault(problem.key, []).append(problem.compact_columns(inputs))
+    key, parts = max(joined.items(), key=lambda kv: sum(p.shape[1] for p in kv[1]))
+    compact = np.concatenate(parts, axis=1)
+    battery, h, dt_h, _, weights = key
+    assert len(np.unique(compact[2 * h + 5])) >= 5  # several groups of active steps in one batch
+    one = ipm.solve_compact(compact, battery, h, dt_h, weights)
+    three = ipm.solve_compact(compact, battery, h, dt_h, weights, threads=3)
+    for field in ("x", "objective", "status", "iterations"):
+        np.testing.assert_array_equal(getattr(three, field), getattr(one, field))
+    with pytest.raises(ValueError, match="kernel must be"):
+        ipm.solve_compact(compact, battery, h, dt_h, weights, kernel="dense")
+
+
 def test_the_closed_loop_with_either_solver_gives_the_same_kpis(runs: dict[str, Any]) -> None:
     a, b = runs["ipm"], runs["piqp"]
     assert a["hems"]["solves"] == b["hems"]["solves"] == CALLS
