@@ -27,7 +27,7 @@ from dercosim.sims.entities import hand_out
 from dercosim.timeseries.rng import rng_for
 from dercosim.timeseries.subminute import SubminuteFluctuation
 from dercosim.sims.pacing import paced
-from dercosim.sims.tables import entity_data, positions, tabled
+from dercosim.sims.tables import entity_data, gathered, positions, tabled
 
 STATIC = ["capacity_kwh", "p_charge_max_kw", "p_discharge_max_kw", "soc_min_frac", "soc_max_frac"]
 #: p_set_kw: what the controller asked this minute (NaN: nothing asked); p_kw: what the battery did
@@ -72,21 +72,16 @@ class BatterySim(mosaik_api_v3.Simulator):
         entities, self.n_created = hand_out(self.names, self.n_created, num, model, "batteries")
         return entities
 
+    #: inputs that arrive as arrays (sims/tables.py), not per-battery dicts
+    column_inputs = ("residual_kw", "follow_residual", "p_set_kw")
+
     def step(self, time: int, inputs: dict, max_advance: int) -> int:
-        n = len(self.names)
-        residual = np.zeros(n)
-        follow = self.default_follow.copy()
-        p_set = np.full(n, np.nan)  # NaN: nothing asked (the PMS holds 0 unless it follows the residual)
-        for eid, attrs in inputs.items():
-            j = self.index[eid]
-            if attrs.get("residual_kw"):
-                residual[j] = sum(attrs["residual_kw"].values())
-            f = sum(attrs.get("follow_residual", {}).values()) if attrs.get("follow_residual") else np.nan
-            p = sum(attrs.get("p_set_kw", {}).values()) if attrs.get("p_set_kw") else np.nan
-            if np.isfinite(f):
-                follow[j] = f >= 0.5
-            if np.isfinite(p):
-                p_set[j] = p
+        residual, _ = gathered(self, "residual_kw")  # 0 where nothing came
+        f_total, f_count = gathered(self, "follow_residual")
+        p_total, p_count = gathered(self, "p_set_kw")
+        f = np.where(f_count > 0, f_total, np.nan)
+        p_set = np.where((p_count > 0) & np.isfinite(p_total), p_total, np.nan)  # NaN: nothing asked (the PMS
+        follow = np.where(np.isfinite(f), f >= 0.5, self.default_follow)       # holds 0 unless it follows)
         noisy = residual[None, :] + self.fluctuation.next_step()
         self.last = self.fleet.step(noisy, follow, np.where(np.isfinite(p_set), p_set, 0.0))
         self.follow_used = follow

@@ -46,7 +46,7 @@ import numpy as np
 from dercosim.controllers.base import OBSERVATIONS, SETPOINTS
 from dercosim.controllers.registry import ControllerError, load_controller_class, make_controller
 from dercosim.sims.pacing import paced
-from dercosim.sims.tables import tabled
+from dercosim.sims.tables import gathered, tabled
 
 META = {
     "api_version": "3.0",
@@ -78,6 +78,8 @@ class ControllerSim(mosaik_api_v3.Simulator):
     def __init__(self) -> None:
         super().__init__(copy.deepcopy(META))  # init() adds this run's diagnostics to the attributes
         self.entities: dict[str, dict[str, Any]] = {}
+        self.index: dict[str, int] = {}  #: entity -> position (the arrays of sims/tables.py's ``gathered``)
+        self.column_inputs: tuple[str, ...] = ()  #: every controller's inputs: they arrive as arrays
         self.pool: Any = None
 
     def init(self, sid: str, time_resolution: float = 1.0, step_s: int = 60, diagnostics: Sequence[str] = (),
@@ -138,6 +140,8 @@ class ControllerSim(mosaik_api_v3.Simulator):
                     raise ControllerError(f"controller {spec!r} for {label}: bind() failed: "
                                           f"{type(exc).__name__}: {exc}") from exc
             eid = f"ctrl_{label}"
+            self.index[eid] = len(self.index)
+            self.column_inputs = tuple(dict.fromkeys([*self.column_inputs, *ctrl.inputs]))
             self.entities[eid] = {"ctrl": ctrl, "label": label, "spec": spec, "next_s": 0,
                                   "thread_safe": bool(getattr(ctrl, "thread_safe", False)),
                                   "batch": callable(getattr(type(ctrl), "step_many", None)),
@@ -152,6 +156,7 @@ class ControllerSim(mosaik_api_v3.Simulator):
 
     def step(self, time: int, inputs: dict[str, dict[str, dict[str, Any]]], max_advance: int) -> int:
         jobs = []
+        columns = {name: tuple(a.tolist() for a in gathered(self, name)) for name in self.column_inputs}
         for eid, ent in self.entities.items():
             ctrl = ent["ctrl"]
             out = ent["out"]
@@ -161,8 +166,8 @@ class ControllerSim(mosaik_api_v3.Simulator):
             due = ent["next_s"] <= time
             if not (due or ent["observes"]):
                 continue
-            given = inputs.get(eid, {})
-            obs = {name: float(sum(given[name].values())) for name in ctrl.inputs if name in given}
+            j = self.index[eid]
+            obs = {name: columns[name][0][j] for name in ctrl.inputs if columns[name][1][j]}
             where = f"controller {ent['spec']!r} for {ent['label']} at t = {time} s"
             jobs.append((ent, obs, due, where))
         # due controllers of a class with ``step_many`` are stepped together, one call per class

@@ -15,7 +15,10 @@ unpacks what it receives into the per-entity inputs mosaik would have given
 decides which connections go this way (``scenarios/world.py``). A simulator
 that holds its entities in arrays may define ``column(attr, eids)``, the
 values of one attribute for those entities as a list (None: not this one),
-which spares building a dict per entity.
+which spares building a dict per entity. A simulator whose entities are positions in ``self.index``
+(name -> position) may name attributes in ``column_inputs``: those arrive as arrays instead of per-entity
+dicts, :func:`gathered` gives them (the sum over sources per entity, added in the order the per-entity dicts
+would have been summed, so the same numbers; and how many sources sent a value).
 """
 
 from __future__ import annotations
@@ -71,12 +74,17 @@ def tabled(cls: type[S]) -> type[S]:
     @functools.wraps(step)
     def step_wrapper(self: Any, time: int, inputs: dict[str, Any], max_advance: int) -> Any:
         given = inputs.pop(TABLE_EID, None)
+        wanted = getattr(self, "column_inputs", ())
+        if wanted:
+            self._gathered = _gather_entity_inputs(self, inputs, wanted)
         if given:  # whole columns from other simulators: the per-entity inputs mosaik would have built
             for tid, table in given.get(TABLE_ATTR, {}).items():
                 for attr, positions, targets in self._table_inputs.get(tid, ()):
                     values = table.get(attr)
                     if values is None:
                         continue
+                    if wanted:
+                        positions, targets = _gather_table_column(self, tid, attr, positions, targets, values)
                     for pos, (dst_eid, dst_attr, src) in zip(positions, targets):
                         inputs.setdefault(dst_eid, {}).setdefault(dst_attr, {})[src] = values[pos]
         return step(self, time, inputs, max_advance)
@@ -108,6 +116,62 @@ def tabled(cls: type[S]) -> type[S]:
 
     sim.init, sim.create, sim.get_data, sim.step = init_wrapper, create_wrapper, get_data_wrapper, step_wrapper
     return cls
+
+
+def _gather_entity_inputs(sim: Any, inputs: dict[str, Any], wanted: Any) -> dict[str, tuple[Any, Any]]:
+    """Start :func:`gathered`'s arrays from the per-entity inputs mosaik gave (connections that are not
+    tables), taking those attributes out of ``inputs``; they come first, as in the dicts the tables extend."""
+    n = len(sim.index)
+    out = {attr: (np.zeros(n), np.zeros(n, np.int64)) for attr in wanted}
+    for eid, attrs in inputs.items():
+        for attr in wanted:
+            sources = attrs.pop(attr, None)
+            if sources:
+                total, count = out[attr]
+                j = sim.index[eid]
+                for value in sources.values():
+                    total[j] += value
+                    count[j] += 1
+    return out
+
+
+def _gather_table_column(sim: Any, tid: str, attr: str, positions: list[int], targets: list[tuple[str, str, str]],
+                         values: list[Any]) -> tuple[list[int], list[tuple[str, str, str]]]:
+    """Add a table column's values for the attributes in ``column_inputs`` to :func:`gathered`'s arrays (None,
+    no value, becomes NaN); returns the positions and targets left for the per-entity dicts."""
+    plans = sim.__dict__.setdefault("_gather_plans", {})
+    plan = plans.get((tid, attr))
+    if plan is None:
+        wanted = set(sim.column_inputs)
+        split: dict[str, tuple[list[int], list[int]]] = {}
+        rest_pos, rest_targets = [], []
+        for pos, target in zip(positions, targets):
+            if target[1] in wanted:
+                src_pos, dst_pos = split.setdefault(target[1], ([], []))
+                src_pos.append(pos)
+                dst_pos.append(sim.index[target[0]])
+            else:
+                rest_pos.append(pos)
+                rest_targets.append(target)
+        plan = plans[(tid, attr)] = ([(dst_attr, np.array(src, np.int64), np.array(dst, np.int64),
+                                       len(set(dst)) == len(dst)) for dst_attr, (src, dst) in split.items()],
+                                     rest_pos, rest_targets)
+    column = np.asarray(values, dtype=np.float64)
+    for dst_attr, src, dst, unique in plan[0]:
+        total, count = sim._gathered[dst_attr]
+        if unique:
+            total[dst] += column[src]
+            count[dst] += 1
+        else:  # several sources for one entity: added one after another, in order
+            np.add.at(total, dst, column[src])
+            np.add.at(count, dst, 1)
+    return plan[1], plan[2]
+
+
+def gathered(sim: Any, attr: str) -> tuple[np.ndarray, np.ndarray]:
+    """An attribute of ``column_inputs`` this step: (the sum of its sources' values, the number of sources that
+    sent one) per entity, in ``sim.index`` order."""
+    return sim._gathered[attr]
 
 
 def positions(sim: Any, eids: list[str]) -> Any:
