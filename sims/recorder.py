@@ -4,8 +4,10 @@ Rows are long-format: one row per step per recorded entity, with columns
 ``time_s``, ``time``, ``entity``, ``kind``, ``bus`` and one column per
 recorded attribute (NaN where an entity has no such attribute). Every
 ``flush_every_s`` simulated seconds the buffered rows are written as one
-complete Parquet file in ``<path>.parts/``, so a crash or kill loses at most
-the rows since the last flush (``pandas.read_parquet`` reads the folder).
+complete Parquet file in ``<path>.parts/`` (by a writer thread, one part at a
+time, while the simulation goes on), so a crash or kill loses at most the rows
+since the last part that reached the disk (``pandas.read_parquet`` reads the
+folder).
 At the end the parts are joined into ``<path>``, one row group per part.
 
 Both writes are atomic: a part is written under a hidden temporary name
@@ -22,6 +24,7 @@ import json
 import os
 import shutil
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Any
 
@@ -173,6 +176,8 @@ class RecorderSim(mosaik_api_v3.Simulator):
         self._row_cache: dict[frozenset[str], tuple[np.ndarray, dict[str, int], dict[tuple[str, str], Any]]] = {}
         self._reset_buffer()
         self.n_parts = 0
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: Future[None] | None = None
         self.last_flush_s = 0
         self.rows_written = 0
         return [{"eid": self.eid, "type": model}]
@@ -264,14 +269,25 @@ class RecorderSim(mosaik_api_v3.Simulator):
         return pa.Table.from_arrays([arrays[name] for name in self.schema.names], schema=self.schema)
 
     def flush(self) -> None:
-        """Write the buffered rows as one part file (a no-op when empty)."""
+        """Write the buffered rows as one part file (a no-op when empty), on the writer thread: the table is made
+        here, compressing and writing it (which releases the GIL) overlaps the next steps. One write at a time:
+        the previous one is waited for first (and its error, if any, raised here)."""
         if not self.buffered_rows:
             return
         table = self._table()
-        write_atomically(table, self.parts / f"part-{self.n_parts:05d}.parquet")
+        self.wait_written()
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="dercosim-recorder")
+        self._pending = self._writer.submit(write_atomically, table, self.parts / f"part-{self.n_parts:05d}.parquet")
         self.n_parts += 1
         self.rows_written += len(table)
         self._reset_buffer()
+
+    def wait_written(self) -> None:
+        """Wait until the part being written is on disk (raises what the write raised)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
     def get_data(self, outputs: dict) -> dict:
         return {}
@@ -279,5 +295,11 @@ class RecorderSim(mosaik_api_v3.Simulator):
     def finalize(self) -> None:
         if self.eid is None:
             return
-        self.flush()
+        try:
+            self.flush()
+            self.wait_written()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
+                self._writer = None
         join_parts(self.parts, self.path)
