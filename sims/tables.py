@@ -102,12 +102,14 @@ def tabled(cls: type[S]) -> type[S]:
                 slow[attr] = eids
             else:
                 table[attr] = values
-        request = {eid: list(attrs) for eid, attrs in rest.items()}
-        for attr, eids in slow.items():
-            for eid in eids:
-                request.setdefault(eid, [])
-                if attr not in request[eid]:
-                    request[eid].append(attr)
+        if rest:
+            request = _slow_request(slow, {eid: list(attrs) for eid, attrs in rest.items()})
+        else:  # the usual case: the same request every step, made once (get_data only reads it)
+            cache = self.__dict__.setdefault("_table_slow_request", {})
+            key = tuple(slow)
+            if key not in cache:
+                cache[key] = _slow_request(slow, {})
+            request = cache[key]
         data = get_data(self, request) if request else {}
         out = {eid: {attr: data[eid][attr] for attr in attrs} for eid, attrs in rest.items()}
         table.update({attr: [data[eid].get(attr) for eid in eids] for attr, eids in slow.items()})
@@ -116,6 +118,16 @@ def tabled(cls: type[S]) -> type[S]:
 
     sim.init, sim.create, sim.get_data, sim.step = init_wrapper, create_wrapper, get_data_wrapper, step_wrapper
     return cls
+
+
+def _slow_request(slow: dict[str, list[str]], request: dict[str, list[str]]) -> dict[str, list[str]]:
+    """``request`` (entity -> attributes) extended by the columns given through ``get_data``."""
+    for attr, eids in slow.items():
+        for eid in eids:
+            attrs = request.setdefault(eid, [])
+            if attr not in attrs:
+                attrs.append(attr)
+    return request
 
 
 def _gather_entity_inputs(sim: Any, inputs: dict[str, Any], wanted: Any) -> dict[str, tuple[Any, Any]]:
