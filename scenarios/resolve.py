@@ -62,10 +62,12 @@ class RunInputs:
                                                 fleet.households["wind_hub_height_m"].to_numpy(float)),
                                      _step_of(model), step_s)
         tariff = tariff_of(scenario)
-        gen_kw = pv_kw + (wind_kw if wind_kw is not None else 0.0)
         n = len(run_days)
-        market = (market_inputs(scenario, fleet, times, run_days, load_kw[:n], gen_kw[:n], tariff)
-                  if scenario.market is not None else None)
+        market = None
+        if scenario.market is not None:  # (PV and wind together: as large as the profiles, made only if needed)
+            gen_kw = pv_kw[:n] + (wind_kw[:n] if wind_kw is not None else 0.0)
+            market = market_inputs(scenario, fleet, times, run_days, load_kw[:n], gen_kw, tariff)
+            del gen_kw
         inputs = cls(scenario, site, times, tariff, fleet, days, load_kw, pv_kw, wind_kw,
                      base_load_shape(scenario, times), market)
         files.cache_clear()  # what the check read is in the profiles now: not held twice through a long run

@@ -271,11 +271,11 @@ class RecorderSim(mosaik_api_v3.Simulator):
     def flush(self) -> None:
         """Write the buffered rows as one part file (a no-op when empty), on the writer thread: the table is made
         here, compressing and writing it (which releases the GIL) overlaps the next steps. One write at a time:
-        the previous one is waited for first (and its error, if any, raised here)."""
+        the previous one is waited for before the table is made (and its error, if any, raised here)."""
         if not self.buffered_rows:
             return
+        self.wait_written()  # first: two parts' tables are never held at once
         table = self._table()
-        self.wait_written()
         if self._writer is None:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="dercosim-recorder")
         self._pending = self._writer.submit(write_atomically, table, self.parts / f"part-{self.n_parts:05d}.parquet")
