@@ -80,8 +80,9 @@ class BatterySim(mosaik_api_v3.Simulator):
         f_total, f_count = gathered(self, "follow_residual")
         p_total, p_count = gathered(self, "p_set_kw")
         f = np.where(f_count > 0, f_total, np.nan)
-        p_set = np.where((p_count > 0) & np.isfinite(p_total), p_total, np.nan)  # NaN: nothing asked (the PMS
-        follow = np.where(np.isfinite(f), f >= 0.5, self.default_follow)       # holds 0 unless it follows)
+        # NaN: nothing asked (the PMS holds 0 unless it follows the residual)
+        p_set = np.where((p_count > 0) & np.isfinite(p_total), p_total, np.nan)
+        follow = np.where(np.isfinite(f), f >= 0.5, self.default_follow)
         noisy = residual[None, :] + self.fluctuation.next_step()
         self.last = self.fleet.step(noisy, follow, np.where(np.isfinite(p_set), p_set, 0.0))
         self.follow_used = follow
