@@ -66,8 +66,10 @@ class HouseholdSim(mosaik_api_v3.Simulator):
         self.bus = np.asarray(bus, int)
         self.load_kw = np.asarray(load_kw, float).reshape(-1, n)
         self.pv_kw = np.asarray(pv_kw, float).reshape(-1, n)
-        self.wind_kw = (np.zeros_like(self.pv_kw) if wind_kw is None
-                        else np.asarray(wind_kw, float).reshape(-1, n))
+        # no turbines: one row of zeros for every step (not a whole run's array of them: 0.7 GB for 2,000 homes
+        # over a month)
+        self.wind_kw = None if wind_kw is None else np.asarray(wind_kw, float).reshape(-1, n)
+        self.no_wind_kw = np.zeros(n)
         self.tan_phi = np.tan(np.arccos(np.asarray(power_factor, float)))
         n_steps = len(self.load_kw)
         self.t_out = np.full(n_steps, 20.0) if t_outdoor_c is None else np.asarray(t_outdoor_c, float)
@@ -139,12 +141,15 @@ class HouseholdSim(mosaik_api_v3.Simulator):
         inv = self.inverter is not None
         if attr == "pv_kw" and inv:
             return self.pv_now
-        if attr in ("load_kw", "pv_kw", "wind_kw"):
+        wind = self.no_wind_kw if self.wind_kw is None else self.wind_kw[k]
+        if attr in ("load_kw", "pv_kw"):
             return getattr(self, attr)[k]
+        if attr == "wind_kw":
+            return wind
         if attr == "hvac_kw":
             return self.hvac_kw
         if attr == "net_kw":
-            return self.load_kw[k] + self.hvac_kw - (self.pv_now if inv else self.pv_kw[k]) - self.wind_kw[k]
+            return self.load_kw[k] + self.hvac_kw - (self.pv_now if inv else self.pv_kw[k]) - wind
         if attr == "q_kvar":
             q = (self.load_kw[k] + self.hvac_kw) * self.tan_phi
             return q - self.pv_q if inv else q
