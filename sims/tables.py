@@ -168,6 +168,8 @@ def _gather_table_column(sim: Any, tid: str, attr: str, positions: list[int], ta
         plan = plans[(tid, attr)] = ([(dst_attr, np.array(src, np.int64), np.array(dst, np.int64),
                                        len(set(dst)) == len(dst)) for dst_attr, (src, dst) in split.items()],
                                      rest_pos, rest_targets)
+    if not plan[0]:
+        return plan[1], plan[2]
     column = np.asarray(values, dtype=np.float64)
     for dst_attr, src, dst, unique in plan[0]:
         total, count = sim._gathered[dst_attr]
