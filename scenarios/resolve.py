@@ -203,10 +203,14 @@ def day_profiles(scenario: Scenario, table: pd.DataFrame, days: pd.DatetimeIndex
     # only homes with a demand draw a profile: a plant (annual_kwh = 0) added to a scenario leaves every
     # household's profile as it was (fleet_market_s2/s3 against s0)
     has_load = per_home > 0
-    load = np.zeros((len(minutes), len(per_home)))
-    if has_load.any():
-        load[:, has_load] = loads.household_load_kw(minutes, per_home[has_load],
-                                                     DayStreams(scenario.seed, "household_load"))
+    if has_load.all():  # (not a second array of the run's size to copy it into)
+        load = np.asarray(loads.household_load_kw(minutes, per_home, DayStreams(scenario.seed, "household_load")),
+                          float)
+    else:
+        load = np.zeros((len(minutes), len(per_home)))
+        if has_load.any():
+            load[:, has_load] = loads.household_load_kw(minutes, per_home[has_load],
+                                                         DayStreams(scenario.seed, "household_load"))
     if np.any(homes > 1):  # a community's load is the sum of its homes' own profiles
         load = np.add.reduceat(load, np.concatenate([[0], np.cumsum(homes)[:-1]]), axis=1)
     load = files.regrid(load, 60, step_s)

@@ -72,6 +72,8 @@ def household_load_kw(times: pd.DatetimeIndex, annual_kwh: np.ndarray, streams: 
         out[k * MINUTES_PER_DAY:(k + 1) * MINUTES_PER_DAY] = load
         spill = next_spill
     pos = ((times - first) // pd.Timedelta(minutes=1)).to_numpy()
+    if len(pos) and np.array_equal(pos, np.arange(pos[0], pos[0] + len(pos))):  # consecutive minutes: no copy
+        return out[pos[0]:pos[0] + len(pos)]
     return out[pos]
 
 

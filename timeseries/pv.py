@@ -95,18 +95,21 @@ def pv_ac_kw(site: Site, times: pd.DatetimeIndex, kwp: np.ndarray, tilt_deg: np.
     # (5 s of 5.5 at 1,984 homes)
     solar_zenith = solpos["apparent_zenith"].to_numpy()
     solar_azimuth = solpos["azimuth"].to_numpy()
-    cache: dict[tuple[float, float], np.ndarray] = {}
+    # arrays of one orientation share its per-kWp DC power, made once and dropped after them (drawn
+    # orientations are mostly all different: keeping each would hold a second array of the output's size)
+    by_orientation: dict[tuple[float, float], list[int]] = {}
     for j in np.flatnonzero(kwp > 0):
-        key = (float(tilt_deg[j]), float(azimuth_deg[j]))
-        if key not in cache:
-            poa = pvlib.irradiance.get_total_irradiance(
-                key[0], key[1], solar_zenith, solar_azimuth, dni, ghi, dhi, model="isotropic"
-            )["poa_global"]
-            poa = np.nan_to_num(np.asarray(poa, float)).clip(min=0.0)
-            temp_cell = pvlib.temperature.faiman(poa, temp_air, wind)
-            # per-kWp DC power (kW/kWp) after system losses
-            cache[key] = np.asarray(pvlib.pvsystem.pvwatts_dc(poa, temp_cell, 1.0, gamma_pdc)) * (1.0 - system_loss)
-        pdc = cache[key] * kwp[j]
-        pac = pvlib.inverter.pvwatts(pdc, kwp[j] / inverter_efficiency, inverter_efficiency)
-        out[:, j] = np.clip(np.asarray(pac, float), 0.0, None)
+        by_orientation.setdefault((float(tilt_deg[j]), float(azimuth_deg[j])), []).append(int(j))
+    for (tilt, azimuth), arrays in by_orientation.items():
+        poa = pvlib.irradiance.get_total_irradiance(
+            tilt, azimuth, solar_zenith, solar_azimuth, dni, ghi, dhi, model="isotropic"
+        )["poa_global"]
+        poa = np.nan_to_num(np.asarray(poa, float)).clip(min=0.0)
+        temp_cell = pvlib.temperature.faiman(poa, temp_air, wind)
+        # per-kWp DC power (kW/kWp) after system losses
+        per_kwp = np.asarray(pvlib.pvsystem.pvwatts_dc(poa, temp_cell, 1.0, gamma_pdc)) * (1.0 - system_loss)
+        for a in arrays:
+            pdc = per_kwp * kwp[a]
+            pac = pvlib.inverter.pvwatts(pdc, kwp[a] / inverter_efficiency, inverter_efficiency)
+            out[:, a] = np.clip(np.asarray(pac, float), 0.0, None)
     return out
