@@ -498,6 +498,16 @@ class BatchResult:
     iterations: np.ndarray
 
 
+@lru_cache(maxsize=None)
+def load_kernels() -> None:
+    """Load the compiled chain kernel now (from numba's cache; compiled there on the very first use): the MPC
+    calls this when it is built, so that the ~0.1–0.2 s it takes is spent in the run's set-up, not in its
+    first step. Once per process."""
+    one = np.zeros((1, 1))
+    _chain_batch(1, one, one, np.ones((1, len(_SCALARS))), 1.0, 1.0, 1.0, 1.0, 1.0, 1e-3, 0.0, 1.0, TOL_PRIMAL,
+                 TOL_DUAL, TOL_GAP, 1)
+
+
 def solve_compact(compact: np.ndarray, battery: Any, h: int, dt_h: float, weights: Any,
                   max_iter: int | None = None, kernel: str = "chain", threads: int = 1) -> BatchResult:
     """Solve the household QPs given as the columns of ``compact`` (the casadi batch's input: the parameters

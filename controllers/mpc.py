@@ -57,7 +57,7 @@ call — the slow path, kept for the benchmark and as an independent check.
 
 References
 ----------
-- Couraud et al. 2022: B. Couraud, V. Robu, D. Flynn, M. Andoni, S. Norbu and H. Ouinard, "Real-Time Control of
+- Couraud et al. 2022: B. Couraud, V. Robu, D. Flynn, M. Andoni, S. Norbu and H. Quinard, "Real-Time Control of
     Distributed Batteries with Blockchain-Enabled Market Export Commitments," IEEE Transactions
     on Sustainable Energy, 2022. (eq. (5) (missing from the text; objective as resolved here), (8)–(9))
 """
@@ -196,8 +196,12 @@ class MPCProblem:
         if self.solver_name == "ipm" and formulation != "qp":
             raise ValueError("solver 'ipm' solves the qp formulation only")
         self._own: dict[str, Any] = {}  # solvers that keep state between calls (OSQP, qpOASES): one per problem
-        if self.solver_name != "ipm":  # (ipm: compiled on first use, cached on disk; its PIQP fallback on need)
+        if self.solver_name != "ipm":  # (ipm: its PIQP fallback built on need)
             self._solver_for(self.solver_name)  # built now: a bad option fails here, not at the first solve
+        else:  # compiled on first use and cached on disk; loaded now, in the run's set-up
+            from dercosim.controllers import ipm
+
+            ipm.load_kernels()
         self._warm: dict[str, Any] | None = None
 
     def _solver_for(self, name: str) -> Any:

@@ -24,7 +24,7 @@ independently of the SoC.
 
 References
 ----------
-- Couraud et al. 2022: B. Couraud, V. Robu, D. Flynn, M. Andoni, S. Norbu and H. Ouinard, "Real-Time Control of
+- Couraud et al. 2022: B. Couraud, V. Robu, D. Flynn, M. Andoni, S. Norbu and H. Quinard, "Real-Time Control of
     Distributed Batteries with Blockchain-Enabled Market Export Commitments," IEEE Transactions
     on Sustainable Energy, 2022. (eqs. (8)–(9), the power-management loop)
 """
@@ -32,6 +32,7 @@ References
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from functools import lru_cache
 
 import numpy as np
 from numba import njit
@@ -96,6 +97,7 @@ class BatteryFleet:
         self.soc_min_kwh = params.soc_min_frac * params.capacity_kwh
         self.soc_max_kwh = params.soc_max_frac * params.capacity_kwh
         self.decay = params.self_discharge_per_h * self.dt_h  # fraction lost per cycle
+        _load_pms_kernel()  # in the run's set-up, not in the step that first needs it
 
     @property
     def soc_frac(self) -> np.ndarray:
@@ -235,6 +237,13 @@ class BatteryFleet:
         expected = (p.eta_charge * self.e_charge_kwh - self.e_discharge_kwh / p.eta_discharge
                     - self.e_self_discharge_kwh)
         return (self.soc_kwh - self.soc_init_kwh) - expected
+
+
+@lru_cache(maxsize=None)
+def _load_pms_kernel() -> None:
+    """Load :func:`_pms_cycles` now (from numba's cache; compiled there on the very first use). Once per process."""
+    one = np.ones(1)
+    _pms_cycles(np.zeros((1, 1)), one.copy(), one, one, one, one, one, one, one, 1.0)
 
 
 @njit(cache=True, nogil=True)

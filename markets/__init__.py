@@ -3,7 +3,7 @@
 
 References
 ----------
-B. Couraud, V. Robu, D. Flynn, M. Andoni, S. Norbu and H. Ouinard, "Real-Time Control of Distributed Batteries
+B. Couraud, V. Robu, D. Flynn, M. Andoni, S. Norbu and H. Quinard, "Real-Time Control of Distributed Batteries
 with Blockchain-Enabled Market Export Commitments," IEEE Transactions on Sustainable Energy, 2022: the aggregator,
 the commitments and the smart contract of ``[market]`` and ``[contract]``.
 """

@@ -34,7 +34,7 @@ and bounds only.
 
 References
 ----------
-- Couraud et al. 2022: B. Couraud, V. Robu, D. Flynn, M. Andoni, S. Norbu and H. Ouinard,
+- Couraud et al. 2022: B. Couraud, V. Robu, D. Flynn, M. Andoni, S. Norbu and H. Quinard,
     "Real-Time Control of Distributed Batteries with Blockchain-Enabled Market Export
     Commitments," IEEE Transactions on Sustainable Energy, 2022 (eqs. (1)–(5), phases 1–2).
 """

@@ -25,7 +25,7 @@ Settlement per market interval (energies in kWh, prices in currency/kWh):
 
 References
 ----------
-- Couraud et al. 2022: B. Couraud, V. Robu, D. Flynn, M. Andoni, S. Norbu and H. Ouinard,
+- Couraud et al. 2022: B. Couraud, V. Robu, D. Flynn, M. Andoni, S. Norbu and H. Quinard,
     "Real-Time Control of Distributed Batteries with Blockchain-Enabled Market Export
     Commitments," IEEE Transactions on Sustainable Energy, 2022 (phase 2, settlement, Table II).
 """

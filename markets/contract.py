@@ -58,7 +58,7 @@ Units: SoC as a fraction 0..1, energies in kWh (net export, + = export).
 
 References
 ----------
-- Couraud et al. 2022: B. Couraud, V. Robu, D. Flynn, M. Andoni, S. Norbu and H. Ouinard,
+- Couraud et al. 2022: B. Couraud, V. Robu, D. Flynn, M. Andoni, S. Norbu and H. Quinard,
     "Real-Time Control of Distributed Batteries with Blockchain-Enabled Market Export
     Commitments," IEEE Transactions on Sustainable Energy, 2022 (eqs. (7), (10)–(12), section III-B).
 """

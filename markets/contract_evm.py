@@ -34,7 +34,7 @@ source's hash, the Vyper version and the EVM target.
 
 References
 ----------
-- Couraud et al. 2022: B. Couraud, V. Robu, D. Flynn, M. Andoni, S. Norbu and H. Ouinard,
+- Couraud et al. 2022: B. Couraud, V. Robu, D. Flynn, M. Andoni, S. Norbu and H. Quinard,
     "Real-Time Control of Distributed Batteries with Blockchain-Enabled Market Export
     Commitments," IEEE Transactions on Sustainable Energy, 2022 (section III-B; 105,957 gas per
     household transaction on their private chain).

@@ -61,9 +61,11 @@ META = {
 HOST_DIAGNOSTICS = ["step_ms", "fault", "overrun"]
 #: a power setpoint beyond this is a fault (no device of a distribution feeder comes near it), kW
 MAX_SETPOINT_KW = 1e6
-#: the fallback setpoints of a faulted step (see the module doc)
 #: setpoints whose NaN means "none this step" (the thermostat, the inverter's own mode)
 NAN_MEANS_NONE = ("hvac_set_kw", "p_curtail_kw", "q_set_kvar")
+#: setpoints held to ±MAX_SETPOINT_KW
+_POWER_SETPOINTS = frozenset(("p_set_kw", "hvac_set_kw", "p_curtail_kw", "q_set_kvar"))
+#: the fallback setpoints of a faulted step (see the module doc)
 FALLBACK = {"p_set_kw": 0.0, "follow_residual": 1.0, "hvac_set_kw": math.nan, "p_curtail_kw": math.nan,
             "q_set_kvar": math.nan}
 
@@ -147,6 +149,8 @@ class ControllerSim(mosaik_api_v3.Simulator):
                                   "batch": callable(getattr(type(ctrl), "step_many", None)),
                                   "observes": hasattr(ctrl, "observe"), "diagnostics": diagnostics,
                                   "faults": 0, "overruns": 0,
+                                  "allowed": frozenset(ctrl.outputs) | frozenset(diagnostics),
+                                  "declared": tuple(n for n in ctrl.outputs if n in SETPOINTS),
                                   "out": {name: math.nan for name in (*ctrl.outputs, *diagnostics,
                                                                       *HOST_DIAGNOSTICS)}}
             out.append({"eid": eid, "type": model, "extra_info": {
@@ -289,13 +293,12 @@ class ControllerSim(mosaik_api_v3.Simulator):
     @staticmethod
     def _checked(ent: dict[str, Any], setpoints: Any, where: str) -> dict[str, float]:
         """The setpoints as floats, or :class:`ControllerFault`; undeclared names are a :class:`ControllerError`."""
-        ctrl = ent["ctrl"]
         if not isinstance(setpoints, dict) and not hasattr(setpoints, "items"):
             raise ControllerFault(f"returned {type(setpoints).__name__}, expected a mapping")
-        extra = set(setpoints) - set(ctrl.outputs) - set(ent["diagnostics"])
+        extra = set(setpoints) - ent["allowed"]
         if extra:
             raise ControllerError(f"{where} returned undeclared output(s) {sorted(extra)}")
-        declared = [n for n in ctrl.outputs if n in SETPOINTS]
+        declared = ent["declared"]
         if declared and not any(n in setpoints for n in declared):
             raise ControllerFault(f"returned no setpoint (it declares {', '.join(declared)})")
         checked = {}
@@ -306,9 +309,9 @@ class ControllerSim(mosaik_api_v3.Simulator):
                 raise ControllerFault(f"returned {name} = {value!r}, expected a number") from None
             if name in SETPOINTS and not math.isfinite(number) and not (name in NAN_MEANS_NONE and math.isnan(number)):
                 raise ControllerFault(f"returned {name} = {number!r}, expected a finite number")
-            if name in ("p_set_kw", "hvac_set_kw", "p_curtail_kw", "q_set_kvar") and abs(number) > MAX_SETPOINT_KW:
+            if name in _POWER_SETPOINTS and abs(number) > MAX_SETPOINT_KW:
                 raise ControllerFault(f"returned {name} = {number!r}, beyond ±{MAX_SETPOINT_KW:g} kW")
-            if name == "follow_residual" and number not in (0.0, 1.0):
+            if name == "follow_residual" and number != 0.0 and number != 1.0:
                 raise ControllerFault(f"returned follow_residual = {number!r}, expected 0 or 1")
             checked[name] = number
         return checked
