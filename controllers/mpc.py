@@ -341,8 +341,8 @@ class MPCProblem:
         tol = 1e-3
         follows = (abs(p_bat[0] + inp.residual_kw[0]) < tol and pd[0] < b.p_discharge_max_kw - tol
                    and pc[0] < b.p_charge_max_kw - tol)
-        return Plan(True, status, solve_s, p_bat, pi, pe, xv[sl["soc"]][:ha],
-                    self._objective_without_regularisation(xv, objective), bool(follows), dt_h=self.dt_h)
+        cost = float(self._costs(xv[None, :], np.array([objective]))[0])
+        return Plan(True, status, solve_s, p_bat, pi, pe, xv[sl["soc"]][:ha], cost, bool(follows), dt_h=self.dt_h)
 
     def _plans(self, xs: np.ndarray, objectives: np.ndarray, inputs: list[MPCInputs], status: str,
                solve_s: float) -> list[Plan]:
@@ -361,17 +361,20 @@ class MPCProblem:
         follows = ((np.abs(p_bat[:, 0] + residual[:, 0]) < tol) & (pd[:, 0] < b.p_discharge_max_kw - tol)
                    & (pc[:, 0] < b.p_charge_max_kw - tol))
         soc = xs[:, sl["soc"]][:, :ha]
-        return [Plan(True, status, solve_s, p_bat[i], pi[i], pe[i], soc[i],
-                     self._objective_without_regularisation(xs[i], float(objectives[i])), bool(follows[i]),
+        costs = self._costs(xs, objectives).tolist()
+        follows_list = follows.tolist()
+        return [Plan(True, status, solve_s, p_bat[i], pi[i], pe[i], soc[i], costs[i], follows_list[i],
                      dt_h=self.dt_h) for i in range(len(inputs))]
 
-    def _objective_without_regularisation(self, xv: np.ndarray, objective: float) -> float:
-        """The solver's objective minus the qp regularisation (numpy; a casadi call would cost 0.1 ms)."""
+    def _costs(self, xs: np.ndarray, objectives: np.ndarray) -> np.ndarray:
+        """The solver's objectives minus the qp regularisation, one per row of ``xs`` (numpy, over the rows)."""
+        objectives = np.asarray(objectives, dtype=float)
         if self.formulation != "qp":
-            return objective
+            return objectives
         sl = self.layout.slices
+        pc, pd = xs[:, sl["pc"]], xs[:, sl["pd"]]
         reg = self.weights.reg_per_kw2h(self.battery)
-        return objective - reg * self.dt_h * float(xv[sl["pc"]] @ xv[sl["pc"]] + xv[sl["pd"]] @ xv[sl["pd"]])
+        return objectives - reg * self.dt_h * (np.einsum("ij,ij->i", pc, pc) + np.einsum("ij,ij->i", pd, pd))
 
 
 #: the status a solver reports on success (a batch that did not raise succeeded in every call)

@@ -8,14 +8,16 @@ complete Parquet file in ``<path>.parts/`` (by a writer thread, one part at a
 time, while the simulation goes on), so a crash or kill loses at most the rows
 since the last part that reached the disk (``pandas.read_parquet`` reads the
 folder).
-At the end the parts are joined into ``<path>``, one row group per part.
+The writer thread also appends each part, as one row group, to the whole
+file, ``.<name>.tmp`` beside ``<path>``; at the end that file is closed and
+renamed to ``<path>`` (nothing is read back), and only then are the parts
+removed. Had that file failed, the parts are joined into ``<path>`` instead.
 
-Both writes are atomic: a part is written under a hidden temporary name
+Every write is atomic: a part is written under a hidden temporary name
 (``.part-*.tmp``, which pyarrow's dataset reader skips) and renamed when
-complete; the join writes ``.<name>.tmp`` beside ``<path>``, renames it, and
-only then removes the parts. A kill at any instant leaves either the complete
-parts or the complete joined file readable, never a truncated file under a
-name a reader would open.
+complete; the whole file is renamed only once closed. A kill at any instant
+leaves either the complete parts or the complete file readable, never a
+truncated file under a name a reader would open.
 """
 
 from __future__ import annotations
@@ -178,6 +180,9 @@ class RecorderSim(mosaik_api_v3.Simulator):
         self.n_parts = 0
         self._writer: ThreadPoolExecutor | None = None
         self._pending: Future[None] | None = None
+        self._whole: pq.ParquetWriter | None = None  # the whole file, a row group per part (None: none yet)
+        self._whole_tmp = self.path.with_name(f".{self.path.name}.tmp")
+        self._whole_failed = False  # then the parts are joined at the end
         self.last_flush_s = 0
         self.rows_written = 0
         return [{"eid": self.eid, "type": model}]
@@ -278,10 +283,51 @@ class RecorderSim(mosaik_api_v3.Simulator):
         table = self._table()
         if self._writer is None:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="dercosim-recorder")
-        self._pending = self._writer.submit(write_atomically, table, self.parts / f"part-{self.n_parts:05d}.parquet")
+        self._pending = self._writer.submit(self._write, table, self.parts / f"part-{self.n_parts:05d}.parquet")
         self.n_parts += 1
         self.rows_written += len(table)
         self._reset_buffer()
+
+    def _write(self, table: pa.Table, part: Path) -> None:
+        """On the writer thread: the part file, then the same rows as a row group of the whole file."""
+        write_atomically(table, part)
+        if self._whole_failed:
+            return
+        try:
+            if self._whole is None:
+                self._whole = pq.ParquetWriter(self._whole_tmp, self.schema)
+            self._whole.write_table(table, row_group_size=max(len(table), 1))
+        except Exception:  # noqa: BLE001 - the parts hold every row: they are joined at the end instead
+            self._drop_whole()
+            self._whole_failed = True
+
+    def _drop_whole(self) -> None:
+        """Close and remove the whole file being written (it is not complete)."""
+        whole, self._whole = self._whole, None
+        try:
+            if whole is not None:
+                whole.close()
+        except Exception:  # noqa: BLE001 - it is removed anyway
+            pass
+        self._whole_tmp.unlink(missing_ok=True)
+
+    def _finish_whole(self) -> None:
+        """``<path>`` from the whole file (closed, synced, renamed), then the parts removed; or, had the whole
+        file failed or never begun, the parts joined (:func:`join_parts`)."""
+        whole, self._whole = self._whole, None
+        if whole is None or self._whole_failed:
+            join_parts(self.parts, self.path)
+            return
+        try:
+            whole.close()
+            with open(self._whole_tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(self._whole_tmp, self.path)
+        except Exception:  # noqa: BLE001 - the parts hold every row
+            self._whole_tmp.unlink(missing_ok=True)
+            join_parts(self.parts, self.path)
+            return
+        shutil.rmtree(self.parts)
 
     def wait_written(self) -> None:
         """Wait until the part being written is on disk (raises what the write raised)."""
@@ -298,8 +344,11 @@ class RecorderSim(mosaik_api_v3.Simulator):
         try:
             self.flush()
             self.wait_written()
+        except BaseException:
+            self._drop_whole()  # a part failed: the parts on disk are the record
+            raise
         finally:
             if self._writer is not None:
                 self._writer.shutdown(wait=True)
                 self._writer = None
-        join_parts(self.parts, self.path)
+        self._finish_whole()
