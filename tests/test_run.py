@@ -152,6 +152,38 @@ def test_recorder_kill_loses_at_most_the_flushes_not_yet_on_disk(tmp_path: Path)
     assert len(pd.read_parquet(path)) == 150
 
 
+def test_recorder_writes_the_whole_file_as_it_goes_and_joins_the_parts_if_that_file_failed(tmp_path: Path):
+    """Each flush is a part and a row group of the whole file (one per simulated hour here); at the end that file
+    is renamed into place and the parts removed. If writing the whole file fails mid-run, nothing is lost: the
+    parts are joined instead, to the same rows."""
+    import pyarrow.parquet as pq
+
+    def record(folder: Path, break_whole_after: int | None) -> Path:
+        folder.mkdir()
+        sim = RecorderSim()
+        sim.init("Recorder-0", step_s=60)
+        path = folder / "ts.parquet"
+        sim.create(1, "Recorder", path=str(path), entities={"G.feeder": {"entity": "feeder", "kind": "feeder",
+                                                                        "bus": None}},
+                   columns={"losses_kw": "float64"}, start="2016-06-21T00:00:00", tz="UTC", flush_every_s=3600)
+        for k in range(150):
+            sim.step(60 * k, {"recorder": {"losses_kw": {"G.feeder": float(k)}}}, 10**9)
+            if break_whole_after is not None and k == break_whole_after:
+                sim.wait_written()
+                assert sim._whole is not None and sim._whole_tmp.exists()  # the whole file is being written
+                sim._whole.close()  # a writer that fails from now on (as a full disk would)
+        sim.finalize()
+        assert sim._whole_failed == (break_whole_after is not None)  # the broken writer was noticed
+        assert not (folder / "ts.parquet.parts").exists() and not sim._whole_tmp.exists()
+        return path
+
+    whole = record(tmp_path / "whole", None)
+    joined = record(tmp_path / "joined", 70)
+    for path in (whole, joined):
+        assert pq.ParquetFile(path).metadata.num_row_groups == 3  # 60, 60 and 30 minutes
+        assert pd.read_parquet(path).losses_kw.tolist() == [float(k) for k in range(150)]
+
+
 def _recorder(tmp_path: Path, **create: object) -> tuple[RecorderSim, Path]:
     """A recorder of two batteries and a feeder, registered in the order bat_1, feeder, bat_0."""
     sim = RecorderSim()
