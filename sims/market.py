@@ -7,8 +7,10 @@ solves the virtual battery's MILP from the fleet's current stored energy
 clear (price taker), re-solves with the award fixed and publishes per market
 interval: ``bid_kwh``, ``committed_kwh`` (E_c^t), ``soc_target_frac``
 (SoC^{t,A}), ``mode_s`` (S^t), ``wholesale_per_kwh``, ``imbalance_per_kwh``
-``forecast_net_export_kwh`` and ``planned_battery_kwh`` (charge − discharge at the terminals). It steps every minute so the recorder sees
-the interval's values in every row; it decides only at day boundaries.
+``forecast_net_export_kwh`` and ``planned_battery_kwh`` (charge − discharge at the terminals). It decides
+only at day boundaries and steps only when the market interval changes (the first clock step in each
+interval): its outputs are persistent in mosaik, so the recorder and the contract see the interval's values
+in every minute all the same, without a step of their own.
 
 A failed MILP (infeasible, time limit) is counted (``milp_failures``): that
 day the fleet bids nothing (commitments 0, S = 0, no SoC target) and the run
@@ -130,7 +132,8 @@ class MarketSim(mosaik_api_v3.Simulator):
         if k < len(self.wholesale) and time % self.interval_s == 0 and (time == 0 or k % self.per_day == 0):
             self._plan_day(k)
         self.k = min(k, len(self.wholesale) - 1)
-        return time + self.step_s
+        next_interval_s = (time // self.interval_s + 1) * self.interval_s  # k changes there, not before
+        return max(time + self.step_s, -(-next_interval_s // self.step_s) * self.step_s)  # on the clock's steps
 
     def get_data(self, outputs: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
         k = self.k
