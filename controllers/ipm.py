@@ -651,30 +651,34 @@ def _finish(xs: np.ndarray, objective: np.ndarray, status: np.ndarray, iteration
 
 def _run_chain_kernels(jobs: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]], chain_args: tuple,
                        threads: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-    """:func:`_chain_batch` on each job (active steps, r, c, sc), its rows split over ``threads`` threads (at
-    least 8 rows a piece), the pieces shared out by work (rows × steps), the calling thread taking one share."""
+    """:func:`_chain_batch` on each job (active steps, r, c, sc), its rows cut into pieces (at least 8 rows, up to
+    four per thread) that ``threads`` threads take one after another, largest first (rows × steps), the calling
+    thread among them: a thread whose QPs took fewer iterations takes more pieces. Every QP is solved on its own,
+    so the answers do not depend on the split."""
     pieces: list[tuple[int, int, int]] = []  # (job, first row, end row)
     for j, (_, r, _, _) in enumerate(jobs):
         m = r.shape[0]
-        k = max(1, min(threads, m // 8))
+        k = max(1, min(4 * threads, m // 8)) if threads > 1 else 1
         edges = np.linspace(0, m, k + 1).astype(np.int64)
         pieces.extend((j, int(lo), int(hi)) for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo)
-    shares: list[list[tuple[int, int, int]]] = [[] for _ in range(threads)]
-    load = [0] * threads
-    for piece in sorted(pieces, key=lambda p: -(p[2] - p[1]) * jobs[p[0]][0]):
-        i = load.index(min(load))
-        shares[i].append(piece)
-        load[i] += (piece[2] - piece[1]) * jobs[piece[0]][0]
+    order = sorted(pieces, key=lambda p: -(p[2] - p[1]) * jobs[p[0]][0])
     answers: dict[tuple[int, int, int], Any] = {}
+    taken = iter(order)
+    lock = threading.Lock()
 
-    def run(share: list[tuple[int, int, int]]) -> None:
-        for j, lo, hi in share:
+    def run() -> None:
+        while True:
+            with lock:
+                piece = next(taken, None)
+            if piece is None:
+                return
+            j, lo, hi = piece
             ha, r, c, sc = jobs[j]
-            answers[(j, lo, hi)] = _chain_batch(ha, r[lo:hi], c[lo:hi], sc[lo:hi], *chain_args)
+            answers[piece] = _chain_batch(ha, r[lo:hi], c[lo:hi], sc[lo:hi], *chain_args)
 
-    others = [share for share in shares[1:] if share]
-    futures = [thread_pool(len(others)).submit(run, share) for share in others] if others else []
-    run(shares[0])
+    helpers = min(threads, len(pieces)) - 1
+    futures = [thread_pool(helpers).submit(run) for _ in range(helpers)] if helpers > 0 else []
+    run()
     for future in futures:
         future.result()
     out: list[Any] = []

@@ -83,6 +83,8 @@ class MarketSim(mosaik_api_v3.Simulator):
         self.time_limit_s = float(time_limit_s)
         self.per_day = 86400 // self.interval_s
         self.k = 0
+        if self.first < len(self.wholesale):  # the first day's MILP built now, in the run's set-up
+            self._milp(self._day_end(self.first) - self.first)
         return self.meta
 
     def create(self, num: int, model: str) -> list[dict]:
@@ -91,17 +93,25 @@ class MarketSim(mosaik_api_v3.Simulator):
         self.eid = "aggregator"
         return [{"eid": self.eid, "type": model}]
 
-    def _plan_day(self, first: int) -> None:
-        """Phases 1 and 2 for the intervals ``first`` .. the end of its local day."""
-        last = min(first + self.per_day - first % self.per_day, len(self.wholesale))
-        n = last - first
-        sl = slice(first, last)
+    def _day_end(self, first: int) -> int:
+        """The interval after the last of ``first``'s local day (or of the data)."""
+        return min(first + self.per_day - first % self.per_day, len(self.wholesale))
+
+    def _milp(self, n: int) -> DayAheadMILP:
+        """The day-ahead MILP of ``n`` intervals, built once."""
         milp = self.milps.get(n)
         if milp is None:
             milp = self.milps[n] = DayAheadMILP(
                 self.battery, n=n, dt_h=self.interval_s / 3600.0, time_limit_s=self.time_limit_s,
                 impact_slope=self.slope,
                 export_max_kwh=float(np.max(self.production, initial=0.0)) + self.battery.p_max_kw * self.interval_s / 3600)
+        return milp
+
+    def _plan_day(self, first: int) -> None:
+        """Phases 1 and 2 for the intervals ``first`` .. the end of its local day."""
+        last = self._day_end(first)
+        sl = slice(first, last)
+        milp = self._milp(last - first)
         args = (self.demand[sl], self.production[sl], self.import_price[sl])
         plan = milp.solve(*args, self.wholesale[sl], self.soc_now_kwh)
         solve_s = plan.solve_s
