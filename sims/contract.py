@@ -41,7 +41,7 @@ from dercosim.markets.contract_evm import MWH_PER_KWH, PPM, to_mwh, to_ppm
 from dercosim.markets.network import Latency, Network
 from dercosim.sims.entities import hand_out
 from dercosim.sims.pacing import paced
-from dercosim.sims.tables import tabled
+from dercosim.sims.tables import gathered, tabled
 
 CONTRACT_OUT = ["contract_rounds", "reports_late", "reports_lost", "replies_lost", "re_fleet_kwh",
                 "contract_rejected"]
@@ -121,6 +121,8 @@ class ContractSim(mosaik_api_v3.Simulator):
         self._evm_sent_series: tuple[Any, ...] | None = None
         self._evm_step: dict[str, float] = {}
         self.members = {name: _Member() for name in self.names}
+        self._member_list = list(self.members.values())
+        self.index = {f"sc_{name}": j for j, name in enumerate(self.names)}  # member entity -> position
         self.env = simpy.Environment()
         self.network = Network(self.env, rng_for(int(seed), "contract_network"), Latency(**(latency or {})),
                                loss_prob=float(loss_prob))
@@ -249,17 +251,16 @@ class ContractSim(mosaik_api_v3.Simulator):
             for m in self.members.values():  # (the export since the last report runs on: it is a rate)
                 m.export_in_interval_kwh = 0.0
         step_h = self.step_s / 3600.0
-        for eid, attrs in inputs.items():
-            if eid == self.contract_eid:
-                continue
-            m = self.members[eid.removeprefix("sc_")]
-            if attrs.get("meter_kw"):
-                export = -float(sum(attrs["meter_kw"].values())) * step_h
+        meter_kw, meter_n = gathered(self, "meter_kw")
+        soc_frac, soc_n = gathered(self, "soc_frac")
+        for m, has_meter, export, has_soc, soc in zip(self._member_list, meter_n.tolist(),
+                                                      (-meter_kw * step_h).tolist(), soc_n.tolist(),
+                                                      soc_frac.tolist()):
+            if has_meter:
                 m.export_since_report_kwh += export
                 m.export_in_interval_kwh += export
                 m.export_since_reply_kwh += export
-            if attrs.get("soc_frac"):
-                soc = float(sum(attrs["soc_frac"].values()))
+            if has_soc:
                 # float noise at the bounds (a battery emptied to -2e-20) is not a broken sensor
                 m.soc_frac = min(max(soc, 0.0), 1.0) if -SOC_TOLERANCE <= soc <= 1.0 + SOC_TOLERANCE else soc
         if time % self.round_s == 0:
@@ -274,6 +275,31 @@ class ContractSim(mosaik_api_v3.Simulator):
                 m.export_since_report_kwh = 0.0
             self.env.process(self._close_round(round_no, time))
         return time + self.step_s
+
+    #: the members' meters and SoCs arrive as arrays (sims/tables.py), not per-member dicts
+    column_inputs = ("meter_kw", "soc_frac")
+
+    def column(self, attr: str, eids: list[str]) -> list[float] | None:
+        """A member output of the members ``eids`` as a list (a simulator's Table, sims/tables.py; the same
+        numbers as :meth:`get_data`); None for anything else."""
+        if attr not in MEMBER_OUT:
+            return None
+        cache = self.__dict__.setdefault("_column_members", {})
+        found = cache.get(id(eids))
+        if found is None or found[0] is not eids:
+            members = [self._member_list[self.index[eid]] for eid in eids] if all(e in self.index for e in eids) \
+                else None
+            found = cache[id(eids)] = (eids, members)
+        members = found[1]
+        if members is None:
+            return None
+        if attr == "re_kwh":
+            return [m.reply.re_household_kwh(m.export_since_reply_kwh) if m.reply else 0.0 for m in members]
+        if attr == "s_mode":
+            return [m.reply.mode_s if m.reply else 0.0 for m in members]
+        if attr == "soc_target_frac":
+            return [m.reply.soc_target_frac if m.reply else math.nan for m in members]
+        return [getattr(m.reply, attr) if m.reply else math.nan for m in members]  # w_export, w_import
 
     def get_data(self, outputs: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
         data: dict[str, dict[str, Any]] = {}

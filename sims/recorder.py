@@ -263,9 +263,15 @@ class RecorderSim(mosaik_api_v3.Simulator):
             "kind": pa.array(self._kind[positions], pa.string()),
             "bus": pa.array(self._bus[positions], pa.int16(), mask=self._bus_missing[positions]),
         }
+        ends = np.cumsum(counts).tolist()
+        spans = [(end - count, end, vals) for end, count, (_, _, vals) in zip(ends, counts, self.buffer)]
+        total = ends[-1] if ends else 0
         for name, kind in self.columns.items():
-            col = np.concatenate([vals[name] if name in vals else np.full(len(pos), np.nan)
-                                  for _, pos, vals in self.buffer])
+            col = np.full(total, np.nan)  # NaN where a step did not record this column
+            for start, end, vals in spans:
+                found = vals.get(name)
+                if found is not None:
+                    col[start:end] = found
             missing = np.isnan(col)
             if kind == "bool":
                 arrays[name] = pa.array(col != 0, pa.bool_(), mask=missing)
