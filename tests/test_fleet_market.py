@@ -278,3 +278,17 @@ def test_the_fleet_power_plot_draws_s4_against_s5(run, tmp_path):
         shutil.copy(run.parquet, tmp_path / case / "timeseries.parquet")
     path = plot_fleet_power(tmp_path, tmp_path / "fleet_power.png")
     assert path.stat().st_size > 10_000
+
+
+def test_the_market_is_recorded_every_minute_with_its_intervals_numbers(run):
+    """The aggregator steps once per market interval, yet every recorded minute has its row, holding that
+    interval's published numbers (mosaik keeps a simulator's outputs until its next step): the per-minute rows
+    are constant within each 30-min interval and equal the interval table."""
+    df = pd.read_parquet(run.parquet)
+    m = df[df.kind == "market"].sort_values("time_s")
+    assert m.time_s.tolist() == sorted(df.time_s.unique())
+    table = pd.read_csv(run.out_dir / "market.csv")
+    for col in ("committed_kwh", "wholesale_per_kwh", "imbalance_per_kwh", "mode_s"):
+        per_interval = m[col].to_numpy().reshape(len(table), 30)
+        assert (per_interval == per_interval[:, :1]).all(), col
+        np.testing.assert_allclose(per_interval[:, 0], table[col].to_numpy(), rtol=1e-12)  # (the CSV's digits)
