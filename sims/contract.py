@@ -41,7 +41,7 @@ from dercosim.markets.contract_evm import MWH_PER_KWH, PPM, to_mwh, to_ppm
 from dercosim.markets.network import Latency, Network
 from dercosim.sims.entities import hand_out
 from dercosim.sims.pacing import paced
-from dercosim.sims.tables import gathered, tabled
+from dercosim.sims.tables import gathered, positions, tabled
 
 CONTRACT_OUT = ["contract_rounds", "reports_late", "reports_lost", "replies_lost", "re_fleet_kwh",
                 "contract_rejected"]
@@ -284,14 +284,9 @@ class ContractSim(mosaik_api_v3.Simulator):
         numbers as :meth:`get_data`); None for anything else."""
         if attr not in MEMBER_OUT:
             return None
-        cache = self.__dict__.setdefault("_column_members", {})
-        found = cache.get(id(eids))
-        if found is None or found[0] is not eids:
-            members = [self._member_list[self.index[eid]] for eid in eids] if all(e in self.index for e in eids) \
-                else None
-            found = cache[id(eids)] = (eids, members)
-        members = found[1]
-        if members is None:
+        try:
+            members = [self._member_list[j] for j in positions(self, eids).tolist()]
+        except KeyError:  # not all members (the Contract entity): through get_data
             return None
         if attr == "re_kwh":
             return [m.reply.re_household_kwh(m.export_since_reply_kwh) if m.reply else 0.0 for m in members]

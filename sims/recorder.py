@@ -320,20 +320,18 @@ class RecorderSim(mosaik_api_v3.Simulator):
     def _finish_whole(self) -> None:
         """``<path>`` from the whole file (closed, synced, renamed), then the parts removed; or, had the whole
         file failed or never begun, the parts joined (:func:`join_parts`)."""
-        whole, self._whole = self._whole, None
-        if whole is None or self._whole_failed:
-            join_parts(self.parts, self.path)
-            return
-        try:
-            whole.close()
-            with open(self._whole_tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(self._whole_tmp, self.path)
-        except Exception:  # noqa: BLE001 - the parts hold every row
-            self._whole_tmp.unlink(missing_ok=True)
-            join_parts(self.parts, self.path)
-            return
-        shutil.rmtree(self.parts)
+        if self._whole is not None and not self._whole_failed:
+            try:
+                self._whole.close()
+                with open(self._whole_tmp, "rb") as fh:
+                    os.fsync(fh.fileno())
+                os.replace(self._whole_tmp, self.path)
+                self._whole = None
+                shutil.rmtree(self.parts)
+                return
+            except Exception:  # noqa: BLE001 - the parts hold every row
+                self._drop_whole()
+        join_parts(self.parts, self.path)
 
     def wait_written(self) -> None:
         """Wait until the part being written is on disk (raises what the write raised)."""
