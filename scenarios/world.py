@@ -743,13 +743,16 @@ def _connect_market(world: _Wiring, run: RunInputs, battery_entities: list[Any])
     assert m is not None
     vb = VirtualBattery.of_fleet(bats["capacity_kwh"], bats["p_charge_max_kw"], bats["p_discharge_max_kw"],
                                  bats["eta_charge"], bats["eta_discharge"], bats["soc_min_frac"], bats["soc_max_frac"])
+    soc0 = dict(zip(bats["name"], bats["soc_init_kwh"]))
+    # summed as the first step sums the batteries' reports (in connection order), so set-up's plan of the first
+    # day is the one that step would make
+    soc_init_kwh = float(sum(float(soc0[ent.eid]) for ent in battery_entities))
     sim = _start(world, scenario, "Market", step_s=scenario.clock.step_s, interval_s=m.interval_s,
-                      battery=vb.__dict__, soc_init_kwh=float(bats["soc_init_kwh"].sum()),
+                      battery=vb.__dict__, soc_init_kwh=soc_init_kwh,
                       bid_limit_per_kwh=m.bid_limit_per_kwh, clearing_limit_per_kwh=m.clearing_limit_per_kwh,
                       residual_demand_slope=m.residual_demand_slope if m.clearing == "price_maker" else 0.0,
                       **(run.market_inputs or {}))
     aggregator = sim.Aggregator()
-    soc0 = dict(zip(bats["name"], bats["soc_init_kwh"]))
     for ent in battery_entities:
         world.connect(ent, aggregator, "soc_kwh", time_shifted=True, initial_data={"soc_kwh": float(soc0[ent.eid])})
     return aggregator

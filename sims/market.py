@@ -1,6 +1,6 @@
 """mosaik simulator of the day-ahead aggregator and the wholesale market (Couraud et al. 2022, phases 1–2).
 
-One ``Aggregator`` entity. At the start of each local day (and at t = 0) it
+One ``Aggregator`` entity. At the start of each local day (and, for the run's first day, in set-up) it
 forecasts the portfolio's demand and production for the rest of the day,
 solves the virtual battery's MILP from the fleet's current stored energy
 (input ``soc_kwh`` from every battery, time-shifted), bids, lets the market
@@ -65,12 +65,27 @@ class MarketSim(mosaik_api_v3.Simulator):
         self.import_price = np.asarray(import_price, float)
         self.wholesale = np.asarray(wholesale_price, float)
         self.slope = float(residual_demand_slope)
-        self.cleared = self.wholesale.copy()  #: the price the fleet is paid (= wholesale for a price taker)
         self.imbalance = np.asarray(imbalance_price, float)
         self.battery = VirtualBattery(**(battery or {}))
         self.soc_now_kwh = float(soc_init_kwh)
         self.bid_limit, self.clearing_limit = float(bid_limit_per_kwh), clearing_limit_per_kwh
+        self._no_plans()
+        self.milps: dict[int, DayAheadMILP] = {}
+        self.time_limit_s = float(time_limit_s)
+        self.per_day = 86400 // self.interval_s
+        self.k = 0
+        #: the first day planned in the run's set-up (day-ahead: before the day's first step), from the stored
+        #: energy ``soc_init_kwh``; the first step plans it again only if the batteries report another value
+        self._planned_from: float | None = None
+        if self.first < len(self.wholesale):
+            self._plan_day(self.first)
+            self._planned_from = self.soc_now_kwh
+        return self.meta
+
+    def _no_plans(self) -> None:
+        """Nothing planned yet: no bids, commitments 0, S = 0, no SoC target, no MILP solved."""
         n = len(self.wholesale)
+        self.cleared = self.wholesale.copy()  #: the price the fleet is paid (= wholesale for a price taker)
         self.bids = np.zeros(n)
         self.committed = np.zeros(n)
         self.target = np.full(n, math.nan)
@@ -79,13 +94,6 @@ class MarketSim(mosaik_api_v3.Simulator):
         self.planned_battery = np.full(n, math.nan)
         self.failures = 0
         self.solve_ms = math.nan
-        self.milps: dict[int, DayAheadMILP] = {}
-        self.time_limit_s = float(time_limit_s)
-        self.per_day = 86400 // self.interval_s
-        self.k = 0
-        if self.first < len(self.wholesale):  # the first day's MILP built now, in the run's set-up
-            self._milp(self._day_end(self.first) - self.first)
-        return self.meta
 
     def create(self, num: int, model: str) -> list[dict]:
         if num != 1 or self.eid is not None:
@@ -139,7 +147,12 @@ class MarketSim(mosaik_api_v3.Simulator):
         if given:
             self.soc_now_kwh = float(sum(given.values()))
         k = self.first + time // self.interval_s
-        if k < len(self.wholesale) and time % self.interval_s == 0 and (time == 0 or k % self.per_day == 0):
+        if time == 0 and self._planned_from is not None:
+            planned_soc_kwh, self._planned_from = self._planned_from, None
+            if self.soc_now_kwh != planned_soc_kwh:  # not the stored energy set-up planned from: again
+                self._no_plans()
+                self._plan_day(k)
+        elif k < len(self.wholesale) and time % self.interval_s == 0 and (time == 0 or k % self.per_day == 0):
             self._plan_day(k)
         self.k = min(k, len(self.wholesale) - 1)
         next_interval_s = (time // self.interval_s + 1) * self.interval_s  # k changes there, not before

@@ -12,6 +12,8 @@ The writer thread also appends each part, as one row group, to the whole
 file, ``.<name>.tmp`` beside ``<path>``; at the end that file is closed and
 renamed to ``<path>`` (nothing is read back), and only then are the parts
 removed. Had that file failed, the parts are joined into ``<path>`` instead.
+A run that ends before its first part was written (shorter than
+``flush_every_s``) writes its rows straight to ``<path>``.
 
 Every write is atomic: a part is written under a hidden temporary name
 (``.part-*.tmp``, which pyarrow's dataset reader skips) and renamed when
@@ -70,7 +72,7 @@ def write_atomically(table: pa.Table, path: Path) -> None:
     """Write ``table`` to ``path`` through a hidden temporary file and a rename (never a truncated ``path``)."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, row_group_size=max(len(table), 1))
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -344,6 +346,13 @@ class RecorderSim(mosaik_api_v3.Simulator):
 
     def finalize(self) -> None:
         if self.eid is None:
+            return
+        if not self.n_parts and self.buffered_rows:  # the whole run is one part: written straight as <path>
+            table = self._table()
+            write_atomically(table, self.path)
+            self.rows_written += len(table)
+            self._reset_buffer()
+            shutil.rmtree(self.parts)
             return
         try:
             self.flush()

@@ -162,6 +162,36 @@ def test_a_failed_milp_is_counted_and_the_day_bids_nothing():
     assert failing.committed.sum() == 0 and np.all(failing.mode == 0) and np.all(np.isnan(failing.target))
 
 
+def test_the_first_day_is_planned_in_set_up_and_again_only_if_the_fleet_reports_other_energy():
+    """Day-ahead: the first day's plan is made when the simulator is set up, from the fleet's initial stored
+    energy; the first step keeps it when the batteries report that energy, and plans again (the same plan as a
+    set-up from the reported energy, failures not counted twice) when they report another."""
+    from dercosim.sims.market import MarketSim
+
+    def market(soc_init_kwh: float, **extra) -> MarketSim:
+        sim = MarketSim()
+        sim.init("M", **{**_market_inputs(48), "soc_init_kwh": soc_init_kwh, **extra})
+        sim.create(1, "Aggregator")
+        return sim
+
+    def reports(*kwh: float) -> dict:
+        return {"aggregator": {"soc_kwh": {f"B.b{i}": v for i, v in enumerate(kwh)}}}
+
+    same, other, truth = market(350.0), market(350.0), market(120.0)
+    planned = same.committed.copy()
+    assert planned.sum() > 0 and np.isfinite(same.solve_ms)  # planned before any step
+    assert not np.array_equal(planned, truth.committed)  # the stored energy matters to the plan
+    same.step(0, reports(200.0, 150.0), 10 ** 9)
+    other.step(0, reports(100.0, 20.0), 10 ** 9)
+    truth.step(0, reports(100.0, 20.0), 10 ** 9)
+    np.testing.assert_array_equal(same.committed, planned)
+    for a in ("committed", "bids", "target", "mode", "planned_battery"):
+        np.testing.assert_array_equal(getattr(other, a), getattr(truth, a))
+    failing = market(350.0, time_limit_s=1e-9)
+    failing.step(0, reports(100.0, 20.0), 10 ** 9)
+    assert failing.failures == 1 and failing.committed.sum() == 0
+
+
 def test_a_price_maker_exports_where_marginal_revenue_is_zero():
     """Revenue π e − k e² peaks at e = π / (2k): 0.2 / 0.04 = 5 kWh of the 10 a price taker would sell."""
     vb = VirtualBattery(capacity_kwh=10.0, p_max_kw=20.0, eta_charge=1.0, eta_discharge=1.0)

@@ -155,10 +155,10 @@ def test_recorder_kill_loses_at_most_the_flushes_not_yet_on_disk(tmp_path: Path)
 def test_recorder_writes_the_whole_file_as_it_goes_and_joins_the_parts_if_that_file_failed(tmp_path: Path):
     """Each flush is a part and a row group of the whole file (one per simulated hour here); at the end that file
     is renamed into place and the parts removed. If writing the whole file fails mid-run, nothing is lost: the
-    parts are joined instead, to the same rows."""
+    parts are joined instead, to the same rows. A run shorter than one flush is written straight to its file."""
     import pyarrow.parquet as pq
 
-    def record(folder: Path, break_whole_after: int | None) -> Path:
+    def record(folder: Path, break_whole_after: int | None, steps: int = 150) -> Path:
         folder.mkdir()
         sim = RecorderSim()
         sim.init("Recorder-0", step_s=60)
@@ -166,7 +166,7 @@ def test_recorder_writes_the_whole_file_as_it_goes_and_joins_the_parts_if_that_f
         sim.create(1, "Recorder", path=str(path), entities={"G.feeder": {"entity": "feeder", "kind": "feeder",
                                                                         "bus": None}},
                    columns={"losses_kw": "float64"}, start="2016-06-21T00:00:00", tz="UTC", flush_every_s=3600)
-        for k in range(150):
+        for k in range(steps):
             sim.step(60 * k, {"recorder": {"losses_kw": {"G.feeder": float(k)}}}, 10**9)
             if break_whole_after is not None and k == break_whole_after:
                 sim.wait_written()
@@ -182,6 +182,10 @@ def test_recorder_writes_the_whole_file_as_it_goes_and_joins_the_parts_if_that_f
     for path in (whole, joined):
         assert pq.ParquetFile(path).metadata.num_row_groups == 3  # 60, 60 and 30 minutes
         assert pd.read_parquet(path).losses_kw.tolist() == [float(k) for k in range(150)]
+    short = record(tmp_path / "short", None, steps=45)
+    assert pq.ParquetFile(short).metadata.num_row_groups == 1 and sorted(p.name for p in short.parent.iterdir()) == \
+        ["ts.parquet"]
+    assert pd.read_parquet(short).losses_kw.tolist() == [float(k) for k in range(45)]
 
 
 def _recorder(tmp_path: Path, **create: object) -> tuple[RecorderSim, Path]:
