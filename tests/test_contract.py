@@ -284,3 +284,63 @@ def test_in_an_interval_with_nothing_committed_no_home_is_given_a_target_to_trac
     assert all(o["sc_h0"]["re_kwh"] == 0.0 and o["sc_h1"]["re_kwh"] == 0.0 for o in idle)
     busy = run(30.0)
     assert busy[-1]["sc_h0"]["re_kwh"] > 0  # a commitment beyond the plant's anticipated export: a target
+
+
+
+def test_messages_arrive_in_the_order_a_delivering_process_gives_them():
+    """The network delivers without a simpy process per message; every arrival, and everything that waits on
+    one, happens in the same order as with a process per message (latency, then the put): ties of equal
+    latency, a sender that waits exactly the latency after sending, timers started before and after."""
+    import numpy as np
+    import simpy
+
+    from dercosim.markets.network import Latency, Network
+
+    class ByProcess(Network):  # one process per message, the plain way
+        def send(self, src: str, dst: str, payload: object) -> None:
+            self.sent += 1
+            delay = self.latency.draw(self.rng)
+
+            def deliver():  # noqa: ANN202 - simpy generator
+                yield self.env.timeout(max(delay, 0.0))
+                yield self.inbox(dst).put(payload)
+
+            self.env.process(deliver())
+
+    def trace(kind: type[Network]) -> list[tuple[float, str]]:
+        env = simpy.Environment()
+        net = kind(env, np.random.default_rng(0), Latency("constant", 2.0))
+        seen: list[tuple[float, str]] = []
+
+        def timer(name: str, wait_s: float):  # noqa: ANN202 - simpy generator
+            yield env.timeout(wait_s)
+            seen.append((env.now, name))
+
+        def receiver(node: str):  # noqa: ANN202 - simpy generator
+            while True:
+                msg = yield net.inbox(node).get()
+                seen.append((env.now, f"{node} got {msg}"))
+
+        def sender():  # noqa: ANN202 - simpy generator (it reads its box as the contract does at a round's close)
+            for k in range(3):
+                net.send("s", "c", f"p{k}")
+                yield env.timeout(2.0)  # exactly the latency
+                seen.append((env.now, f"sender woke {k}, c holds {len(net.inbox('c').items)}"))
+
+        env.process(receiver("b"))
+        env.process(timer("timer before", 2.5))
+        env.run(until=0.5)
+        env.process(sender())
+        env.process(timer("timer after", 2.0))
+        for k in range(3):
+            net.send("a", "b", f"m{k}")
+        env.run()
+        return seen
+
+    seen = trace(Network)
+    assert seen == trace(ByProcess)
+    # a sender waiting exactly the latency wakes before its message arrives (with the latency's timeout made as
+    # the message is sent, it would find it there); messages of equal latency in the order sent
+    assert seen == [(2.5, "timer before"), (2.5, "sender woke 0, c holds 0"), (2.5, "timer after"),
+                    (2.5, "b got m0"), (2.5, "b got m1"), (2.5, "b got m2"), (4.5, "sender woke 1, c holds 1"),
+                    (6.5, "sender woke 2, c holds 2")]
