@@ -178,13 +178,14 @@ def test_the_first_day_is_planned_in_set_up_and_again_only_if_the_fleet_reports_
         return {"aggregator": {"soc_kwh": {f"B.b{i}": v for i, v in enumerate(kwh)}}}
 
     same, other, truth = market(350.0), market(350.0), market(120.0)
-    planned = same.committed.copy()
-    assert planned.sum() > 0 and np.isfinite(same.solve_ms)  # planned before any step
+    planned, planned_ms = same.committed.copy(), same.solve_ms
+    assert planned.sum() > 0 and np.isfinite(planned_ms)  # planned before any step
     assert not np.array_equal(planned, truth.committed)  # the stored energy matters to the plan
     same.step(0, reports(200.0, 150.0), 10 ** 9)
     other.step(0, reports(100.0, 20.0), 10 ** 9)
     truth.step(0, reports(100.0, 20.0), 10 ** 9)
     np.testing.assert_array_equal(same.committed, planned)
+    assert same.solve_ms == planned_ms  # kept, not solved again
     for a in ("committed", "bids", "target", "mode", "planned_battery"):
         np.testing.assert_array_equal(getattr(other, a), getattr(truth, a))
     failing = market(350.0, time_limit_s=1e-9)
