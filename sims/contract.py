@@ -288,6 +288,12 @@ class ContractSim(mosaik_api_v3.Simulator):
             members = [self._member_list[j] for j in positions(self, eids).tolist()]
         except KeyError:  # not all members (the Contract entity): through get_data
             return None
+        return self._member_values(attr, members)
+
+    @staticmethod
+    def _member_values(attr: str, members: list[_Member]) -> list[float]:
+        """A member output (one of ``MEMBER_OUT``) of each of ``members``, from its last reply (none yet: no
+        RE, S = 0, no target, no weights)."""
         if attr == "re_kwh":
             return [m.reply.re_household_kwh(m.export_since_reply_kwh) if m.reply else 0.0 for m in members]
         if attr == "s_mode":
@@ -307,11 +313,7 @@ class ContractSim(mosaik_api_v3.Simulator):
                           **{a: self._evm_step.get(a, math.nan) for a in EVM_OUT}}
             else:
                 m = self.members[eid.removeprefix("sc_")]
-                r = m.reply
-                values = {"re_kwh": r.re_household_kwh(m.export_since_reply_kwh) if r else 0.0,
-                          "s_mode": r.mode_s if r else 0.0,
-                          "soc_target_frac": r.soc_target_frac if r else math.nan,
-                          "w_export": r.w_export if r else math.nan, "w_import": r.w_import if r else math.nan}
+                values = {a: self._member_values(a, [m])[0] for a in attrs if a in MEMBER_OUT}
             data[eid] = {a: values[a] for a in attrs if a in values}
         return data
 

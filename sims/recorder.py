@@ -68,14 +68,19 @@ META = {
 }
 
 
+def _into_place(tmp: Path, path: Path) -> None:
+    """The complete file ``tmp`` synced to disk and renamed to ``path``."""
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
 def write_atomically(table: pa.Table, path: Path) -> None:
     """Write ``table`` to ``path`` through a hidden temporary file and a rename (never a truncated ``path``)."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         pq.write_table(table, tmp, row_group_size=max(len(table), 1))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        _into_place(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -103,9 +108,7 @@ def join_parts(parts_dir: Path, path: Path) -> int:
         if writer is not None:
             writer.close()
         writer = None
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        _into_place(tmp, path)
     except BaseException:
         if writer is not None:
             try:
@@ -186,7 +189,6 @@ class RecorderSim(mosaik_api_v3.Simulator):
         self._whole_tmp = self.path.with_name(f".{self.path.name}.tmp")
         self._whole_failed = False  # then the parts are joined at the end
         self.last_flush_s = 0
-        self.rows_written = 0
         return [{"eid": self.eid, "type": model}]
 
     def _reset_buffer(self) -> None:
@@ -293,7 +295,6 @@ class RecorderSim(mosaik_api_v3.Simulator):
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="dercosim-recorder")
         self._pending = self._writer.submit(self._write, table, self.parts / f"part-{self.n_parts:05d}.parquet")
         self.n_parts += 1
-        self.rows_written += len(table)
         self._reset_buffer()
 
     def _write(self, table: pa.Table, part: Path) -> None:
@@ -325,9 +326,7 @@ class RecorderSim(mosaik_api_v3.Simulator):
         if self._whole is not None and not self._whole_failed:
             try:
                 self._whole.close()
-                with open(self._whole_tmp, "rb") as fh:
-                    os.fsync(fh.fileno())
-                os.replace(self._whole_tmp, self.path)
+                _into_place(self._whole_tmp, self.path)
                 self._whole = None
                 shutil.rmtree(self.parts)
                 return
@@ -348,9 +347,7 @@ class RecorderSim(mosaik_api_v3.Simulator):
         if self.eid is None:
             return
         if not self.n_parts and self.buffered_rows:  # the whole run is one part: written straight as <path>
-            table = self._table()
-            write_atomically(table, self.path)
-            self.rows_written += len(table)
+            write_atomically(self._table(), self.path)
             self._reset_buffer()
             shutil.rmtree(self.parts)
             return
